@@ -1,0 +1,135 @@
+"""``storecast``: the command line for people (data, train, export, ...)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from pipelines.fitting import FITTERS
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def _store_list(text: str) -> list[str]:
+    stores = [s.strip() for s in text.split(",") if s.strip()]
+    if not stores:
+        raise argparse.ArgumentTypeError("give store ids separated by commas, e.g. 1,2,3")
+    return stores
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from pipelines.data import write_sales
+    from pipelines.synth import synthesize
+
+    path = write_sales(synthesize(args.stores, seed=args.seed, start=args.start, end=args.end), args.out)
+    print(f"wrote {args.stores} synthetic stores to {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pipelines.data import read_sales
+    from pipelines.fitting import PROPHET_DEFAULTS, FitConfig
+    from pipelines.registry import register, tracking_uri
+    from pipelines.train import train
+
+    t0 = time.perf_counter()
+    cfg = FitConfig(fitter=args.fitter, holdout_days=args.holdout_days, min_days=args.min_days, seed=args.seed,
+                    gate_margin=args.gate_margin,
+                    prophet={**PROPHET_DEFAULTS, "interval_width": args.interval_width})
+    sales = read_sales(args.data)
+    result = train(sales, cfg, stores=args.stores, limit=args.limit, workers=args.workers,
+                   progress=not args.no_progress)
+    if len(result.table) == 0:
+        print("no store could be fitted: " + json.dumps(result.failed), file=sys.stderr)
+        return 1
+    reg = register(result, uri=args.tracking_uri, model_name=args.model_name, alias=args.alias)
+    result.seconds["total"] = time.perf_counter() - t0
+    out = {
+        "version": reg.version, "run_id": reg.run_id, "model_uri": reg.model_uri, "stores": len(result.table),
+        "failed": result.failed, "gate_failed": result.gate_failed,
+        "seconds": {k: round(v, 2) for k, v in result.seconds.items()},
+        "metrics": {k: (round(v, 6) if isinstance(v, float) else v) for k, v in result.summary.items()},
+        "tracking_uri": tracking_uri(args.tracking_uri), "alias": args.alias,
+    }
+    if args.json:
+        print(json.dumps(out))
+    else:
+        s = result.summary
+        print(f"registered {reg.model_uri} ({len(result.table)} stores, alias {args.alias or '-'}) "
+              f"in {out['seconds']['total']} s")
+        print(f"holdout WAPE {s.get('holdout_wape', float('nan')):.4f} vs seasonal-naive "
+              f"{s.get('baseline_wape', float('nan')):.4f}; coverage {s.get('holdout_coverage', float('nan')):.3f}; "
+              f"gate failed: {s['gate_failed']} of {s['stores_evaluated']} evaluated")
+        for f in result.failed:
+            print(f"skipped store {f['store_id']}: {f['reason']}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pipelines.registry import prophet_json, tracking_uri
+
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri(args.tracking_uri)
+    text = prophet_json(args.model_uri, args.store)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+    print(f"wrote store {args.store} of {args.model_uri} to {args.out}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="storecast", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="sales data tools").add_subparsers(dest="data_command", required=True)
+    s = data.add_parser("synth", help="write deterministic synthetic Rossmann-format sales")
+    s.add_argument("--stores", type=int, default=20)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--start", default="2013-01-01")
+    s.add_argument("--end", default="2015-07-31")
+    s.add_argument("--out", required=True, help="file: .csv, .csv.gz or .parquet")
+    s.set_defaults(func=cmd_synth)
+
+    t = sub.add_parser("train", help="fit every store, evaluate, register one model version")
+    t.add_argument("--data", required=True, help="Rossmann-format sales (.csv, .csv.gz, .parquet)")
+    t.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                   "sqlite:///mlflow.db in the working directory)")
+    t.add_argument("--model-name", default="storecast")
+    pick = t.add_mutually_exclusive_group()
+    pick.add_argument("--stores", type=_store_list, help="only these stores, e.g. 1,2,3")
+    pick.add_argument("--limit", type=int, help="only the first N stores")
+    t.add_argument("--holdout-days", type=int, default=42)
+    t.add_argument("--min-days", type=int, default=30, help="open days a store needs to be fitted")
+    t.add_argument("--gate-margin", type=float, default=0.10,
+                   help="a store fails the gate if its holdout WAPE > baseline WAPE * (1 + margin)")
+    t.add_argument("--interval-width", type=float, default=0.95)
+    t.add_argument("--seed", type=int, default=0, help="seed of the interval simulation")
+    t.add_argument("--alias", default="challenger", help="alias to point at the new version ('' for none)")
+    t.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    t.add_argument("--fitter", choices=FITTERS, default="prophet-batch",
+                   help="prophet-batch (exact batched MAP, default) or prophet (stock Stan, the reference)")
+    t.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("export", help="write one store's stock Prophet JSON from a model version")
+    e.add_argument("--model-uri", required=True, help="models:/storecast/N, models:/storecast@alias or a folder")
+    e.add_argument("--store", required=True)
+    e.add_argument("--out", required=True)
+    e.add_argument("--tracking-uri")
+    e.set_defaults(func=cmd_export)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "alias", None) == "":
+        args.alias = None
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""The compact parameter table: every store's fitted Prophet parameters as numpy arrays.
+
+One `params.npz` per model version. The trainer writes it (``pipelines``); the predictor loads it
+once at start and evaluates forecasts from it with numpy only (see ``predictor.forecast``).
+
+Layout (``n`` stores sorted by id, ``S`` changepoints, ``K`` Fourier features, ``G`` interval grid):
+
+- ``store_id`` (n,) str, sorted as strings (lookups bisect it);
+  ``start``, ``t_scale`` (n,) seconds; ``y_scale``, ``floor``, ``k``, ``m``, ``sigma_obs`` (n,);
+  ``delta``, ``cp_t`` (n, S), padded with ``delta=0, cp_t=inf``;
+  ``beta`` (n, K) with the feature layout ``feat_period``, ``feat_harmonic``, ``feat_cos`` (K,):
+  column j is ``sin`` (or ``cos``) of ``2*pi*harmonic/period * days_since_epoch``;
+- ``last_day`` (n,) int64: days since epoch of each store's last history date (Prophet's t = 1);
+- interval offsets relative to yhat, simulated with Prophet's method at training time:
+  ``iv_days`` (G,) days after ``last_day`` (``iv_days[0] == 0`` stands for every history date),
+  ``iv_lower``, ``iv_upper`` (n, G); beyond the grid they grow with the variance
+  ``iv_trend_var * h**3 + iv_noise_var`` (h days ahead);
+- ``interval_width`` () and ``meta`` () a JSON string.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT = "storecast-params/1"
+PER_STORE = (
+    "store_id", "start", "t_scale", "y_scale", "floor", "k", "m", "sigma_obs", "delta", "cp_t", "beta",
+    "last_day", "iv_lower", "iv_upper", "iv_trend_var", "iv_noise_var",
+)
+
+
+class UnknownStoresError(KeyError):
+    """Raised when a request names stores the table does not hold."""
+
+    def __init__(self, stores: list[str]) -> None:
+        super().__init__(stores)
+        self.stores = stores
+
+    def __str__(self) -> str:
+        shown = ", ".join(repr(s) for s in self.stores[:20])
+        more = f" and {len(self.stores) - 20} more" if len(self.stores) > 20 else ""
+        return f"unknown store_id: {shown}{more}"
+
+
+def shard_of(store_ids: np.ndarray | list[str], shards: int) -> np.ndarray:
+    """The shard of each store: ``crc32(store_id) % shards`` (DESIGN.md "Scaling")."""
+    return np.fromiter((zlib.crc32(str(s).encode()) % shards for s in store_ids), dtype=np.int64,
+                       count=len(store_ids))
+
+
+@dataclass(frozen=True)
+class ParamTable:
+    """Fitted parameters of many stores, evaluated by ``predictor.forecast.forecast``."""
+
+    store_id: np.ndarray
+    start: np.ndarray
+    t_scale: np.ndarray
+    y_scale: np.ndarray
+    floor: np.ndarray
+    k: np.ndarray
+    m: np.ndarray
+    sigma_obs: np.ndarray
+    delta: np.ndarray
+    cp_t: np.ndarray
+    beta: np.ndarray
+    last_day: np.ndarray
+    iv_lower: np.ndarray
+    iv_upper: np.ndarray
+    iv_trend_var: np.ndarray
+    iv_noise_var: np.ndarray
+    feat_period: np.ndarray
+    feat_harmonic: np.ndarray
+    feat_cos: np.ndarray
+    iv_days: np.ndarray
+    interval_width: float
+    meta: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.store_id)
+
+    # ---- lookup -------------------------------------------------------------------------
+    def index(self, store_ids: np.ndarray) -> np.ndarray:
+        """Row index of each requested store id; raises UnknownStoresError naming the unknown ones."""
+        ids = np.asarray(store_ids, dtype=str)
+        if len(self.store_id) == 0:
+            if len(ids):
+                raise UnknownStoresError(sorted(set(ids.tolist())))
+            return np.zeros(0, dtype=np.int64)
+        pos = np.searchsorted(self.store_id, ids)
+        pos = np.minimum(pos, len(self.store_id) - 1)
+        bad = self.store_id[pos] != ids
+        if bad.any():
+            raise UnknownStoresError(sorted(set(ids[bad].tolist()), key=_natural))
+        return pos
+
+    # ---- building -----------------------------------------------------------------------
+    @classmethod
+    def from_rows(cls, rows: list[dict[str, Any]], iv_days: np.ndarray, interval_width: float,
+                  meta: dict[str, Any] | None = None) -> ParamTable:
+        """Assemble a table from per-store rows (``pipelines.export.store_row`` output).
+
+        Each row carries its own Fourier layout (``features``: list of (period, harmonic, cos));
+        the table uses the union, so stores with different seasonalities can share a version.
+        """
+        rows = sorted(rows, key=lambda r: str(r["store_id"]))  # lexical: index() bisects
+        layout: dict[tuple[float, int, bool], int] = {}
+        for r in rows:
+            for feat in r["features"]:
+                layout.setdefault(tuple(feat), len(layout))
+        n, n_feat = len(rows), len(layout)
+        n_cp = max((len(r["delta"]) for r in rows), default=0)
+        beta = np.zeros((n, n_feat))
+        delta = np.zeros((n, n_cp))
+        cp_t = np.full((n, n_cp), np.inf)
+        for i, r in enumerate(rows):
+            cols = [layout[tuple(f)] for f in r["features"]]
+            beta[i, cols] = r["beta"]
+            delta[i, : len(r["delta"])] = r["delta"]
+            cp_t[i, : len(r["cp_t"])] = r["cp_t"]
+        keys = list(layout)
+
+        def col(name: str, dtype: Any = np.float64) -> np.ndarray:
+            return np.array([r[name] for r in rows], dtype=dtype)
+
+        grid = len(iv_days)
+        return cls(
+            store_id=np.array([str(r["store_id"]) for r in rows], dtype=str),
+            start=col("start"), t_scale=col("t_scale"), y_scale=col("y_scale"), floor=col("floor"),
+            k=col("k"), m=col("m"), sigma_obs=col("sigma_obs"), delta=delta, cp_t=cp_t, beta=beta,
+            last_day=col("last_day", np.int64),
+            iv_lower=np.array([r["iv_lower"] for r in rows]).reshape(n, grid),
+            iv_upper=np.array([r["iv_upper"] for r in rows]).reshape(n, grid),
+            iv_trend_var=col("iv_trend_var"), iv_noise_var=col("iv_noise_var"),
+            feat_period=np.array([f[0] for f in keys], dtype=np.float64),
+            feat_harmonic=np.array([f[1] for f in keys], dtype=np.float64),
+            feat_cos=np.array([f[2] for f in keys], dtype=bool),
+            iv_days=np.asarray(iv_days, dtype=np.int64), interval_width=float(interval_width),
+            meta=dict(meta or {}),
+        )
+
+    def take(self, rows: np.ndarray) -> ParamTable:
+        """A table of the given rows (boolean mask or indices), in table order."""
+        rows = np.sort(np.flatnonzero(rows)) if np.asarray(rows).dtype == bool else np.sort(rows)
+        return replace(self, **{name: getattr(self, name)[rows] for name in PER_STORE})
+
+    def shard(self, k: int, n: int) -> ParamTable:
+        """Only the stores of shard ``k`` of ``n`` (``crc32(store_id) % n == k``)."""
+        if n < 1 or not 0 <= k < n:
+            raise ValueError(f"shard must be K/N with 0 <= K < N, got {k}/{n}")
+        return self.take(shard_of(self.store_id, n) == k)
+
+    def merged_with(self, newer: ParamTable) -> ParamTable:
+        """This table with ``newer``'s stores replaced or added (a retrain derived from a parent)."""
+        if not np.array_equal(self.iv_days, newer.iv_days):
+            raise ValueError("interval grids differ: retrain with the parent's grid")
+        keep = self.take(~np.isin(self.store_id, newer.store_id))
+        rows = [_row(keep, i) for i in range(len(keep))] + [_row(newer, i) for i in range(len(newer))]
+        return ParamTable.from_rows(rows, self.iv_days, newer.interval_width, {**self.meta, **newer.meta})
+
+    # ---- files --------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the table as an uncompressed ``.npz`` (no pickles: loads with allow_pickle=False)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("meta",)}
+        arrays["interval_width"] = np.float64(self.interval_width)
+        arrays["meta"] = np.array(json.dumps({"format": FORMAT, **self.meta}))
+        with open(path, "wb") as fh:
+            np.savez(fh, **arrays)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> ParamTable:
+        """Read a table written by ``save``."""
+        with np.load(path, allow_pickle=False) as z:
+            data = {name: z[name] for name in z.files}
+        meta = json.loads(str(data.pop("meta")))
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path}: not a {FORMAT} table (format={meta.get('format')!r})")
+        data["interval_width"] = float(data["interval_width"])
+        return cls(meta=meta, **data)
+
+
+def _row(table: ParamTable, i: int) -> dict[str, Any]:
+    """One store of a table back as a row for ``from_rows``."""
+    used = table.cp_t[i] < np.inf
+    return {
+        "store_id": str(table.store_id[i]),
+        **{name: getattr(table, name)[i] for name in PER_STORE if name not in ("store_id", "delta", "cp_t",
+                                                                               "beta")},
+        "delta": table.delta[i][used], "cp_t": table.cp_t[i][used], "beta": table.beta[i],
+        "features": list(zip(table.feat_period.tolist(), table.feat_harmonic.astype(int).tolist(),
+                             table.feat_cos.tolist(), strict=True)),
+    }
+
+
+def _natural(store_id: str) -> tuple[int, str]:
+    """Sort key: numeric ids by number (1, 2, 10), then others alphabetically."""
+    return (int(store_id), "") if store_id.isdigit() else (1 << 62, store_id)
