@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from pipelines.data import read_sales
     from pipelines.fitting import PROPHET_DEFAULTS, FitConfig
-    from pipelines.registry import register, tracking_uri
+    from pipelines.registry import prepare, register, tracking_uri
     from pipelines.train import train
 
     t0 = time.perf_counter()
@@ -41,11 +42,22 @@ def cmd_train(args: argparse.Namespace) -> int:
                     gate_margin=args.gate_margin,
                     prophet={**PROPHET_DEFAULTS, "interval_width": args.interval_width})
     sales = read_sales(args.data)
+    warmed = threading.Event()
+
+    def warm_registry() -> None:  # overlaps MLflow's import and store set-up with the fits
+        try:
+            prepare(args.tracking_uri, args.model_name)
+        except Exception:  # register() below meets the same problem and reports it
+            pass
+        finally:
+            warmed.set()
+
     result = train(sales, cfg, stores=args.stores, limit=args.limit, workers=args.workers,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, while_fitting=warm_registry)
     if len(result.table) == 0:
         print("no store could be fitted: " + json.dumps(result.failed), file=sys.stderr)
         return 1
+    warmed.wait(timeout=120)
     reg = register(result, uri=args.tracking_uri, model_name=args.model_name, alias=args.alias)
     result.seconds["total"] = time.perf_counter() - t0
     out = {

@@ -80,4 +80,4 @@ def store_row(model: Prophet, store_id: str, seed: int, grid: np.ndarray) -> dic
 
 def prophet_json_gz(model: Prophet) -> bytes:
     """The stock ``model_to_json`` of a model, gzip-compressed (reproducible bytes)."""
-    return gzip.compress(model_to_json(model).encode(), compresslevel=5, mtime=0)
+    return gzip.compress(model_to_json(model).encode(), compresslevel=1, mtime=0)

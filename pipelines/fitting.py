@@ -50,8 +50,15 @@ class StoreResult:
     error: str | None = None
 
 
-def quiet() -> None:
-    """Silence cmdstanpy (it resets its level on first use, so disable the logger) and Prophet's info."""
+def quiet(single_thread: bool = False) -> None:
+    """Silence cmdstanpy (it resets its level on first use, so disable the logger) and Prophet's info.
+
+    ``single_thread`` (worker processes): one BLAS thread each, so workers do not oversubscribe the cores.
+    """
+    if single_thread:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
     logging.getLogger("cmdstanpy").disabled = True
     logging.getLogger("prophet").setLevel(logging.WARNING)
     logging.getLogger("prophet_batch").setLevel(logging.WARNING)
@@ -90,7 +97,6 @@ def fit_chunk(chunk: list[Series], cfg: FitConfig) -> list[StoreResult]:
     from predictor.forecast import forecast
     from predictor.table import ParamTable
 
-    quiet()
     grid = np.asarray(cfg.grid, dtype=np.int64)
     results = {sid: StoreResult(sid) for sid, _, _ in chunk}
     full, holdout, tests = {}, {}, {}

@@ -74,7 +74,9 @@ def simulate_offsets(*, t_scale: float, delta: np.ndarray, sigma_obs: float, y_s
         # of the neighbour-averaged shifts), times the step length
         extra = step * (a * (grid_step + 0.5)[None, :] - b)
         extra[:, 0] = 0.0
-    noise = rng.normal(0.0, sigma_obs, size=(samples, n_grid))
+    # one noise draw per path, shared by the grid days (common random numbers): each day's marginal is
+    # Prophet's (trend change + independent noise), and the percentile curve comes out smoother
+    noise = rng.normal(0.0, sigma_obs, size=(samples, 1))
     sims = (extra + noise) * y_scale
     lower_p, upper_p = 100 * (1.0 - interval_width) / 2, 100 * (1.0 + interval_width) / 2
     lower, upper = np.percentile(sims, [lower_p, upper_p], axis=0)

@@ -59,6 +59,14 @@ def write_snapshot(result: TrainResult, folder: Path) -> dict[str, str]:
                                                    ("store_metrics", METRICS_FILE), ("manifest", MANIFEST_FILE))}
 
 
+def prepare(uri: str | None, model_name: str) -> None:
+    """Import MLflow and create the store and experiment (sqlite migrations): safe to run while fitting."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(uri))
+    mlflow.set_experiment(model_name)
+
+
 def current_version(client: Any, name: str, alias: str) -> str | None:
     """The version an alias points at, or None (no model, no alias)."""
     from mlflow.exceptions import MlflowException

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import os
 import sys
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,13 +72,21 @@ def select(sales: pd.DataFrame, stores: list[str] | None = None, limit: int | No
 
 
 def chunked(series: list[Series], workers: int, most: int = 50) -> list[list[Series]]:
-    """Chunks small enough that every worker gets several (progress, balance), at most ``most`` stores."""
+    """Chunks small enough that every worker gets several (progress, balance), at most ``most`` stores.
+
+    Stores with the same open days go together: prophet-batch then builds their features once.
+    """
+    series = sorted(series, key=lambda s: (len(s[1]), hashlib.blake2b(s[1].tobytes(), digest_size=8).digest()))
     size = max(1, min(most, -(-len(series) // max(1, workers * 4))))
     return [series[i: i + size] for i in range(0, len(series), size)]
 
 
-def run_chunks(chunks: list[list[Series]], cfg: FitConfig, workers: int, progress: bool) -> list[StoreResult]:
-    """Fit the chunks on ``workers`` processes with a progress bar on stderr."""
+def run_chunks(chunks: list[list[Series]], cfg: FitConfig, workers: int, progress: bool,
+               while_fitting: Callable[[], None] | None = None) -> list[StoreResult]:
+    """Fit the chunks on ``workers`` processes with a progress bar on stderr.
+
+    ``while_fitting`` runs in a thread of this process once the workers exist (never before a fork).
+    """
     from tqdm import tqdm
 
     total = sum(len(c) for c in chunks)
@@ -83,14 +94,19 @@ def run_chunks(chunks: list[list[Series]], cfg: FitConfig, workers: int, progres
     results: list[StoreResult] = []
     try:
         if workers <= 1 or len(chunks) <= 1:
-            quiet()
+            quiet(single_thread=False)
+            if while_fitting is not None:
+                while_fitting()
             for chunk in chunks:
                 results += fit_chunk(chunk, cfg)
                 bar.update(len(chunk))
         else:
             method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
+                                     initializer=quiet, initargs=(True,)) as pool:
                 futures = {pool.submit(fit_chunk, chunk, cfg): len(chunk) for chunk in chunks}
+                if while_fitting is not None:
+                    threading.Thread(target=while_fitting, daemon=True).start()
                 for fut in as_completed(futures):
                     results += fut.result()
                     bar.update(futures[fut])
@@ -120,7 +136,8 @@ def summarize(results: list[StoreResult]) -> dict[str, Any]:
 
 
 def train(sales: pd.DataFrame, cfg: FitConfig, *, stores: list[str] | None = None, limit: int | None = None,
-          workers: int | None = None, progress: bool = True) -> TrainResult:
+          workers: int | None = None, progress: bool = True,
+          while_fitting: Callable[[], None] | None = None) -> TrainResult:
     """Fit, evaluate and assemble every chosen store; stores that cannot be fitted are reported, not fatal."""
     t0 = time.perf_counter()
     sales = select(sales, stores, limit)
@@ -129,7 +146,7 @@ def train(sales: pd.DataFrame, cfg: FitConfig, *, stores: list[str] | None = Non
     series = to_series(sales)
     known = {s[0] for s in series}
     workers = workers or os.cpu_count() or 1
-    results = run_chunks(chunked(series, workers), cfg, workers, progress)
+    results = run_chunks(chunked(series, workers), cfg, workers, progress, while_fitting)
     # stores with no open day at all never became a series: report them too
     for sid in sorted(set(sales["Store"]) - known):
         results.append(StoreResult(sid, error="too little data: 0 open days", metrics={"store_id": sid}))
