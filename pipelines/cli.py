@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -58,7 +59,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print("no store could be fitted: " + json.dumps(result.failed), file=sys.stderr)
         return 1
     warmed.wait(timeout=120)
-    reg = register(result, uri=args.tracking_uri, model_name=args.model_name, alias=args.alias)
+    with contextlib.redirect_stdout(sys.stderr):  # MLflow prints run links; stdout is for --json
+        reg = register(result, uri=args.tracking_uri, model_name=args.model_name, alias=args.alias)
     result.seconds["total"] = time.perf_counter() - t0
     out = {
         "version": reg.version, "run_id": reg.run_id, "model_uri": reg.model_uri, "stores": len(result.table),

@@ -1,0 +1,169 @@
+"""Where a model version comes from: an MLflow ``models:/`` URI (alias, number, latest) or a local folder.
+
+``ModelSource.parse(uri)`` understands
+
+- ``models:/storecast@champion``: follows the alias (re-resolved on every refresh);
+- ``models:/storecast/latest``: follows the newest version;
+- ``models:/storecast/7``: pinned to version 7;
+- a local folder of a downloaded version (``params.npz`` at its root or under ``artifacts/``); its
+  version is a digest of the file, so a reload notices a changed file.
+
+``resolve()`` names the version the URI points at now; ``fetch(version)`` downloads only the version's
+``params.npz`` into a temporary folder and reads it. MLflow is imported on first use (never for a
+folder); the registry location comes from ``MLFLOW_TRACKING_URI`` as usual.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from predictor.table import ParamTable
+
+PARAMS_FILE = "params.npz"
+DEFAULT_URI = "models:/storecast@champion"
+_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<ref>[^/]+))/?$")
+
+# MLflow's own HTTP retries (7, with exponential backoff) would hide an outage for minutes: the loader
+# retries with its own backoff and says so in the log. Explicit settings in the environment still win.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+class SourceError(ValueError):
+    """The model URI cannot be used (bad syntax, missing folder or file)."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A parsed model URI; ``kind`` is ``alias``, ``latest``, ``version`` or ``folder``."""
+
+    uri: str
+    kind: str
+    name: str = ""
+    ref: str = ""
+    _client: list[Any] = field(default_factory=list, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    @classmethod
+    def parse(cls, uri: str) -> ModelSource:
+        """Parse ``models:/name@alias``, ``models:/name/N``, ``models:/name/latest`` or a folder path."""
+        uri = uri.strip()
+        if uri.startswith("models:"):
+            match = _MODELS_URI.match(uri)
+            if not match:
+                raise SourceError(f"model URI {uri!r}: use models:/NAME@ALIAS, models:/NAME/VERSION, "
+                                  "models:/NAME/latest or a local folder")
+            name, alias, ref = match["name"], match["alias"], match["ref"]
+            if alias:
+                return cls(uri, "alias", name, alias)
+            if ref == "latest":
+                return cls(uri, "latest", name, ref)
+            if ref.isdigit():
+                return cls(uri, "version", name, str(int(ref)))
+            raise SourceError(f"model URI {uri!r}: {ref!r} is neither a version number nor 'latest' "
+                              "(stages are not supported: use an alias, models:/NAME@ALIAS)")
+        if "://" in uri:
+            raise SourceError(f"model URI {uri!r}: only models:/ URIs and local folders are supported")
+        return cls(uri, "folder")
+
+    @property
+    def follows(self) -> bool:
+        """Whether the URI can point at another version later (alias, latest)."""
+        return self.kind in ("alias", "latest")
+
+    @property
+    def registry(self) -> str:
+        """The tracking/registry location in use, without credentials (for log lines)."""
+        if self.kind == "folder":
+            return "local folder"
+        return redact(os.environ.get("MLFLOW_TRACKING_URI", "") or "(MLflow default: ./mlruns)")
+
+    # ---- resolve --------------------------------------------------------------------------------
+    def resolve(self) -> str:
+        """The version the URI points at now (a registry version, or a file digest for a folder)."""
+        if self.kind == "folder":
+            return "sha256:" + _digest(self.params_path())
+        if self.kind == "version":
+            version = self.client().get_model_version(self.name, self.ref)
+            return str(version.version)
+        if self.kind == "alias":
+            return str(self.client().get_model_version_by_alias(self.name, self.ref).version)
+        found = self.client().search_model_versions(f"name = '{self.name}'", max_results=1,
+                                                    order_by=["version_number DESC"])
+        if not found:
+            raise LookupError(f"registered model {self.name!r} has no version")
+        return str(found[0].version)
+
+    def fetch(self, version: str) -> ParamTable:
+        """Download (registry) or read (folder) the parameter table of ``version``."""
+        if self.kind == "folder":
+            path = self.params_path()
+            table = ParamTable.load(path)
+            got = "sha256:" + _digest(path)
+            if got != version:
+                raise RuntimeError(f"{path} changed while loading; retrying")
+            return table
+        import mlflow.artifacts
+
+        uri = f"models:/{self.name}/{version}/artifacts/{PARAMS_FILE}"
+        with tempfile.TemporaryDirectory(prefix="storecast-") as tmp:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
+            return ParamTable.load(local)
+
+    def params_path(self) -> Path:
+        """The ``params.npz`` of a local folder (or the file itself)."""
+        root = Path(self.uri).expanduser()
+        if root.is_file():
+            return root
+        for candidate in (root / PARAMS_FILE, root / "artifacts" / PARAMS_FILE):
+            if candidate.is_file():
+                return candidate
+        if not root.exists():
+            raise SourceError(f"model folder {self.uri} does not exist")
+        found = sorted(root.rglob(PARAMS_FILE))
+        if not found:
+            raise SourceError(f"no {PARAMS_FILE} under {self.uri}")
+        return found[0]
+
+    def client(self) -> Any:
+        """One MlflowClient, created on first use (imports MLflow)."""
+        with self._lock:
+            if not self._client:
+                from mlflow import MlflowClient
+
+                self._client.append(MlflowClient())
+            return self._client[0]
+
+    def reset(self) -> None:
+        """Forget the client after an error, so the next attempt starts afresh."""
+        with self._lock:
+            self._client.clear()
+
+
+def redact(uri: str) -> str:
+    """``uri`` without a password (``http://user:pw@host`` -> ``http://user:***@host``)."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return uri
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
