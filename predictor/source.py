@@ -19,8 +19,7 @@ import hashlib
 import os
 import re
 import tempfile
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -50,8 +49,6 @@ class ModelSource:
     kind: str
     name: str = ""
     ref: str = ""
-    _client: list[Any] = field(default_factory=list, repr=False, compare=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
     def parse(cls, uri: str) -> ModelSource:
@@ -134,19 +131,12 @@ class ModelSource:
             raise SourceError(f"no {PARAMS_FILE} under {self.uri}")
         return found[0]
 
-    def client(self) -> Any:
-        """One MlflowClient, created on first use (imports MLflow)."""
-        with self._lock:
-            if not self._client:
-                from mlflow import MlflowClient
+    @staticmethod
+    def client() -> Any:
+        """An MlflowClient for ``MLFLOW_TRACKING_URI`` (MLflow caches the store behind it)."""
+        from mlflow import MlflowClient
 
-                self._client.append(MlflowClient())
-            return self._client[0]
-
-    def reset(self) -> None:
-        """Forget the client after an error, so the next attempt starts afresh."""
-        with self._lock:
-            self._client.clear()
+        return MlflowClient()
 
 
 def redact(uri: str) -> str:
