@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -94,6 +95,54 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pipelines.registry import tracking_uri
+    from pipelines.stack import LocalStack
+
+    stack = LocalStack(args.model_uri, tracking_uri(args.tracking_uri), shards=args.shards, http_port=args.http_port,
+                       grpc_port=args.grpc_port, mlflow_server=args.mlflow_server, log_dir=Path(args.log_dir),
+                       predictor_args=["--refresh-seconds", str(args.refresh_seconds)])
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
+    print(f"starting predictor ({args.shards} shard(s)) and transformer for {args.model_uri} ...", file=sys.stderr)
+    stack.start(timeout=args.ready_timeout)
+    try:
+        t = stack.transformer
+        print(f"transformer  {t.url}  (gRPC 127.0.0.1:{t.grpc_port})")
+        for p in stack.predictors:
+            print(f"{p.name:<12} {p.url}  (gRPC 127.0.0.1:{p.grpc_port})")
+        if args.mlflow_server:
+            print(f"mlflow       {stack.tracking_uri}")
+        print(f"logs in {args.log_dir}/\n\ntry:\n  curl -s -H 'content-type: application/json' "
+              f"{t.url}/v1/models/storecast:predict \\\n    -d '{{\"instances\": [{{\"storeId\": \"4\"}}]}}'\n"
+              f"  storecast forecast --store 4 --url {t.url} --plot forecast.png\n\nCtrl-C stops everything.",
+              flush=True)
+        while not stopping.wait(0.5):
+            dead = [s for s in stack.services if s.proc.poll() is not None]
+            if dead:
+                print(f"{dead[0].name} exited with {dead[0].proc.returncode}; stopping", file=sys.stderr)
+                return 1
+        return 0
+    finally:
+        stack.stop()
+        print("stopped", file=sys.stderr)
+
+
+def cmd_forecast(args: argparse.Namespace) -> int:
+    from pipelines.client import plot, request_forecast, table
+
+    try:
+        prediction = request_forecast(args.url, args.store, args.begin, args.end)
+    except (RuntimeError, OSError) as exc:
+        print(f"forecast failed: {exc}", file=sys.stderr)
+        return 1
+    print(table(prediction))
+    if args.plot:
+        print(f"plot: {plot(prediction, args.plot)}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="storecast", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -135,6 +184,28 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True)
     e.add_argument("--tracking-uri")
     e.set_defaults(func=cmd_export)
+
+    v = sub.add_parser("serve", help="run predictor and transformer on loopback until Ctrl-C")
+    v.add_argument("--model-uri", default="models:/storecast@champion",
+                   help="models:/NAME@ALIAS (followed), models:/NAME/N (pinned) or a downloaded folder")
+    v.add_argument("--tracking-uri", help="registry (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    v.add_argument("--mlflow-server", action="store_true",
+                   help="also run a real `mlflow server` over the (sqlite) tracking store; the servers use it")
+    v.add_argument("--shards", type=int, default=1, help="predictor shards behind the transformer")
+    v.add_argument("--http-port", type=int, default=8080, help="transformer HTTP port (0: any free)")
+    v.add_argument("--grpc-port", type=int, default=8081, help="transformer gRPC port (0: any free)")
+    v.add_argument("--refresh-seconds", type=float, default=30.0, help="predictor alias refresh")
+    v.add_argument("--ready-timeout", type=float, default=180.0)
+    v.add_argument("--log-dir", default="build/logs")
+    v.set_defaults(func=cmd_serve)
+
+    f = sub.add_parser("forecast", help="ask the business API for one store's forecast")
+    f.add_argument("--store", required=True)
+    f.add_argument("--begin", help="first day (ISO date; default today, UTC)")
+    f.add_argument("--end", help="last day (default begin + 6 days)")
+    f.add_argument("--url", default="http://127.0.0.1:8080", help="transformer URL")
+    f.add_argument("--plot", help="also draw the forecast with its interval into this PNG")
+    f.set_defaults(func=cmd_forecast)
     return p
 
 

@@ -1,0 +1,65 @@
+"""A small client of the business API: ``storecast forecast`` prints a table and draws a plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+def request_forecast(url: str, store: str, begin: str | None = None, end: str | None = None,
+                     model: str = "storecast", timeout: float = 30.0) -> dict[str, Any]:
+    """POST one store's business request (V1) and return its prediction (request echo + rows)."""
+    instance = {"storeId": store, **({"beginDate": begin} if begin else {}), **({"endDate": end} if end else {})}
+    r = httpx.post(f"{url.rstrip('/')}/v1/models/{model}:predict", json={"instances": [instance]}, timeout=timeout)
+    if r.status_code >= 400:
+        try:
+            message = r.json().get("error", r.text)
+        except ValueError:
+            message = r.text
+        raise RuntimeError(f"HTTP {r.status_code}: {message}")
+    return r.json()["predictions"][0]
+
+
+def table(prediction: dict[str, Any]) -> str:
+    """The forecast as an aligned text table."""
+    req = prediction["request"]
+    lines = [f"store {req['store_id']}, {req['begin_date']} .. {req['end_date']}",
+             f"{'date':<12}{'forecast':>12}{'lower':>12}{'upper':>12}"]
+    for row in prediction["forecast"]:
+        lines.append(f"{row['timestamp'][:10]:<12}{row['value']:>12.1f}{row['lower']:>12.1f}{row['upper']:>12.1f}")
+    return "\n".join(lines)
+
+
+def plot(prediction: dict[str, Any], path: str | Path) -> Path:
+    """A PNG of the forecast with its interval band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.dates as mdates
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = prediction["forecast"]
+    days = np.array([r["timestamp"][:10] for r in rows], dtype="datetime64[D]")
+    value = np.array([r["value"] for r in rows])
+    fig, ax = plt.subplots(figsize=(9, 4), dpi=110)
+    ax.fill_between(days, [r["lower"] for r in rows], [r["upper"] for r in rows], alpha=0.25, color="tab:blue",
+                    label="prediction interval")
+    ax.plot(days, value, marker="o", color="tab:blue", label="forecast")
+    req = prediction["request"]
+    ax.set_title(f"storecast: store {req['store_id']}, {req['begin_date']} .. {req['end_date']}")
+    ax.set_ylabel("sales")
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%a %d %b"))
+    fig.autofmt_xdate()
+    ax.grid(alpha=0.3)
+    ax.legend()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

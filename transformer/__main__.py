@@ -1,0 +1,5 @@
+"""``python -m transformer``: see ``transformer.server``."""
+
+from transformer.server import main
+
+main()
