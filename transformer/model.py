@@ -52,6 +52,8 @@ class ForecastTransformer(Model):
                 cols = _columns(payload)
                 windows = parse_columns(cols["store_id"], cols.get("begin_date"), cols.get("end_date"), self.limits)
                 return Job(windows, True, payload.id or str(uuid.uuid4()))
+            if isinstance(payload, dict) and "specversion" in payload and "data" in payload:
+                payload = payload["data"]  # a structured CloudEvent KServe did not unwrap (it requires `time`)
             return Job(parse_v1(payload, self.limits), False, _request_id(headers))
         except RequestError as err:
             raise InvalidInput(str(err)) from None
