@@ -62,6 +62,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     warmed.wait(timeout=120)
     with contextlib.redirect_stdout(sys.stderr):  # MLflow prints run links; stdout is for --json
         reg = register(result, uri=args.tracking_uri, model_name=args.model_name, alias=args.alias)
+    result.seconds["register"] = reg.seconds
     result.seconds["total"] = time.perf_counter() - t0
     out = {
         "version": reg.version, "run_id": reg.run_id, "model_uri": reg.model_uri, "stores": len(result.table),

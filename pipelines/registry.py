@@ -8,13 +8,16 @@ import os
 import tempfile
 import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
+from pipelines.fitting import FitConfig
 from pipelines.train import TrainResult
+from predictor.table import ParamTable
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_MODEL_NAME = "storecast"
@@ -32,6 +35,42 @@ class Registered:
     run_id: str
     model_uri: str
     model_name: str
+    seconds: float = 0.0
+
+
+@dataclass
+class Snapshot:
+    """Everything one model version holds: the table, each store's stock model, metrics and the job summary."""
+
+    table: ParamTable
+    models: dict[str, bytes]  # store id -> gzip(model_to_json)
+    metrics: pd.DataFrame
+    summary: dict[str, Any]
+    failed: list[dict[str, str]]
+    gate_failed: list[str]
+    data_end: str
+    config: FitConfig
+
+    @classmethod
+    def from_result(cls, result: TrainResult) -> Snapshot:
+        models = {r.store_id: r.model_json_gz for r in result.results if r.model_json_gz is not None and not r.error}
+        return cls(result.table, models, result.metrics, result.summary, result.failed, result.gate_failed,
+                   result.data_end, result.config)
+
+    def derived_from(self, parent: Path) -> Snapshot:
+        """This snapshot's stores on top of a parent version's folder (its other stores copied as they are)."""
+        parent_table = ParamTable.load(parent / PARAMS_FILE)
+        table = parent_table.merged_with(self.table) if len(parent_table) else self.table
+        with zipfile.ZipFile(parent / MODELS_FILE) as zf:
+            models = {name.removesuffix(".json.gz"): zf.read(name) for name in zf.namelist()}
+        models.update(self.models)
+        metrics = self.metrics
+        if (parent / METRICS_FILE).exists():
+            old = pd.read_csv(parent / METRICS_FILE, dtype={"store_id": str})
+            metrics = pd.concat([old[~old["store_id"].isin(self.metrics["store_id"])], self.metrics],
+                                ignore_index=True)
+        data_end = max(self.data_end, str(parent_table.meta.get("data_end", self.data_end)))
+        return replace(self, table=table, models=models, metrics=metrics, data_end=data_end)
 
 
 def tracking_uri(uri: str | None = None) -> str:
@@ -39,20 +78,19 @@ def tracking_uri(uri: str | None = None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
-def write_snapshot(result: TrainResult, folder: Path) -> dict[str, str]:
+def write_snapshot(snap: Snapshot, folder: Path) -> dict[str, str]:
     """Write the version's files: parameter table, stock Prophet models (zip of gzip JSON), metrics."""
     folder.mkdir(parents=True, exist_ok=True)
-    result.table.save(folder / PARAMS_FILE)
+    snap.table.save(folder / PARAMS_FILE)
     with zipfile.ZipFile(folder / MODELS_FILE, "w", compression=zipfile.ZIP_STORED) as zf:
-        for r in result.results:
-            if r.model_json_gz is not None and not r.error:
-                zf.writestr(f"{r.store_id}.json.gz", r.model_json_gz)
-    result.metrics.to_csv(folder / METRICS_FILE, index=False)
+        for store_id in snap.table.store_id.tolist():
+            zf.writestr(f"{store_id}.json.gz", snap.models[store_id])
+    snap.metrics.to_csv(folder / METRICS_FILE, index=False)
     manifest = {
-        "format": result.table.meta.get("format", "storecast-params/1"),
-        "stores": len(result.table), "data_end": result.data_end, "fitter": result.config.fitter,
+        "format": snap.table.meta.get("format", "storecast-params/1"),
+        "stores": len(snap.table), "data_end": snap.data_end, "fitter": snap.config.fitter,
         "models": f"{MODELS_FILE}: <store_id>.json.gz = gzip(prophet.serialize.model_to_json(model))",
-        "summary": result.summary, "failed": result.failed,
+        "summary": snap.summary, "failed": snap.failed,
     }
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=float))
     return {name: str(folder / f) for name, f in (("params", PARAMS_FILE), ("prophet_models", MODELS_FILE),
@@ -77,10 +115,13 @@ def current_version(client: Any, name: str, alias: str) -> str | None:
         return None
 
 
-def register(result: TrainResult, *, uri: str | None = None, model_name: str = DEFAULT_MODEL_NAME,
+def register(result: TrainResult | Snapshot, *, uri: str | None = None, model_name: str = DEFAULT_MODEL_NAME,
              alias: str | None = None, parent_version: str | None = None,
              params: dict[str, Any] | None = None) -> Registered:
-    """Log the job as one run and register its snapshot as one model version; then set ``alias``."""
+    """Log the job as one run and register its snapshot as one model version; then set ``alias``.
+
+    ``parent_version`` defaults to the current champion (lineage); a retrain passes the version it derived from.
+    """
     import mlflow
     from mlflow import MlflowClient
 
@@ -88,18 +129,20 @@ def register(result: TrainResult, *, uri: str | None = None, model_name: str = D
     from predictor.pyfunc import StorecastPyfunc
 
     t0 = time.perf_counter()
+    snap = result if isinstance(result, Snapshot) else Snapshot.from_result(result)
     mlflow.set_tracking_uri(tracking_uri(uri))
     client = MlflowClient()
     if parent_version is None:
         parent_version = current_version(client, model_name, "champion") or ""
     mlflow.set_experiment(model_name)
-    summary = {k: v for k, v in result.summary.items() if isinstance(v, int | float) and np.isfinite(v)}
-    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name=f"train-{result.data_end}") as run:
-        files = write_snapshot(result, Path(tmp) / "snapshot")
-        mlflow.log_params({"fitter": result.config.fitter, "holdout_days": result.config.holdout_days,
-                           "min_days": result.config.min_days, "gate_margin": result.config.gate_margin,
-                           "seed": result.config.seed, "data_end": result.data_end,
-                           **{f"prophet.{k}": v for k, v in result.config.prophet.items()}, **(params or {})})
+    summary = {k: v for k, v in snap.summary.items() if isinstance(v, int | float) and np.isfinite(v)}
+    cfg = snap.config
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name=f"train-{snap.data_end}") as run:
+        files = write_snapshot(snap, Path(tmp) / "snapshot")
+        mlflow.log_params({"fitter": cfg.fitter, "holdout_days": cfg.holdout_days, "min_days": cfg.min_days,
+                           "gate_margin": cfg.gate_margin, "seed": cfg.seed, "data_end": snap.data_end,
+                           "parent_version": parent_version,
+                           **{f"prophet.{k}": v for k, v in cfg.prophet.items()}, **(params or {})})
         mlflow.log_metrics(summary)
         mlflow.log_artifact(files["store_metrics"])
         mlflow.log_artifact(files["manifest"])
@@ -109,15 +152,15 @@ def register(result: TrainResult, *, uri: str | None = None, model_name: str = D
             pip_requirements=[f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}",
                               f"pandas=={_version('pandas')}"],
         )
-        tags = {"data_end": result.data_end, "stores": str(len(result.table)), "fitter": result.config.fitter,
+        tags = {"data_end": snap.data_end, "stores": str(len(snap.table)), "fitter": cfg.fitter,
                 "parent_version": parent_version, "run_id": run.info.run_id,
-                "gate_failed": str(len(result.gate_failed))}
+                "gate_failed": str(len(snap.gate_failed))}
         mv = mlflow.register_model(info.model_uri, model_name, tags=tags)
     if alias:
         client.set_registered_model_alias(model_name, alias, mv.version)
-    result.seconds["register"] = time.perf_counter() - t0
     return Registered(version=str(mv.version), run_id=run.info.run_id,
-                      model_uri=f"models:/{model_name}/{mv.version}", model_name=model_name)
+                      model_uri=f"models:/{model_name}/{mv.version}", model_name=model_name,
+                      seconds=time.perf_counter() - t0)
 
 
 def download(model_uri: str, dst: str | Path, path: str = "") -> Path:
