@@ -207,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--url", default="http://127.0.0.1:8080", help="transformer URL")
     f.add_argument("--plot", help="also draw the forecast with its interval into this PNG")
     f.set_defaults(func=cmd_forecast)
+
+    from pipelines.cli_rollout import add_parsers
+
+    add_parsers(sub)
     return p
 
 

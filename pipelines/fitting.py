@@ -60,6 +60,7 @@ def quiet(single_thread: bool = False) -> None:
 
         threadpool_limits(1)
     logging.getLogger("cmdstanpy").disabled = True
+    logging.getLogger("prophet.plot").disabled = True  # "Importing plotly failed": plots are matplotlib here
     logging.getLogger("prophet").setLevel(logging.WARNING)
     logging.getLogger("prophet_batch").setLevel(logging.WARNING)
 

@@ -82,10 +82,11 @@ def chunked(series: list[Series], workers: int, most: int = 50) -> list[list[Ser
 
 
 def run_chunks(chunks: list[list[Series]], cfg: FitConfig, workers: int, progress: bool,
-               while_fitting: Callable[[], None] | None = None) -> list[StoreResult]:
+               while_fitting: Callable[[], None] | None = None, start_method: str | None = None) -> list[StoreResult]:
     """Fit the chunks on ``workers`` processes with a progress bar on stderr.
 
     ``while_fitting`` runs in a thread of this process once the workers exist (never before a fork).
+    ``start_method``: multiprocessing's (default fork where there is one; a threaded server passes spawn).
     """
     from tqdm import tqdm
 
@@ -101,7 +102,7 @@ def run_chunks(chunks: list[list[Series]], cfg: FitConfig, workers: int, progres
                 results += fit_chunk(chunk, cfg)
                 bar.update(len(chunk))
         else:
-            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            method = start_method or ("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
             with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
                                      initializer=quiet, initargs=(True,)) as pool:
                 futures = {pool.submit(fit_chunk, chunk, cfg): len(chunk) for chunk in chunks}
@@ -137,7 +138,7 @@ def summarize(results: list[StoreResult]) -> dict[str, Any]:
 
 def train(sales: pd.DataFrame, cfg: FitConfig, *, stores: list[str] | None = None, limit: int | None = None,
           workers: int | None = None, progress: bool = True,
-          while_fitting: Callable[[], None] | None = None) -> TrainResult:
+          while_fitting: Callable[[], None] | None = None, start_method: str | None = None) -> TrainResult:
     """Fit, evaluate and assemble every chosen store; stores that cannot be fitted are reported, not fatal."""
     t0 = time.perf_counter()
     sales = select(sales, stores, limit)
@@ -146,7 +147,7 @@ def train(sales: pd.DataFrame, cfg: FitConfig, *, stores: list[str] | None = Non
     series = to_series(sales)
     known = {s[0] for s in series}
     workers = workers or os.cpu_count() or 1
-    results = run_chunks(chunked(series, workers), cfg, workers, progress, while_fitting)
+    results = run_chunks(chunked(series, workers), cfg, workers, progress, while_fitting, start_method)
     # stores with no open day at all never became a series: report them too
     for sid in sorted(set(sales["Store"]) - known):
         results.append(StoreResult(sid, error="too little data: 0 open days", metrics={"store_id": sid}))

@@ -1,0 +1,131 @@
+"""Canary rollouts of a model version on the InferenceService, with the ``kubernetes`` client.
+
+Every step is one JSON Patch (RFC 6902) on ``spec.predictor`` of the InferenceService, guarded by
+``test`` operations so it never applies to an object that changed under it:
+
+- start N P: set ``canaryTrafficPercent`` to P and pin the predictor's ``--model_uri`` to version N;
+- promote: remove ``canaryTrafficPercent`` (the new revision takes all traffic) and move the MLflow
+  ``champion`` alias to the pinned version;
+- rollback: set ``canaryTrafficPercent`` to 0 and pin ``--model_uri`` back to the champion version.
+``--dry-run`` prints the exact patch instead of sending it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
+URI_FLAGS = ("--model_uri", "--model-uri")
+CANARY = "/spec/predictor/canaryTrafficPercent"
+
+
+@dataclass(frozen=True)
+class UriArg:
+    """Where the predictor's model URI sits in its container args."""
+
+    path: str  # JSON Pointer of the arg holding the value
+    value: str  # the whole arg as it is now
+    inline: bool  # "--model_uri=URI" (True) or "--model_uri", "URI" (False)
+    flag: str
+
+    @property
+    def uri(self) -> str:
+        return self.value.split("=", 1)[1] if self.inline else self.value
+
+    def arg(self, uri: str) -> str:
+        return f"{self.flag}={uri}" if self.inline else uri
+
+
+def uri_arg(isvc: dict[str, Any]) -> UriArg:
+    """Find ``--model_uri`` in the predictor's containers (KServe custom predictor)."""
+    containers = isvc.get("spec", {}).get("predictor", {}).get("containers", [])
+    for c, container in enumerate(containers):
+        args = container.get("args", [])
+        for i, arg in enumerate(args):
+            for flag in URI_FLAGS:
+                if arg.startswith(flag + "="):
+                    return UriArg(f"/spec/predictor/containers/{c}/args/{i}", arg, True, flag)
+                if arg == flag and i + 1 < len(args):
+                    return UriArg(f"/spec/predictor/containers/{c}/args/{i + 1}", args[i + 1], False, flag)
+    raise ValueError("the InferenceService's predictor has no --model_uri argument")
+
+
+def version_uri(model_name: str, version: str | int) -> str:
+    return f"models:/{model_name}/{version}"
+
+
+def version_of(uri: str) -> str:
+    """The version number of a pinned ``models:/NAME/N`` URI."""
+    tail = uri.rstrip("/").rsplit("/", 1)[-1]
+    if not uri.startswith("models:/") or not tail.isdigit():
+        raise ValueError(f"the predictor is not pinned to a version: {uri!r} (expected models:/NAME/N)")
+    return tail
+
+
+def _canary_op(isvc: dict[str, Any], percent: int) -> list[dict[str, Any]]:
+    current = isvc.get("spec", {}).get("predictor", {}).get("canaryTrafficPercent")
+    if current is None:
+        return [{"op": "add", "path": CANARY, "value": percent}]
+    return [{"op": "test", "path": CANARY, "value": current}, {"op": "replace", "path": CANARY, "value": percent}]
+
+
+def start_patch(isvc: dict[str, Any], model_name: str, version: str | int, percent: int) -> list[dict[str, Any]]:
+    """Pin version N and send ``percent`` of the traffic to it."""
+    if not 0 <= percent <= 100:
+        raise ValueError(f"percent must be within 0..100, got {percent}")
+    arg = uri_arg(isvc)
+    return [{"op": "test", "path": arg.path, "value": arg.value}, *_canary_op(isvc, percent),
+            {"op": "replace", "path": arg.path, "value": arg.arg(version_uri(model_name, version))}]
+
+
+def promote_patch(isvc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The canary takes all traffic: remove ``canaryTrafficPercent``."""
+    current = isvc.get("spec", {}).get("predictor", {}).get("canaryTrafficPercent")
+    if current is None:
+        raise ValueError("no canary in progress: spec.predictor.canaryTrafficPercent is not set")
+    return [{"op": "test", "path": CANARY, "value": current}, {"op": "remove", "path": CANARY}]
+
+
+def rollback_patch(isvc: dict[str, Any], model_name: str, champion: str | int) -> list[dict[str, Any]]:
+    """No traffic to the canary, and the predictor pinned back to the champion version."""
+    arg = uri_arg(isvc)
+    return [*_canary_op(isvc, 0), {"op": "test", "path": arg.path, "value": arg.value},
+            {"op": "replace", "path": arg.path, "value": arg.arg(version_uri(model_name, champion))}]
+
+
+def traffic(isvc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The predictor's traffic split from ``status.components.predictor.traffic``."""
+    rows = isvc.get("status", {}).get("components", {}).get("predictor", {}).get("traffic", []) or []
+    return [{"revision": t.get("revisionName", ""), "percent": t.get("percent", 0), "tag": t.get("tag", ""),
+             "latest": bool(t.get("latestRevision", False))} for t in rows]
+
+
+class Canary:
+    """Reads and patches one InferenceService through the Kubernetes API (kubeconfig or in-cluster)."""
+
+    def __init__(self, name: str, namespace: str, api: Any = None) -> None:
+        self.name, self.namespace = name, namespace
+        if api is None:
+            from kubernetes import client, config
+
+            try:
+                config.load_kube_config()
+            except config.ConfigException:
+                config.load_incluster_config()
+            api = client.CustomObjectsApi()
+        self.api = api
+
+    def get(self) -> dict[str, Any]:
+        return self.api.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, self.name)
+
+    def patch(self, ops: list[dict[str, Any]]) -> dict[str, Any]:
+        return self.api.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, self.name, ops,
+                                                       _content_type="application/json-patch+json")
+
+
+def show(ops: list[dict[str, Any]], isvc: str, namespace: str) -> str:
+    """The patch as a ``kubectl patch`` command a person can read or run."""
+    return (f"kubectl -n {namespace} patch inferenceservice {isvc} --type=json -p '"
+            + json.dumps(ops) + "'")

@@ -1,0 +1,128 @@
+"""``storecast retrain`` and ``storecast canary ...``: the rollout commands of the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+DEFAULT_RETRAIN_URL = "http://127.0.0.1:8090"
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    import httpx
+    from cloudevents.conversion import to_binary
+
+    from pipelines import events
+
+    ev = events.event(events.RETRAIN_REQUESTED, {"store_ids": args.store, "reason": args.reason}, "storecast.cli")
+    headers, body = to_binary(ev)
+    try:
+        r = httpx.post(args.url, headers=headers, content=body, timeout=30)
+    except httpx.HTTPError as exc:
+        print(f"retrain request failed: {args.url}: {exc}", file=sys.stderr)
+        return 1
+    if r.status_code >= 400:
+        print(f"retrain request rejected: HTTP {r.status_code}: {r.text}", file=sys.stderr)
+        return 1
+    answer = r.json() if r.content else {}
+    print(json.dumps(answer) if answer else f"sent event {ev['id']} (HTTP {r.status_code})")
+    if not args.wait:
+        return 0
+    job_id = answer.get("job_id")
+    if not job_id:
+        print("--wait needs the retrain service's answer (send to the service, or give --status-url)",
+              file=sys.stderr)
+        return 1
+    status_url = (args.status_url or args.url).rstrip("/")
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        job = httpx.get(f"{status_url}/jobs/{job_id}", timeout=10).json()
+        if job["status"] in ("done", "failed", "up_to_date"):
+            print(json.dumps(job))
+            if job["status"] == "done":
+                print(f"new version {job['result']['version']} ({job['result']['model_uri']}), alias "
+                      f"{job['result']['promoted'] or '-'}", file=sys.stderr)
+            return 0 if job["status"] != "failed" else 1
+        time.sleep(0.5)
+    print(f"job {job_id} not finished after {args.timeout} s", file=sys.stderr)
+    return 1
+
+
+def cmd_canary(args: argparse.Namespace) -> int:
+    from pipelines import canary as c
+
+    can = c.Canary(args.isvc, args.namespace)
+    isvc = can.get()
+    if args.action == "status":
+        arg = c.uri_arg(isvc)
+        percent = isvc["spec"]["predictor"].get("canaryTrafficPercent")
+        print(f"{args.namespace}/{args.isvc}: predictor pinned to {arg.uri}; canaryTrafficPercent: "
+              f"{'-' if percent is None else percent}")
+        for row in c.traffic(isvc):
+            print(f"  {row['revision']:<40} {row['percent']:>4}%  {'latest' if row['latest'] else 'previous'}"
+                  f"{'  tag=' + row['tag'] if row['tag'] else ''}")
+        return 0
+    alias_move: tuple[str, str] | None = None
+    if args.action == "start":
+        ops = c.start_patch(isvc, args.model_name, args.version, args.percent)
+    elif args.action == "promote":
+        ops = c.promote_patch(isvc)
+        alias_move = ("champion", c.version_of(c.uri_arg(isvc).uri))
+    else:
+        ops = c.rollback_patch(isvc, args.model_name, args.to_version or _champion(args))
+    print(c.show(ops, args.isvc, args.namespace))
+    if alias_move:
+        print(f"mlflow: set alias {alias_move[0]} of {args.model_name} to version {alias_move[1]}")
+    if args.dry_run:
+        return 0
+    can.patch(ops)
+    if alias_move:
+        from mlflow import MlflowClient
+
+        from pipelines.registry import tracking_uri
+
+        MlflowClient(tracking_uri(args.tracking_uri)).set_registered_model_alias(args.model_name, *alias_move)
+    print(f"{args.action}: done", file=sys.stderr)
+    return 0
+
+
+def _champion(args: argparse.Namespace) -> str:
+    from mlflow import MlflowClient
+
+    from pipelines.registry import tracking_uri
+
+    return str(MlflowClient(tracking_uri(args.tracking_uri)).get_model_version_by_alias(args.model_name,
+                                                                                         "champion").version)
+
+
+def add_parsers(sub: Any) -> None:
+    r = sub.add_parser("retrain", help="ask the retrain service (or the broker) to refit stores")
+    r.add_argument("--store", action="append", required=True, help="store id (repeat for several)")
+    r.add_argument("--reason", default="requested from the CLI")
+    r.add_argument("--url", default=DEFAULT_RETRAIN_URL, help="retrain service or broker ingress URL")
+    r.add_argument("--status-url", help="retrain service URL for --wait when --url is a broker")
+    r.add_argument("--wait", action="store_true", help="wait for the job and print the new version")
+    r.add_argument("--timeout", type=float, default=300.0)
+    r.set_defaults(func=cmd_retrain)
+
+    can = sub.add_parser("canary", help="canary a model version on the InferenceService (kubernetes)")
+    steps = can.add_subparsers(dest="action", required=True)
+    for name, text in (("start", "pin --version N with --percent of the traffic"), ("status", "show the split"),
+                       ("promote", "give the canary all traffic and move the champion alias to it"),
+                       ("rollback", "no traffic to the canary; pin back to the champion")):
+        s = steps.add_parser(name, help=text)
+        s.add_argument("--isvc", default="storecast")
+        s.add_argument("--namespace", default="storecast")
+        s.add_argument("--model-name", default="storecast")
+        s.add_argument("--tracking-uri", help="MLflow (promote moves, rollback reads the champion alias)")
+        if name != "status":
+            s.add_argument("--dry-run", action="store_true", help="print the exact patch, change nothing")
+        if name == "start":
+            s.add_argument("--version", required=True)
+            s.add_argument("--percent", type=int, default=10)
+        if name == "rollback":
+            s.add_argument("--to-version", help="pin back to this version (default: the champion alias)")
+        s.set_defaults(func=cmd_canary)

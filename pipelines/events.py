@@ -1,0 +1,54 @@
+"""CloudEvents of storecast: types, parsing (binary or structured) and emitting to a sink."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+import httpx
+from cloudevents.conversion import to_binary
+from cloudevents.http import CloudEvent, from_http
+
+RETRAIN_REQUESTED = "com.storecast.retrain.requested"
+PING = "dev.knative.sources.ping"
+MODEL_REGISTERED = "com.storecast.model.registered"
+RETRAIN_FAILED = "com.storecast.retrain.failed"
+FORECAST_REQUESTED = "com.storecast.forecast.requested"
+SOURCE = "storecast.retrain"
+
+log = logging.getLogger("storecast.events")
+
+
+class BadEvent(ValueError):
+    """The request is not a CloudEvent we can act on (answered 400, so Knative does not redeliver it)."""
+
+
+def parse(headers: dict[str, str], body: bytes) -> CloudEvent:
+    """A binary or structured CloudEvent from an HTTP request."""
+    try:
+        return from_http(headers, body)
+    except Exception as exc:  # the SDK raises several types for malformed input
+        raise BadEvent(f"not a CloudEvent: {exc}") from None
+
+
+def event(kind: str, data: dict[str, Any], source: str = SOURCE) -> CloudEvent:
+    return CloudEvent({"type": kind, "source": source, "id": uuid.uuid4().hex}, data)
+
+
+def emit(sink: str | None, ev: CloudEvent, attempts: int = 3, timeout: float = 5.0) -> bool:
+    """POST the event (binary mode) to ``sink``; retries with backoff; never raises (logged instead)."""
+    if not sink:
+        return False
+    headers, body = to_binary(ev)
+    for attempt in range(attempts):
+        try:
+            r = httpx.post(sink, headers=headers, content=body, timeout=timeout)
+            if r.status_code < 300:
+                return True
+            log.warning("sink %s answered %s for %s", sink, r.status_code, ev["type"])
+        except httpx.HTTPError as exc:
+            log.warning("sink %s unreachable for %s: %s", sink, ev["type"], exc)
+        time.sleep(0.2 * 2**attempt)
+    return False
