@@ -176,15 +176,16 @@ class RetrainManager:
     def _run(self) -> None:
         while (job := self._queue.get()) is not None:
             job.status = "running"
-            try:
-                job.result = self._retrain(job)
-                job.status = "done"
-                events.emit(self.sink, events.event(events.MODEL_REGISTERED, {"job_id": job.id, **job.result}))
+            try:  # the event goes out before the status says so: a finished job has been announced
+                result = self._retrain(job)
+                events.emit(self.sink, events.event(events.MODEL_REGISTERED, {"job_id": job.id, **result}))
+                job.result, job.status = result, "done"
             except Exception as exc:  # a failed job is reported, never moves an alias
                 log.exception("retrain job %s failed", job.id)
-                job.status, job.error = "failed", f"{type(exc).__name__}: {exc}"
+                error = f"{type(exc).__name__}: {exc}"
                 events.emit(self.sink, events.event(events.RETRAIN_FAILED, {
-                    "job_id": job.id, "store_ids": job.stores, "reason": job.error}))
+                    "job_id": job.id, "store_ids": job.stores, "reason": error}))
+                job.error, job.status = error, "failed"
             finally:
                 job.finished = time.time()
                 with self._lock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -91,3 +92,49 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         stop(proc)
         log.close()
+
+
+class Recorder:
+    """A real HTTP server on loopback that records every request and answers with ``respond``.
+
+    ``respond(method, path, body) -> (status, json_body)``; the default answers 202 with no body.
+    """
+
+    def __init__(self, respond=None) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests: list[dict] = []
+        self.respond = respond or (lambda method, path, body: (202, None))
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _handle(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                recorder.requests.append({"method": self.command, "path": self.path, "body": body,
+                                          "headers": {k.lower(): v for k, v in self.headers.items()}})
+                status, answer = recorder.respond(self.command, self.path, body)
+                data = b"" if answer is None else json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PATCH = do_PUT = _handle
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def events(self) -> list[dict]:
+        """The CloudEvents received (binary mode): type and data."""
+        return [{"type": r["headers"].get("ce-type"), "id": r["headers"].get("ce-id"),
+                 "data": json.loads(r["body"] or b"null")} for r in self.requests if "ce-type" in r["headers"]]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,183 @@
+"""The retrain service for real: CloudEvents over HTTP, a real `mlflow server`, a sink, an alias-following predictor.
+
+The champion is trained on data up to 2015-06-30; the service reads data up to 2015-07-31, so every
+store starts stale.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from cloudevents.conversion import to_binary, to_structured
+from cloudevents.http import CloudEvent
+from mlflow import MlflowClient
+
+from pipelines.data import write_sales
+from pipelines.stack import Service, free_port, wait_ready
+from pipelines.synth import synthesize
+from tests.conftest import Recorder, run_cli, stop
+
+MODEL = "storecast-rt"
+
+
+def versions(uri: str) -> list[str]:
+    return sorted((str(v.version) for v in MlflowClient(uri).search_model_versions(f"name='{MODEL}'")), key=int)
+
+
+def champion(uri: str) -> str:
+    return str(MlflowClient(uri).get_model_version_by_alias(MODEL, "champion").version)
+
+
+@pytest.fixture(scope="module")
+def world(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    root = tmp_path_factory.mktemp("retrain")
+    sales = synthesize(6, seed=11)
+    write_sales(sales[sales["Date"] <= "2015-06-30"], root / "old.csv.gz")
+    latest = write_sales(sales, root / "latest.csv.gz")
+    run_cli("train", "--data", str(root / "old.csv.gz"), "--tracking-uri", mlflow_server, "--model-name", MODEL,
+            "--alias", "champion", "--workers", "1", "--no-progress", cwd=root)
+    sink = Recorder()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "K_SINK": sink.url}
+    port, p_http, p_grpc = free_port(), free_port(), free_port()
+    procs = []
+    try:
+        svc = subprocess.Popen([sys.executable, "-m", "pipelines.retrain", "--data", str(latest), "--port", str(port),
+                                "--host", "127.0.0.1", "--model-name", MODEL], env=env, cwd=root,
+                               stdout=subprocess.DEVNULL, stderr=(root / "retrain.log").open("w"))
+        procs.append(svc)
+        pred = subprocess.Popen([sys.executable, "-m", "predictor", "--model_uri", f"models:/{MODEL}@champion",
+                                 "--refresh-seconds", "1", "--http_port", str(p_http), "--grpc_port", str(p_grpc)],
+                                env=env, stdout=subprocess.DEVNULL, stderr=(root / "predictor.log").open("w"))
+        procs.append(pred)
+        wait_ready(f"http://127.0.0.1:{port}/healthz", Service("retrain", svc, port, log=root / "retrain.log"), 120)
+        wait_ready(f"http://127.0.0.1:{p_http}/v2/models/storecast/ready",
+                   Service("predictor", pred, p_http, log=root / "predictor.log"), 120)
+        yield {"url": f"http://127.0.0.1:{port}", "uri": mlflow_server, "sink": sink,
+               "predictor": f"http://127.0.0.1:{p_http}", "first": champion(mlflow_server)}
+    finally:
+        for p in procs:
+            stop(p)
+        sink.close()
+
+
+def send(url: str, stores: list[str] | None, event_id: str, kind: str = "com.storecast.retrain.requested",
+         structured: bool = False) -> httpx.Response:
+    data = {"store_ids": stores, "reason": "test"} if stores is not None else None
+    ev = CloudEvent({"type": kind, "source": "tests", "id": event_id}, data)
+    headers, body = (to_structured if structured else to_binary)(ev)
+    return httpx.post(url, headers=headers, content=body, timeout=30)
+
+
+def wait_job(url: str, job_id: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = httpx.get(f"{url}/jobs/{job_id}", timeout=10).json()
+        if job["status"] in ("done", "failed", "up_to_date"):
+            return job
+        time.sleep(0.2)
+    raise TimeoutError(job_id)
+
+
+def forecast(predictor: str, store: str) -> tuple[str, list[float]]:
+    meta = httpx.get(f"{predictor}/v2/models/storecast", timeout=10).json()
+    r = httpx.post(f"{predictor}/v2/models/storecast/infer", json={"inputs": [
+        {"name": "store_id", "datatype": "BYTES", "shape": [3], "data": [store] * 3},
+        {"name": "ds", "datatype": "BYTES", "shape": [3], "data": ["2015-08-03", "2015-08-04", "2015-08-05"]}]},
+        timeout=10)
+    return meta["versions"][0], r.json()["outputs"][0]["data"]
+
+
+def test_four_concurrent_requests_make_one_fit_and_one_version(world: dict) -> None:
+    before = versions(world["uri"])
+    version0, yhat0 = forecast(world["predictor"], "4")
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda i: send(world["url"], ["4"], f"four-{i}", structured=i % 2 == 1), range(4)))
+    assert all(a.status_code == 202 for a in answers), [a.text for a in answers]
+    job_ids = {a.json()["job_id"] for a in answers}
+    assert len(job_ids) == 1  # the three later requests wait for the first one's fit
+    job = wait_job(world["url"], job_ids.pop())
+    assert job["status"] == "done", job
+    after = versions(world["uri"])
+    assert len(after) == len(before) + 1
+    new = job["result"]["version"]
+    assert champion(world["uri"]) == new and job["result"]["promoted"] == "champion"
+    assert job["result"]["parent_version"] == world["first"]
+    registered = [e for e in world["sink"].events() if e["type"] == "com.storecast.model.registered"]
+    assert [e["data"]["store_ids"] for e in registered] == [["4"]]
+    assert registered[0]["data"]["version"] == new and registered[0]["data"]["gate"]["4"] in ("pass", "n/a")
+    mv = MlflowClient(world["uri"]).get_model_version(MODEL, new)
+    assert mv.tags["parent_version"] == world["first"] and mv.tags["stores"] == "6"
+    assert mv.tags["data_end"] == "2015-07-31"
+
+    # the alias-following predictor swaps to the new version by itself
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and forecast(world["predictor"], "4")[0] != new:
+        time.sleep(0.3)
+    version1, yhat1 = forecast(world["predictor"], "4")
+    assert (version0, version1) == (world["first"], new)
+    assert not np.allclose(yhat0, yhat1)  # refitted on a month more data
+    assert forecast(world["predictor"], "1")[1] == forecast(world["predictor"], "1")[1]
+
+
+def test_up_to_date_store_is_not_refitted(world: dict) -> None:
+    before = versions(world["uri"])
+    r = send(world["url"], ["4"], "again-4")
+    assert r.status_code == 200 and r.json()["status"] == "up_to_date"
+    assert versions(world["uri"]) == before
+
+
+def test_redelivered_event_does_nothing_new(world: dict) -> None:
+    before, events_before = versions(world["uri"]), len(world["sink"].requests)
+    r = send(world["url"], ["4"], "four-0")  # the id of the first request above
+    assert r.status_code == 202
+    assert wait_job(world["url"], r.json()["job_id"])["status"] == "done"
+    time.sleep(0.5)
+    assert versions(world["uri"]) == before and len(world["sink"].requests) == events_before
+
+
+def test_store_without_data_fails_and_moves_no_alias(world: dict) -> None:
+    before_champion, before = champion(world["uri"]), versions(world["uri"])
+    r = send(world["url"], ["9999"], "no-data")
+    assert r.status_code == 202
+    job = wait_job(world["url"], r.json()["job_id"])
+    assert job["status"] == "failed" and "9999" in job["error"]
+    failed = [e for e in world["sink"].events() if e["type"] == "com.storecast.retrain.failed"]
+    assert failed and failed[-1]["data"]["store_ids"] == ["9999"]
+    assert champion(world["uri"]) == before_champion and versions(world["uri"]) == before
+
+
+@pytest.mark.parametrize(("kind", "data"), [("com.example.other", {"store_ids": ["1"]}),
+                                            ("com.storecast.retrain.requested", {"stores": ["1"]}),
+                                            ("com.storecast.retrain.requested", {"store_ids": []})])
+def test_bad_events_get_400(world: dict, kind: str, data: dict) -> None:
+    headers, body = to_binary(CloudEvent({"type": kind, "source": "tests", "id": f"bad-{kind}-{data}"}, data))
+    r = httpx.post(world["url"], headers=headers, content=body, timeout=10)
+    assert r.status_code == 400 and r.json()["error"]
+
+
+def test_ping_refits_every_stale_store_then_nothing(world: dict) -> None:
+    r = send(world["url"], None, "ping-1", kind="dev.knative.sources.ping")
+    assert r.status_code == 202
+    job = wait_job(world["url"], r.json()["job_id"])
+    assert job["status"] == "done" and job["stores"] == ["1", "2", "3", "5", "6"]  # 4 is fresh already
+    again = send(world["url"], None, "ping-2", kind="dev.knative.sources.ping")
+    assert again.status_code == 200 and again.json()["status"] == "up_to_date"
+
+
+def test_health_and_unknown_job(world: dict) -> None:
+    assert httpx.get(f"{world['url']}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{world['url']}/jobs/nope").status_code == 404
+
+
+def test_cli_retrain_waits_for_the_version(world: dict, tmp_path: Path) -> None:
+    out = run_cli("retrain", "--store", "2", "--url", world["url"], "--wait", cwd=tmp_path)
+    assert '"status": "up_to_date"' in out.stdout  # refitted by the ping above
