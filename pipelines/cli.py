@@ -209,8 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.set_defaults(func=cmd_forecast)
 
     from pipelines.cli_rollout import add_parsers
+    from pipelines.loadtest import add_parser as add_loadtest
 
     add_parsers(sub)
+    add_loadtest(sub)
     return p
 
 

@@ -2,7 +2,7 @@
 
 KServe's own flags (``--predictor_host``, ``--predictor_protocol``, ``--http_port``, ``--grpc_port``,
 ``--workers``, ...) plus ours: ``--shards N`` with ``--predictor_host_template`` (``{k}`` = shard),
-``--max-days``, ``--max-stores``, ``--batch-rows``. gRPC V2 to the predictor is the default.
+``--max-days``, ``--max-stores``, ``--batch-rows``, ``--max-inflight``. gRPC V2 to the predictor is the default.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="most stores in one request")
     g.add_argument("--batch-rows", "--batch_rows", dest="batch_rows", type=int, default=50_000,
                    help="most store-days in one predictor call (bigger requests are split and sent concurrently)")
+    g.add_argument("--max-inflight", "--max_inflight", dest="max_inflight", type=int, default=64,
+                   help="inference requests served at once; more get 503 + Retry-After at once (0: unbounded)")
     return parser
 
 
@@ -91,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from kserve import ModelServer
 
+    from predictor import shedding
     from transformer.model import ForecastTransformer
     from transformer.shards import ShardRouter
 
@@ -99,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     model = ForecastTransformer(args.model_name, router, Limits(args.max_days, args.max_stores))
     model.load()
     install_error_handlers()
+    shedding.install(args.max_inflight)
     names = ("http_port", "grpc_port", "workers", "max_threads", "max_asyncio_workers", "enable_grpc",
              "enable_docs_url", "enable_latency_logging", "access_log_format", "event_loop", "timeout_keep_alive")
     ModelServer(**{n: getattr(args, n) for n in names}).start([model])

@@ -1,0 +1,167 @@
+"""Locust load test of storecast (never imports kserve).
+
+User classes (pick them on the command line, weights by ``STORECAST_WEIGHTS``):
+- ``Planner``: the business V1 API on the transformer: one store, default window; sometimes several stores;
+- ``Service``: V2 long-format requests straight to the predictor (``STORECAST_PREDICTOR_URL``);
+- ``Event``: forecast requests as binary CloudEvents to the transformer;
+- ``Refresher``: retrain requests to the retrain service (``STORECAST_RETRAIN_URL``) at a low rate.
+
+``--host`` is the transformer; the predictor and retrain service are absolute URLs from the environment.
+Each user paces itself at ``STORECAST_USER_RPS`` requests per second (``constant_throughput``), so the
+offered load is users x rate whatever the latency. Requests shed by a server (429/503) are reported
+under the name ``shed``; the other rows hold successful requests only, so their percentiles are
+those of successes. ``STORECAST_SHAPE`` = ``surge`` (steady, a 10x holiday spike, back) or ``ramp``
+(steps up until saturation) drives the user count instead of ``-u``.
+
+Environment: STORECAST_STORES ("1-1115" or "1,2,7"), STORECAST_PREDICTOR_URL, STORECAST_RETRAIN_URL,
+STORECAST_USER_RPS (default 2), STORECAST_WEIGHTS ("Planner=8,Service=2,Event=1,Refresher=1"),
+STORECAST_SHAPE, STORECAST_BASE_USERS (20), STORECAST_STEP_USERS (10), STORECAST_STEP_SECONDS (10),
+STORECAST_MAX_USERS (400), STORECAST_PHASE_SECONDS (20).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import uuid
+
+from locust import LoadTestShape, between, constant_throughput, task
+from locust.contrib.fasthttp import FastHttpUser
+
+JSON = {"content-type": "application/json"}
+SHED = (429, 503)
+
+
+def _stores(spec: str) -> list[str]:
+    if "-" in spec and "," not in spec:
+        lo, hi = (int(x) for x in spec.split("-"))
+        return [str(i) for i in range(lo, hi + 1)]
+    return [s.strip() for s in spec.split(",") if s.strip()]
+
+
+STORES = _stores(os.environ.get("STORECAST_STORES", "1-20"))
+RATE = float(os.environ.get("STORECAST_USER_RPS", "2"))
+WEIGHTS = dict(kv.split("=") for kv in os.environ.get(
+    "STORECAST_WEIGHTS", "Planner=8,Service=2,Event=1,Refresher=1").split(",") if kv)
+
+
+def _weight(name: str) -> int:
+    return int(WEIGHTS.get(name, 1))
+
+
+def _check(resp, name: str) -> None:  # resp: locust's response context manager
+    """Successes stay under their name; shed requests go under "shed"; anything else is a failure."""
+    if resp.status_code in SHED:
+        resp.request_meta["name"] = "shed"
+        resp.failure(f"shed {resp.status_code} (retry-after {resp.headers.get('retry-after')})")
+    elif resp.status_code >= 400 or resp.status_code == 0:
+        resp.failure(f"{name}: HTTP {resp.status_code}: {(resp.text or '')[:200]}")
+    else:
+        resp.success()
+
+
+class Planner(FastHttpUser):
+    """Business requests on the transformer (V1)."""
+
+    weight = _weight("Planner")
+    wait_time = constant_throughput(RATE)
+
+    @task(8)
+    def one_store(self) -> None:
+        body = {"instances": [{"storeId": random.choice(STORES)}]}
+        with self.client.post("/v1/models/storecast:predict", data=json.dumps(body), headers=JSON,
+                              name="business one store", catch_response=True) as resp:
+            _check(resp, "business one store")
+
+    @task(2)
+    def several_stores(self) -> None:
+        body = {"instances": [{"storeId": s, "beginDate": "2015-08-01", "endDate": "2015-08-14"}
+                              for s in random.sample(STORES, min(5, len(STORES)))]}
+        with self.client.post("/v1/models/storecast:predict", data=json.dumps(body), headers=JSON,
+                              name="business five stores", catch_response=True) as resp:
+            _check(resp, "business five stores")
+
+
+class Service(FastHttpUser):
+    """Other services: V2 long format straight to the predictor."""
+
+    weight = _weight("Service")
+    wait_time = constant_throughput(RATE)
+    url = os.environ.get("STORECAST_PREDICTOR_URL", "").rstrip("/") + "/v2/models/storecast/infer"
+
+    @task
+    def v2_week(self) -> None:
+        store = random.choice(STORES)
+        days = [f"2015-08-0{d}" for d in range(1, 8)]
+        body = {"inputs": [{"name": "store_id", "datatype": "BYTES", "shape": [7], "data": [store] * 7},
+                           {"name": "ds", "datatype": "BYTES", "shape": [7], "data": days}]}
+        with self.client.post(self.url, data=json.dumps(body), headers=JSON,
+                              name="predictor v2 week", catch_response=True) as resp:
+            _check(resp, "predictor v2 week")
+
+
+class Event(FastHttpUser):
+    """The streaming path: forecast requests as binary CloudEvents."""
+
+    weight = _weight("Event")
+    wait_time = constant_throughput(RATE)
+
+    @task
+    def forecast_event(self) -> None:
+        headers = {**JSON, "ce-specversion": "1.0", "ce-id": uuid.uuid4().hex, "ce-source": "locust",
+                   "ce-type": "com.storecast.forecast.requested"}
+        body = {"instances": [{"storeId": random.choice(STORES)}]}
+        with self.client.post("/v1/models/storecast:predict", data=json.dumps(body), headers=headers,
+                              name="forecast cloudevent", catch_response=True) as resp:
+            _check(resp, "forecast cloudevent")
+            if resp.status_code == 200 and resp.headers.get("ce-type") != "com.storecast.forecast.completed":
+                resp.failure(f"answer is not a forecast.completed event: {resp.headers.get('ce-type')}")
+
+
+class Refresher(FastHttpUser):
+    """Planners asking for a refresh, rarely."""
+
+    weight = _weight("Refresher")
+    wait_time = between(20, 40)
+    url = os.environ.get("STORECAST_RETRAIN_URL", "").rstrip("/") + "/"
+
+    @task
+    def retrain(self) -> None:
+        headers = {**JSON, "ce-specversion": "1.0", "ce-id": uuid.uuid4().hex, "ce-source": "locust",
+                   "ce-type": "com.storecast.retrain.requested"}
+        body = {"store_ids": [random.choice(STORES)], "reason": "load test"}
+        with self.client.post(self.url, data=json.dumps(body), headers=headers, name="retrain request",
+                              catch_response=True) as resp:
+            _check(resp, "retrain request")
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+SHAPE = os.environ.get("STORECAST_SHAPE", "")
+
+if SHAPE == "surge":
+
+    class HolidaySurge(LoadTestShape):
+        """Steady load, a 10x holiday spike, then steady again (each phase STORECAST_PHASE_SECONDS)."""
+
+        def tick(self) -> tuple[int, float] | None:
+            base, phase = _env_int("STORECAST_BASE_USERS", 20), _env_int("STORECAST_PHASE_SECONDS", 20)
+            t = self.get_run_time()
+            if t < phase:
+                return base, base
+            if t < 2 * phase:
+                return base * 10, base * 10
+            return (base, base * 10) if t < 3 * phase else None
+
+elif SHAPE == "ramp":
+
+    class StepRamp(LoadTestShape):
+        """Add STORECAST_STEP_USERS every STORECAST_STEP_SECONDS up to STORECAST_MAX_USERS: finds saturation."""
+
+        def tick(self) -> tuple[int, float] | None:
+            step, every = _env_int("STORECAST_STEP_USERS", 10), _env_int("STORECAST_STEP_SECONDS", 10)
+            users = step * (int(self.get_run_time() // every) + 1)
+            return (users, users) if users <= _env_int("STORECAST_MAX_USERS", 400) else None

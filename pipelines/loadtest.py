@@ -1,0 +1,175 @@
+"""``storecast loadtest``: headless Locust against the local stack (or ``--host``), with a report and a plot.
+
+Writes Locust's CSV and HTML reports plus ``loadtest.png`` (throughput, latency percentiles and
+failures over time) into the results folder and prints success throughput, p50/p99 and error rate.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+LOCUSTFILE = Path(__file__).resolve().parents[1] / "loadtest" / "locustfile.py"
+
+
+@dataclass
+class Summary:
+    """What a run achieved: successes per second and their latency; shed and failed requests."""
+
+    seconds: float
+    success_rps: float
+    shed_rps: float
+    failures: int
+    timeouts: int
+    requests: int
+    p50_ms: float
+    p99_ms: float
+    rows: list[dict[str, Any]]
+
+    @property
+    def error_rate(self) -> float:
+        return self.failures / self.requests if self.requests else 0.0
+
+    def line(self) -> str:
+        return (f"success throughput {self.success_rps:.1f} req/s, p50 {self.p50_ms:.0f} ms, p99 {self.p99_ms:.0f} ms "
+                f"(successful requests), shed {self.shed_rps:.1f} req/s, error rate {self.error_rate:.2%}, "
+                f"timeouts {self.timeouts}")
+
+
+def run_locust(host: str, out: Path, *, users: int, spawn_rate: float, duration: str, classes: list[str],
+               env: dict[str, str] | None = None, timeout: float | None = None) -> Summary:
+    """Run headless Locust and summarise its CSV output."""
+    out.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", host, "-u", str(users),
+            "-r", str(spawn_rate), "-t", duration, "--csv", str(out / "locust"), "--csv-full-history",
+            "--html", str(out / "report.html"), "--only-summary", "--loglevel", "WARNING", "--stop-timeout", "5",
+            *classes]
+    with open(out / "locust.log", "w") as log:
+        subprocess.run(argv, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT, check=False,
+                       timeout=timeout)
+    summary = summarize(out)
+    plot(out)
+    return summary
+
+
+def summarize(out: Path) -> Summary:
+    """Success throughput and latency from ``locust_stats.csv`` (rows named ``shed`` are load shedding)."""
+    with open(out / "locust_stats.csv") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["Name"] != "Aggregated"]
+    with open(out / "locust_stats_history.csv") as fh:
+        stamps = [int(r["Timestamp"]) for r in csv.DictReader(fh)]
+    seconds = max(1.0, (max(stamps) - min(stamps))) if stamps else 1.0
+    ok = [r for r in rows if r["Name"] != "shed"]
+    shed = sum(int(r["Request Count"]) for r in rows if r["Name"] == "shed")
+    successes = sum(int(r["Request Count"]) - int(r["Failure Count"]) for r in ok)
+    busiest = max(ok, key=lambda r: int(r["Request Count"]), default=None)
+    timeouts = 0
+    if (out / "locust_failures.csv").exists():
+        with open(out / "locust_failures.csv") as fh:
+            for r in csv.DictReader(fh):
+                if "timed out" in r["Error"].lower() or "timeout" in r["Error"].lower():
+                    timeouts += int(r["Occurrences"])
+    return Summary(seconds=seconds, success_rps=successes / seconds, shed_rps=shed / seconds,
+                   failures=sum(int(r["Failure Count"]) for r in rows), timeouts=timeouts,
+                   requests=sum(int(r["Request Count"]) for r in rows),
+                   p50_ms=float(busiest["50%"]) if busiest else float("nan"),
+                   p99_ms=max((float(r["99%"]) for r in ok if int(r["Request Count"])), default=float("nan")),
+                   rows=rows)
+
+
+def plot(out: Path) -> Path:
+    """``loadtest.png``: requests/s and failures/s, and p50/p95/p99 of the aggregate, over time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(out / "locust_stats_history.csv") as fh:
+        hist = [r for r in csv.DictReader(fh) if r["Name"] == "Aggregated"]
+    t0 = int(hist[0]["Timestamp"]) if hist else 0
+    t = [int(r["Timestamp"]) - t0 for r in hist]
+
+    def col(name: str) -> list[float]:
+        return [float(r[name]) if r[name] not in ("", "N/A") else float("nan") for r in hist]
+
+    fig, (a, b) = plt.subplots(2, 1, figsize=(10, 6.5), dpi=110, sharex=True)
+    a.plot(t, col("Requests/s"), label="requests/s")
+    a.plot(t, col("Failures/s"), label="failures/s (shed included)", color="tab:red")
+    a.plot(t, col("User Count"), label="users", color="tab:gray", linestyle=":")
+    a.set_ylabel("per second / users")
+    a.legend(loc="upper left")
+    a.grid(alpha=0.3)
+    for q, style in (("50%", "-"), ("95%", "--"), ("99%", ":")):
+        b.plot(t, col(q), linestyle=style, label=f"p{q[:-1]}")
+    b.set_ylabel("latency (ms), all requests")
+    b.set_xlabel("seconds")
+    b.legend(loc="upper left")
+    b.grid(alpha=0.3)
+    fig.suptitle(f"storecast load test: {out.name}")
+    fig.tight_layout()
+    path = out / "loadtest.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def cmd_loadtest(args: Any) -> int:
+    """Start the local stack unless ``--host`` is given, run Locust, report."""
+    from datetime import datetime
+
+    from pipelines.registry import tracking_uri
+    from pipelines.stack import LocalStack
+
+    out = Path(args.out or f"results/loadtest-{datetime.now():%Y%m%d-%H%M%S}")
+    env = {"STORECAST_USER_RPS": str(args.user_rps), "STORECAST_STORES": args.stores}
+    if args.shape:
+        env["STORECAST_SHAPE"] = args.shape
+    stack = None
+    try:
+        if args.host:
+            host, predictor = args.host, args.predictor_url
+        else:
+            stack = LocalStack(args.model_uri, tracking_uri(args.tracking_uri), log_dir=out / "logs",
+                               http_port=0, grpc_port=0).start()
+            host, predictor = stack.transformer.url, stack.predictors[0].url
+        if predictor:
+            env["STORECAST_PREDICTOR_URL"] = predictor
+        if args.retrain_url:
+            env["STORECAST_RETRAIN_URL"] = args.retrain_url
+        classes = [c for c in args.classes.split(",") if c]
+        if "Service" in classes and not predictor:
+            classes.remove("Service")
+        if "Refresher" in classes and not args.retrain_url:
+            classes.remove("Refresher")
+        print(f"locust: {', '.join(classes)} against {host} for {args.duration} ...", file=sys.stderr)
+        summary = run_locust(host, out, users=args.users, spawn_rate=args.spawn_rate, duration=args.duration,
+                             classes=classes, env=env)
+    finally:
+        if stack is not None:
+            stack.stop()
+    print(summary.line())
+    print(f"reports: {out}/report.html, {out}/locust_stats.csv, plot {out}/loadtest.png")
+    return 0 if summary.requests else 1
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("loadtest", help="headless Locust against the local stack (or --host) with a report")
+    p.add_argument("--host", help="transformer URL (default: start the local stack)")
+    p.add_argument("--predictor-url", help="predictor URL for the Service users (default: the local stack's)")
+    p.add_argument("--retrain-url", help="retrain service URL for the Refresher users")
+    p.add_argument("--model-uri", default="models:/storecast@champion")
+    p.add_argument("--tracking-uri")
+    p.add_argument("--users", type=int, default=20)
+    p.add_argument("--spawn-rate", type=float, default=20)
+    p.add_argument("--user-rps", type=float, default=2.0, help="requests per second of each user")
+    p.add_argument("--duration", default="30s", help="Locust run time, e.g. 30s, 5m")
+    p.add_argument("--classes", default="Planner,Service,Event,Refresher", help="Locust user classes")
+    p.add_argument("--shape", choices=["surge", "ramp"], help="a LoadTestShape instead of --users")
+    p.add_argument("--stores", default="1-20", help="store ids the users ask for: 1-1115 or 1,2,7")
+    p.add_argument("--out", help="results folder (default results/loadtest-<time>)")
+    p.set_defaults(func=cmd_loadtest)
