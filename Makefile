@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_STORES ?= 50
 DEMO_DIR ?= build/demo
-export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/$(DEMO_DIR)/mlflow.db
+export DEMO_STORES DEMO_DIR
 
 .PHONY: install test lint demo bench clean
 
@@ -23,9 +23,7 @@ test: install lint
 	$(BIN)/python -m pytest -q
 
 demo: install
-	mkdir -p $(DEMO_DIR)
-	$(BIN)/storecast data synth --stores $(DEMO_STORES) --seed 7 --out $(DEMO_DIR)/sales.csv.gz
-	$(BIN)/storecast train --data $(DEMO_DIR)/sales.csv.gz --alias champion
+	BIN=$(BIN) bash scripts/demo.sh
 
 bench: install
 	$(BIN)/python bench/train.py

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# make demo: synthetic sales ending yesterday -> train every store -> serve on loopback -> one forecast
+# printed and plotted -> keep serving until Ctrl-C. Everything lands in $DEMO_DIR (default build/demo).
+set -euo pipefail
+BIN=${BIN:-.venv/bin}
+DIR=${DEMO_DIR:-build/demo}
+STORES=${DEMO_STORES:-50}
+PORT=${DEMO_PORT:-8080}
+mkdir -p "$DIR"
+export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///$PWD/$DIR/mlflow.db}
+end=$(date -u -d yesterday +%F)
+start=$(date -u -d "$end - 940 days" +%F)
+
+"$BIN/storecast" data synth --stores "$STORES" --seed 7 --start "$start" --end "$end" --out "$DIR/sales.csv.gz"
+"$BIN/storecast" train --data "$DIR/sales.csv.gz" --alias champion
+"$BIN/storecast" serve --model-uri models:/storecast@champion --http-port "$PORT" --grpc-port 0 \
+  --log-dir "$DIR/logs" > "$DIR/serve.out" &
+serve=$!
+trap 'kill -TERM $serve 2>/dev/null; wait $serve 2>/dev/null' EXIT INT TERM
+for _ in $(seq 1 600); do
+  grep -q "Ctrl-C" "$DIR/serve.out" 2>/dev/null && break
+  kill -0 $serve 2>/dev/null || { echo "storecast serve failed; see $DIR/logs" >&2; exit 1; }
+  sleep 0.5
+done
+cat "$DIR/serve.out"
+echo
+"$BIN/storecast" forecast --store 4 --url "http://127.0.0.1:$PORT" --plot "$DIR/forecast.png"
+echo
+echo "forecast plot: $DIR/forecast.png -- still serving on http://127.0.0.1:$PORT (Ctrl-C stops)"
+if [ "${DEMO_EXIT:-0}" = 1 ]; then exit 0; fi
+wait $serve
