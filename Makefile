@@ -30,3 +30,5 @@ bench: install
 
 clean:
 	rm -rf $(VENV) build mlruns mlflow.db .pytest_cache .ruff_cache
+
+include mk/image.mk

@@ -68,3 +68,35 @@ def test_expand_keeps_request_order() -> None:
     assert ids.tolist() == ["9", "9", "4", "4", "4"]
     assert [iso(d) for d in days] == ["2015-08-05", "2015-08-06", "2015-08-01", "2015-08-02", "2015-08-03"]
     assert days.dtype == np.int64
+
+
+def test_api_key_middleware() -> None:
+    """The optional API key: checked on inference POSTs, CloudEvents and probes pass."""
+    import asyncio
+
+    from transformer.auth import ApiKey
+
+    seen: list[str] = []
+
+    async def app(scope: dict, receive: object, send: object) -> None:
+        seen.append(scope["path"])
+
+    async def call(path: str, method: str = "POST", headers: list | None = None) -> int:
+        sent: list[dict] = []
+
+        async def send(msg: dict) -> None:
+            sent.append(msg)
+
+        scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "headers": headers or []}
+        await ApiKey(app, "s3cret")(scope, None, send)
+        return sent[0]["status"] if sent else 200
+
+    run = asyncio.run
+    assert run(call("/v1/models/storecast:predict")) == 401
+    assert run(call("/v1/models/storecast:predict", headers=[(b"x-api-key", b"wrong")])) == 401
+    assert run(call("/v1/models/storecast:predict", headers=[(b"x-api-key", b"s3cret")])) == 200
+    assert run(call("/v2/models/storecast/infer", headers=[(b"authorization", b"Bearer s3cret")])) == 200
+    assert run(call("/v1/models/storecast:predict", headers=[(b"ce-id", b"1")])) == 200
+    assert run(call("/v2/models/storecast/ready", method="GET")) == 200
+    assert seen == ["/v1/models/storecast:predict", "/v2/models/storecast/infer", "/v1/models/storecast:predict",
+                    "/v2/models/storecast/ready"]

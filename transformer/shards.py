@@ -61,7 +61,9 @@ class GrpcShard:
     """One predictor over gRPC V2."""
 
     def __init__(self, host: str, model: str, timeout: float) -> None:
-        self.host, self.model, self.timeout = host, model, timeout
+        # a Knative service host without a port is reached on 80 (gRPC would otherwise assume 443)
+        self.host = host if ":" in host.rsplit("]", 1)[-1] else f"{host}:80"
+        self.model, self.timeout = model, timeout
         self._channel: grpc.aio.Channel | None = None
         self._stub: GRPCInferenceServiceStub | None = None
 

@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# `make image-smoke`: the container image, for real, with podman (root; a few minutes).
+#
+#   1. build the image (time it) and report its size;
+#   2. check it: non-root user, no compiler, no sales data, every component's entry point answers;
+#   3. train a few synthetic stores inside a container, into a mounted host folder (sqlite + files);
+#   4. run predictor and transformer containers in one pod, ports published on 127.0.0.1 only;
+#      the transformer calls the predictor over gRPC V2 on the pod's loopback;
+#   5. send a business request, a CloudEvent, a bad request (transformer) and a V2 request
+#      (predictor) and check the answers agree;
+#   6. always remove the pod, its containers and the folder (trap), pass or fail.
+#
+# Environment: IMAGE (default localhost/storecast:dev), SMOKE_STORES (4), SMOKE_NO_CACHE=1 to build
+# without the layer cache. Set-up of podman and of the base image: ../shared/container/README.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+IMAGE=${IMAGE:-localhost/storecast:dev}
+STORES=${SMOKE_STORES:-4}
+NAME=storecast-smoke-$$
+MODEL=storecast
+
+say() { printf '\n== %s\n' "$*"; }
+fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
+
+command -v podman >/dev/null || fail "podman is not installed (see ../shared/container/README.md)"
+command -v curl >/dev/null || fail "curl is not installed"
+command -v python3 >/dev/null || fail "python3 is needed to check the answers"
+[ "$(id -u)" = 0 ] || fail "run as root (podman here is rootful)"
+
+WORK=$(mktemp -d)
+cleanup() {
+    status=$?
+    if [ "$status" != 0 ]; then
+        for c in predictor transformer; do
+            podman logs --tail 30 "$NAME-$c" 2>/dev/null | sed "s/^/[$c] /" >&2 || true
+        done
+    fi
+    podman pod rm --force --time 5 "$NAME" >/dev/null 2>&1 || true
+    podman rm --force --time 5 "$NAME-train" >/dev/null 2>&1 || true
+    rm -rf "$WORK"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# --- 1. build ------------------------------------------------------------------------------
+say "build $IMAGE"
+start=$(date +%s)
+podman build ${SMOKE_NO_CACHE:+--no-cache} -t "$IMAGE" .
+build_seconds=$(( $(date +%s) - start ))
+size_mb=$(( $(podman image inspect --format '{{.Size}}' "$IMAGE") / 1000000 ))
+
+# --- 2. static checks ----------------------------------------------------------------------
+say "image checks"
+run() { podman run --rm "$IMAGE" "$@"; }
+uid=$(run id -u)
+[ "$uid" != 0 ] || fail "the image runs as root"
+[ -z "$(run sh -c 'command -v gcc cc g++ make || true')" ] || fail "build tools in the final image"
+found=$(run sh -c "find / -xdev \( -iname '*rossmann*' -o -name 'train.csv*' -o -name 'store.csv' \) -print 2>/dev/null || true")
+[ -z "$found" ] || fail "sales data in the image: $found"
+run predictor --help >/dev/null
+run transformer --help >/dev/null
+run retrain --help >/dev/null
+run deadletter --help >/dev/null
+run storecast --help >/dev/null
+run mlflow --version
+echo "uid $uid, no compiler, no sales data, every entry point answers --help"
+
+# --- 3. train ------------------------------------------------------------------------------
+say "train $STORES synthetic stores into a mounted folder"
+chmod 0777 "$WORK" # the image's user writes here
+train() { podman run --rm --name "$NAME-train" -v "$WORK:/smoke:Z" -w /smoke "$IMAGE" storecast "$@"; }
+train data synth --stores "$STORES" --seed 7 --out /smoke/sales.csv.gz
+train train --data /smoke/sales.csv.gz --tracking-uri sqlite:////smoke/mlflow.db --alias champion \
+    --no-progress --json > "$WORK/train.json"
+version=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["version"])' "$WORK/train.json")
+echo "registered models:/$MODEL/$version"
+
+# --- 4. serve ------------------------------------------------------------------------------
+say "predictor + transformer in pod $NAME (127.0.0.1 only)"
+pp=$(free_port)
+tp=$(free_port)
+podman pod create --name "$NAME" -p "127.0.0.1:$pp:8080" -p "127.0.0.1:$tp:9080" >/dev/null
+podman run -d --pod "$NAME" --name "$NAME-predictor" -v "$WORK:/smoke:Z" -w /smoke \
+    -e MLFLOW_TRACKING_URI=sqlite:////smoke/mlflow.db "$IMAGE" \
+    predictor --model_uri "models:/$MODEL/$version" --http_port 8080 --grpc_port 8081 >/dev/null
+podman run -d --pod "$NAME" --name "$NAME-transformer" "$IMAGE" \
+    transformer --predictor_host 127.0.0.1:8081 --predictor_protocol grpc-v2 --http_port 9080 --grpc_port 9081 \
+    --workers 1 >/dev/null
+
+wait_ready() { # url container
+    local deadline=$(( $(date +%s) + 180 ))
+    until curl -fs -o /dev/null "$1"; do
+        [ "$(podman inspect --format '{{.State.Running}}' "$2")" = true ] || fail "$2 exited"
+        [ "$(date +%s)" -lt "$deadline" ] || fail "$2 not ready after 180 s"
+        sleep 0.5
+    done
+}
+start=$(date +%s)
+wait_ready "http://127.0.0.1:$pp/v2/models/$MODEL/ready" "$NAME-predictor"
+wait_ready "http://127.0.0.1:$tp/v2/models/$MODEL/ready" "$NAME-transformer"
+echo "both models ready after $(( $(date +%s) - start )) s"
+
+# --- 5. ask --------------------------------------------------------------------------------
+say "requests"
+post() { # url body [extra curl args...] -> writes $WORK/body, $WORK/headers; prints the status
+    local url=$1 body=$2
+    shift 2
+    curl -sS -o "$WORK/body" -D "$WORK/headers" -w '%{http_code}' -H 'content-type: application/json' \
+        --data "$body" "$@" "$url"
+}
+business='{"instances": [{"storeId": "1", "beginDate": "2015-08-01T00:00:00Z", "endDate": "2015-08-07T00:00:00Z"},
+                         {"store_id": "2", "begin_date": "2015-08-01", "end_date": "2015-08-03"}]}'
+status=$(post "http://127.0.0.1:$tp/v1/models/$MODEL:predict" "$business")
+[ "$status" = 200 ] || fail "business request: HTTP $status $(cat "$WORK/body")"
+cp "$WORK/body" "$WORK/business.json"
+
+v2='{"inputs": [{"name": "store_id", "datatype": "BYTES", "shape": [3], "data": ["1", "1", "2"]},
+                {"name": "ds", "datatype": "BYTES", "shape": [3], "data": ["2015-08-01", "2015-08-07", "2015-08-03"]}]}'
+status=$(post "http://127.0.0.1:$pp/v2/models/$MODEL/infer" "$v2")
+[ "$status" = 200 ] || fail "V2 request: HTTP $status $(cat "$WORK/body")"
+cp "$WORK/body" "$WORK/v2.json"
+
+status=$(post "http://127.0.0.1:$tp/v1/models/$MODEL:predict" '{"instances": [{"storeId": "1"}]}' \
+    -H 'ce-specversion: 1.0' -H 'ce-type: com.storecast.forecast.requested' -H 'ce-source: image-smoke' \
+    -H 'ce-id: smoke-1')
+[ "$status" = 200 ] || fail "CloudEvent request: HTTP $status $(cat "$WORK/body")"
+grep -qi '^ce-type: com.storecast.forecast.completed' "$WORK/headers" \
+    || fail "CloudEvent answer without ce-type com.storecast.forecast.completed: $(cat "$WORK/headers")"
+
+status=$(post "http://127.0.0.1:$tp/v1/models/$MODEL:predict" '{"instances": [{"storeId": "no-such-store"}]}')
+case "$status" in 4??) ;; *) fail "unknown store: expected a 4xx, got HTTP $status $(cat "$WORK/body")" ;; esac
+grep -q 'no-such-store' "$WORK/body" || fail "the 4xx does not name the store: $(cat "$WORK/body")"
+
+python3 - "$WORK/business.json" "$WORK/v2.json" <<'PY'
+import json, math, sys
+
+business, v2 = (json.load(open(p)) for p in sys.argv[1:])
+first, second = business["predictions"]
+days = [f["timestamp"][:10] for f in first["forecast"]]
+assert days == [f"2015-08-0{d}" for d in range(1, 8)], days
+assert len(second["forecast"]) == 3, second
+for f in first["forecast"] + second["forecast"]:
+    assert all(math.isfinite(f[k]) for k in ("value", "lower", "upper")), f
+    assert f["lower"] <= f["value"] <= f["upper"], f
+out = {o["name"]: o for o in v2["outputs"]}
+assert set(out) == {"yhat", "yhat_lower", "yhat_upper"} and all(o["shape"] == [3] for o in out.values()), out
+# The same store-days through the transformer (gRPC to the predictor) and straight from the predictor (REST).
+expected = [first["forecast"][0]["value"], first["forecast"][6]["value"], second["forecast"][2]["value"]]
+assert all(math.isclose(a, b, rel_tol=1e-9) for a, b in zip(out["yhat"]["data"], expected)), (out["yhat"], expected)
+print(f"business: 2 stores, {len(first['forecast'])} + {len(second['forecast'])} days, "
+      f"store 1 on 2015-08-01: {first['forecast'][0]['value']:.1f} "
+      f"[{first['forecast'][0]['lower']:.1f}, {first['forecast'][0]['upper']:.1f}]; V2 yhat agrees")
+PY
+echo "CloudEvent answered as com.storecast.forecast.completed; unknown store answered $status"
+
+say "image-smoke passed: build ${build_seconds} s, image ${size_mb} MB ($IMAGE)"
