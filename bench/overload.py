@@ -25,7 +25,7 @@ PATH = "/v1/models/storecast:predict"
 class Chain:
     """Predictor + transformer processes for one configuration."""
 
-    def __init__(self, version, name: str, inflight: int) -> None:  # noqa: ANN001
+    def __init__(self, version, name: str, inflight: int) -> None:
         env = {"MLFLOW_TRACKING_URI": version.tracking_uri}
         self.pred = start(PREDICTOR, version.workdir / f"overload-{name}-predictor.log", env,
                           ["--max-inflight", str(inflight)])

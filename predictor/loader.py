@@ -1,8 +1,9 @@
 """Load a model version once, keep it, and follow an alias: the serving state of a predictor.
 
-The state is one immutable :class:`Snapshot` (version + parameter table). A request reads the
-reference once and uses that snapshot throughout, so swapping in a new version is a single
-assignment: no request ever sees a mix of versions, and none waits for a load.
+The state is one immutable :class:`~predictor.snapshot.Snapshot` (version, parameter table,
+precomputed horizon). A request reads the reference once and uses that snapshot throughout, so
+swapping in a new version is a single assignment: no request ever sees a mix of versions, and none
+waits for a load.
 
 :class:`Loader` fetches the first version in a background thread, retrying with exponential backoff
 while the registry is unreachable; then, for a URI that can move (an alias, ``latest``), it re-resolves
@@ -14,19 +15,37 @@ the first load only produce log lines: serving goes on with the loaded version.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from predictor.prefetch import PrefetchError
 from predictor.source import ModelSource
-from predictor.table import ParamTable
+
+if TYPE_CHECKING:  # numpy is imported with the first table, not before (see predictor.prefetch)
+    from predictor.prefetch import Prefetch
+    from predictor.snapshot import Snapshot
+    from predictor.table import ParamTable
 
 log = logging.getLogger("storecast.predictor")
+LOG_FORMAT = "%(asctime)s.%(msecs)03d %(process)s %(name)s %(levelname)s %(message)s"
 
 FIRST_BACKOFF = 0.5
 MAX_BACKOFF = 30.0
+
+
+def configure_logging() -> logging.Logger:
+    """The loader's log lines in KServe's format, on stderr (each process: KServe's workers are spawned)."""
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    return log
 
 
 @dataclass(frozen=True)
@@ -51,27 +70,14 @@ class Shard:
         return f"{self.k}/{self.n}"
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    """One loaded model version; replaced as a whole, never modified."""
-
-    version: str
-    table: ParamTable
-    uri: str
-    shard: Shard | None
-    loaded_at: float
-
-    def describe(self) -> str:
-        shard = f" (shard {self.shard})" if self.shard else ""
-        data_end = self.table.meta.get("data_end", "?")
-        return f"version {self.version} of {self.uri}: {len(self.table)} stores{shard}, data to {data_end}"
-
-
 class Loader:
     """Holds the current snapshot of a source, loads it in the background and follows it."""
 
-    def __init__(self, source: ModelSource, shard: Shard | None = None, refresh_seconds: float = 30.0) -> None:
+    def __init__(self, source: ModelSource, shard: Shard | None = None, refresh_seconds: float = 30.0,
+                 prefetch: Prefetch | None = None, horizon_days: int = 366) -> None:
         self.source = source
+        self.horizon_days = horizon_days
+        self.prefetch = prefetch
         self.shard = shard
         self.refresh_seconds = float(refresh_seconds)
         self.current: Snapshot | None = None
@@ -96,22 +102,48 @@ class Loader:
         with self._lock:
             t0 = time.perf_counter()
             version = self.source.resolve()
-            current = self.current
-            if current is not None and current.version == version:
+            if self.current is not None and self.current.version == version:
                 return False
-            table = self.source.fetch(version)
-            if self.shard is not None:
-                table = table.shard(self.shard.k, self.shard.n)
-            snapshot = Snapshot(version, table, self.source.uri, self.shard, time.time())
-            self.current = snapshot  # the swap: one reference, read once per request
-            self.last_error = None
+            self._swap(version, self.source.fetch(version), t0)
+        return True
+
+    def _load_prefetched(self, prefetch: Prefetch) -> None:
+        """The first version, fetched by a child process started with the server (predictor.prefetch)."""
+        from predictor.table import ParamTable
+
+        with self._lock:
+            t0 = time.perf_counter()
+            try:
+                version, path = prefetch.result()
+                if self.current is None or self.current.version != version:
+                    self._swap(version, ParamTable.load(path), t0)
+            finally:
+                prefetch.cleanup()
+
+    def _swap(self, version: str, table: ParamTable, t0: float) -> None:
+        """Install a newly loaded version (caller holds the lock) and tell the listeners.
+
+        It serves at once, evaluating every request; then each store's next ``horizon_days`` are
+        evaluated and the snapshot is replaced by the same one with that horizon (same answers)."""
+        from predictor.snapshot import Snapshot
+
+        previous = self.current
+        if self.shard is not None:
+            table = table.shard(self.shard.k, self.shard.n)
+        snapshot = Snapshot.build(version, table, self.source.uri, self.shard, time.time(), horizon_days=0)
+        self.current = snapshot  # the swap: one reference, read once per request
+        self.last_error = None
         if len(table) == 0:
             log.warning("%s holds no store: every request will be answered 'unknown store'", snapshot.describe())
-        verb = "serving" if current is None else f"swapped from version {current.version} to"
+        verb = "serving" if previous is None else f"swapped from version {previous.version} to"
         log.info("%s %s (loaded in %.2f s)", verb, snapshot.describe(), time.perf_counter() - t0)
         for listener in list(self._listeners):
             listener(snapshot)
-        return True
+        if self.horizon_days > 0 and len(table):
+            t1 = time.perf_counter()
+            self.current = snapshot.with_horizon(self.horizon_days)
+            log.info("precomputed the next %d days of %d stores in %.2f s", self.horizon_days, len(table),
+                     time.perf_counter() - t1)
 
     # ---- background thread ---------------------------------------------------------------------
     def start(self) -> None:
@@ -123,24 +155,19 @@ class Loader:
     def stop(self) -> None:
         self._stopped.set()
 
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until a version is loaded (for tools and tests); True if loaded."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.current is None:
-            if self._stopped.is_set() or (deadline is not None and time.monotonic() > deadline):
-                return False
-            time.sleep(0.02)
-        return True
-
     def _run(self) -> None:
         attempt, backoff = 0, FIRST_BACKOFF
         cap = min(MAX_BACKOFF, max(1.0, self.refresh_seconds))
         while not self._stopped.is_set():
             attempt += 1
             try:
-                self.refresh()
+                prefetch, self.prefetch = self.prefetch, None
+                if prefetch is not None:
+                    self._load_prefetched(prefetch)
+                else:
+                    self.refresh()
             except Exception as exc:  # the registry may be down: never let the thread die
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.last_error = str(exc) if isinstance(exc, PrefetchError) else f"{type(exc).__name__}: {exc}"
                 if self.current is None:
                     log.error("model not loaded yet: cannot load %s from %s (attempt %d): %s; retrying in %.1f s",
                               self.source.uri, self.source.registry, attempt, self.last_error, backoff)
@@ -160,6 +187,7 @@ class Loader:
         state["_started"] = self._thread is not None
         for name in ("_lock", "_stopped", "_thread"):
             state.pop(name)
+        state["prefetch"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -167,4 +195,5 @@ class Loader:
         self.__dict__.update(state)
         self._init_sync()
         if started:
+            configure_logging()
             self.start()  # each worker process follows the alias on its own

@@ -21,20 +21,20 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from predictor.table import ParamTable
+if TYPE_CHECKING:  # numpy is imported when a table is read, not before (see predictor.prefetch)
+    from predictor.table import ParamTable
 
 PARAMS_FILE = "params.npz"
 DEFAULT_URI = "models:/storecast@champion"
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<ref>[^/]+))/?$")
-
-# MLflow's own HTTP retries (7, with exponential backoff) would hide an outage for minutes: the loader
-# retries with its own backoff and says so in the log. Explicit settings in the environment still win.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# MLflow's own HTTP retries (7, with exponential backoff) would hide an outage for minutes: the server
+# sets these defaults (explicit settings in the environment win) and the loader retries with its own
+# backoff, saying so in the log.
+MLFLOW_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+                   "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 
 
 class SourceError(ValueError):
@@ -102,19 +102,23 @@ class ModelSource:
 
     def fetch(self, version: str) -> ParamTable:
         """Download (registry) or read (folder) the parameter table of ``version``."""
+        from predictor.table import ParamTable
+
         if self.kind == "folder":
             path = self.params_path()
             table = ParamTable.load(path)
-            got = "sha256:" + _digest(path)
-            if got != version:
+            if "sha256:" + _digest(path) != version:
                 raise RuntimeError(f"{path} changed while loading; retrying")
             return table
+        with tempfile.TemporaryDirectory(prefix="storecast-") as tmp:
+            return ParamTable.load(self.download(version, tmp))
+
+    def download(self, version: str, dst: str | Path) -> Path:
+        """Download only the ``params.npz`` of a registry version into ``dst``."""
         import mlflow.artifacts
 
         uri = f"models:/{self.name}/{version}/artifacts/{PARAMS_FILE}"
-        with tempfile.TemporaryDirectory(prefix="storecast-") as tmp:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
-            return ParamTable.load(local)
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
 
     def params_path(self) -> Path:
         """The ``params.npz`` of a local folder (or the file itself)."""

@@ -1,0 +1,265 @@
+"""Requests to numpy and back: the long format of DESIGN.md, with errors that name the problem.
+
+A request is rows of (``store_id``, ``ds``): V2 inputs ``store_id`` and ``ds`` (BYTES, shape [n]), or
+V1 ``{"instances": [{"store_id": "4", "ds": "2015-08-01"}, ...]}``. Decoding gives :class:`Rows`
+(store ids as a list of ``str``, dates as int64 days since 1970-01-01) or raises
+:class:`RequestError`. Dates are ISO ``YYYY-MM-DD``; a date-time is accepted when it is midnight
+UTC (``2015-08-01T00:00:00Z``). Small requests are decoded in plain Python (numpy's per-call cost
+dominates a 7-row request), large ones vectorized; both accept exactly the same strings. Nothing
+here imports KServe: V2 inputs are read through the ``name``/``datatype``/``shape``/``data``/
+``as_numpy()`` of KServe's ``InferInput``.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import Any, Protocol
+
+import numpy as np
+
+INPUTS = ("store_id", "ds")
+OUTPUTS = ("yhat", "yhat_lower", "yhat_upper")
+SECONDS_PER_DAY = 86400
+_SHOWN = 5  # bad values named in one message
+_SMALL = 64  # rows decoded in plain Python
+_EPOCH = date(1970, 1, 1).toordinal()
+
+
+class RequestError(ValueError):
+    """A request the predictor cannot answer; ``reason`` says why (served as a 400)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+class TensorInput(Protocol):
+    """What the decoder needs of a V2 input (KServe's ``InferInput``)."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    data: Any
+
+    def as_numpy(self) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Decoded request rows."""
+
+    store_id: list[str]
+    days: np.ndarray  # int64 days since 1970-01-01
+
+    def __len__(self) -> int:
+        return len(self.days)
+
+
+# ---- V1 ----------------------------------------------------------------------------------------
+def decode_v1(body: Any, max_rows: int) -> Rows:
+    """Rows of ``{"instances": [{"store_id": ..., "ds": ...}, ...]}``."""
+    body = json_body(body)
+    if not isinstance(body, dict):
+        raise RequestError('request body must be a JSON object like {"instances": [{"store_id": "4", '
+                           '"ds": "2015-08-01"}]}')
+    instances = body.get("instances")
+    if instances is None:
+        raise RequestError("request has no 'instances' (a list of {\"store_id\", \"ds\"} objects)")
+    if not isinstance(instances, list):
+        raise RequestError(f"'instances' must be a list, got {type(instances).__name__}")
+    _check_rows(len(instances), max_rows)
+    try:
+        store_ids = [inst["store_id"] for inst in instances]
+        dates = [inst["ds"] for inst in instances]
+    except (KeyError, TypeError):
+        raise RequestError(_bad_instance(instances)) from None
+    ids = as_strings(store_ids, lambda i: f"instances[{i}].store_id")
+    days = parse_days(as_strings(dates, lambda i: f"instances[{i}].ds"), lambda i: f"instances[{i}].ds")
+    return Rows(ids, days)
+
+
+def json_body(body: Any) -> Any:
+    """The decoded body; KServe passes JSON sent without a JSON content type on as bytes."""
+    if isinstance(body, bytes | str):
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise RequestError("request body is not JSON") from None
+    return body
+
+
+def _bad_instance(instances: list[Any]) -> str:
+    for i, inst in enumerate(instances):
+        if not isinstance(inst, dict):
+            return f"instances[{i}] must be an object with store_id and ds, got {type(inst).__name__}"
+        missing = [k for k in INPUTS if k not in inst]
+        if missing:
+            return f"instances[{i}] has no {' and no '.join(repr(k) for k in missing)}"
+    return "instances must be objects with store_id and ds"
+
+
+def encode_v1(rows: Rows, yhat: np.ndarray, lower: np.ndarray, upper: np.ndarray, version: str) -> dict[str, Any]:
+    """``{"predictions": [{"store_id", "ds", "yhat", "yhat_lower", "yhat_upper"}], "model_version"}``."""
+    dates = rows.days.astype("datetime64[D]").astype(str).tolist()
+    predictions = [
+        {"store_id": s, "ds": d, "yhat": y, "yhat_lower": lo, "yhat_upper": hi}
+        for s, d, y, lo, hi in zip(rows.store_id, dates, yhat.tolist(), lower.tolist(), upper.tolist(), strict=True)
+    ]
+    return {"predictions": predictions, "model_version": version}
+
+
+# ---- V2 ----------------------------------------------------------------------------------------
+def decode_v2(inputs: Sequence[TensorInput], max_rows: int) -> Rows:
+    """Rows of the V2 inputs ``store_id`` and ``ds`` (BYTES, shape [n] or [n, 1], same n)."""
+    by_name: dict[str, TensorInput] = {}
+    for tensor in inputs:
+        if tensor.name not in INPUTS:
+            raise RequestError(f"unexpected input {tensor.name!r}: the inputs are store_id and ds (BYTES)")
+        if tensor.name in by_name:
+            raise RequestError(f"input {tensor.name!r} is given twice")
+        by_name[tensor.name] = tensor
+    missing = [name for name in INPUTS if name not in by_name]
+    if missing:
+        given = ", ".join(by_name) or "none"
+        raise RequestError(f"missing input {' and '.join(repr(m) for m in missing)} (given: {given}); "
+                           "the inputs are store_id and ds (BYTES)")
+    values = {name: _tensor_values(by_name[name], max_rows) for name in INPUTS}
+    if len(values["store_id"]) != len(values["ds"]):
+        raise RequestError(f"inputs have different lengths: store_id has {len(values['store_id'])} rows, "
+                           f"ds has {len(values['ds'])}")
+    ids = as_strings(values["store_id"], lambda i: f"input 'store_id' row {i}")
+    days = parse_days(as_strings(values["ds"], lambda i: f"input 'ds' row {i}"), lambda i: f"input 'ds' row {i}")
+    return Rows(ids, days)
+
+
+def _tensor_values(tensor: TensorInput, max_rows: int) -> list[Any]:
+    name = tensor.name
+    if tensor.datatype != "BYTES":
+        raise RequestError(f"input {name!r} must have datatype BYTES (strings), got {tensor.datatype}")
+    shape = list(tensor.shape or [])
+    if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)) or shape[0] < 0:
+        raise RequestError(f"input {name!r} must have shape [n] (or [n, 1]), got {shape}")
+    _check_rows(shape[0], max_rows)
+    data = getattr(tensor, "data", None)
+    if type(data) is list and len(shape) == 1 and len(data) == shape[0] and not (data and type(data[0]) is list):
+        return data  # JSON or gRPC contents: already a flat list
+    try:
+        values = tensor.as_numpy()  # binary data, nested lists
+    except Exception as exc:  # reshape errors, truncated binary data, ...
+        raise RequestError(f"input {name!r}: data does not match shape {shape} ({exc})") from None
+    return values.reshape(-1).tolist()
+
+
+def _check_rows(n: int, max_rows: int) -> None:
+    if n > max_rows:
+        raise RequestError(f"request has {n} rows; the limit is {max_rows} (--max-rows): split it")
+
+
+# ---- values ------------------------------------------------------------------------------------
+def as_strings(values: list[Any], where: Callable[[int], str]) -> list[str]:
+    """Strings (``str``, or UTF-8 ``bytes`` as gRPC sends them; integers are accepted as ids)."""
+    if all(type(v) is str for v in values):
+        return values
+    out = []
+    for i, v in enumerate(values):
+        if isinstance(v, bytes):
+            try:
+                v = v.decode("utf-8")
+            except UnicodeDecodeError:
+                raise RequestError(f"{where(i)}: {v[:40]!r} is not UTF-8") from None
+        elif isinstance(v, int) and not isinstance(v, bool):
+            v = str(v)
+        elif not isinstance(v, str):
+            raise RequestError(f"{where(i)}: expected a string, got {type(v).__name__} {_short(v)}")
+        out.append(v)
+    return out
+
+
+def parse_days(values: list[str], where: Callable[[int], str]) -> np.ndarray:
+    """ISO dates (or date-times at midnight UTC) as int64 days since 1970-01-01."""
+    if len(values) <= _SMALL:  # a few rows: plain Python is quicker than numpy's per-call overhead
+        try:
+            return np.array([_day(v) for v in values], dtype=np.int64)
+        except ValueError:
+            pass  # date-times, blanks, errors: the vectorized path decides and names the culprit
+    text = np.strings.strip(np.array(values, dtype=str))
+    if text.dtype.itemsize == 40:  # YYYY-MM-DD are exactly the 10-character strings that round-trip
+        try:
+            days = text.astype("datetime64[D]")
+        except ValueError:
+            pass
+        else:
+            if (days.astype(str) == text).all() and not np.isnat(days).any():
+                return days.astype(np.int64)
+    return _parse_days_strictly(text, where)
+
+
+def _day(text: str) -> int:
+    """Days since 1970-01-01 of a ``YYYY-MM-DD`` string (ValueError otherwise)."""
+    if len(text) != 10 or text[4] != "-" or text[7] != "-" or not text.isascii():
+        raise ValueError(text)
+    return date.fromisoformat(text).toordinal() - _EPOCH
+
+
+def _parse_days_strictly(text: np.ndarray, where: Callable[[int], str]) -> np.ndarray:
+    """Dates checked character by character; date-times are parsed to seconds and must be midnight."""
+    n = len(text)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    width = text.dtype.itemsize // 4
+    if width < 10:
+        _raise_bad(text, np.ones(n, dtype=bool), where)
+    codes = np.ascontiguousarray(text).view(np.uint32).reshape(n, width)
+    digits = codes[:, [0, 1, 2, 3, 5, 6, 8, 9]]
+    ok = ((digits >= 48) & (digits <= 57)).all(axis=1) & (codes[:, 4] == 45) & (codes[:, 7] == 45)
+    if width > 10:
+        ok &= np.isin(codes[:, 10], (0, ord("T"), ord("t"), ord(" ")))
+    if not ok.all():
+        _raise_bad(text, ~ok, where)
+    if width == 10 or not codes[:, 10].any():
+        try:
+            return text.astype("datetime64[D]").astype(np.int64)
+        except ValueError:
+            _raise_bad(text, _unparsable(text, "D"), where)
+    with warnings.catch_warnings():  # numpy warns about (and converts) explicit time zones
+        warnings.simplefilter("ignore")
+        try:
+            seconds = text.astype("datetime64[s]").astype(np.int64)
+        except ValueError:
+            _raise_bad(text, _unparsable(text, "s"), where)
+    off = seconds % SECONDS_PER_DAY != 0
+    if off.any():
+        _raise_bad(text, off, where, "not midnight UTC (the predictor forecasts whole days)")
+    return seconds // SECONDS_PER_DAY
+
+
+def _unparsable(text: np.ndarray, unit: str) -> np.ndarray:
+    bad = np.zeros(len(text), dtype=bool)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i, s in enumerate(text.tolist()):
+            try:
+                np.datetime64(s, unit)
+            except ValueError:
+                bad[i] = True
+    return bad
+
+
+def _raise_bad(text: np.ndarray, bad: np.ndarray, where: Callable[[int], str],
+               problem: str = "not a date (expected YYYY-MM-DD)") -> None:
+    idx = np.flatnonzero(bad)
+    shown = "; ".join(f"{where(i)}: {_short(text[i])}" for i in idx[:_SHOWN])
+    more = f" (and {len(idx) - _SHOWN} more)" if len(idx) > _SHOWN else ""
+    raise RequestError(f"{problem}: {shown}{more}")
+
+
+def _short(value: Any) -> str:
+    text = repr(str(value)) if isinstance(value, np.str_) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
