@@ -6,7 +6,7 @@ DEMO_STORES ?= 50
 DEMO_DIR ?= build/demo
 export DEMO_STORES DEMO_DIR
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench loadtest clean
 
 install: $(VENV)/.installed
 
@@ -26,7 +26,15 @@ demo: install
 	BIN=$(BIN) bash scripts/demo.sh
 
 bench: install
-	$(BIN)/python bench/train.py
+	$(BIN)/python bench/run_all.py
+
+loadtest: install
+	mkdir -p build/loadtest
+	$(BIN)/storecast data synth --stores 200 --seed 7 --out build/loadtest/sales.csv.gz
+	$(BIN)/storecast train --data build/loadtest/sales.csv.gz --tracking-uri sqlite:///$(CURDIR)/build/loadtest/mlflow.db \
+	  --alias champion --no-progress
+	$(BIN)/storecast loadtest --tracking-uri sqlite:///$(CURDIR)/build/loadtest/mlflow.db --stores 1-200 \
+	  --users $(or $(USERS),40) --duration $(or $(DURATION),60s) $(if $(SHAPE),--shape $(SHAPE),)
 
 clean:
 	rm -rf $(VENV) build mlruns mlflow.db .pytest_cache .ruff_cache

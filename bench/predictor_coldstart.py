@@ -64,6 +64,8 @@ def main() -> None:
     print(f"resident memory: predictor {m['predictor']:.0f} MB when ready, {m['predictor-steady']:.0f} MB once it "
           f"has re-resolved its alias in-process (MLflow imported); trivial {m['trivial']:.0f} MB "
           f"(goal <= 300 MB) {'OK' if max(m['predictor'], m['predictor-steady']) <= 300 else 'MISSED'}")
+    print(f"RESULT | cold start to model-ready, {version.stores} stores | {t_pred:.2f} s, RSS {m['predictor']:.0f} MB "
+          f"({m['predictor-steady']:.0f} MB steady) | trivial KServe model {t_triv:.2f} s | +{t_pred - t_triv:.2f} s |")
 
 
 if __name__ == "__main__":

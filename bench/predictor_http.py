@@ -148,9 +148,13 @@ def main() -> None:
           f"{failed}")
     print(f"server CPU per request: predictor {cpu['predictor']:.0f} us vs trivial {cpu['trivial']:.0f} us: "
           f"{cpu['trivial'] / cpu['predictor']:.2f} (the same ratio, less sensitive to other load on the machine)")
+    print(f"RESULT | predictor HTTP, V2 REST, 16 clients, random store of {len(ids)}, 7 days | "
+          f"{rps['predictor']:.0f} req/s | trivial KServe model {rps['trivial']:.0f} req/s | {ratio:.2f} |")
     if "naive" in rps:
         print(f"predictor vs naive per-request Prophet ({args.naive_stores} stores) {rps['naive']:.1f} req/s: "
               f"{rps['predictor'] / rps['naive']:.0f}x (goal >= 50x)")
+        print(f"RESULT | predictor HTTP vs a naive per-request Prophet predictor | {rps['predictor']:.0f} req/s | "
+              f"naive {rps['naive']:.1f} req/s | {rps['predictor'] / rps['naive']:.0f}x |")
 
 
 if __name__ == "__main__":

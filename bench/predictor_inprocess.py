@@ -113,6 +113,8 @@ def main() -> None:
     ratio = med["prophet"] / med["model.predict"]
     print(f"speed-up of the model call: {ratio:.0f}x (goal >= 200x) {'OK' if ratio >= 200 else 'MISSED'}; "
           f"largest relative yhat difference to stock Prophet: {worst:.1e}")
+    print(f"RESULT | predictor in process, one store, 7 days, with intervals | {med['model.predict'] * 1e6:.0f} us | "
+          f"stock Prophet.predict {med['prophet'] * 1e3:.1f} ms | {ratio:.0f}x |")
     if "holdout_coverage" in version.summary:
         print(f"holdout interval coverage of this version (training run): {version.summary['holdout_coverage']:.3f} "
               "at 95 %")

@@ -87,6 +87,8 @@ def main() -> None:
     print(f"| request -> predictor serving it | {t_served:.1f} s |")
     print("| goal | <= 15 s (story: 5 min); with the default --refresh-seconds 30 add up to 30 s |")
     print(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "")
+    print(f"RESULT | retrain one store -> served by the alias-following predictor ({stores} stores, refresh "
+          f"{args.refresh_seconds:g} s) | {t_served:.1f} s | the story's 5 min | goal <= 15 s |")
 
 
 if __name__ == "__main__":

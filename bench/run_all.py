@@ -1,0 +1,55 @@
+"""``make bench``: every benchmark in turn, one markdown table of figures and ratios to their baselines.
+
+    python bench/run_all.py [--workdir build/bench] [--quick] [--only NAME ...]
+
+The benchmarks share one trained version (``--workdir``). Each prints ``RESULT | what | figure |
+baseline | ratio |`` lines; they are gathered into ``results/bench.md`` (with every benchmark's full
+output below the table). ``--quick`` shortens the soak to 2 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+RESULTS = BENCH.parent / "results"
+ORDER = ["train", "predictor_inprocess", "predictor_http", "e2e_http", "predictor_coldstart", "retrain_served",
+         "overload", "soak"]
+SHARED = {"predictor_inprocess", "predictor_http", "e2e_http", "predictor_coldstart", "overload", "soak"}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--workdir", default=str(BENCH.parent / "build" / "bench"))
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--only", nargs="*", choices=ORDER)
+    args = p.parse_args()
+    results, outputs = [], []
+    for name in args.only or ORDER:
+        argv = [sys.executable, str(BENCH / f"{name}.py")]
+        if name in SHARED:
+            argv += ["--workdir", args.workdir]
+        if name == "soak" and args.quick:
+            argv += ["--minutes", "2", "--warmup-seconds", "30"]
+        print(f"== {name}", flush=True)
+        t0 = time.perf_counter()
+        proc = subprocess.run(argv, cwd=BENCH, capture_output=True, text=True)
+        text = proc.stdout + (f"\n[exit {proc.returncode}]\n{proc.stderr[-2000:]}" if proc.returncode else "")
+        print(text, flush=True)
+        outputs.append(f"### {name} ({time.perf_counter() - t0:.0f} s)\n\n```\n{text.strip()}\n```\n")
+        results += [line.removeprefix("RESULT ") for line in proc.stdout.splitlines() if line.startswith("RESULT |")]
+    table = "\n".join(["| benchmark | figure | baseline (same run) | ratio / goal |", "|---|---:|---:|---:|", *results])
+    RESULTS.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    (RESULTS / "bench.md").write_text(f"# storecast benchmarks, {stamp}\n\n{table}\n\n" + "\n".join(outputs))
+    print(table)
+    print(f"\nwritten to {RESULTS / 'bench.md'}")
+
+
+if __name__ == "__main__":
+    main()
