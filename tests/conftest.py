@@ -4,42 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from pipelines.data import read_sales, write_sales
+from pipelines.stack import Service, free_port, wait_ready
 from pipelines.synth import synthesize
 
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    """A TCP port that is free on loopback right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
-    """Poll ``url`` until it answers 200; fail early if ``proc`` exits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before {url} was up")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not up after {timeout} s")
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -87,7 +63,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     uri = f"http://127.0.0.1:{port}"
     try:
-        wait_http(f"{uri}/health", timeout=120, proc=proc)
+        wait_ready(f"{uri}/health", Service("mlflow", proc, port, log=root / "server.log"), timeout=120)
         yield uri
     finally:
         stop(proc)

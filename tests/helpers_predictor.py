@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 import numpy as np
 
+from pipelines.stack import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "storecast"
 
@@ -84,12 +86,6 @@ def use(registry: Registry) -> None:
     import mlflow
 
     mlflow.set_tracking_uri(registry.uri)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class TcpProxy:
