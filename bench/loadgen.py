@@ -85,6 +85,7 @@ async def _closed(port: int, requests: list[bytes], clients: int, warmup: float,
 async def _open(port: int, requests: list[bytes], rate: float, warmup: float, seconds: float, timeout: float,
                 pool: int) -> Tally:
     tally = Tally(seconds)
+    loop = asyncio.get_running_loop()
     conns: asyncio.Queue = asyncio.Queue()
     for _ in range(pool):
         conns.put_nowait(await asyncio.open_connection("127.0.0.1", port))
@@ -94,21 +95,19 @@ async def _open(port: int, requests: list[bytes], rate: float, warmup: float, se
     tasks = set()
 
     async def one(request: bytes, sent: float) -> None:
+        conn = None
         try:
-            reader, writer = await asyncio.wait_for(conns.get(), timeout)
-        except TimeoutError:
-            if sent >= start:
-                tally.timeouts += 1
-            return
-        try:
-            status = await asyncio.wait_for(_exchange(reader, writer, request), timeout - (time.perf_counter() - sent))
+            async with asyncio.timeout_at(loop.time() + timeout):  # no extra task, unlike wait_for
+                conn = await conns.get()
+                status = await _exchange(*conn, request)
         except (TimeoutError, ValueError, OSError, asyncio.IncompleteReadError):
-            writer.close()  # a connection in an unknown state is replaced
+            if conn is not None:  # a connection in an unknown state is replaced
+                conn[1].close()
+                conns.put_nowait(await asyncio.open_connection("127.0.0.1", port))
             if sent >= start:
                 tally.timeouts += 1
-            conns.put_nowait(await asyncio.open_connection("127.0.0.1", port))
             return
-        conns.put_nowait((reader, writer))
+        conns.put_nowait(conn)
         if sent >= start:
             tally.count(status, time.perf_counter() - sent)
 

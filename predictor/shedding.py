@@ -46,8 +46,15 @@ class LoadShedder:
 
 
 def install(limit: int, retry_after: int = 1) -> None:
-    """Add the shedder to KServe's FastAPI app (before ``ModelServer.start``)."""
-    if limit > 0:
-        from kserve import model_server
+    """Put the shedder in front of KServe's FastAPI app (before ``ModelServer.start``).
 
-        model_server.app.add_middleware(LoadShedder, limit=limit, retry_after=retry_after)
+    It wraps the whole middleware stack, outside KServe's timing middleware and its per-request log
+    lines, so a shed request costs as little as possible.
+    """
+    if limit <= 0:
+        return
+    from kserve import model_server
+
+    app = model_server.app
+    build = app.build_middleware_stack
+    app.build_middleware_stack = lambda: LoadShedder(build(), limit=limit, retry_after=retry_after)
