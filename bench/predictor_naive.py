@@ -21,6 +21,8 @@ from kserve import Model, ModelServer, model_server
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from prophet.serialize import model_from_json
 
+from predictor import eventloop
+
 OUTPUTS = ("yhat", "yhat_lower", "yhat_upper")
 
 
@@ -62,6 +64,7 @@ def main() -> None:
     parser.add_argument("--models", required=True, help="prophet_models.zip of a version")
     parser.add_argument("--stores", type=int, default=100)
     args, _ = parser.parse_known_args()
+    eventloop.install(args.event_loop)  # as the storecast servers do with the same flags
     logging.getLogger("cmdstanpy").disabled = True
     logging.getLogger("prophet").setLevel(logging.WARNING)
     model = NaiveProphetModel(args.model_name, args.models, args.stores)

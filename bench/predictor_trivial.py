@@ -15,6 +15,8 @@ import numpy as np
 from kserve import Model, ModelServer, model_server
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
+from predictor import eventloop
+
 OUTPUTS = ("yhat", "yhat_lower", "yhat_upper")
 
 
@@ -41,6 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(parents=[model_server.parser])
     parser.set_defaults(model_name="storecast")
     args, _ = parser.parse_known_args()
+    eventloop.install(args.event_loop)  # as the storecast servers do with the same flags
     ModelServer(http_port=args.http_port, grpc_port=args.grpc_port, workers=args.workers,
                 enable_latency_logging=args.enable_latency_logging).start([ConstantModel(args.model_name)])
 

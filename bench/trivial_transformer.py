@@ -13,6 +13,8 @@ from typing import Any
 
 from kserve import InferInput, InferRequest, Model, ModelServer, model_server
 
+from predictor import eventloop
+
 DAYS = [f"2015-08-0{d}" for d in range(1, 8)]
 
 
@@ -35,6 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(parents=[model_server.parser])
     parser.set_defaults(model_name="storecast")
     args, _ = parser.parse_known_args()
+    eventloop.install(args.event_loop)  # as the storecast servers do with the same flags
     ModelServer(http_port=args.http_port, grpc_port=args.grpc_port, workers=args.workers).start(
         [PassThrough(args.model_name)])
 

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from kserve import ModelServer
 
-    from predictor import shedding
+    from predictor import eventloop, shedding
     from predictor.dataplane import VersionedDataPlane
     from predictor.model import StorecastModel
     from predictor.repository import ReloadingRepository
@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     model.enable_latency_logging = server.enable_latency_logging
     model.start()
     shedding.install(args.max_inflight)
+    eventloop.install(args.event_loop)
     server.start([])
 
 

@@ -6,16 +6,36 @@ requests a pod takes; this does the same inside the process, so the local stack 
 deployment behave alike: at most ``limit`` inference requests (POST under ``/v1/models`` or
 ``/v2/models``) run at once, and the next ones are answered at once with 503 and ``Retry-After``.
 Health, readiness and metadata (GET) are never shed.
+
+A shed answer must cost far less than a served one, or shedding eats the capacity it protects (at
+twice the offered load, half the requests are shed). Two layers:
+
+- :class:`LoadShedder`, pure ASGI middleware in front of KServe's whole middleware stack, counts the
+  requests in flight and is the exact bound;
+- :class:`FastShedProtocol`, uvicorn's httptools protocol with one shortcut: a request that would be
+  shed is answered from the parser callbacks, as one pre-built write, with no ASGI scope, task,
+  middleware or access-log line. It also counts the requests it lets in, at once (requests that
+  arrive in one event-loop iteration would otherwise all pass before any reaches the middleware).
+  Requests it cannot handle that way (pipelined, ``Expect: 100-continue``, absolute URLs) are
+  counted and shed by the middleware.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 Scope = dict[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
 PREFIXES = ("/v1/models", "/v2/models")
+_PREFIXES_B = tuple(p.encode() for p in PREFIXES)
+LOG_EVERY = 10.0  # seconds between "shedding" log lines
+ADMITTED = "storecast.admitted"  # scope key: FastShedProtocol counted this request in
+
+log = logging.getLogger("storecast.shedding")
+_active: LoadShedder | None = None  # the shedder of this process, read by FastShedProtocol
 
 
 class LoadShedder:
@@ -27,14 +47,38 @@ class LoadShedder:
                       % (limit, retry_after))
         self._headers = [(b"content-type", b"application/json"), (b"retry-after", str(retry_after).encode()),
                          (b"content-length", str(len(self._body)).encode())]
+        # the answer as FastShedProtocol writes it, around uvicorn's default headers (date, server)
+        self.status_line = b"HTTP/1.1 503 Service Unavailable\r\n"
+        self.tail = b"".join(k + b": " + v + b"\r\n" for k, v in self._headers) + b"\r\n" + self._body
+        self.tail_close = b"connection: close\r\n" + self.tail
+        self._logged_at, self._logged_shed = time.monotonic(), 0
+
+    def over(self) -> bool:
+        """Whether a new inference request would be shed now."""
+        return 0 < self.limit <= self.inflight
+
+    def count_shed(self) -> None:
+        """Count one shed request; say so in the log at most every ``LOG_EVERY`` seconds."""
+        self.shed += 1
+        now = time.monotonic()
+        if now - self._logged_at >= LOG_EVERY:
+            log.warning("overloaded: shed %d inference requests in the last %.0f s (limit %d in flight)",
+                        self.shed - self._logged_shed, now - self._logged_at, self.limit)
+            self._logged_at, self._logged_shed = now, self.shed
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope.get(ADMITTED):  # counted by FastShedProtocol when it let the request in
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                self.inflight -= 1
+            return
         if (self.limit <= 0 or scope["type"] != "http" or scope.get("method") != "POST"
                 or not scope.get("path", "").startswith(PREFIXES)):
             await self.app(scope, receive, send)
             return
         if self.inflight >= self.limit:
-            self.shed += 1
+            self.count_shed()
             await send({"type": "http.response.start", "status": 503, "headers": self._headers})
             await send({"type": "http.response.body", "body": self._body})
             return
@@ -45,16 +89,79 @@ class LoadShedder:
             self.inflight -= 1
 
 
-def install(limit: int, retry_after: int = 1) -> None:
-    """Put the shedder in front of KServe's FastAPI app (before ``ModelServer.start``).
+def _fast_protocol() -> type | None:
+    """uvicorn's httptools protocol with the shed shortcut (None when httptools is not installed)."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:
+        return None
 
-    It wraps the whole middleware stack, outside KServe's timing middleware and its per-request log
-    lines, so a shed request costs as little as possible.
+    class FastShedProtocol(HttpToolsProtocol):
+        """Answers a request that would be shed straight from the parser: one write, nothing else."""
+
+        _shedding = False
+
+        def on_headers_complete(self) -> None:
+            shedder = _active
+            if (shedder is not None and shedder.limit > 0 and not self.expect_100_continue and not self.pipeline
+                    and (self.cycle is None or self.cycle.response_complete) and not self.parser.should_upgrade()
+                    and self.parser.get_method() == b"POST" and self.url.startswith(_PREFIXES_B)):
+                if shedder.over():
+                    self._shedding = True  # the body is parsed and dropped; answered once it is complete
+                    shedder.count_shed()
+                    return
+                # counted here, not when its task reaches the middleware: requests arriving in one
+                # loop iteration would all pass the check otherwise
+                shedder.inflight += 1
+                self.scope[ADMITTED] = True  # type: ignore[literal-required]
+            super().on_headers_complete()
+
+        def on_body(self, body: bytes) -> None:
+            if not self._shedding:
+                super().on_body(body)
+
+        def on_message_complete(self) -> None:
+            if not self._shedding:
+                super().on_message_complete()
+                return
+            self._shedding = False
+            assert _active is not None
+            keep_alive = self.parser.should_keep_alive()
+            defaults = b"".join(k + b": " + v + b"\r\n" for k, v in self.server_state.default_headers)
+            self.transport.write(_active.status_line + defaults + (_active.tail if keep_alive else _active.tail_close))
+            if keep_alive:
+                self.on_response_complete()  # re-arms the keep-alive timeout, resumes reading
+            else:
+                self.transport.close()
+
+    FastShedProtocol.__qualname__ = FastShedProtocol.__name__ = "FastShedProtocol"
+    return FastShedProtocol
+
+
+FastShedProtocol = _fast_protocol()
+
+
+def install(limit: int, retry_after: int = 1) -> None:
+    """Put the shedder in front of KServe's FastAPI app and the fast path into uvicorn (before
+    ``ModelServer.start``).
+
+    The middleware wraps the whole middleware stack, outside KServe's timing middleware and its
+    per-request log lines; uvicorn's ``http="auto"`` (what KServe's REST server asks for) then
+    resolves to :class:`FastShedProtocol`.
     """
     if limit <= 0:
         return
+    import uvicorn.config
     from kserve import model_server
 
     app = model_server.app
     build = app.build_middleware_stack
-    app.build_middleware_stack = lambda: LoadShedder(build(), limit=limit, retry_after=retry_after)
+
+    def build_with_shedder() -> LoadShedder:
+        global _active
+        _active = LoadShedder(build(), limit=limit, retry_after=retry_after)
+        return _active
+
+    app.build_middleware_stack = build_with_shedder
+    if FastShedProtocol is not None:
+        uvicorn.config.HTTP_PROTOCOLS["auto"] = f"{__name__}:FastShedProtocol"

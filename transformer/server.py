@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from kserve import ModelServer
 
-    from predictor import shedding
+    from predictor import eventloop, shedding
     from transformer import auth
     from transformer.model import ForecastTransformer
     from transformer.shards import ShardRouter
@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     install_error_handlers()
     shedding.install(args.max_inflight)
     auth.install(os.environ.get("STORECAST_API_KEY"))
+    eventloop.install(args.event_loop)
     names = ("http_port", "grpc_port", "workers", "max_threads", "max_asyncio_workers", "enable_grpc",
              "enable_docs_url", "enable_latency_logging", "access_log_format", "event_loop", "timeout_keep_alive")
     ModelServer(**{n: getattr(args, n) for n in names}).start([model])
