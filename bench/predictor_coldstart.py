@@ -4,8 +4,9 @@
 
 Both servers are started the same way (same ModelServer flags, loopback ports), alternately, and
 timed until ``/v2/models/storecast/ready`` answers 200; the predictor loads its version from the
-MLflow registry (``models:/storecast@champion``, sqlite store). Then the resident memory of each is
-read after a few requests, and the predictor's again once it has re-resolved its alias in-process.
+MLflow registry (``models:/storecast@champion``): the embedded sqlite store, and a real ``mlflow
+server`` over it (the registry as deployed). The resident memory of each is read after a few
+requests, and the predictor's again once it has re-resolved its alias a few times.
 Goals: predictor <= trivial + 2 s; predictor RSS <= 300 MB.
 """
 
@@ -14,10 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import time
 import urllib.request
+from pathlib import Path
 
-from predictor_common import PREDICTOR, TRIVIAL, add_common_arguments, prepare_version, start
+from predictor_common import PREDICTOR, TRIVIAL, add_common_arguments, free_port, prepare_version, start
 
 
 def _touch(url: str) -> None:
@@ -31,41 +35,77 @@ def _touch(url: str) -> None:
             r.read()
 
 
+def mlflow_server(version, log: Path) -> tuple[subprocess.Popen, str]:
+    """A real ``mlflow server`` over the benchmark's sqlite store: the registry as deployed."""
+    port = free_port()
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port",
+                             str(port), "--workers", "1", "--backend-store-uri", version.tracking_uri,
+                             "--serve-artifacts", "--artifacts-destination", str(version.workdir / "mlartifacts")],
+                            stdout=subprocess.DEVNULL, stderr=open(log, "wb"), cwd=version.workdir)  # noqa: SIM115
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=1):
+                return proc, url
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise TimeoutError(f"mlflow server not ready; see {log}")
+
+
 def main() -> None:
     parser = add_common_arguments(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     version = prepare_version(args)
-    env = {"MLFLOW_TRACKING_URI": version.tracking_uri}
-    times: dict[str, list[float]] = {"trivial": [], "predictor": []}
-    rss: dict[str, list[float]] = {"trivial": [], "predictor": [], "predictor-steady": []}
-    # the predictor re-resolves its alias after 2 s: MLflow is then imported in the server process too
-    commands = {"trivial": (TRIVIAL, []), "predictor": (PREDICTOR, ["--refresh-seconds", "2"])}
-    for i in range(args.repeat):
-        for name, (command, extra) in commands.items():
-            server = start(command, version.workdir / f"coldstart-{name}.log", env, extra)
-            try:
-                times[name].append(server.wait_ready())
-                _touch(server.url)
-                rss[name].append(server.rss_mb())
-                if name == "predictor":
-                    time.sleep(6)
+    server_proc, server_url = mlflow_server(version, version.workdir / "coldstart-mlflow.log")
+    times: dict[str, list[float]] = {}
+    rss: dict[str, list[float]] = {}
+    # the predictor re-resolves its alias after 2 s; with sqlite MLflow's client (and SQLAlchemy) is then
+    # imported into the server process, with an mlflow server it asks the REST API
+    commands = {"trivial": (TRIVIAL, [], version.tracking_uri),
+                "predictor": (PREDICTOR, ["--refresh-seconds", "2"], version.tracking_uri),
+                "predictor-server": (PREDICTOR, ["--refresh-seconds", "2"], server_url)}
+    try:
+        for i in range(args.repeat):
+            for name, (command, extra, registry) in commands.items():
+                server = start(command, version.workdir / f"coldstart-{name}.log", {"MLFLOW_TRACKING_URI": registry},
+                               extra)
+                try:
+                    times.setdefault(name, []).append(server.wait_ready())
                     _touch(server.url)
-                    rss["predictor-steady"].append(server.rss_mb())
-            finally:
-                server.stop()
-            print(f"run {i + 1}: {name:9s} ready in {times[name][-1]:.2f} s, RSS {rss[name][-1]:.0f} MB", flush=True)
-    t_triv, t_pred = statistics.median(times["trivial"]), statistics.median(times["predictor"])
+                    rss.setdefault(name, []).append(server.rss_mb())
+                    if name != "trivial":
+                        time.sleep(6)
+                        _touch(server.url)
+                        rss.setdefault(f"{name}-steady", []).append(server.rss_mb())
+                finally:
+                    server.stop()
+                print(f"run {i + 1}: {name:16s} ready in {times[name][-1]:.2f} s, RSS {rss[name][-1]:.0f} MB"
+                      + (f", {rss[name + '-steady'][-1]:.0f} MB after refreshes" if name != "trivial" else ""),
+                      flush=True)
+    finally:
+        server_proc.terminate()
+        server_proc.wait(10)
+    t = {k: statistics.median(v) for k, v in times.items()}
     m = {k: statistics.median(v) for k, v in rss.items()}
+    deployed = max(m["predictor-server"], m["predictor-server-steady"])
     print()
-    print(f"data: {version.data}, {version.stores} stores, registry {version.tracking_uri.split(':')[0]}")
-    print(f"cold start (median of {args.repeat}): predictor {t_pred:.2f} s vs trivial KServe model {t_triv:.2f} s: "
-          f"+{t_pred - t_triv:.2f} s (goal <= +2 s) {'OK' if t_pred - t_triv <= 2 else 'MISSED'}")
-    print(f"resident memory: predictor {m['predictor']:.0f} MB when ready, {m['predictor-steady']:.0f} MB once it "
-          f"has re-resolved its alias in-process (MLflow imported); trivial {m['trivial']:.0f} MB "
-          f"(goal <= 300 MB) {'OK' if max(m['predictor'], m['predictor-steady']) <= 300 else 'MISSED'}")
-    print(f"RESULT | cold start to model-ready, {version.stores} stores | {t_pred:.2f} s, RSS {m['predictor']:.0f} MB "
-          f"({m['predictor-steady']:.0f} MB steady) | trivial KServe model {t_triv:.2f} s | +{t_pred - t_triv:.2f} s |")
+    print(f"data: {version.data}, {version.stores} stores")
+    extra = t["predictor"] - t["trivial"]
+    print(f"cold start (median of {args.repeat}): predictor {t['predictor']:.2f} s (sqlite), "
+          f"{t['predictor-server']:.2f} s (mlflow server) vs trivial KServe model {t['trivial']:.2f} s: "
+          f"{extra:+.2f} s (goal <= +2 s) {'OK' if extra <= 2 else 'MISSED'}")
+    print(f"resident memory, registry an mlflow server (as deployed): {m['predictor-server']:.0f} MB when ready, "
+          f"{m['predictor-server-steady']:.0f} MB after alias refreshes (REST, no MLflow import) (goal <= 300 MB) "
+          f"{'OK' if deployed <= 300 else 'MISSED'}")
+    print(f"resident memory, embedded sqlite registry: {m['predictor']:.0f} MB when ready, "
+          f"{m['predictor-steady']:.0f} MB after alias refreshes (MLflow's client and SQLAlchemy in the process); "
+          f"trivial KServe model {m['trivial']:.0f} MB")
+    print(f"RESULT | cold start to model-ready, {version.stores} stores | {t['predictor']:.2f} s; RSS "
+          f"{deployed:.0f} MB steady (mlflow server), {m['predictor-steady']:.0f} MB (sqlite) | trivial KServe model "
+          f"{t['trivial']:.2f} s, {m['trivial']:.0f} MB | {extra:+.2f} s |")
 
 
 if __name__ == "__main__":

@@ -9,8 +9,10 @@
   version is a digest of the file, so a reload notices a changed file.
 
 ``resolve()`` names the version the URI points at now; ``fetch(version)`` downloads only the version's
-``params.npz`` into a temporary folder and reads it. MLflow is imported on first use (never for a
-folder); the registry location comes from ``MLFLOW_TRACKING_URI`` as usual.
+``params.npz`` into a temporary folder and reads it. The registry location comes from
+``MLFLOW_TRACKING_URI`` as usual: an ``mlflow server`` (``http(s)://``) is asked over its REST API
+(``predictor.rest_registry``), anything else through MLflow's client, imported on first use (never
+for a folder).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 if TYPE_CHECKING:  # numpy is imported when a table is read, not before (see predictor.prefetch)
+    from predictor.rest_registry import RestRegistry
     from predictor.table import ParamTable
 
 PARAMS_FILE = "params.npz"
@@ -89,6 +92,11 @@ class ModelSource:
         """The version the URI points at now (a registry version, or a file digest for a folder)."""
         if self.kind == "folder":
             return "sha256:" + _digest(self.params_path())
+        rest = _rest()
+        if rest is not None:  # an mlflow server: plain REST calls, MLflow stays out of this process
+            if self.kind == "version":
+                return rest.version(self.name, self.ref)
+            return rest.alias(self.name, self.ref) if self.kind == "alias" else rest.latest(self.name)
         if self.kind == "version":
             version = self.client().get_model_version(self.name, self.ref)
             return str(version.version)
@@ -115,6 +123,11 @@ class ModelSource:
 
     def download(self, version: str, dst: str | Path) -> Path:
         """Download only the ``params.npz`` of a registry version into ``dst``."""
+        rest = _rest()
+        if rest is not None:
+            path = rest.download(self.name, version, f"artifacts/{PARAMS_FILE}", dst)
+            if path is not None:
+                return path
         import mlflow.artifacts
 
         uri = f"models:/{self.name}/{version}/artifacts/{PARAMS_FILE}"
@@ -141,6 +154,21 @@ class ModelSource:
         from mlflow import MlflowClient
 
         return MlflowClient()
+
+
+def _rest() -> RestRegistry | None:
+    """The REST client of ``MLFLOW_TRACKING_URI`` when it is an ``mlflow server`` (else None: MLflow's client)."""
+    from predictor import rest_registry
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not rest_registry.usable(uri):
+        return None
+    if uri not in _REST:
+        _REST[uri] = rest_registry.RestRegistry(uri)
+    return _REST[uri]
+
+
+_REST: dict[str, RestRegistry] = {}
 
 
 def redact(uri: str) -> str:

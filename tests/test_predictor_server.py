@@ -7,7 +7,10 @@ sqlite MLflow store; predictors run as ``python -m predictor`` subprocesses agai
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -361,6 +364,36 @@ def test_serves_from_an_mlflow_tracking_server(mlflow_server: str, server: Predi
             assert got["yhat_lower"].tolist() == server.forecast([sid] * 20, ds)[0]["yhat_lower"].tolist()
     finally:
         p.stop()
+
+
+def test_an_mlflow_server_is_asked_over_rest_without_importing_mlflow(mlflow_server: str, registry: Registry) -> None:
+    """Resolving and fetching from an ``mlflow server`` are REST calls: MLflow never enters the serving process."""
+    from pipelines.registry import register
+
+    name = "storecast-predictor-rest"
+    version = register(registry.result, uri=mlflow_server, model_name=name, alias="champion").version
+    code = f"""
+import json, sys
+from predictor.source import ModelSource
+out = {{u: ModelSource.parse(u).resolve() for u in ("models:/{name}@champion", "models:/{name}/{version}",
+                                                     "models:/{name}/latest")}}
+out["stores"] = len(ModelSource.parse("models:/{name}@champion").fetch("{version}"))
+for bad in ("models:/{name}@nobody", "models:/{name}/999", "models:/no-such-model@champion"):
+    try:
+        ModelSource.parse(bad).resolve()
+    except LookupError as exc:
+        out[bad] = str(exc)
+out["mlflow imported"] = "mlflow" in sys.modules
+print(json.dumps(out))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout)
+    assert [out[f"models:/{name}{ref}"] for ref in ("@champion", f"/{version}", "/latest")] == [version] * 3
+    assert out["stores"] == len(registry.result.table) and out["mlflow imported"] is False
+    assert "nobody" in out[f"models:/{name}@nobody"] and "999" in out[f"models:/{name}/999"]
+    assert "no-such-model" in out["models:/no-such-model@champion"]
 
 
 def test_a_registry_outage_after_load_does_not_affect_serving(mlflow_server: str, registry: Registry,
