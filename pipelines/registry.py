@@ -163,12 +163,20 @@ def register(result: TrainResult | Snapshot, *, uri: str | None = None, model_na
                       seconds=time.perf_counter() - t0)
 
 
-def download(model_uri: str, dst: str | Path, path: str = "") -> Path:
-    """Download a version's files (``path`` under its ``artifacts/`` folder, or all) and return the path."""
+def download(model_uri: str, dst: str | Path, path: str = "", uri: str | None = None) -> Path:
+    """Download a version's files (``path`` under its ``artifacts/`` folder, or all) from the registry ``uri``
+    (default: as ``tracking_uri``) and return the path."""
     import mlflow.artifacts
+    from mlflow import MlflowClient
 
-    sub = f"{model_uri.rstrip('/')}/artifacts/{path}" if path else model_uri
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=sub, dst_path=str(dst)))
+    registry = tracking_uri(uri)
+    name, _, version = model_uri.removeprefix("models:/").rstrip("/").partition("/")
+    if version.isdigit():  # where the files are, asked of this registry (models:/ URIs use the global one)
+        root = MlflowClient(registry, registry).get_model_version_download_uri(name, version)
+    else:
+        root = model_uri
+    sub = f"{root.rstrip('/')}/artifacts/{path}" if path else root
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=sub, dst_path=str(dst), tracking_uri=registry))
 
 
 def prophet_json(model_uri: str, store_id: str) -> str:

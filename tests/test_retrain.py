@@ -29,12 +29,12 @@ from tests.conftest import Recorder, run_cli, stop
 MODEL = "storecast-rt"
 
 
-def versions(uri: str) -> list[str]:
-    return sorted((str(v.version) for v in MlflowClient(uri).search_model_versions(f"name='{MODEL}'")), key=int)
+def versions(uri: str, model: str = MODEL) -> list[str]:
+    return sorted((str(v.version) for v in MlflowClient(uri).search_model_versions(f"name='{model}'")), key=int)
 
 
-def champion(uri: str) -> str:
-    return str(MlflowClient(uri).get_model_version_by_alias(MODEL, "champion").version)
+def champion(uri: str, model: str = MODEL, alias: str = "champion") -> str:
+    return str(MlflowClient(uri).get_model_version_by_alias(model, alias).version)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,8 @@ def world(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         wait_ready(f"http://127.0.0.1:{p_http}/v2/models/storecast/ready",
                    Service("predictor", pred, p_http, log=root / "predictor.log"), 120)
         yield {"url": f"http://127.0.0.1:{port}", "uri": mlflow_server, "sink": sink,
-               "predictor": f"http://127.0.0.1:{p_http}", "first": champion(mlflow_server)}
+               "predictor": f"http://127.0.0.1:{p_http}", "first": champion(mlflow_server), "root": root,
+               "latest": latest}
     finally:
         for p in procs:
             stop(p)
@@ -181,3 +182,67 @@ def test_health_and_unknown_job(world: dict) -> None:
 def test_cli_retrain_waits_for_the_version(world: dict, tmp_path: Path) -> None:
     out = run_cli("retrain", "--store", "2", "--url", world["url"], "--wait", cwd=tmp_path)
     assert '"status": "up_to_date"' in out.stdout  # refitted by the ping above
+
+
+def test_a_fit_that_finished_while_a_job_waited_is_not_repeated(world: dict) -> None:
+    """A job whose stores a finished fit already covers (it waited in the queue meanwhile) fits nothing."""
+    from pipelines.retrain_jobs import Job, RetrainManager
+
+    manager = RetrainManager(str(world["latest"]), model_name=MODEL, uri=world["uri"])
+    try:
+        before = versions(world["uri"])
+        job = Job("queued-late", ["4"], "test", "requested", "champion")  # 4 was refitted by the first test
+        manager.jobs[job.id] = job
+        manager._queue.put(job)
+        assert job.done.wait(60)
+        assert job.status == "up_to_date" and job.result["version"] == champion(world["uri"])
+        assert versions(world["uri"]) == before
+    finally:
+        manager.close()
+
+
+def test_canary_policy_builds_one_candidate_on_the_challenger(mlflow_server: str, world: dict) -> None:
+    """With --promote challenger, refits accumulate in the challenger (each derived from the last), a store
+    already in it is up to date, and the champion never moves."""
+    from pipelines.registry import download
+    from predictor.table import ParamTable
+
+    model, root = "storecast-canary", world["root"]
+    run_cli("train", "--data", str(root / "old.csv.gz"), "--tracking-uri", mlflow_server, "--model-name", model,
+            "--alias", "champion", "--workers", "1", "--no-progress", cwd=root)
+    first = champion(mlflow_server, model)
+    port = free_port()
+    log = root / "retrain-canary.log"
+    svc = subprocess.Popen([sys.executable, "-m", "pipelines.retrain", "--data", str(world["latest"]), "--port",
+                            str(port), "--host", "127.0.0.1", "--model-name", model, "--promote", "challenger"],
+                           env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server}, cwd=root,
+                           stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(f"{url}/healthz", Service("retrain", svc, port, log=log), 120)
+        one = wait_job(url, send(url, ["1"], "canary-1").json()["job_id"])
+        assert one["status"] == "done" and one["result"]["promoted"] == "challenger", one
+        assert one["result"]["parent_version"] == first
+        again = send(url, ["1"], "canary-1-again")  # refitted into the challenger: not refitted again
+        assert again.status_code == 200 and again.json()["status"] == "up_to_date"
+        assert again.json()["result"]["version"] == one["result"]["version"]
+        two = wait_job(url, send(url, ["2"], "canary-2").json()["job_id"])
+        assert two["status"] == "done" and two["result"]["parent_version"] == one["result"]["version"]
+        assert champion(mlflow_server, model) == first
+        assert champion(mlflow_server, model, "challenger") == two["result"]["version"]
+        assert versions(mlflow_server, model) == [first, one["result"]["version"], two["result"]["version"]]
+
+        def table(version: str) -> ParamTable:
+            path = download(f"models:/{model}/{version}", root / f"v{version}", "params.npz", mlflow_server)
+            return ParamTable.load(path)
+
+        def param(t: ParamTable, name: str, store: str) -> float:
+            return getattr(t, name)[t.store_id.tolist().index(store)]
+
+        old, cand1, cand2 = table(first), table(one["result"]["version"]), table(two["result"]["version"])
+        # store 1's refit is carried into the second candidate as it was; store 2 is refitted there
+        assert param(cand2, "k", "1") == param(cand1, "k", "1") != param(old, "k", "1")
+        assert param(cand1, "last_day", "1") > param(old, "last_day", "1")
+        assert param(cand2, "last_day", "2") > param(cand1, "last_day", "2") == param(old, "last_day", "2")
+    finally:
+        stop(svc)
