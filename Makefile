@@ -26,7 +26,7 @@ demo: install
 	BIN=$(BIN) bash scripts/demo.sh
 
 bench: install
-	$(BIN)/python bench/run_all.py
+	$(BIN)/storecast bench
 
 loadtest: install
 	mkdir -p build/loadtest

@@ -4,7 +4,8 @@
 
 The benchmarks share one trained version (``--workdir``). Each prints ``RESULT | what | figure |
 baseline | ratio |`` lines; they are gathered into ``results/bench.md`` (with every benchmark's full
-output below the table). ``--quick`` shortens the soak to 2 minutes.
+output below the table) and, after a full run, into the README between its ``bench:start`` and
+``bench:end`` markers. ``--quick`` shortens the soak to 2 minutes.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH.parent / "results"
+README = BENCH.parent / "README.md"
+MARKERS = ("<!-- bench:start -->", "<!-- bench:end -->")
 ORDER = ["train", "predictor_inprocess", "predictor_http", "e2e_http", "predictor_coldstart", "retrain_served",
          "overload", "soak"]
 SHARED = {"predictor_inprocess", "predictor_http", "e2e_http", "predictor_coldstart", "overload", "soak"}
@@ -49,6 +52,24 @@ def main() -> None:
     (RESULTS / "bench.md").write_text(f"# storecast benchmarks, {stamp}\n\n{table}\n\n" + "\n".join(outputs))
     print(table)
     print(f"\nwritten to {RESULTS / 'bench.md'}")
+    if not args.only and not args.quick:
+        update_readme(f"{table}\n\n{stamp}, {platform()}.")
+        print(f"and to the table of {README.name}")
+
+
+def update_readme(block: str) -> None:
+    """Replace what stands between the README's markers with ``block``."""
+    text = README.read_text()
+    start, end = text.index(MARKERS[0]) + len(MARKERS[0]), text.index(MARKERS[1])
+    README.write_text(f"{text[:start]}\n{block}\n{text[end:]}")
+
+
+def platform() -> str:
+    import os
+
+    import psutil
+
+    return f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, Python {sys.version.split()[0]}"
 
 
 if __name__ == "__main__":

@@ -144,6 +144,18 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "run_all.py"
+    if not script.is_file():
+        print("the benchmarks come with a source checkout of storecast (bench/run_all.py not found)",
+              file=sys.stderr)
+        return 1
+    extra = (["--quick"] if args.quick else []) + (["--only", *args.only] if args.only else [])
+    return subprocess.call([sys.executable, str(script), "--workdir", str(Path(args.workdir).resolve()), *extra])
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="storecast", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -207,6 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--url", default="http://127.0.0.1:8080", help="transformer URL")
     f.add_argument("--plot", help="also draw the forecast with its interval into this PNG")
     f.set_defaults(func=cmd_forecast)
+
+    b = sub.add_parser("bench", help="run the benchmarks (source checkout): results/bench.md and the README table")
+    b.add_argument("--workdir", default="build/bench", help="keeps the trained version for the next run")
+    b.add_argument("--quick", action="store_true", help="a 2-minute soak; the README is left as it is")
+    b.add_argument("--only", nargs="*", help="these benchmarks only (train, predictor_inprocess, ..., soak)")
+    b.set_defaults(func=cmd_bench)
 
     from pipelines.cli_rollout import add_parsers
     from pipelines.loadtest import add_parser as add_loadtest
