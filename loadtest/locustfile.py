@@ -6,12 +6,12 @@ User classes (pick them on the command line, weights by ``STORECAST_WEIGHTS``):
 - ``Event``: forecast requests as binary CloudEvents to the transformer;
 - ``Refresher``: retrain requests to the retrain service (``STORECAST_RETRAIN_URL``) at a low rate.
 
-``--host`` is the transformer; the predictor and retrain service are absolute URLs from the environment.
-Each user paces itself at ``STORECAST_USER_RPS`` requests per second (``constant_throughput``), so the
-offered load is users x rate whatever the latency. Requests shed by a server (429/503) are reported
-under the name ``shed``; the other rows hold successful requests only, so their percentiles are
-those of successes. ``STORECAST_SHAPE`` = ``surge`` (steady, a 10x holiday spike, back) or ``ramp``
-(steps up until saturation) drives the user count instead of ``-u``.
+``--host`` is the transformer; the predictor and retrain service are absolute URLs from the environment. Each
+user paces itself at ``STORECAST_USER_RPS`` requests per second (``paced``: at its own random phase), so the
+offered load is users x rate whatever the latency, spread over each second. Requests shed by a server
+(429/503) are reported under the name ``shed``; the other rows hold successful requests only, so their
+percentiles are those of successes. ``STORECAST_SHAPE`` = ``surge`` (steady, a 10x holiday spike, back) or
+``ramp`` (steps up until saturation) drives the user count instead of ``-u``.
 
 Environment: STORECAST_STORES ("1-1115" or "1,2,7"), STORECAST_PREDICTOR_URL, STORECAST_RETRAIN_URL,
 STORECAST_USER_RPS (default 2), STORECAST_WEIGHTS ("Planner=8,Service=2,Event=1,Refresher=1"),
@@ -24,9 +24,10 @@ from __future__ import annotations
 import json
 import os
 import random
+import time
 import uuid
 
-from locust import LoadTestShape, between, constant_throughput, task
+from locust import LoadTestShape, between, task
 from locust.contrib.fasthttp import FastHttpUser
 
 JSON = {"content-type": "application/json"}
@@ -61,16 +62,39 @@ def _check(resp, name: str) -> None:  # resp: locust's response context manager
         resp.success()
 
 
-class Planner(FastHttpUser):
+def paced(rate: float):
+    """Wait time for ``rate`` requests a second per user, whatever the latency, each user at its own random
+    phase. (Locust's ``constant_throughput`` keeps every user in the phase it was spawned in: users spawned
+    together then arrive as bursts of the whole crowd, which measures queueing in the burst, not the
+    service.) A user behind schedule goes at once, without catching up in a burst."""
+    period = 1.0 / rate
+
+    def wait_time(user) -> float:
+        now = time.perf_counter()
+        due = getattr(user, "_storecast_due", None)
+        due = now + random.random() * period if due is None else max(now, due + period)
+        user._storecast_due = due
+        return due - now
+
+    return wait_time
+
+
+class Paced(FastHttpUser):
+    """A user sending ``STORECAST_USER_RPS`` requests a second."""
+
+    abstract = True
+    wait_time = paced(RATE)
+
+
+class Planner(Paced):
     """Business requests on the transformer (V1)."""
 
     weight = _weight("Planner")
-    wait_time = constant_throughput(RATE)
 
     @task(8)
     def one_store(self) -> None:
         body = {"instances": [{"storeId": random.choice(STORES)}]}
-        with self.client.post("/v1/models/storecast:predict", data=json.dumps(body), headers=JSON,
+        with self.client.post("/v1/models/storecast:predict", data=json.dumps(body).encode(), headers=JSON,
                               name="business one store", catch_response=True) as resp:
             _check(resp, "business one store")
 
@@ -78,16 +102,15 @@ class Planner(FastHttpUser):
     def several_stores(self) -> None:
         body = {"instances": [{"storeId": s, "beginDate": "2015-08-01", "endDate": "2015-08-14"}
                               for s in random.sample(STORES, min(5, len(STORES)))]}
-        with self.client.post("/v1/models/storecast:predict", data=json.dumps(body), headers=JSON,
+        with self.client.post("/v1/models/storecast:predict", data=json.dumps(body).encode(), headers=JSON,
                               name="business five stores", catch_response=True) as resp:
             _check(resp, "business five stores")
 
 
-class Service(FastHttpUser):
+class Service(Paced):
     """Other services: V2 long format straight to the predictor."""
 
     weight = _weight("Service")
-    wait_time = constant_throughput(RATE)
     url = os.environ.get("STORECAST_PREDICTOR_URL", "").rstrip("/") + "/v2/models/storecast/infer"
 
     @task
@@ -96,23 +119,22 @@ class Service(FastHttpUser):
         days = [f"2015-08-0{d}" for d in range(1, 8)]
         body = {"inputs": [{"name": "store_id", "datatype": "BYTES", "shape": [7], "data": [store] * 7},
                            {"name": "ds", "datatype": "BYTES", "shape": [7], "data": days}]}
-        with self.client.post(self.url, data=json.dumps(body), headers=JSON,
+        with self.client.post(self.url, data=json.dumps(body).encode(), headers=JSON,
                               name="predictor v2 week", catch_response=True) as resp:
             _check(resp, "predictor v2 week")
 
 
-class Event(FastHttpUser):
+class Event(Paced):
     """The streaming path: forecast requests as binary CloudEvents."""
 
     weight = _weight("Event")
-    wait_time = constant_throughput(RATE)
 
     @task
     def forecast_event(self) -> None:
         headers = {**JSON, "ce-specversion": "1.0", "ce-id": uuid.uuid4().hex, "ce-source": "locust",
                    "ce-type": "com.storecast.forecast.requested"}
         body = {"instances": [{"storeId": random.choice(STORES)}]}
-        with self.client.post("/v1/models/storecast:predict", data=json.dumps(body), headers=headers,
+        with self.client.post("/v1/models/storecast:predict", data=json.dumps(body).encode(), headers=headers,
                               name="forecast cloudevent", catch_response=True) as resp:
             _check(resp, "forecast cloudevent")
             if resp.status_code == 200 and resp.headers.get("ce-type") != "com.storecast.forecast.completed":
@@ -131,7 +153,7 @@ class Refresher(FastHttpUser):
         headers = {**JSON, "ce-specversion": "1.0", "ce-id": uuid.uuid4().hex, "ce-source": "locust",
                    "ce-type": "com.storecast.retrain.requested"}
         body = {"store_ids": [random.choice(STORES)], "reason": "load test"}
-        with self.client.post(self.url, data=json.dumps(body), headers=headers, name="retrain request",
+        with self.client.post(self.url, data=json.dumps(body).encode(), headers=headers, name="retrain request",
                               catch_response=True) as resp:
             _check(resp, "retrain request")
 
