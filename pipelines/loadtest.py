@@ -83,7 +83,8 @@ def summarize(out: Path) -> Summary:
 
 
 def plot(out: Path) -> Path:
-    """``loadtest.png``: requests/s and failures/s, and p50/p95/p99 of the aggregate, over time."""
+    """``loadtest.png``: offered requests/s, successes/s and failures/s, and p50/p95/p99 of the aggregate,
+    over time."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -98,9 +99,11 @@ def plot(out: Path) -> Path:
         return [float(r[name]) if r[name] not in ("", "N/A") else float("nan") for r in hist]
 
     fig, (a, b) = plt.subplots(2, 1, figsize=(10, 6.5), dpi=110, sharex=True)
-    a.plot(t, col("Requests/s"), label="requests/s")
-    a.plot(t, col("Failures/s"), label="failures/s (shed included)", color="tab:red")
-    a.plot(t, col("User Count"), label="users", color="tab:gray", linestyle=":")
+    requests, failures = col("Requests/s"), col("Failures/s")
+    a.plot(t, requests, label="offered requests/s", color="tab:gray")
+    a.plot(t, [r - f for r, f in zip(requests, failures, strict=True)], label="successes/s", color="tab:green")
+    a.plot(t, failures, label="failures/s (shed included)", color="tab:red")
+    a.plot(t, col("User Count"), label="users", color="black", linestyle=":")
     a.set_ylabel("per second / users")
     a.legend(loc="upper left")
     a.grid(alpha=0.3)
