@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -25,12 +26,14 @@ def request_forecast(url: str, store: str, begin: str | None = None, end: str | 
 
 
 def table(prediction: dict[str, Any]) -> str:
-    """The forecast as an aligned text table."""
+    """The forecast as an aligned text table; days the store is usually closed are marked."""
     req = prediction["request"]
     lines = [f"store {req['store_id']}, {req['begin_date']} .. {req['end_date']}",
-             f"{'date':<12}{'forecast':>12}{'lower':>12}{'upper':>12}"]
+             f"{'date':<16}{'forecast':>12}{'lower':>12}{'upper':>12}"]
     for row in prediction["forecast"]:
-        lines.append(f"{row['timestamp'][:10]:<12}{row['value']:>12.1f}{row['lower']:>12.1f}{row['upper']:>12.1f}")
+        day = np.datetime64(row["timestamp"][:10]).item().strftime("%Y-%m-%d %a")
+        note = "" if row.get("open", True) else "  usually closed (an extrapolation, not sales)"
+        lines.append(f"{day:<16}{row['value']:>12.1f}{row['lower']:>12.1f}{row['upper']:>12.1f}{note}")
     return "\n".join(lines)
 
 
@@ -41,15 +44,18 @@ def plot(prediction: dict[str, Any], path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
-    import numpy as np
 
     rows = prediction["forecast"]
     days = np.array([r["timestamp"][:10] for r in rows], dtype="datetime64[D]")
     value = np.array([r["value"] for r in rows])
+    is_open = np.array([r.get("open", True) for r in rows], dtype=bool)
     fig, ax = plt.subplots(figsize=(9, 4), dpi=110)
-    ax.fill_between(days, [r["lower"] for r in rows], [r["upper"] for r in rows], alpha=0.25, color="tab:blue",
-                    label="prediction interval")
-    ax.plot(days, value, marker="o", color="tab:blue", label="forecast")
+    ax.fill_between(days, [r["lower"] for r in rows], [r["upper"] for r in rows], where=is_open, alpha=0.25,
+                    color="tab:blue", label="prediction interval", interpolate=False)
+    ax.plot(days[is_open], value[is_open], marker="o", color="tab:blue", label="forecast")
+    if not is_open.all():
+        ax.plot(days[~is_open], value[~is_open], "x", color="tab:gray", markersize=8,
+                label="usually closed (extrapolation)")
     req = prediction["request"]
     ax.set_title(f"storecast: store {req['store_id']}, {req['begin_date']} .. {req['end_date']}")
     ax.set_ylabel("sales")

@@ -168,6 +168,25 @@ def open_days(df: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def weekday_open_rate(df: pd.DataFrame, weeks: int = 52) -> dict[str, np.ndarray]:
+    """Per store, the share of each weekday (Monday first) it was open in its last ``weeks`` weeks of rows.
+
+    A weekday without rows in that window (data holding open days only) counts as open: nothing says
+    otherwise.
+    """
+    store_codes, stores = pd.factorize(df["Store"].astype(str))
+    day = df["Date"].to_numpy().astype("datetime64[D]").astype(np.int64)
+    is_open = (df["Open"].to_numpy() == 1) if "Open" in df.columns else np.ones(len(df), dtype=bool)
+    last = np.full(len(stores), np.iinfo(np.int64).min)
+    np.maximum.at(last, store_codes, day)
+    recent = day > last[store_codes] - 7 * weeks
+    cell = store_codes[recent] * 7 + (day[recent] + 3) % 7  # 1970-01-01 was a Thursday
+    rows = np.bincount(cell, minlength=7 * len(stores))
+    opened = np.bincount(cell, weights=is_open[recent], minlength=7 * len(stores))
+    rate = np.where(rows > 0, opened / np.maximum(rows, 1), 1.0).reshape(len(stores), 7)
+    return {str(s): rate[i] for i, s in enumerate(stores)}
+
+
 def shared_rossmann() -> Path | None:
     """Path of the real Rossmann ``train.csv.gz`` ($STORECAST_ROSSMANN or ../shared beside the repo)."""
     env = os.environ.get(ROSSMANN_ENV)

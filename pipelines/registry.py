@@ -17,6 +17,7 @@ import pandas as pd
 
 from pipelines.fitting import FitConfig
 from pipelines.train import TrainResult
+from predictor.table import FORMAT as TABLE_FORMAT
 from predictor.table import ParamTable
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -87,7 +88,7 @@ def write_snapshot(snap: Snapshot, folder: Path) -> dict[str, str]:
             zf.writestr(f"{store_id}.json.gz", snap.models[store_id])
     snap.metrics.to_csv(folder / METRICS_FILE, index=False)
     manifest = {
-        "format": snap.table.meta.get("format", "storecast-params/1"),
+        "format": TABLE_FORMAT,
         "stores": len(snap.table), "data_end": snap.data_end, "fitter": snap.config.fitter,
         "models": f"{MODELS_FILE}: <store_id>.json.gz = gzip(prophet.serialize.model_to_json(model))",
         "summary": snap.summary, "failed": snap.failed,

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.data import open_days
+from pipelines.data import open_days, weekday_open_rate
 from pipelines.evaluate import GATE_FAIL, pooled, scores
 from pipelines.fitting import FitConfig, Series, StoreResult, fit_chunk, quiet
 from predictor.table import ParamTable
@@ -156,7 +156,8 @@ def train(sales: pd.DataFrame, cfg: FitConfig, *, stores: list[str] | None = Non
     data_end = str(sales["Date"].max().date())
     meta = {"data_end": data_end, "fitter": cfg.fitter, "seed": cfg.seed, "holdout_days": cfg.holdout_days,
             "prophet": cfg.prophet}
-    rows = [r.row for r in results if r.row is not None and not r.error]
+    open_rate = weekday_open_rate(sales)
+    rows = [{**r.row, "open_rate": open_rate[r.store_id]} for r in results if r.row is not None and not r.error]
     table = ParamTable.from_rows(rows, np.asarray(cfg.grid), cfg.prophet.get("interval_width", 0.8), meta)
     metrics = pd.DataFrame([{**r.metrics, "error": r.error or ""} for r in results])
     return TrainResult(table=table, results=results, metrics=metrics, summary=summarize(results),

@@ -22,7 +22,9 @@ from typing import Any, Protocol
 import numpy as np
 
 INPUTS = ("store_id", "ds")
-OUTPUTS = ("yhat", "yhat_lower", "yhat_upper")
+OUTPUTS = ("yhat", "yhat_lower", "yhat_upper")  # the default outputs
+OPEN_RATE = "open_rate"  # on request: the share of that weekday the store was open in its last 52 weeks
+ALL_OUTPUTS = (*OUTPUTS, OPEN_RATE)
 SECONDS_PER_DAY = 86400
 _SHOWN = 5  # bad values named in one message
 _SMALL = 64  # rows decoded in plain Python
@@ -105,12 +107,14 @@ def _bad_instance(instances: list[Any]) -> str:
     return "instances must be objects with store_id and ds"
 
 
-def encode_v1(rows: Rows, yhat: np.ndarray, lower: np.ndarray, upper: np.ndarray, version: str) -> dict[str, Any]:
-    """``{"predictions": [{"store_id", "ds", "yhat", "yhat_lower", "yhat_upper"}], "model_version"}``."""
+def encode_v1(rows: Rows, yhat: np.ndarray, lower: np.ndarray, upper: np.ndarray, open_rate: np.ndarray,
+              version: str) -> dict[str, Any]:
+    """``{"predictions": [{"store_id", "ds", "yhat", "yhat_lower", "yhat_upper", "open_rate"}], "model_version"}``."""
     dates = rows.days.astype("datetime64[D]").astype(str).tolist()
     predictions = [
-        {"store_id": s, "ds": d, "yhat": y, "yhat_lower": lo, "yhat_upper": hi}
-        for s, d, y, lo, hi in zip(rows.store_id, dates, yhat.tolist(), lower.tolist(), upper.tolist(), strict=True)
+        {"store_id": s, "ds": d, "yhat": y, "yhat_lower": lo, "yhat_upper": hi, "open_rate": o}
+        for s, d, y, lo, hi, o in zip(rows.store_id, dates, yhat.tolist(), lower.tolist(), upper.tolist(),
+                                      open_rate.tolist(), strict=True)
     ]
     return {"predictions": predictions, "model_version": version}
 

@@ -5,9 +5,11 @@ It is ready once a version is loaded; each request reads the snapshot reference 
 swap never mixes versions. Protocols (DESIGN.md, "Wire contracts"):
 
 - V2 REST / gRPC: inputs ``store_id``, ``ds`` (BYTES, [n]) -> outputs ``yhat``, ``yhat_lower``,
-  ``yhat_upper`` (FP64, [n]); the response's ``model_version`` is the version that answered.
+  ``yhat_upper`` (FP64, [n]); ``open_rate`` too when the request's ``outputs`` name it (the share of that
+  weekday the store was open in its last 52 weeks); the response's ``model_version`` is the version
+  that answered.
 - V1: ``{"instances": [{"store_id": "4", "ds": "2015-08-01"}]}`` ->
-  ``{"predictions": [{"store_id", "ds", "yhat", "yhat_lower", "yhat_upper"}], "model_version"}``;
+  ``{"predictions": [{"store_id", "ds", "yhat", "yhat_lower", "yhat_upper", "open_rate"}], "model_version"}``;
   CloudEvents to V1 are unwrapped and answered with a CloudEvent by KServe.
 - Listing the stores served: V2 request parameter ``list_stores: true`` with no inputs -> one output
   ``store_id`` (BYTES) and parameters ``stores`` (count); V1 ``{"list_stores": true}`` ->
@@ -29,7 +31,9 @@ from kserve.errors import InvalidInput, ModelNotReady
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse, to_http_parameters
 
 from predictor.codec import (
+    ALL_OUTPUTS,
     INPUTS,
+    OPEN_RATE,
     OUTPUTS,
     RequestError,
     Rows,
@@ -84,7 +88,7 @@ class StorecastModel(Model):
         return [{"name": name, "datatype": "BYTES", "shape": [-1]} for name in INPUTS]
 
     def get_output_types(self) -> list[dict[str, Any]]:
-        return [{"name": name, "datatype": "FP64", "shape": [-1]} for name in OUTPUTS]
+        return [{"name": name, "datatype": "FP64", "shape": [-1]} for name in ALL_OUTPUTS]
 
     # ---- inference -------------------------------------------------------------------------------
     async def predict(self, payload: dict | InferRequest, headers: dict[str, str] | None = None,
@@ -104,8 +108,7 @@ class StorecastModel(Model):
         if isinstance(body, dict) and body.get(LIST_STORES) is True:
             return {"stores": snapshot.table.store_id.tolist(), "model_version": snapshot.version}
         rows = decode_v1(body, self.max_rows)
-        yhat, lower, upper = await self._forecast(rows, snapshot)
-        return encode_v1(rows, yhat, lower, upper, snapshot.version)
+        return encode_v1(rows, *await self._forecast(rows, snapshot, True), snapshot.version)
 
     async def _predict_v2(self, request: InferRequest, snapshot: Snapshot) -> InferResponse:
         params = to_http_parameters(request.parameters) if request.parameters else {}
@@ -114,15 +117,14 @@ class StorecastModel(Model):
             outputs = [InferOutput("store_id", [len(ids)], "BYTES", _tensor(np.array(ids.tolist(), dtype=object),
                                                                              request))]
             return self._response(request, snapshot, outputs, {"stores": len(ids)})
-        if request.request_outputs:
-            unknown = [o.name for o in request.request_outputs if o.name not in OUTPUTS]
-            if unknown:
-                raise RequestError(f"unknown output {', '.join(map(repr, unknown))}: the outputs are "
-                                   f"{', '.join(OUTPUTS)}")
+        names = [o.name for o in request.request_outputs] if request.request_outputs else list(OUTPUTS)
+        unknown = [name for name in names if name not in ALL_OUTPUTS]
+        if unknown:
+            raise RequestError(f"unknown output {', '.join(map(repr, unknown))}: the outputs are "
+                               f"{', '.join(ALL_OUTPUTS)}")
         rows = decode_v2(request.inputs, self.max_rows)
-        values = await self._forecast(rows, snapshot)
-        outputs = [InferOutput(name, [len(rows)], "FP64", _tensor(data, request))
-                   for name, data in zip(OUTPUTS, values, strict=True)]
+        values = dict(zip(ALL_OUTPUTS, await self._forecast(rows, snapshot, OPEN_RATE in names), strict=False))
+        outputs = [InferOutput(name, [len(rows)], "FP64", _tensor(values[name], request)) for name in names]
         return self._response(request, snapshot, outputs)
 
     def _response(self, request: InferRequest, snapshot: Snapshot, outputs: list[InferOutput],
@@ -134,10 +136,10 @@ class StorecastModel(Model):
             requested_outputs=request.request_outputs, from_grpc=request.from_grpc,
         )
 
-    async def _forecast(self, rows: Rows, snapshot: Snapshot) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    async def _forecast(self, rows: Rows, snapshot: Snapshot, open_rate: bool = False) -> tuple[np.ndarray, ...]:
         if len(rows) > INLINE_ROWS:
-            return await asyncio.get_running_loop().run_in_executor(None, evaluate, rows, snapshot)
-        return evaluate(rows, snapshot)
+            return await asyncio.get_running_loop().run_in_executor(None, evaluate, rows, snapshot, open_rate)
+        return evaluate(rows, snapshot, open_rate)
 
 
 def _tensor(values: np.ndarray, request: InferRequest) -> np.ndarray | list[Any]:
@@ -146,10 +148,10 @@ def _tensor(values: np.ndarray, request: InferRequest) -> np.ndarray | list[Any]
     return values.tolist() if request.from_grpc else values
 
 
-def evaluate(rows: Rows, snapshot: Snapshot) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """yhat, yhat_lower, yhat_upper of every row, in one vectorized evaluation."""
+def evaluate(rows: Rows, snapshot: Snapshot, open_rate: bool = False) -> tuple[np.ndarray, ...]:
+    """yhat, yhat_lower, yhat_upper (and the weekday open rate) of every row, in one vectorized evaluation."""
     try:
-        return snapshot.evaluate(rows.store_id, rows.days)
+        return snapshot.evaluate(rows.store_id, rows.days, open_rate)
     except UnknownStoresError as exc:
         shard = f", shard {snapshot.shard}" if snapshot.shard else ""
         raise RequestError(f"{exc} (not among the {len(snapshot.table)} stores of model version "

@@ -79,16 +79,19 @@ class Snapshot:
                 pass
         return self.table.index(np.strings.strip(np.asarray(store_ids, dtype=str)))
 
-    def evaluate(self, store_ids: list[str], days: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """yhat, yhat_lower, yhat_upper of every (store, day) row."""
+    def evaluate(self, store_ids: list[str], days: np.ndarray,
+                 open_rate: bool = False) -> tuple[np.ndarray, ...]:
+        """yhat, yhat_lower, yhat_upper of every (store, day) row (and, with ``open_rate``, the share of that
+        weekday the store was open lately)."""
         rows = self.rows(store_ids)
+        extra = (self.table.open_rate[rows, (days + 3) % 7],) if open_rate else ()  # 1970-01-01: a Thursday
         h = self.horizon_days
         if h and len(rows):
             ahead = days - self.first_day[rows]
             if (ahead.view(np.uint64) < h).all():  # negative -> huge: all rows within the horizon
                 out = self.horizon[:, rows * h + ahead]
-                return out[0], out[1], out[2]
-        return forecast(self.table, rows, days)
+                return out[0], out[1], out[2], *extra
+        return *forecast(self.table, rows, days), *extra
 
     def describe(self) -> str:
         shard = f" (shard {self.shard})" if self.shard else ""

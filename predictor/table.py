@@ -15,7 +15,12 @@ Layout (``n`` stores sorted by id, ``S`` changepoints, ``K`` Fourier features, `
   ``iv_days`` (G,) days after ``last_day`` (``iv_days[0] == 0`` stands for every history date),
   ``iv_lower``, ``iv_upper`` (n, G); beyond the grid they grow with the variance
   ``iv_trend_var * h**3 + iv_noise_var`` (h days ahead);
+- ``open_rate`` (n, 7): the share of each weekday (Monday first) the store was open in its last 52
+  weeks of data (1 where the data say nothing), so a forecast can say which days it is usually closed
+  (Prophet is fitted on open days only: its value for a closed weekday is an extrapolation);
 - ``interval_width`` () and ``meta`` () a JSON string.
+
+``storecast-params/1`` tables (no ``open_rate``) load with every weekday open.
 """
 
 from __future__ import annotations
@@ -28,10 +33,11 @@ from typing import Any
 
 import numpy as np
 
-FORMAT = "storecast-params/1"
+FORMAT = "storecast-params/2"
+READABLE = ("storecast-params/1", FORMAT)
 PER_STORE = (
     "store_id", "start", "t_scale", "y_scale", "floor", "k", "m", "sigma_obs", "delta", "cp_t", "beta",
-    "last_day", "iv_lower", "iv_upper", "iv_trend_var", "iv_noise_var",
+    "last_day", "iv_lower", "iv_upper", "iv_trend_var", "iv_noise_var", "open_rate",
 )
 
 
@@ -74,6 +80,7 @@ class ParamTable:
     iv_upper: np.ndarray
     iv_trend_var: np.ndarray
     iv_noise_var: np.ndarray
+    open_rate: np.ndarray
     feat_period: np.ndarray
     feat_harmonic: np.ndarray
     feat_cos: np.ndarray
@@ -137,6 +144,7 @@ class ParamTable:
             iv_lower=np.array([r["iv_lower"] for r in rows]).reshape(n, grid),
             iv_upper=np.array([r["iv_upper"] for r in rows]).reshape(n, grid),
             iv_trend_var=col("iv_trend_var"), iv_noise_var=col("iv_noise_var"),
+            open_rate=np.array([r.get("open_rate", np.ones(7)) for r in rows], dtype=np.float64).reshape(n, 7),
             feat_period=np.array([f[0] for f in keys], dtype=np.float64),
             feat_harmonic=np.array([f[1] for f in keys], dtype=np.float64),
             feat_cos=np.array([f[2] for f in keys], dtype=bool),
@@ -170,7 +178,7 @@ class ParamTable:
         path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("meta",)}
         arrays["interval_width"] = np.float64(self.interval_width)
-        arrays["meta"] = np.array(json.dumps({"format": FORMAT, **self.meta}))
+        arrays["meta"] = np.array(json.dumps({**self.meta, "format": FORMAT}))
         with open(path, "wb") as fh:
             np.savez(fh, **arrays)
         return path
@@ -181,9 +189,10 @@ class ParamTable:
         with np.load(path, allow_pickle=False) as z:
             data = {name: z[name] for name in z.files}
         meta = json.loads(str(data.pop("meta")))
-        if meta.get("format") != FORMAT:
+        if meta.get("format") not in READABLE:
             raise ValueError(f"{path}: not a {FORMAT} table (format={meta.get('format')!r})")
         data["interval_width"] = float(data["interval_width"])
+        data.setdefault("open_rate", np.ones((len(data["store_id"]), 7)))
         return cls(meta=meta, **data)
 
 

@@ -170,3 +170,30 @@ def test_real_rossmann_file() -> None:
     assert (sizes == 758).sum() == 180
     train = open_days(df)
     assert len(train) == int(np.sum(df["Open"].to_numpy() == 1))
+
+
+def test_weekday_open_rate_follows_the_last_year_of_openings() -> None:
+    from pipelines.data import weekday_open_rate
+
+    days = pd.date_range("2014-01-06", "2015-07-26")  # Monday .. Sunday, 81 weeks
+    weekday = days.dayofweek.to_numpy()
+    rows = []
+    # store A: closed on Sundays; store B: Sundays only in its last year; store C: its rows hold open days only
+    for store, opened in (("A", weekday != 6), ("B", (weekday != 6) | (days >= "2014-07-28")),
+                          ("C", weekday < 5)):
+        frame = pd.DataFrame({"Store": store, "Date": days, "Sales": 1.0, "Open": opened.astype(int)})
+        rows.append(frame[frame["Open"] == 1] if store == "C" else frame)
+    rate = weekday_open_rate(pd.concat(rows, ignore_index=True))
+    assert rate["A"].tolist() == [1, 1, 1, 1, 1, 1, 0]
+    assert rate["B"].tolist() == [1] * 7  # the last 52 weeks count, not the closed Sundays before
+    assert rate["C"].tolist() == [1] * 7  # no row says it is closed on weekends
+
+
+def test_weekday_open_rate_counts_occasional_closures() -> None:
+    from pipelines.data import weekday_open_rate
+
+    days = pd.date_range("2015-01-05", periods=28)  # four weeks from a Monday
+    opened = np.ones(28, dtype=int)
+    opened[[0, 7]] = 0  # two of the four Mondays closed (holidays)
+    rate = weekday_open_rate(pd.DataFrame({"Store": "1", "Date": days, "Sales": 1.0, "Open": opened}))["1"]
+    assert rate[0] == 0.5 and rate[1:].tolist() == [1] * 6

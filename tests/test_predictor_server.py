@@ -87,7 +87,7 @@ def test_ready_and_metadata(server: Predictor, registry: Registry) -> None:
     assert meta["versions"] == [registry.version]
     assert [(t["name"], t["datatype"]) for t in meta["inputs"]] == [("store_id", "BYTES"), ("ds", "BYTES")]
     assert [(t["name"], t["datatype"]) for t in meta["outputs"]] == [
-        ("yhat", "FP64"), ("yhat_lower", "FP64"), ("yhat_upper", "FP64")]
+        ("yhat", "FP64"), ("yhat_lower", "FP64"), ("yhat_upper", "FP64"), ("open_rate", "FP64")]
     assert f"serving version {registry.version} of models:/storecast@champion: 8 stores" in server.output()
 
 
@@ -191,6 +191,37 @@ def test_v2_requested_outputs_and_datetimes(server: Predictor) -> None:
     assert r.status_code == 200, r.text
     outputs = r.json()["outputs"]
     assert [o["name"] for o in outputs] == ["yhat"] and outputs[0]["data"] == plain["yhat"].tolist()
+
+
+def test_open_rate_on_request(server: Predictor, registry: Registry, grpc_stub) -> None:
+    """``open_rate`` is the share of that weekday the store was open lately, given when asked for (V2, gRPC)
+    and always in V1; the default V2 outputs stay the three of the contract."""
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+
+    from pipelines.data import read_sales, weekday_open_rate
+
+    sid, week = "2", dates("2015-08-03", 7)  # Monday .. Sunday
+    rate = weekday_open_rate(read_sales(registry.root / "sales.csv.gz"))[sid]
+    r = server.infer([sid] * 7, week, outputs=[{"name": "open_rate"}, {"name": "yhat"}])
+    assert r.status_code == 200, r.text
+    outputs = r.json()["outputs"]
+    assert [o["name"] for o in outputs] == ["open_rate", "yhat"]
+    assert outputs[0]["data"] == rate.tolist() and outputs[0]["data"][6] < 0.5 < outputs[0]["data"][0]
+    assert outputs[1]["data"] == server.forecast([sid] * 7, week)[0]["yhat"].tolist()
+    default = server.infer([sid], week[:1]).json()["outputs"]
+    assert [o["name"] for o in default] == ["yhat", "yhat_lower", "yhat_upper"]
+    v1 = server.http.post(f"/v1/models/{MODEL}:predict",
+                          json={"instances": [{"store_id": sid, "ds": d} for d in week]})
+    assert [p["open_rate"] for p in v1.json()["predictions"]] == rate.tolist()
+    tensors = [pb.ModelInferRequest.InferInputTensor(name=name, datatype="BYTES", shape=[7],
+                                                     contents=pb.InferTensorContents(bytes_contents=values))
+               for name, values in (("store_id", [sid.encode()] * 7), ("ds", [d.encode() for d in week]))]
+    message = pb.ModelInferRequest(model_name=MODEL, inputs=tensors, outputs=[
+        pb.ModelInferRequest.InferRequestedOutputTensor(name=n) for n in ("yhat", "open_rate")])
+    res = grpc_stub.ModelInfer(message)
+    got = {o.name: (np.frombuffer(res.raw_output_contents[i], "<f8") if res.raw_output_contents
+                    else np.array(o.contents.fp64_contents)) for i, o in enumerate(res.outputs)}
+    assert list(got) == ["yhat", "open_rate"] and got["open_rate"].tolist() == rate.tolist()
 
 
 def test_v1_instances(server: Predictor) -> None:

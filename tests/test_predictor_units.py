@@ -169,6 +169,34 @@ def test_no_horizon(table: ParamTable) -> None:
 
 
 # ---- sources and the loader -------------------------------------------------------------------------
+def test_open_rate_round_trip_and_first_format_tables(table: ParamTable, tmp_path: Path) -> None:
+    """The weekday open rates survive save/load, a merge and the shard split; a storecast-params/1 file (no
+    open rates) loads with every weekday open."""
+    import json
+    from dataclasses import replace
+
+    rates = np.random.default_rng(3).uniform(0, 1, (len(table), 7))
+    rated = replace(table, open_rate=rates)
+    back = ParamTable.load(rated.save(tmp_path / "v2.npz"))
+    assert np.array_equal(back.open_rate, rates) and back.meta["format"] == "storecast-params/2"
+    snap = Snapshot.build("1", back, "test", None, 0.0, horizon_days=10)
+    monday = int(np.datetime64("2015-08-03", "D").astype(np.int64))
+    week = np.arange(monday, monday + 7)
+    assert np.array_equal(snap.evaluate([back.store_id[5]] * 7, week, open_rate=True)[3], rates[5])
+    shard = back.shard(1, 3)
+    assert np.array_equal(shard.open_rate, rates[np.isin(back.store_id, shard.store_id)])
+
+    with np.load(tmp_path / "v2.npz") as z:
+        arrays = {k: z[k] for k in z.files if k != "open_rate"}
+    arrays["meta"] = np.array(json.dumps({**json.loads(str(arrays["meta"])), "format": "storecast-params/1"}))
+    np.savez(tmp_path / "v1.npz", **arrays)
+    old = ParamTable.load(tmp_path / "v1.npz")
+    assert old.open_rate.shape == (len(table), 7) and (old.open_rate == 1).all()
+    merged = old.merged_with(back.take(np.arange(3)))  # a retrain on top of a first-format parent
+    by_id = dict(zip(merged.store_id.tolist(), merged.open_rate, strict=True))
+    assert np.array_equal(by_id[back.store_id[0]], rates[0]) and (by_id[back.store_id[10]] == 1).all()
+
+
 def test_model_uris() -> None:
     assert ModelSource.parse("models:/storecast@champion").kind == "alias"
     assert ModelSource.parse("models:/storecast/7") == ModelSource("models:/storecast/7", "version", "storecast", "7")

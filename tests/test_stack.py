@@ -69,6 +69,33 @@ def test_matches_the_predictor_v2_answer(stack: LocalStack) -> None:
     assert [r["upper"] for r in p["forecast"]] == out["yhat_upper"]
 
 
+def test_days_the_store_is_usually_closed_are_marked(stack: LocalStack, synth_sales) -> None:
+    """``open`` follows the store's recent weekday openings (the synthetic stores close on Sundays)."""
+    from pipelines.data import weekday_open_rate
+
+    rates = weekday_open_rate(synth_sales[synth_sales["Store"].isin([str(i) for i in range(1, 7)])])
+    body = {"instances": [{"storeId": s, "beginDate": "2015-08-03", "endDate": "2015-08-09"} for s in rates]}
+    r = predict(stack, body)
+    assert r.status_code == 200, r.text
+    for p in r.json()["predictions"]:  # 2015-08-03 is a Monday
+        assert [row["open"] for row in p["forecast"]] == (rates[p["request"]["store_id"]] >= 0.5).tolist()
+    assert any(not row["open"] for p in r.json()["predictions"] for row in p["forecast"])
+    v2 = httpx.post(f"{stack.transformer.url}/v2/models/storecast/infer", json={"inputs": [
+        {"name": "store_id", "datatype": "BYTES", "shape": [1], "data": ["1"]},
+        {"name": "begin_date", "datatype": "BYTES", "shape": [1], "data": ["2015-08-03"]},
+        {"name": "end_date", "datatype": "BYTES", "shape": [1], "data": ["2015-08-09"]}]}, timeout=30).json()
+    out = {o["name"]: o["data"] for o in v2["outputs"]}
+    assert out["open_rate"] == rates["1"].tolist()
+
+
+def test_forecast_table_marks_closed_days(stack: LocalStack, tmp_path: Path) -> None:
+    out = run_cli("forecast", "--store", "1", "--begin", "2015-08-03", "--end", "2015-08-09", "--url",
+                  stack.transformer.url, "--plot", str(tmp_path / "f.png")).stdout
+    lines = {line.split()[1]: line for line in out.splitlines() if line.startswith("2015-08-")}
+    assert "usually closed" in lines["Sun"] and "usually closed" not in lines["Mon"]
+    assert (tmp_path / "f.png").stat().st_size > 0
+
+
 def test_many_stores_camel_and_snake_default_dates(stack: LocalStack) -> None:
     r = predict(stack, {"instances": [{"storeId": "3"}, {"store_id": "1", "end_date": "2015-08-02",
                                                          "begin_date": "2015-08-01"}]})

@@ -1,8 +1,10 @@
 """The transformer: a ``kserve.Model`` turning business requests into predictor calls and back.
 
 V1 ``{"instances": [{"storeId", "beginDate", "endDate"}]}`` -> per store: the request echoed and its
-forecast rows. V2 inputs ``store_id``, ``begin_date``, ``end_date`` -> long-format outputs
-``store_id``, ``ds``, ``yhat``, ``yhat_lower``, ``yhat_upper``.
+forecast rows (``timestamp``, ``value``, ``lower``, ``upper``, ``open``: whether the store is usually open
+on that weekday; Prophet is fitted on open days, so on a usually closed day the value is an
+extrapolation, not a sales figure). V2 inputs ``store_id``, ``begin_date``, ``end_date`` ->
+long-format outputs ``store_id``, ``ds``, ``yhat``, ``yhat_lower``, ``yhat_upper``, ``open_rate``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from transformer.request import Limits, RequestError, StoreWindow, expand, parse
 from transformer.shards import Forecast, ShardRouter
 
 V2_INPUTS = ("store_id", "begin_date", "end_date")
+OPEN_THRESHOLD = 0.5  # "open": the store was open on at least half of that weekday in its last 52 weeks
 
 
 @dataclass
@@ -74,16 +77,18 @@ class ForecastTransformer(Model):
             n = len(job.store_ids)
             outputs = [InferOutput("store_id", [n], "BYTES", job.store_ids.tolist()),
                        InferOutput("ds", [n], "BYTES", job.ds.tolist())]
-            for name, values in (("yhat", fc.yhat), ("yhat_lower", fc.lower), ("yhat_upper", fc.upper)):
+            for name, values in (("yhat", fc.yhat), ("yhat_lower", fc.lower), ("yhat_upper", fc.upper),
+                                 ("open_rate", fc.open_rate)):
                 outputs.append(InferOutput(name, [n], "FP64", values.tolist()))
             return InferResponse(response_id=job.request_id, model_name=self.name, infer_outputs=outputs)
         stamps = np.char.add(job.ds.astype("<U10"), "T00:00:00").tolist()
         yhat, lower, upper = fc.yhat.tolist(), fc.lower.tolist(), fc.upper.tolist()
+        usually_open = (fc.open_rate >= OPEN_THRESHOLD).tolist()
         predictions, start = [], 0
         for w in job.windows:
             stop = start + w.days
-            rows = [{"timestamp": stamps[i], "value": yhat[i], "lower": lower[i], "upper": upper[i]}
-                    for i in range(start, stop)]
+            rows = [{"timestamp": stamps[i], "value": yhat[i], "lower": lower[i], "upper": upper[i],
+                     "open": usually_open[i]} for i in range(start, stop)]
             predictions.append({"request": w.echo(), "forecast": rows})
             start = stop
         return {"predictions": predictions}

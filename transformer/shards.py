@@ -20,10 +20,11 @@ import orjson
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 
-OUTPUTS = ("yhat", "yhat_lower", "yhat_upper")
+OUTPUTS = ("yhat", "yhat_lower", "yhat_upper", "open_rate")  # asked of the predictor, in this order
 GRPC_OPTIONS = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20),
                 ("grpc.enable_retries", 0)]
 _ids = itertools.count()
+_REQUESTED = [pb.ModelInferRequest.InferRequestedOutputTensor(name=name) for name in OUTPUTS]
 
 
 class ShardUnavailable(RuntimeError):
@@ -47,6 +48,7 @@ class Forecast:
     yhat: np.ndarray
     lower: np.ndarray
     upper: np.ndarray
+    open_rate: np.ndarray  # share of that weekday the store was open in its last 52 weeks
 
 
 def shard_of(store_ids: np.ndarray, shards: int) -> np.ndarray:
@@ -80,7 +82,7 @@ class GrpcShard:
                                                   contents=pb.InferTensorContents(bytes_contents=ids)),
             pb.ModelInferRequest.InferInputTensor(name="ds", datatype="BYTES", shape=[n],
                                                   contents=pb.InferTensorContents(bytes_contents=ds)),
-        ])
+        ], outputs=_REQUESTED)
         response = await self._client().ModelInfer(request, timeout=self.timeout)
         arrays = {}
         for i, out in enumerate(response.outputs):
@@ -110,7 +112,7 @@ class RestShard:
         body = {"id": request_id, "inputs": [
             {"name": "store_id", "datatype": "BYTES", "shape": [n], "data": [s.decode() for s in ids]},
             {"name": "ds", "datatype": "BYTES", "shape": [n], "data": [d.decode() for d in ds]},
-        ]}
+        ], "outputs": [{"name": name} for name in OUTPUTS]}
         response = await self._http.post(self.url, content=orjson.dumps(body),
                                           headers={"content-type": "application/json"})
         if response.status_code >= 400:
@@ -154,12 +156,13 @@ class ShardRouter:
                 calls.append(self._call(k, [ids_b[i] for i in part], [ds_b[i] for i in part], request_id))
                 places.append(part)
         parts = await asyncio.gather(*calls)
-        out = Forecast(np.empty(n), np.empty(n), np.empty(n))
+        out = Forecast(np.empty(n), np.empty(n), np.empty(n), np.empty(n))
         for part, fc in zip(places, parts, strict=True):
-            if len(fc.yhat) != len(part):
+            if any(len(a) != len(part) for a in (fc.yhat, fc.lower, fc.upper, fc.open_rate)):
                 raise ShardUnavailable(int(shard[part[0]]), self.hosts[int(shard[part[0]])],
                                        f"answered {len(fc.yhat)} rows for {len(part)}")
-            out.yhat[part], out.lower[part], out.upper[part] = fc.yhat, fc.lower, fc.upper
+            out.yhat[part], out.lower[part], out.upper[part], out.open_rate[part] = (
+                fc.yhat, fc.lower, fc.upper, fc.open_rate)
         return out
 
     async def _call(self, k: int, ids: list[bytes], ds: list[bytes], request_id: str) -> Forecast:
