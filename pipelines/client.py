@@ -49,9 +49,13 @@ def plot(prediction: dict[str, Any], path: str | Path) -> Path:
     days = np.array([r["timestamp"][:10] for r in rows], dtype="datetime64[D]")
     value = np.array([r["value"] for r in rows])
     is_open = np.array([r.get("open", True) for r in rows], dtype=bool)
+    lower, upper = np.array([r["lower"] for r in rows]), np.array([r["upper"] for r in rows])
     fig, ax = plt.subplots(figsize=(9, 4), dpi=110)
-    ax.fill_between(days, [r["lower"] for r in rows], [r["upper"] for r in rows], where=is_open, alpha=0.25,
-                    color="tab:blue", label="prediction interval", interpolate=False)
+    ax.fill_between(days, lower, upper, where=is_open, alpha=0.25, color="tab:blue", label="prediction interval")
+    lone = is_open & ~np.r_[False, is_open[:-1]] & ~np.r_[is_open[1:], False]  # no band without a neighbour
+    if lone.any():
+        ax.errorbar(days[lone], value[lone], yerr=[value[lone] - lower[lone], upper[lone] - value[lone]],
+                    fmt="none", ecolor="tab:blue", alpha=0.4, elinewidth=6)
     ax.plot(days[is_open], value[is_open], marker="o", color="tab:blue", label="forecast")
     if not is_open.all():
         ax.plot(days[~is_open], value[~is_open], "x", color="tab:gray", markersize=8,
