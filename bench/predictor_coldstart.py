@@ -23,6 +23,8 @@ from pathlib import Path
 
 from predictor_common import PREDICTOR, TRIVIAL, add_common_arguments, free_port, prepare_version, start
 
+from pipelines.stack import Service, wait_ready
+
 
 def _touch(url: str) -> None:
     body = {"inputs": [{"name": "store_id", "shape": [7], "datatype": "BYTES", "data": ["1"] * 7},
@@ -43,15 +45,12 @@ def mlflow_server(version, log: Path) -> tuple[subprocess.Popen, str]:
                              "--serve-artifacts", "--artifacts-destination", str(version.workdir / "mlartifacts")],
                             stdout=subprocess.DEVNULL, stderr=open(log, "wb"), cwd=version.workdir)  # noqa: SIM115
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=1):
-                return proc, url
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise TimeoutError(f"mlflow server not ready; see {log}")
+    try:
+        wait_ready(f"{url}/health", Service("mlflow", proc, port, log=log), 120)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, url
 
 
 def main() -> None:

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipelines.evaluate import weekday
+
 COLUMNS = (
     "Store",
     "DayOfWeek",
@@ -180,7 +182,7 @@ def weekday_open_rate(df: pd.DataFrame, weeks: int = 52) -> dict[str, np.ndarray
     last = np.full(len(stores), np.iinfo(np.int64).min)
     np.maximum.at(last, store_codes, day)
     recent = day > last[store_codes] - 7 * weeks
-    cell = store_codes[recent] * 7 + (day[recent] + 3) % 7  # 1970-01-01 was a Thursday
+    cell = store_codes[recent] * 7 + weekday(day[recent])
     rows = np.bincount(cell, minlength=7 * len(stores))
     opened = np.bincount(cell, weights=is_open[recent], minlength=7 * len(stores))
     rate = np.where(rows > 0, opened / np.maximum(rows, 1), 1.0).reshape(len(stores), 7)

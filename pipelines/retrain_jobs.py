@@ -162,8 +162,7 @@ class RetrainManager:
 
     @staticmethod
     def _up_to_date(job: Job, stores: list[str] | None, base: Version | None) -> Job:
-        job.status, job.finished = "up_to_date", time.time()
-        job.result = {"up_to_date": sorted(set(stores or [])), "version": base.version if base else None}
+        job.status, job.finished, job.result = "up_to_date", time.time(), _covered(stores, base)
         job.done.set()
         return job
 
@@ -235,7 +234,7 @@ class RetrainManager:
         base = self._base(job.target, self._version("champion"))
         stores = self._stale(job.stores, last, base)  # a job that finished meanwhile may cover some
         if not stores:
-            return "up_to_date", {"up_to_date": job.stores, "version": base.version if base else None}
+            return "up_to_date", _covered(job.stores, base)
         missing = [s for s in stores if s not in last]
         if len(missing) == len(stores):
             raise ValueError(f"no open-day data for store(s) {', '.join(missing)}")
@@ -266,6 +265,11 @@ class RetrainManager:
 
     def close(self) -> None:
         self._queue.put(None)
+
+
+def _covered(stores: list[str] | None, base: Version | None) -> dict[str, Any]:
+    """The answer for stores that ``base`` already covers."""
+    return {"up_to_date": sorted(set(stores or [])), "version": base.version if base else None}
 
 
 def _trim(d: OrderedDict, most: int) -> None:

@@ -9,9 +9,6 @@ and TCP transports cost a fraction of asyncio's per request (and per shed reques
 from __future__ import annotations
 
 import asyncio
-import logging
-
-log = logging.getLogger("storecast.eventloop")
 
 
 def install(choice: str = "auto") -> str:
