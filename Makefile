@@ -6,7 +6,7 @@ DEMO_STORES ?= 50
 DEMO_DIR ?= build/demo
 export DEMO_STORES DEMO_DIR
 
-.PHONY: install test lint demo bench loadtest clean
+.PHONY: install system-deps test lint demo bench loadtest clean
 
 install: $(VENV)/.installed
 
@@ -16,10 +16,13 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
+system-deps:
+	bash scripts/system_deps.sh
+
 lint: install
 	$(BIN)/ruff check .
 
-test: install lint
+test: install system-deps lint
 	$(BIN)/python -m pytest -q
 
 demo: install
