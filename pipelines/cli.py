@@ -12,7 +12,8 @@ import threading
 import time
 from pathlib import Path
 
-from pipelines.fitting import FITTERS
+from pipelines.fitting import DEFAULT_MODEL, FITTERS, MODELS
+from predictor.table import TRANSFORMS
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
@@ -26,24 +27,35 @@ def _store_list(text: str) -> list[str]:
 
 def cmd_synth(args: argparse.Namespace) -> int:
     from pipelines.data import write_sales
-    from pipelines.synth import synthesize
+    from pipelines.synth import synthesize, synthesize_with_calendar
 
-    path = write_sales(synthesize(args.stores, seed=args.seed, start=args.start, end=args.end), args.out)
+    if args.calendar_out:
+        sales, calendar = synthesize_with_calendar(args.stores, seed=args.seed, start=args.start, end=args.end,
+                                                   calendar_days=args.calendar_days)
+        write_sales(calendar, args.calendar_out)
+        print(f"wrote the calendar of the {args.calendar_days} days after {args.end} to {args.calendar_out}",
+              file=sys.stderr)
+    else:
+        sales = synthesize(args.stores, seed=args.seed, start=args.start, end=args.end)
+    path = write_sales(sales, args.out)
     print(f"wrote {args.stores} synthetic stores to {path}", file=sys.stderr)
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from pipelines.calendar import read_calendar
     from pipelines.data import read_sales
     from pipelines.fitting import PROPHET_DEFAULTS, FitConfig
     from pipelines.registry import prepare, register, tracking_uri
     from pipelines.train import train
 
     t0 = time.perf_counter()
-    cfg = FitConfig(fitter=args.fitter, holdout_days=args.holdout_days, min_days=args.min_days, seed=args.seed,
-                    gate_margin=args.gate_margin,
-                    prophet={**PROPHET_DEFAULTS, "interval_width": args.interval_width})
+    cfg = FitConfig.preset(args.model, fitter=args.fitter, holdout_days=args.holdout_days, min_days=args.min_days,
+                           seed=args.seed, gate_margin=args.gate_margin,
+                           prophet={**PROPHET_DEFAULTS, "interval_width": args.interval_width},
+                           **({"transform": args.transform} if args.transform else {}))
     sales = read_sales(args.data)
+    calendar = read_calendar(args.calendar) if args.calendar else None
     warmed = threading.Event()
 
     def warm_registry() -> None:  # overlaps MLflow's import and store set-up with the fits
@@ -55,7 +67,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             warmed.set()
 
     result = train(sales, cfg, stores=args.stores, limit=args.limit, workers=args.workers,
-                   progress=not args.no_progress, while_fitting=warm_registry)
+                   progress=not args.no_progress, while_fitting=warm_registry, calendar=calendar)
     if len(result.table) == 0:
         print("no store could be fitted: " + json.dumps(result.failed), file=sys.stderr)
         return 1
@@ -90,6 +102,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri(args.tracking_uri)
     text = prophet_json(args.model_uri, args.store)
+    if args.begin or args.end:
+        from pipelines.cli_calendar import export_window_cmd
+
+        return export_window_cmd(args, text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
     print(f"wrote store {args.store} of {args.model_uri} to {args.out}", file=sys.stderr)
@@ -162,11 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="sales data tools").add_subparsers(dest="data_command", required=True)
     s = data.add_parser("synth", help="write deterministic synthetic Rossmann-format sales")
-    s.add_argument("--stores", type=int, default=20)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--start", default="2013-01-01")
-    s.add_argument("--end", default="2015-07-31")
+    s.add_argument("--stores", type=int, default=20, help="stores 1..N")
+    s.add_argument("--seed", type=int, default=0, help="the same seed always gives the same data")
+    s.add_argument("--start", default="2013-01-01", help="first day (YYYY-MM-DD)")
+    s.add_argument("--end", default="2015-07-31", help="last day with sales (YYYY-MM-DD)")
     s.add_argument("--out", required=True, help="file: .csv, .csv.gz or .parquet")
+    s.add_argument("--calendar-out", help="also write the known-ahead calendar of the days after --end here")
+    s.add_argument("--calendar-days", type=int, default=48, help="days of calendar after --end (with --calendar-out)")
     s.set_defaults(func=cmd_synth)
 
     t = sub.add_parser("train", help="fit every store, evaluate, register one model version")
@@ -187,15 +205,24 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     t.add_argument("--fitter", choices=FITTERS, default="prophet-batch",
                    help="prophet-batch (exact batched MAP, default) or prophet (stock Stan, the reference)")
+    t.add_argument("--model", choices=list(MODELS), default=DEFAULT_MODEL,
+                   help="calendar: log1p target, calendar regressors, monthly seasonality (default); "
+                        "calendar-linear: the regressors on raw sales; seed: the reference without the calendar")
+    t.add_argument("--transform", choices=TRANSFORMS, default=None, help="override the model's target transform")
+    t.add_argument("--calendar", help="known-ahead days (test.csv layout: Store, Date, Open, Promo, StateHoliday, "
+                                      "SchoolHoliday; .csv, .csv.gz, .parquet)")
     t.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("export", help="write one store's stock Prophet JSON from a model version")
     e.add_argument("--model-uri", required=True, help="models:/storecast/N, models:/storecast@alias or a folder")
-    e.add_argument("--store", required=True)
-    e.add_argument("--out", required=True)
-    e.add_argument("--tracking-uri")
+    e.add_argument("--store", required=True, help="the store id")
+    e.add_argument("--out", required=True, help="the JSON file; with --begin/--end a folder: the stock model, "
+                                                "its future frame and the served numbers")
+    e.add_argument("--begin", help="first day of the window to export the future frame of (YYYY-MM-DD)")
+    e.add_argument("--end", help="last day of the window (YYYY-MM-DD; default: --begin + 41 days)")
+    e.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)")
     e.set_defaults(func=cmd_export)
 
     v = sub.add_parser("serve", help="run predictor and transformer on loopback until Ctrl-C")
@@ -226,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--only", nargs="*", help="these benchmarks only (train, predictor_inprocess, ..., soak)")
     b.set_defaults(func=cmd_bench)
 
+    from pipelines.cli_calendar import add_parser as add_calendar
+    add_calendar(sub)
     from pipelines.cli_rollout import add_parsers
     from pipelines.loadtest import add_parser as add_loadtest
 

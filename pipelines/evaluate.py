@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from predictor.calendar import weekday
+
 GATE_PASS, GATE_FAIL, GATE_NA = "pass", "fail", "n/a"
 
 
@@ -19,11 +21,6 @@ class Gate:
         if not np.isfinite(wape) or not np.isfinite(baseline_wape):
             return GATE_NA
         return GATE_PASS if wape <= baseline_wape * (1.0 + self.margin) else GATE_FAIL
-
-
-def weekday(days: np.ndarray) -> np.ndarray:
-    """Monday=0 .. Sunday=6 of int days since 1970-01-01 (a Thursday)."""
-    return (np.asarray(days) + 3) % 7
 
 
 def seasonal_naive(train_days: np.ndarray, train_y: np.ndarray, test_days: np.ndarray) -> np.ndarray:
@@ -45,11 +42,12 @@ def error_sums(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     return {
         "n": float(len(y)), "abs_err": float(err.sum()), "abs_y": float(np.abs(y).sum()),
         "sq_err": float((err**2).sum()), "ape": float((err[pos] / y[pos]).sum()), "n_pos": float(pos.sum()),
+        "sq_pe": float(((err[pos] / y[pos]) ** 2).sum()),
     }
 
 
 def scores(sums: dict[str, float]) -> dict[str, float]:
-    """WAPE, MAPE (over positive actuals) and RMSE from ``error_sums`` (NaN where undefined)."""
+    """WAPE, MAPE and RMSPE (over positive actuals) and RMSE from ``error_sums`` (NaN where undefined)."""
     def div(a: float, b: float) -> float:
         return a / b if b > 0 else float("nan")
 
@@ -57,10 +55,11 @@ def scores(sums: dict[str, float]) -> dict[str, float]:
         "wape": div(sums["abs_err"], sums["abs_y"]),
         "mape": div(sums["ape"], sums["n_pos"]),
         "rmse": float(np.sqrt(div(sums["sq_err"], sums["n"]))),
+        "rmspe": float(np.sqrt(div(sums.get("sq_pe", float("nan")), sums["n_pos"]))),
     }
 
 
 def pooled(sums: list[dict[str, float]]) -> dict[str, float]:
     """Add up per-store ``error_sums``."""
-    keys = ("n", "abs_err", "abs_y", "sq_err", "ape", "n_pos")
-    return {k: float(sum(s[k] for s in sums)) for k in keys}
+    keys = ("n", "abs_err", "abs_y", "sq_err", "ape", "n_pos", "sq_pe")
+    return {k: float(sum(s.get(k, float("nan")) for s in sums)) for k in keys}

@@ -266,3 +266,19 @@ def synthesize(stores: int, seed: int = 0, start: str = "2013-01-01", end: str =
         }
     )
     return frame[list(COLUMNS)]
+
+
+CALENDAR_COLUMNS = ("Store", "DayOfWeek", "Date", "Open", "Promo", "StateHoliday", "SchoolHoliday")
+
+
+def synthesize_with_calendar(stores: int, seed: int = 0, start: str = "2013-01-01", end: str = "2015-07-31",
+                             calendar_days: int = 48) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Sales to ``end`` and the known-ahead calendar of the ``calendar_days`` after it (``test.csv`` layout).
+
+    Both come from one run of the generator over the whole span, so the calendar (promotions, state and
+    school holidays, closures) continues the sales' own: what a retailer's plans would say.
+    """
+    last = (pd.Timestamp(end) + pd.Timedelta(days=max(calendar_days, 0))).strftime("%Y-%m-%d")
+    frame = synthesize(stores, seed=seed, start=start, end=last)
+    future = frame["Date"] > pd.Timestamp(end)
+    return frame[~future].reset_index(drop=True), frame.loc[future, list(CALENDAR_COLUMNS)].reset_index(drop=True)

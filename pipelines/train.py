@@ -8,6 +8,7 @@ import os
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -16,9 +17,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.data import open_days, weekday_open_rate
+from pipelines.calendar import split_future, store_calendars
+from pipelines.data import open_days
 from pipelines.evaluate import GATE_FAIL, pooled, scores
-from pipelines.fitting import FitConfig, Series, StoreResult, fit_chunk, quiet
+from pipelines.fitting import FitConfig, Series, StoreCalendar, StoreResult, fit_chunk, quiet
 from predictor.table import ParamTable
 
 
@@ -44,9 +46,10 @@ class TrainResult:
         return [r.store_id for r in self.results if not r.error and r.metrics.get("gate") == GATE_FAIL]
 
 
-def to_series(sales: pd.DataFrame) -> list[Series]:
-    """Per-store (id, days, y) arrays of the open days, in natural store order."""
+def to_series(sales: pd.DataFrame, calendars: dict[str, StoreCalendar] | None = None) -> list[Series]:
+    """Per-store (id, days, y[, calendar]) of the open days with a sales figure, in natural store order."""
     od = open_days(sales)
+    od = od[np.isfinite(od["y"].to_numpy())]
     sid = od["store_id"].to_numpy(dtype=str)
     days = od["ds"].to_numpy().astype("datetime64[D]").astype(np.int64)
     y = od["y"].to_numpy(dtype=np.float64)
@@ -54,7 +57,8 @@ def to_series(sales: pd.DataFrame) -> list[Series]:
     sid, days, y = sid[order], days[order], y[order]
     cuts = np.flatnonzero(sid[1:] != sid[:-1]) + 1
     bounds = zip(np.r_[0, cuts], np.r_[cuts, len(sid)], strict=True)
-    series = [(str(sid[a]), days[a:b], y[a:b]) for a, b in bounds if b > a]
+    calendars = calendars or {}
+    series = [(str(sid[a]), days[a:b], y[a:b], calendars.get(str(sid[a]))) for a, b in bounds if b > a]
     return sorted(series, key=lambda s: (0, int(s[0])) if s[0].isdigit() else (1, s[0]))
 
 
@@ -67,7 +71,7 @@ def select(sales: pd.DataFrame, stores: list[str] | None = None, limit: int | No
             raise ValueError(f"stores not in the data: {', '.join(missing)}")
         ids = np.array(stores)
     elif limit:
-        ids = np.array(sorted(ids, key=lambda s: (0, int(s)) if s.isdigit() else (1, s))[:limit])
+        ids = np.array(sorted(map(str, ids), key=lambda s: (0, int(s)) if s.isdigit() else (1, s))[:limit])
     return sales[sales["Store"].isin(ids)]
 
 
@@ -116,13 +120,40 @@ def run_chunks(chunks: list[list[Series]], cfg: FitConfig, workers: int, progres
     return results
 
 
-def summarize(results: list[StoreResult]) -> dict[str, Any]:
+def calibration(results: list[StoreResult], level: float) -> float:
+    """The split-conformal factor on the interval offsets: the ``level`` quantile of the holdout scores."""
+    s = np.concatenate([np.asarray(r.sums["scores"]) for r in results if not r.error and r.sums.get("scores")]
+                       or [np.zeros(0)])
+    s = s[np.isfinite(s)]
+    if len(s) < 20:
+        return 1.0
+    q = min(1.0, level * (1 + 1 / len(s)))
+    return float(max(np.quantile(s, q, method="higher"), 1e-6))
+
+
+def _crossfit_coverage(results: list[StoreResult], level: float) -> float:
+    """Coverage of calibrated intervals with the factor from the other half of the stores (out of sample)."""
+    halves = [[], []]
+    for r in results:
+        if not r.error and r.sums.get("scores"):
+            halves[zlib.crc32(r.store_id.encode()) % 2].append(r)
+    covered = n = 0.0
+    for a, b in ((0, 1), (1, 0)):
+        factor = calibration(halves[a], level)
+        s = np.concatenate([np.asarray(r.sums["scores"]) for r in halves[b]] or [np.zeros(0)])
+        covered += float((s <= factor).sum())
+        n += len(s)
+    return covered / n if n else float("nan")
+
+
+def summarize(results: list[StoreResult], level: float = 0.95, factor: float = 1.0) -> dict[str, Any]:
     """Job-level metrics: pooled holdout errors of the model and the baseline, coverage, gate counts."""
     evaluated = [r for r in results if not r.error and r.sums]
     model = scores(pooled([r.sums["model"] for r in evaluated])) if evaluated else {}
     base = scores(pooled([r.sums["baseline"] for r in evaluated])) if evaluated else {}
     n = sum(r.sums["coverage"]["n"] for r in evaluated)
     covered = sum(r.sums["coverage"]["covered"] for r in evaluated)
+    s = np.concatenate([np.asarray(r.sums.get("scores", [])) for r in evaluated] or [np.zeros(0)])
     ok = [r for r in results if not r.error]
     return {
         "stores": len(ok),
@@ -132,33 +163,58 @@ def summarize(results: list[StoreResult]) -> dict[str, Any]:
         **{f"holdout_{k}": v for k, v in model.items()},
         **{f"baseline_{k}": v for k, v in base.items()},
         "holdout_coverage": covered / n if n else float("nan"),
+        "holdout_coverage_calibrated": float((s <= factor).mean()) if len(s) else float("nan"),
+        "holdout_coverage_crossfit": _crossfit_coverage(evaluated, level) if len(s) else float("nan"),
+        "interval_calibration": factor,
         "mean_store_wape": float(np.nanmean([r.metrics["wape"] for r in evaluated])) if evaluated else float("nan"),
+        "median_store_mape": float(np.nanmedian([r.metrics["mape"] for r in evaluated])) if evaluated
+        else float("nan"),
     }
 
 
 def train(sales: pd.DataFrame, cfg: FitConfig, *, stores: list[str] | None = None, limit: int | None = None,
           workers: int | None = None, progress: bool = True,
-          while_fitting: Callable[[], None] | None = None, start_method: str | None = None) -> TrainResult:
-    """Fit, evaluate and assemble every chosen store; stores that cannot be fitted are reported, not fatal."""
+          while_fitting: Callable[[], None] | None = None, start_method: str | None = None,
+          calendar: pd.DataFrame | None = None, calibration_factor: float | None = None) -> TrainResult:
+    """Fit, evaluate and assemble every chosen store; stores that cannot be fitted are reported, not fatal.
+
+    ``calendar``: known-ahead days (``pipelines.calendar.read_calendar``); future rows of ``sales``
+    without a sales figure count the same (the file wins where both give a day).
+    ``calibration_factor``: use this interval calibration instead of the job's own (a retrain of a few
+    stores keeps its parent's: a handful of holdouts is too few to calibrate on).
+    """
     t0 = time.perf_counter()
     sales = select(sales, stores, limit)
-    if sales.empty:
+    history, future = split_future(sales)
+    if history.empty or not history["Sales"].notna().any():
         raise ValueError("no sales rows to train on")
-    series = to_series(sales)
+    if calendar is not None and len(calendar):
+        calendar = calendar[calendar["Store"].isin(pd.unique(history["Store"]))]
+        future = pd.concat([future, calendar], ignore_index=True)
+    calendars = store_calendars(history, future)
+    series = to_series(history, calendars)
     known = {s[0] for s in series}
     workers = workers or os.cpu_count() or 1
     results = run_chunks(chunked(series, workers), cfg, workers, progress, while_fitting, start_method)
     # stores with no open day at all never became a series: report them too
-    for sid in sorted(set(sales["Store"]) - known):
+    for sid in sorted(set(history["Store"]) - known):
         results.append(StoreResult(sid, error="too little data: 0 open days", metrics={"store_id": sid}))
     results.sort(key=lambda r: (0, int(r.store_id)) if r.store_id.isdigit() else (1, r.store_id))
     t_fit = time.perf_counter() - t0
-    data_end = str(sales["Date"].max().date())
+    data_end = str(history.loc[history["Sales"].notna(), "Date"].max().date())
+    factor = calibration_factor if calibration_factor is not None else (
+        calibration(results, cfg.interval_width) if cfg.calibrate else 1.0)
+    cal_end = max((c.start + len(c.cells) - 1 for c in calendars.values()), default=None)
     meta = {"data_end": data_end, "fitter": cfg.fitter, "seed": cfg.seed, "holdout_days": cfg.holdout_days,
-            "prophet": cfg.prophet}
-    open_rate = weekday_open_rate(sales)
-    rows = [{**r.row, "open_rate": open_rate[r.store_id]} for r in results if r.row is not None and not r.error]
-    table = ParamTable.from_rows(rows, np.asarray(cfg.grid), cfg.prophet.get("interval_width", 0.8), meta)
+            "prophet": cfg.prophet, "fit_config": cfg.to_dict(), "interval_calibration": factor,
+            "calendar_end": _iso(cal_end) if cal_end is not None else data_end}
+    rows = [{**r.row, "iv_scale": factor} for r in results if r.row is not None and not r.error]
+    table = ParamTable.from_rows(rows, np.asarray(cfg.grid), cfg.interval_width, meta, cfg.transform)
     metrics = pd.DataFrame([{**r.metrics, "error": r.error or ""} for r in results])
-    return TrainResult(table=table, results=results, metrics=metrics, summary=summarize(results),
+    return TrainResult(table=table, results=results, metrics=metrics,
+                       summary=summarize(results, cfg.interval_width, factor),
                        data_end=data_end, config=cfg, seconds={"fit": t_fit})
+
+
+def _iso(day: int) -> str:
+    return str(np.datetime64(int(day), "D"))

@@ -1,27 +1,74 @@
 """Prophet forecasts evaluated with numpy over a parameter table: the request path.
 
 ``forecast(table, rows, days)`` computes yhat exactly as stock ``Prophet.predict`` does (piecewise
-linear trend plus additive Fourier seasonalities) for any mix of stores and dates at once, and the
-interval bounds from the offsets simulated at training time (``pipelines.intervals``), so a store's
-interval for a date is the same whatever window, batch or replica it is asked in.
+linear trend, additive Fourier seasonalities and additive extra regressors, the regressors derived
+from the version's calendar by ``predictor.calendar``) for any mix of stores and dates at once, and
+the interval bounds from the offsets simulated at training time (``pipelines.intervals``), scaled by
+the version's calibration, so a store's interval for a date is the same whatever window, batch or
+replica it is asked in. A version fitted on ``log1p(sales)`` answers ``expm1`` of all three.
+``promo`` / ``open_`` (int8 per row, -1: as the calendar says) evaluate a what-if.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from predictor import calendar as cal
 from predictor.table import ParamTable
 
 SECONDS_PER_DAY = 86400.0
 
 
-def forecast(table: ParamTable, rows: np.ndarray, days: np.ndarray) -> tuple[np.ndarray, np.ndarray,
-                                                                                np.ndarray]:
+def forecast(table: ParamTable, rows: np.ndarray, days: np.ndarray, promo: np.ndarray | None = None,
+             open_: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """yhat, yhat_lower, yhat_upper for store rows ``rows`` on ``days`` (int days since 1970-01-01)."""
+    yhat, lower, upper = fitted_scale(table, rows, days, promo, open_)
+    lower, upper = lower * table.iv_scale[rows], upper * table.iv_scale[rows]
+    if table.transform == "log1p":
+        with np.errstate(over="ignore"):
+            return np.expm1(yhat), np.expm1(yhat + lower), np.expm1(yhat + upper)
+    return yhat, yhat + lower, yhat + upper
+
+
+def fitted_scale(table: ParamTable, rows: np.ndarray, days: np.ndarray, promo: np.ndarray | None = None,
+                 open_: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Prophet's own yhat (on the fitted scale) and the uncalibrated interval offsets from it."""
+    rows = np.asarray(rows, dtype=np.int64)
     days = np.asarray(days, dtype=np.int64)
     yhat = trend(table, rows, days) + seasonality(table, rows, days)
+    if table.reg_beta.shape[1]:
+        yhat = yhat + regressors(table, rows, days, promo, open_)
     lower, upper = interval_offsets(table, rows, days)
-    return yhat, yhat + lower, yhat + upper
+    return yhat, lower, upper
+
+
+def regressors(table: ParamTable, rows: np.ndarray, days: np.ndarray, promo: np.ndarray | None = None,
+               open_: np.ndarray | None = None) -> np.ndarray:
+    """The additive extra-regressor terms, from the calendar (and a what-if) of each row."""
+    x = regressor_matrix(table, rows, days, promo, open_)
+    return np.einsum("ij,ij->i", x, table.reg_beta[rows]) * table.y_scale[rows]
+
+
+def regressor_matrix(table: ParamTable, rows: np.ndarray, days: np.ndarray, promo: np.ndarray | None = None,
+                     open_: np.ndarray | None = None) -> np.ndarray:
+    """Each row's regressor values, in the table's ``reg_names`` order (the columns of the export frame)."""
+    cells, _ = cal.resolve(table.calendar, table.cal_start, table.open_rate, rows, days, promo, open_)
+    x = cal.features(cells, days)
+    if tuple(table.reg_names.tolist()) == cal.REGRESSORS:
+        return x
+    pos = {name: j for j, name in enumerate(cal.REGRESSORS)}
+    missing = [n for n in table.reg_names.tolist() if n not in pos]
+    if missing:
+        raise ValueError(f"regressors this predictor cannot derive from a calendar: {', '.join(missing)}")
+    return x[:, [pos[n] for n in table.reg_names.tolist()]]
+
+
+def calendar_days(table: ParamTable, rows: np.ndarray, days: np.ndarray, promo: np.ndarray | None = None,
+                  open_: np.ndarray | None = None) -> cal.Days:
+    """The resolved calendar of each row: open, promo, holiday, and whether it came from the calendar."""
+    _, resolved = cal.resolve(table.calendar, table.cal_start, table.open_rate, np.asarray(rows, dtype=np.int64),
+                              np.asarray(days, dtype=np.int64), promo, open_)
+    return resolved
 
 
 def trend(table: ParamTable, rows: np.ndarray, days: np.ndarray) -> np.ndarray:

@@ -18,9 +18,16 @@ Layout (``n`` stores sorted by id, ``S`` changepoints, ``K`` Fourier features, `
 - ``open_rate`` (n, 7): the share of each weekday (Monday first) the store was open in its last 52
   weeks of data (1 where the data say nothing), so a forecast can say which days it is usually closed
   (Prophet is fitted on open days only: its value for a closed weekday is an extrapolation);
+- the calendar model (``predictor.calendar``): ``reg_names`` (R,) the regressors, ``reg_beta`` (n, R) their
+  coefficients (on the fitted scale, before ``y_scale``; 0 where a store does not use one);
+  ``calendar`` (n, D, 4) int8 cells on the day grid ``cal_start`` () .. ``cal_start + D - 1`` (-1: not in
+  the calendar); ``transform`` () the target transform (``none`` or ``log1p``: the model was fitted on
+  ``log1p(sales)`` and forecasts are ``expm1`` of Prophet's); ``iv_scale`` (n,) the split-conformal
+  calibration of the interval offsets (1: as simulated);
 - ``interval_width`` () and ``meta`` () a JSON string.
 
-``storecast-params/1`` tables (no ``open_rate``) load with every weekday open.
+``storecast-params/1`` tables (no ``open_rate``) load with every weekday open; format 1 and 2 tables
+load with no regressors, an empty calendar, no transform and ``iv_scale`` 1.
 """
 
 from __future__ import annotations
@@ -33,11 +40,13 @@ from typing import Any
 
 import numpy as np
 
-FORMAT = "storecast-params/2"
-READABLE = ("storecast-params/1", FORMAT)
+FORMAT = "storecast-params/3"
+READABLE = ("storecast-params/1", "storecast-params/2", FORMAT)
+TRANSFORMS = ("none", "log1p")
 PER_STORE = (
     "store_id", "start", "t_scale", "y_scale", "floor", "k", "m", "sigma_obs", "delta", "cp_t", "beta",
-    "last_day", "iv_lower", "iv_upper", "iv_trend_var", "iv_noise_var", "open_rate",
+    "last_day", "iv_lower", "iv_upper", "iv_trend_var", "iv_noise_var", "open_rate", "reg_beta", "calendar",
+    "iv_scale",
 )
 
 
@@ -81,10 +90,16 @@ class ParamTable:
     iv_trend_var: np.ndarray
     iv_noise_var: np.ndarray
     open_rate: np.ndarray
+    reg_beta: np.ndarray
+    calendar: np.ndarray
+    iv_scale: np.ndarray
     feat_period: np.ndarray
     feat_harmonic: np.ndarray
     feat_cos: np.ndarray
     iv_days: np.ndarray
+    reg_names: np.ndarray
+    cal_start: int
+    transform: str
     interval_width: float
     meta: dict[str, Any]
 
@@ -109,28 +124,38 @@ class ParamTable:
     # ---- building -----------------------------------------------------------------------
     @classmethod
     def from_rows(cls, rows: list[dict[str, Any]], iv_days: np.ndarray, interval_width: float,
-                  meta: dict[str, Any] | None = None) -> ParamTable:
+                  meta: dict[str, Any] | None = None, transform: str = "none") -> ParamTable:
         """Assemble a table from per-store rows (``pipelines.export.store_row`` output).
 
-        Each row carries its own Fourier layout (``features``: list of (period, harmonic, cos));
-        the table uses the union, so stores with different seasonalities can share a version.
+        Each row carries its own Fourier layout (``features``: list of (period, harmonic, cos)) and
+        regressors (``regressors`` names, ``reg_beta``); the table uses the unions, so stores with
+        different seasonalities can share a version. A row's calendar (``cal_start``, ``calendar``
+        (D, 4)) is optional; the table puts every store's on one day grid.
         """
+        if transform not in TRANSFORMS:
+            raise ValueError(f"transform must be one of {', '.join(TRANSFORMS)}; got {transform!r}")
         rows = sorted(rows, key=lambda r: str(r["store_id"]))  # lexical: index() bisects
         layout: dict[tuple[float, int, bool], int] = {}
+        reg_layout: dict[str, int] = {}
         for r in rows:
             for feat in r["features"]:
                 layout.setdefault(tuple(feat), len(layout))
+            for name in r.get("regressors", ()):
+                reg_layout.setdefault(str(name), len(reg_layout))
         n, n_feat = len(rows), len(layout)
         n_cp = max((len(r["delta"]) for r in rows), default=0)
         beta = np.zeros((n, n_feat))
+        reg_beta = np.zeros((n, len(reg_layout)))
         delta = np.zeros((n, n_cp))
         cp_t = np.full((n, n_cp), np.inf)
         for i, r in enumerate(rows):
             cols = [layout[tuple(f)] for f in r["features"]]
             beta[i, cols] = r["beta"]
+            reg_beta[i, [reg_layout[str(x)] for x in r.get("regressors", ())]] = r.get("reg_beta", ())
             delta[i, : len(r["delta"])] = r["delta"]
             cp_t[i, : len(r["cp_t"])] = r["cp_t"]
         keys = list(layout)
+        cal_start, calendar = _calendar_grid(rows)
 
         def col(name: str, dtype: Any = np.float64) -> np.ndarray:
             return np.array([r[name] for r in rows], dtype=dtype)
@@ -145,12 +170,30 @@ class ParamTable:
             iv_upper=np.array([r["iv_upper"] for r in rows]).reshape(n, grid),
             iv_trend_var=col("iv_trend_var"), iv_noise_var=col("iv_noise_var"),
             open_rate=np.array([r.get("open_rate", np.ones(7)) for r in rows], dtype=np.float64).reshape(n, 7),
+            reg_beta=reg_beta, calendar=calendar,
+            iv_scale=np.array([float(r.get("iv_scale", 1.0)) for r in rows], dtype=np.float64),
             feat_period=np.array([f[0] for f in keys], dtype=np.float64),
             feat_harmonic=np.array([f[1] for f in keys], dtype=np.float64),
             feat_cos=np.array([f[2] for f in keys], dtype=bool),
-            iv_days=np.asarray(iv_days, dtype=np.int64), interval_width=float(interval_width),
+            iv_days=np.asarray(iv_days, dtype=np.int64), reg_names=np.array(list(reg_layout), dtype=str),
+            cal_start=cal_start, transform=transform, interval_width=float(interval_width),
             meta=dict(meta or {}),
         )
+
+    def with_calendar(self, calendars: dict[str, tuple[int, np.ndarray]]) -> ParamTable:
+        """This table with the calendars of the given stores replaced (no refit: a calendar push)."""
+        rows = []
+        for i in range(len(self)):
+            row = _row(self, i)
+            sid = row["store_id"]
+            if sid in calendars:
+                row["cal_start"], row["calendar"] = calendars[sid]
+            rows.append(row)
+        return ParamTable.from_rows(rows, self.iv_days, self.interval_width, self.meta, self.transform)
+
+    def with_meta(self, **meta: Any) -> ParamTable:
+        """This table with some ``meta`` keys set."""
+        return replace(self, meta={**self.meta, **meta})
 
     def take(self, rows: np.ndarray) -> ParamTable:
         """A table of the given rows (boolean mask or indices), in table order."""
@@ -167,9 +210,13 @@ class ParamTable:
         """This table with ``newer``'s stores replaced or added (a retrain derived from a parent)."""
         if not np.array_equal(self.iv_days, newer.iv_days):
             raise ValueError("interval grids differ: retrain with the parent's grid")
+        if self.transform != newer.transform and len(self) and len(newer):
+            raise ValueError(f"target transforms differ ({self.transform} vs {newer.transform}): "
+                             "retrain with the parent's configuration")
         keep = self.take(~np.isin(self.store_id, newer.store_id))
         rows = [_row(keep, i) for i in range(len(keep))] + [_row(newer, i) for i in range(len(newer))]
-        return ParamTable.from_rows(rows, self.iv_days, newer.interval_width, {**self.meta, **newer.meta})
+        return ParamTable.from_rows(rows, self.iv_days, newer.interval_width, {**self.meta, **newer.meta},
+                                    newer.transform if len(newer) else self.transform)
 
     # ---- files --------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
@@ -178,6 +225,8 @@ class ParamTable:
         path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("meta",)}
         arrays["interval_width"] = np.float64(self.interval_width)
+        arrays["cal_start"] = np.int64(self.cal_start)
+        arrays["transform"] = np.array(self.transform)
         arrays["meta"] = np.array(json.dumps({**self.meta, "format": FORMAT}))
         with open(path, "wb") as fh:
             np.savez(fh, **arrays)
@@ -191,22 +240,48 @@ class ParamTable:
         meta = json.loads(str(data.pop("meta")))
         if meta.get("format") not in READABLE:
             raise ValueError(f"{path}: not a {FORMAT} table (format={meta.get('format')!r})")
+        n = len(data["store_id"])
         data["interval_width"] = float(data["interval_width"])
-        data.setdefault("open_rate", np.ones((len(data["store_id"]), 7)))
+        data.setdefault("open_rate", np.ones((n, 7)))
+        data.setdefault("reg_names", np.zeros(0, dtype=str))
+        data.setdefault("reg_beta", np.zeros((n, len(data["reg_names"]))))
+        data.setdefault("calendar", np.zeros((n, 0, 4), dtype=np.int8))
+        data.setdefault("iv_scale", np.ones(n))
+        data["cal_start"] = int(data.get("cal_start", 0))
+        data["transform"] = str(data.get("transform", "none"))
         return cls(meta=meta, **data)
 
 
 def _row(table: ParamTable, i: int) -> dict[str, Any]:
     """One store of a table back as a row for ``from_rows``."""
     used = table.cp_t[i] < np.inf
+    skip = ("store_id", "delta", "cp_t", "beta", "reg_beta", "calendar")
     return {
         "store_id": str(table.store_id[i]),
-        **{name: getattr(table, name)[i] for name in PER_STORE if name not in ("store_id", "delta", "cp_t",
-                                                                               "beta")},
+        **{name: getattr(table, name)[i] for name in PER_STORE if name not in skip},
         "delta": table.delta[i][used], "cp_t": table.cp_t[i][used], "beta": table.beta[i],
         "features": list(zip(table.feat_period.tolist(), table.feat_harmonic.astype(int).tolist(),
                              table.feat_cos.tolist(), strict=True)),
+        "regressors": table.reg_names.tolist(), "reg_beta": table.reg_beta[i],
+        "cal_start": table.cal_start, "calendar": table.calendar[i],
     }
+
+
+def _calendar_grid(rows: list[dict[str, Any]]) -> tuple[int, np.ndarray]:
+    """Every row's calendar (``cal_start``, ``calendar`` (D, 4)) on one common day grid; -1 elsewhere."""
+    spans = [(int(r["cal_start"]), np.asarray(r["calendar"], dtype=np.int8)) for r in rows
+             if r.get("calendar") is not None and len(r["calendar"])]
+    if not spans:
+        return 0, np.full((len(rows), 0, 4), -1, dtype=np.int8)
+    start = min(s for s, _ in spans)
+    end = max(s + len(c) for s, c in spans)
+    grid = np.full((len(rows), end - start, 4), -1, dtype=np.int8)
+    for i, r in enumerate(rows):
+        cal = r.get("calendar")
+        if cal is not None and len(cal):
+            a = int(r["cal_start"]) - start
+            grid[i, a: a + len(cal)] = cal
+    return start, grid
 
 
 def _natural(store_id: str) -> tuple[int, str]:

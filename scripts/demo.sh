@@ -11,8 +11,9 @@ export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///$PWD/$DIR/mlflow.db}
 end=$(date -u -d yesterday +%F)
 start=$(date -u -d "$end - 940 days" +%F)
 
-"$BIN/storecast" data synth --stores "$STORES" --seed 7 --start "$start" --end "$end" --out "$DIR/sales.csv.gz"
-"$BIN/storecast" train --data "$DIR/sales.csv.gz" --alias champion
+"$BIN/storecast" data synth --stores "$STORES" --seed 7 --start "$start" --end "$end" --out "$DIR/sales.csv.gz" \
+  --calendar-out "$DIR/calendar.csv.gz"
+"$BIN/storecast" train --data "$DIR/sales.csv.gz" --calendar "$DIR/calendar.csv.gz" --alias champion
 "$BIN/storecast" serve --model-uri models:/storecast@champion --http-port "$PORT" --grpc-port 0 \
   --log-dir "$DIR/logs" > "$DIR/serve.out" &
 serve=$!
