@@ -22,9 +22,15 @@ PROPHET_DEFAULTS: dict[str, Any] = {
 MONTHLY_PERIOD = 30.5
 # Configurations a person picks by name (`storecast train --model`): "calendar" was chosen on the
 # real Rossmann holdout (README, "Forecast quality"); "seed" is the reference without the calendar.
+CALENDAR_REGRESSORS = (
+    "promo", "school_holiday", "holiday_a", "holiday_b", "holiday_c", "holiday_before_1", "holiday_before_2",
+    "holiday_after_1", "holiday_after_2", "closed_before", "closed_after",
+    "promo_mon", "promo_tue", "promo_wed", "promo_thu", "promo_fri", "promo_sat",
+)
 MODELS: dict[str, dict[str, Any]] = {
-    "calendar": {"regressors": cal.REGRESSORS, "monthly_order": 5, "transform": "log1p", "calibrate": True},
-    "calendar-linear": {"regressors": cal.REGRESSORS, "monthly_order": 0, "transform": "none", "calibrate": True},
+    "calendar": {"regressors": CALENDAR_REGRESSORS, "monthly_order": 5, "transform": "log1p", "calibrate": True},
+    "calendar-linear": {"regressors": CALENDAR_REGRESSORS, "monthly_order": 0, "transform": "none",
+                        "calibrate": True},
     "seed": {"regressors": (), "monthly_order": 0, "transform": "none", "calibrate": False},
 }
 DEFAULT_MODEL = "calendar"

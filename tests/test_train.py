@@ -21,6 +21,7 @@ from pipelines.train import train
 from predictor.forecast import forecast
 from predictor.table import ParamTable
 from tests.conftest import run_cli
+from tests.stock import days_of, stock_forecast
 
 
 @pytest.fixture(scope="module")
@@ -98,12 +99,16 @@ def test_pyfunc_round_trip_matches_stock_prophet(trained: dict, tmp_path: Path) 
     assert list(got.columns) == ["yhat", "yhat_lower", "yhat_upper"]
     assert (got["yhat_lower"] < got["yhat"]).all() and (got["yhat"] < got["yhat_upper"]).all()
 
-    out = tmp_path / "store7.json"
-    run_cli("export", "--model-uri", trained["out"]["model_uri"], "--store", "7", "--out", str(out),
-            env={"MLFLOW_TRACKING_URI": trained["uri"]})
-    stock = model_from_json(out.read_text())
-    want = stock.predict(pd.DataFrame({"ds": ds}))
-    np.testing.assert_allclose(got["yhat"].to_numpy(), want["yhat"].to_numpy(), rtol=1e-6)
+    out = tmp_path / "store7"
+    run_cli("export", "--model-uri", trained["out"]["model_uri"], "--store", "7", "--begin", "2015-06-01",
+            "--end", "2015-09-30", "--out", str(out), env={"MLFLOW_TRACKING_URI": trained["uri"]})
+    stock = model_from_json((out / "7.json").read_text())
+    about = json.loads((out / "7_export.json").read_text())
+    want = stock.predict(pd.read_csv(out / "7_future.csv", parse_dates=["ds"]))["yhat"].to_numpy()
+    want = np.expm1(want) if about["transform"] == "log1p" else want
+    np.testing.assert_allclose(got["yhat"].to_numpy(), want, rtol=1e-6)
+    served = pd.read_csv(out / "7_served.csv")
+    np.testing.assert_allclose(served["yhat"].to_numpy(), want, rtol=1e-6)
 
 
 def test_unknown_store_in_pyfunc_is_named(trained: dict) -> None:
@@ -159,13 +164,15 @@ def test_real_stores_export_reproduces_holdout_metrics() -> None:
     # the evaluation fit saw each store's open days up to its last open day minus the holdout
     opened = sales[sales["Open"] == 1]
     cut = opened.groupby("Store")["Date"].transform("max") - pd.Timedelta(days=cfg.holdout_days)
-    history = sales[sales["Date"] <= sales["Store"].map(opened.groupby("Store")["Date"].max()
-                                                         - pd.Timedelta(days=cfg.holdout_days))]
+    # the holdout's calendar stays known (Sales emptied: calendar rows), as it was for the evaluation fit
+    history = sales.assign(Sales=sales["Sales"].where(
+        sales["Date"] <= sales["Store"].map(opened.groupby("Store")["Date"].max()
+                                            - pd.Timedelta(days=cfg.holdout_days))))
     second = train(history, cfg, workers=1, progress=False)
     for r in second.results:
         stock = model_from_json(_json(r.model_json_gz))
         test = opened[(opened["Store"] == r.store_id) & (opened["Date"] > cut)]
-        pred = stock.predict(pd.DataFrame({"ds": test["Date"].to_numpy()}))["yhat"].to_numpy()
+        pred = stock_forecast(stock, second.table, r.store_id, days_of(test["Date"]))["yhat"]
         want = scores(error_sums(test["Sales"].to_numpy(float), pred))
         got = first.metrics.set_index("store_id").loc[r.store_id]
         assert got["wape"] == pytest.approx(want["wape"], rel=1e-6)
