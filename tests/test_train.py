@@ -96,7 +96,7 @@ def test_pyfunc_round_trip_matches_stock_prophet(trained: dict, tmp_path: Path) 
     ds = pd.date_range("2015-06-01", "2015-09-30", freq="D")
     frame = pd.DataFrame({"store_id": ["7"] * len(ds), "ds": ds.strftime("%Y-%m-%d")})
     got = model.predict(frame)
-    assert list(got.columns) == ["yhat", "yhat_lower", "yhat_upper"]
+    assert list(got.columns) == ["yhat", "yhat_lower", "yhat_upper", "open", "promo"]
     assert (got["yhat_lower"] < got["yhat"]).all() and (got["yhat"] < got["yhat_upper"]).all()
 
     out = tmp_path / "store7"
@@ -109,6 +109,17 @@ def test_pyfunc_round_trip_matches_stock_prophet(trained: dict, tmp_path: Path) 
     np.testing.assert_allclose(got["yhat"].to_numpy(), want, rtol=1e-6)
     served = pd.read_csv(out / "7_served.csv")
     np.testing.assert_allclose(served["yhat"].to_numpy(), want, rtol=1e-6)
+
+
+def test_pyfunc_takes_a_what_if(trained: dict) -> None:
+    model = mlflow.pyfunc.load_model(trained["out"]["model_uri"])
+    frame = pd.DataFrame({"store_id": ["7"] * 3, "ds": ["2015-08-04", "2015-08-05", "2015-08-06"]})
+    base = model.predict(frame)
+    what_if = model.predict(frame.assign(promo=[1, 1, None], closed=[None, None, 1]))
+    assert (what_if["yhat"][:2].to_numpy() > base["yhat"][:2].to_numpy()).all() and what_if["promo"][:2].all()
+    assert not what_if["open"][2]
+    with pytest.raises(ValueError, match="'promo' must hold 0, 1"):
+        model.predict(frame.assign(promo=[2, 0, 0]))
 
 
 def test_unknown_store_in_pyfunc_is_named(trained: dict) -> None:
