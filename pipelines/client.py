@@ -26,15 +26,28 @@ def request_forecast(url: str, store: str, begin: str | None = None, end: str | 
 
 
 def table(prediction: dict[str, Any]) -> str:
-    """The forecast as an aligned text table; days the store is usually closed are marked."""
+    """The forecast as an aligned text table, with the calendar of each day (closed, promotion, holiday)."""
     req = prediction["request"]
     lines = [f"store {req['store_id']}, {req['begin_date']} .. {req['end_date']}",
-             f"{'date':<16}{'forecast':>12}{'lower':>12}{'upper':>12}"]
+             f"{'date':<16}{'forecast':>12}{'lower':>12}{'upper':>12}  calendar"]
     for row in prediction["forecast"]:
         day = np.datetime64(row["timestamp"][:10]).item().strftime("%Y-%m-%d %a")
-        note = "" if row.get("open", True) else "  usually closed (an extrapolation, not sales)"
-        lines.append(f"{day:<16}{row['value']:>12.1f}{row['lower']:>12.1f}{row['upper']:>12.1f}{note}")
+        lines.append(f"{day:<16}{row['value']:>12.1f}{row['lower']:>12.1f}{row['upper']:>12.1f}  {_note(row)}")
     return "\n".join(lines)
+
+
+def _note(row: dict[str, Any]) -> str:
+    source = row.get("calendar", "")
+    notes = ["closed" if source in ("calendar", "what-if") else "usually closed"] if not row.get("open", True) else []
+    if row.get("promo"):
+        notes.append("promotion")
+    if row.get("holiday", "0") not in ("0", None):
+        notes.append(f"holiday {row['holiday']}")
+    if source == "default":
+        notes.append("(beyond the calendar: defaults)")
+    elif source == "what-if":
+        notes.append("(what-if)")
+    return ", ".join(notes)
 
 
 def plot(prediction: dict[str, Any], path: str | Path) -> Path:
@@ -58,8 +71,18 @@ def plot(prediction: dict[str, Any], path: str | Path) -> Path:
                     fmt="none", ecolor="tab:blue", alpha=0.4, elinewidth=6)
     ax.plot(days[is_open], value[is_open], marker="o", color="tab:blue", label="forecast")
     if not is_open.all():
-        ax.plot(days[~is_open], value[~is_open], "x", color="tab:gray", markersize=8,
-                label="usually closed (extrapolation)")
+        ax.plot(days[~is_open], value[~is_open], "x", color="tab:gray", markersize=8, label="closed")
+    promo = np.array([bool(r.get("promo")) for r in rows])
+    for k, day in enumerate(days[promo]):
+        ax.axvspan(day - np.timedelta64(12, "h"), day + np.timedelta64(12, "h"), color="tab:orange", alpha=0.12,
+                   label="promotion" if k == 0 else None)
+    holiday = np.array([r.get("holiday", "0") not in ("0", None) for r in rows])
+    for k, day in enumerate(days[holiday]):
+        ax.axvline(day, color="tab:red", linestyle=":", label="state holiday" if k == 0 else None)
+    beyond = np.array([r.get("calendar") == "default" for r in rows])
+    if beyond.any():
+        ax.axvspan(days[beyond][0] - np.timedelta64(12, "h"), days[-1] + np.timedelta64(12, "h"), color="gray",
+                   alpha=0.08, label="beyond the calendar (defaults)")
     req = prediction["request"]
     ax.set_title(f"storecast: store {req['store_id']}, {req['begin_date']} .. {req['end_date']}")
     ax.set_ylabel("sales")
