@@ -54,7 +54,21 @@ def cmd_train(args: argparse.Namespace) -> int:
                            seed=args.seed, gate_margin=args.gate_margin,
                            prophet={**PROPHET_DEFAULTS, "interval_width": args.interval_width},
                            **({"transform": args.transform} if args.transform else {}))
-    sales = read_sales(args.data)
+    if args.backend == "ray":  # Ray is an optional extra: say how to get it before reading any data
+        from pipelines.ray_backend import INSTALL_HINT, installed
+
+        if not installed():
+            print(INSTALL_HINT, file=sys.stderr)
+            return 2
+    elif args.ray_address:
+        print("--ray-address needs --backend ray", file=sys.stderr)
+        return 2
+    if args.data.startswith(("http://", "https://")):  # e.g. MLflow's artifact proxy (a RayJob on the cluster)
+        from pipelines.retrain_jobs import SalesSource
+
+        sales = SalesSource(args.data).load()[0]
+    else:
+        sales = read_sales(args.data)
     calendar = read_calendar(args.calendar) if args.calendar else None
     warmed = threading.Event()
 
@@ -67,7 +81,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             warmed.set()
 
     result = train(sales, cfg, stores=args.stores, limit=args.limit, workers=args.workers,
-                   progress=not args.no_progress, while_fitting=warm_registry, calendar=calendar)
+                   progress=not args.no_progress, while_fitting=warm_registry, calendar=calendar,
+                   backend=args.backend, ray_address=args.ray_address)
     if len(result.table) == 0:
         print("no store could be fitted: " + json.dumps(result.failed), file=sys.stderr)
         return 1
@@ -203,6 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0, help="seed of the interval simulation")
     t.add_argument("--alias", default="challenger", help="alias to point at the new version ('' for none)")
     t.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    t.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="where the fits run: local (processes on this machine) or ray (Ray tasks; "
+                   "pip install storecast[ray])")
+    t.add_argument("--ray-address", help="with --backend ray: the cluster (auto inside a Ray cluster or RayJob, "
+                   "HOST:PORT, ray://HOST:10001); default: a local Ray on loopback, started and stopped")
     t.add_argument("--fitter", choices=FITTERS, default="prophet-batch",
                    help="prophet-batch (exact batched MAP, default) or prophet (stock Stan, the reference)")
     t.add_argument("--model", choices=list(MODELS), default=DEFAULT_MODEL,

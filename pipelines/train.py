@@ -85,13 +85,25 @@ def chunked(series: list[Series], workers: int, most: int = 50) -> list[list[Ser
     return [series[i: i + size] for i in range(0, len(series), size)]
 
 
+BACKENDS = ("local", "ray")  # where the fits run: a local process pool, or Ray tasks
+
+
 def run_chunks(chunks: list[list[Series]], cfg: FitConfig, workers: int, progress: bool,
-               while_fitting: Callable[[], None] | None = None, start_method: str | None = None) -> list[StoreResult]:
+               while_fitting: Callable[[], None] | None = None, start_method: str | None = None,
+               backend: str = "local", ray_address: str | None = None) -> list[StoreResult]:
     """Fit the chunks on ``workers`` processes with a progress bar on stderr.
 
     ``while_fitting`` runs in a thread of this process once the workers exist (never before a fork).
     ``start_method``: multiprocessing's (default fork where there is one; a threaded server passes spawn).
+    ``backend`` "ray": the same fits as Ray tasks (``pipelines.ray_backend``; ``ray_address`` None
+    starts a local Ray with ``workers`` CPUs).
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    if backend == "ray":
+        from pipelines.ray_backend import fit_on_ray
+
+        return fit_on_ray(chunks, cfg, workers, address=ray_address, progress=progress, while_fitting=while_fitting)
     from tqdm import tqdm
 
     total = sum(len(c) for c in chunks)
@@ -175,7 +187,8 @@ def summarize(results: list[StoreResult], level: float = 0.95, factor: float = 1
 def train(sales: pd.DataFrame, cfg: FitConfig, *, stores: list[str] | None = None, limit: int | None = None,
           workers: int | None = None, progress: bool = True,
           while_fitting: Callable[[], None] | None = None, start_method: str | None = None,
-          calendar: pd.DataFrame | None = None, calibration_factor: float | None = None) -> TrainResult:
+          calendar: pd.DataFrame | None = None, calibration_factor: float | None = None,
+          backend: str = "local", ray_address: str | None = None) -> TrainResult:
     """Fit, evaluate and assemble every chosen store; stores that cannot be fitted are reported, not fatal.
 
     ``calendar``: known-ahead days (``pipelines.calendar.read_calendar``); future rows of ``sales``
@@ -195,7 +208,8 @@ def train(sales: pd.DataFrame, cfg: FitConfig, *, stores: list[str] | None = Non
     series = to_series(history, calendars)
     known = {s[0] for s in series}
     workers = workers or os.cpu_count() or 1
-    results = run_chunks(chunked(series, workers), cfg, workers, progress, while_fitting, start_method)
+    results = run_chunks(chunked(series, workers), cfg, workers, progress, while_fitting, start_method,
+                         backend, ray_address)
     # stores with no open day at all never became a series: report them too
     for sid in sorted(set(history["Store"]) - known):
         results.append(StoreResult(sid, error="too little data: 0 open days", metrics={"store_id": sid}))
