@@ -1,0 +1,25 @@
+"""``python -m dashboard``: the dashboard server on ``--host``/``--port`` (127.0.0.1:8070 by default)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from dashboard.app import create_app
+from dashboard.config import parse
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = parse(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per proxied request is the access log's job
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import uvicorn
+
+    logging.getLogger("storecast.dashboard").info(
+        "dashboard on http://%s:%d -> business API %s, retrain %s, registry %s, sales %s", settings.host,
+        settings.port, settings.api_url, settings.retrain_url or "-", "yes" if settings.tracking_uri else "-",
+        settings.sales or "-")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
+                access_log=False)
+    return 0
