@@ -1,20 +1,30 @@
 #!/bin/sh
 # storecast image entrypoint: the first argument picks the component (see the top of the Dockerfile).
 # `exec` makes the component PID 1, so it receives Kubernetes' SIGTERM directly.
+# STORECAST_IMAGE (set by the Dockerfile) is `serve` or `full`: the serving image has no training,
+# no MLflow and no CLI, and says so instead of failing on an import.
 set -eu
 
+image="${STORECAST_IMAGE:-full}"
+
 usage() {
-    cat <<'USAGE'
-usage: <image> COMPONENT [ARGS...]
+    cat <<USAGE
+usage: <image> COMPONENT [ARGS...]        (this is the ${image} image)
   predictor   [flags]   python -m predictor          (KServe ModelServer, HTTP 8080 / gRPC 8081)
   transformer [flags]   python -m transformer        (business API, HTTP 8080 / gRPC 8081)
-  retrain     [flags]   python -m pipelines.retrain  (retrain service, CloudEvents at POST /)
-  storecast   [args]    the storecast CLI (data, train, export, serve, forecast, ...)
-  mlflow      [args]    the MLflow CLI (e.g. mlflow server ...)
   deadletter  [flags]   dead-letter sink: logs CloudEvents as JSON lines
+  retrain     [flags]   python -m pipelines.retrain  (retrain service, CloudEvents at POST /)   full image only
+  storecast   [args]    the storecast CLI (data, train, export, serve, forecast, ...)      full image only
+  mlflow      [args]    the MLflow CLI (e.g. mlflow server ...)                          full image only
   anything else is executed as given (e.g. bash).
 Each component answers --help.
 USAGE
+}
+
+full_only() {
+    echo "'$1' is not in the serving image (storecast-serve: predictor, transformer, deadletter only);" \
+        "use the full image (storecast)" >&2
+    exit 2
 }
 
 if [ "$#" -eq 0 ]; then
@@ -26,8 +36,12 @@ component="$1"
 shift
 case "$component" in
     predictor | transformer) exec python -m "$component" "$@" ;;
-    retrain) exec python -m pipelines.retrain "$@" ;;
-    storecast | mlflow) exec "$component" "$@" ;;
+    retrain)
+        [ "$image" = serve ] && full_only retrain
+        exec python -m pipelines.retrain "$@" ;;
+    storecast | mlflow)
+        [ "$image" = serve ] && full_only "$component"
+        exec "$component" "$@" ;;
     deadletter) exec python /opt/storecast/deadletter.py "$@" ;;
     help | -h | --help) usage ;;
     *) exec "$component" "$@" ;;

@@ -1,0 +1,9 @@
+"""Stub of ``kubernetes.watch`` in storecast's serving image: see the package docstring."""
+
+from kubernetes import missing
+
+
+def __getattr__(name: str):
+    if name.startswith("__"):
+        raise AttributeError(name)
+    raise missing("watch", name)
