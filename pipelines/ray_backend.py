@@ -31,31 +31,47 @@ from pipelines.fitting import FitConfig, Series, StoreResult, fit_chunk, quiet
 INSTALL_HINT = "the Ray backend needs Ray: pip install storecast[ray]"
 MAX_RETRIES = 3  # Ray re-runs a task whose worker process or node died this many times
 MOST_PER_CHUNK = 50  # as the local backend: a task fits 1-2 s of stores, far above Ray's ~ms per task
-LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": a local Ray uses 127.0.0.1 (read at import)
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray keeps a loopback node address (start_local)
 
 log = logging.getLogger("storecast.ray")
 
 
 def installed() -> bool:
     """Is Ray importable (without importing it)?"""
-    return importlib.util.find_spec("ray") is not None
+    try:
+        return importlib.util.find_spec("ray") is not None
+    except (ImportError, ValueError):  # ValueError: sys.modules["ray"] is None
+        return False
 
 
-def import_ray(local: bool = False) -> Any:
-    """Import Ray, or fail with one line saying how to install it.
-
-    ``local``: a local Ray is about to be started. Ray reads ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``
-    when it is imported: with "0" its node address is 127.0.0.1 and its servers bind loopback only
-    (otherwise they listen on every interface). Never set for a cluster: a driver there must use
-    the pod's address.
-    """
-    if local and "ray" not in sys.modules:
-        os.environ.setdefault(LOOPBACK_ENV, "0")
+def import_ray() -> Any:
+    """Import Ray, or fail with one line saying how to install it."""
     try:
         import ray
     except ImportError:
         raise RuntimeError(INSTALL_HINT) from None
     return ray
+
+
+def start_local(ray: Any, num_cpus: int) -> None:
+    """Start a new local Ray whose every server listens on 127.0.0.1 only.
+
+    Ray on Linux replaces a loopback node address by the machine's own and binds its servers to
+    every interface; as on macOS (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``) it keeps 127.0.0.1 and
+    binds there. Ray reads that switch when it is imported: it is set for the processes Ray starts and
+    flipped for the start in this process (Ray may have been imported before), then restored, so a
+    later driver in this process can still join a real cluster.
+    """
+    from ray._private import ray_constants
+
+    os.environ.setdefault(LOOPBACK_ENV, "0")
+    was = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+                 logging_level=logging.WARNING)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = was
 
 
 def resplit(series: list[Series], cpus: int, most: int = MOST_PER_CHUNK) -> list[list[Series]]:
@@ -88,13 +104,12 @@ def lost(chunk: list[Series], exc: BaseException) -> list[StoreResult]:
 @contextlib.contextmanager
 def session(address: str | None, num_cpus: int) -> Iterator[Any]:
     """Ray for one run: join ``address``, or start a local Ray on loopback; left as it was found."""
-    ray = import_ray(local=address is None)
+    ray = import_ray()
     if ray.is_initialized():  # the caller runs Ray itself (a notebook, a test): use it, leave it
         yield ray
         return
     if address is None:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-                 logging_level=logging.WARNING)
+        start_local(ray, num_cpus)
     else:
         ray.init(address=address, logging_level=logging.WARNING)
     try:
