@@ -143,10 +143,8 @@ CAL_HISTORY_DAYS = 120  # history days of the calendar a version keeps (forecast
 
 
 def _frame(days: np.ndarray, y: np.ndarray, x: np.ndarray | None = None, names: tuple[str, ...] = ()) -> pd.DataFrame:
-    df = pd.DataFrame({"ds": pd.to_datetime(days, unit="D"), "y": np.asarray(y, dtype=np.float64)})
-    for j, name in enumerate(names):
-        df[name] = x[:, j]
-    return df
+    columns = {"ds": pd.to_datetime(days, unit="D"), "y": np.asarray(y, dtype=np.float64)}
+    return pd.DataFrame({**columns, **{name: x[:, j] for j, name in enumerate(names)}})
 
 
 def make_prophet(cfg: FitConfig) -> Any:
