@@ -162,10 +162,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_forecast(args: argparse.Namespace) -> int:
+    if args.stores:  # many stores into a table: pipelines/batch.py
+        from pipelines.batch import cmd_batch
+
+        return cmd_batch(args)
     from pipelines.client import plot, request_forecast, table
 
     try:
-        prediction = request_forecast(args.url, args.store, args.begin, args.end)
+        prediction = request_forecast(args.url, args.store, args.begin, args.end,
+                                      api_key=args.api_key or os.environ.get("STORECAST_API_KEY"))
     except (RuntimeError, OSError) as exc:
         print(f"forecast failed: {exc}", file=sys.stderr)
         return 1
@@ -259,12 +264,17 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--log-dir", default="build/logs")
     v.set_defaults(func=cmd_serve)
 
-    f = sub.add_parser("forecast", help="ask the business API for one store's forecast")
-    f.add_argument("--store", required=True)
+    f = sub.add_parser("forecast", help="ask the business API for one store's forecast (--store) or many stores' "
+                       "into a table (--stores ... --out FILE)")
+    which = f.add_mutually_exclusive_group(required=True)
+    which.add_argument("--store", help="one store: print its forecast as a table (and --plot it)")
+    which.add_argument("--stores", help="many stores into --out: 1-1115, 1,2,7-9, all, or a file of ids")
     f.add_argument("--begin", help="first day (ISO date; default today, UTC)")
     f.add_argument("--end", help="last day (default begin + 6 days)")
     f.add_argument("--url", default="http://127.0.0.1:8080", help="transformer URL")
     f.add_argument("--plot", help="also draw the forecast with its interval into this PNG")
+    from pipelines.batch import add_arguments as add_batch_arguments
+    add_batch_arguments(f)
     f.set_defaults(func=cmd_forecast)
 
     b = sub.add_parser("bench", help="run the benchmarks (source checkout): results/bench.md and the README table")
