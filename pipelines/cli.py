@@ -192,8 +192,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return subprocess.call([sys.executable, str(script), "--workdir", str(Path(args.workdir).resolve()), *extra])
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("storecast")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="storecast", description=__doc__)
+    p.add_argument("--version", action="version", version=f"storecast {_version()}", help="print the version and exit")
     sub = p.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="sales data tools").add_subparsers(dest="data_command", required=True)

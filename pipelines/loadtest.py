@@ -7,6 +7,7 @@ failures over time) into the results folder and prints success throughput, p50/p
 from __future__ import annotations
 
 import csv
+import importlib.util
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-LOCUSTFILE = Path(__file__).resolve().parents[1] / "loadtest" / "locustfile.py"
+LOCUSTFILE = Path(__file__).resolve().with_name("locustfile.py")  # shipped in the package: works as installed
 
 
 @dataclass
@@ -128,6 +129,10 @@ def cmd_loadtest(args: Any) -> int:
     from pipelines.registry import tracking_uri
     from pipelines.stack import LocalStack
 
+    if importlib.util.find_spec("locust") is None:  # before starting anything
+        print("storecast loadtest needs Locust, a dependency of storecast: pip install storecast (or locust==2.47.0)",
+              file=sys.stderr)
+        return 1
     out = Path(args.out or f"results/loadtest-{datetime.now():%Y%m%d-%H%M%S}")
     env = {"STORECAST_USER_RPS": str(args.user_rps), "STORECAST_STORES": args.stores}
     if args.shape:
