@@ -17,6 +17,7 @@ of a few stores stays in the retrain service's process.
 from __future__ import annotations
 
 import copy
+import os
 import re
 import shlex
 import uuid
@@ -139,11 +140,11 @@ def build_rayjob(name: str, *, image: str, command: str, size: ClusterSize = Clu
 
 # ---- the Kubernetes API -----------------------------------------------------------------------
 def kube_api() -> Any:
-    """``CustomObjectsApi`` from the kubeconfig, else the pod's service account."""
+    """``CustomObjectsApi`` from the kubeconfig (``$KUBECONFIG`` as it is now), else the pod's service account."""
     from kubernetes import client, config
 
     try:
-        config.load_kube_config()
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))  # the client reads it once, at import
     except config.ConfigException:
         config.load_incluster_config()
     return client.CustomObjectsApi()

@@ -47,7 +47,8 @@ TRIGGER = ("eventing.knative.dev", "Trigger")
 PREDICT_URI = "/v1/models/storecast:predict"
 API_KEY_SECRET = "storecast-api-key"
 DASHBOARD = "storecast-dashboard"  # the one Knative Service exposed through the ingress
-ROLE_RULES = [{"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"], "verbs": ["get", "patch"]}]
+ROLE_RULES = [{"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"], "verbs": ["get", "patch"]},
+              {"apiGroups": ["ray.io"], "resources": ["rayjobs"], "verbs": ["create", "get"]}]  # fleet retrains (RAY)
 
 # The image's first argument picks the component (Dockerfile, docker/entrypoint.sh); how to ask each for --help.
 BIN = Path(sys.executable).parent
@@ -388,7 +389,7 @@ def test_rbac_is_least_privilege(target):
     docs = render(target)
     assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
     [role] = find(docs, ("rbac.authorization.k8s.io", "Role"))
-    assert role["rules"] == ROLE_RULES, "get and patch inferenceservices, nothing else"
+    assert role["rules"] == ROLE_RULES, "get and patch inferenceservices, create and get rayjobs, nothing else"
     [binding] = find(docs, ("rbac.authorization.k8s.io", "RoleBinding"))
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                                   "name": role["metadata"]["name"]}
