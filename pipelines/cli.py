@@ -133,7 +133,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     stack = LocalStack(args.model_uri, tracking_uri(args.tracking_uri), shards=args.shards, http_port=args.http_port,
                        grpc_port=args.grpc_port, mlflow_server=args.mlflow_server, log_dir=Path(args.log_dir),
-                       predictor_args=["--refresh-seconds", str(args.refresh_seconds)])
+                       predictor_args=["--refresh-seconds", str(args.refresh_seconds)],
+                       dashboard_args=None if args.dashboard_port is None else [
+                           *(["--sales", args.dashboard_sales] if args.dashboard_sales else []),
+                           *(["--retrain-url", args.dashboard_retrain_url] if args.dashboard_retrain_url else [])],
+                       dashboard_port=args.dashboard_port or 0)
     stopping = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
@@ -146,6 +150,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"{p.name:<12} {p.url}  (gRPC 127.0.0.1:{p.grpc_port})")
         if args.mlflow_server:
             print(f"mlflow       {stack.tracking_uri}")
+        if stack.dashboard is not None:
+            print(f"dashboard    {stack.dashboard.url}/")
         print(f"logs in {args.log_dir}/\n\ntry:\n  curl -s -H 'content-type: application/json' "
               f"{t.url}/v1/models/storecast:predict \\\n    -d '{{\"instances\": [{{\"storeId\": \"4\"}}]}}'\n"
               f"  storecast forecast --store 4 --url {t.url} --plot forecast.png\n\nCtrl-C stops everything.",
@@ -221,15 +227,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", required=True, help="Rossmann-format sales (.csv, .csv.gz, .parquet)")
     t.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
                    "sqlite:///mlflow.db in the working directory)")
-    t.add_argument("--model-name", default="storecast")
+    t.add_argument("--model-name", default="storecast", help="registered model (and experiment) name")
     pick = t.add_mutually_exclusive_group()
     pick.add_argument("--stores", type=_store_list, help="only these stores, e.g. 1,2,3")
     pick.add_argument("--limit", type=int, help="only the first N stores")
-    t.add_argument("--holdout-days", type=int, default=42)
+    t.add_argument("--holdout-days", type=int, default=42,
+                   help="days held out for evaluation (the registered model is fitted on all data)")
     t.add_argument("--min-days", type=int, default=30, help="open days a store needs to be fitted")
     t.add_argument("--gate-margin", type=float, default=0.10,
                    help="a store fails the gate if its holdout WAPE > baseline WAPE * (1 + margin)")
-    t.add_argument("--interval-width", type=float, default=0.95)
+    t.add_argument("--interval-width", type=float, default=0.95, help="Prophet's interval_width")
     t.add_argument("--seed", type=int, default=0, help="seed of the interval simulation")
     t.add_argument("--alias", default="challenger", help="alias to point at the new version ('' for none)")
     t.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
@@ -270,8 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--http-port", type=int, default=8080, help="transformer HTTP port (0: any free)")
     v.add_argument("--grpc-port", type=int, default=8081, help="transformer gRPC port (0: any free)")
     v.add_argument("--refresh-seconds", type=float, default=30.0, help="predictor alias refresh")
-    v.add_argument("--ready-timeout", type=float, default=180.0)
-    v.add_argument("--log-dir", default="build/logs")
+    v.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for every model to be ready")
+    v.add_argument("--log-dir", default="build/logs", help="each process's log goes to DIR/<name>.log")
+    v.add_argument("--dashboard-port", type=int, help="also serve the planners' dashboard here (0: any free port)")
+    v.add_argument("--dashboard-sales", help="sales file the dashboard shows the recent actual sales from")
+    v.add_argument("--dashboard-retrain-url", help="retrain service behind the dashboard's refresh buttons")
     v.set_defaults(func=cmd_serve)
 
     f = sub.add_parser("forecast", help="ask the business API for one store's forecast (--store) or many stores' "

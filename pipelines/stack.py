@@ -56,6 +56,9 @@ class LocalStack:
     predictor_args: list[str] = field(default_factory=list)
     transformer_args: list[str] = field(default_factory=list)
     services: list[Service] = field(default_factory=list)
+    # Optional: the planners' dashboard (python -m dashboard) in front of the transformer; None = none.
+    dashboard_args: list[str] | None = None
+    dashboard_port: int = 0
 
     @property
     def transformer(self) -> Service:
@@ -103,6 +106,8 @@ class LocalStack:
             for s in self.services:
                 if s.name != "mlflow":
                     wait_ready(f"{s.url}/v2/models/storecast/ready", s, timeout)
+            if self.dashboard_args is not None:
+                self._start_dashboard(timeout)
         except BaseException:
             self.stop()
             raise
@@ -119,6 +124,18 @@ class LocalStack:
                                      "--artifacts-destination", str(artifacts)], port)
         wait_ready(f"{svc.url}/health", svc, timeout)
         self.tracking_uri = svc.url
+
+    # ---- the optional dashboard (issue 15) -------------------------------------------------------
+    @property
+    def dashboard(self) -> Service | None:
+        return next((s for s in self.services if s.name == "dashboard"), None)
+
+    def _start_dashboard(self, timeout: float) -> None:
+        port = self.dashboard_port or free_port()
+        registry = ["--tracking-uri", self.tracking_uri] if self.tracking_uri else []
+        svc = self._spawn("dashboard", [sys.executable, "-m", "dashboard", "--host", HOST, "--port", str(port),
+                                        "--api-url", self.transformer.url, *registry, *self.dashboard_args], port)
+        wait_ready(f"{svc.url}/healthz", svc, timeout)
 
     def stop(self) -> None:
         """SIGTERM every child (its whole process group), then SIGKILL what is left after 10 s."""

@@ -6,6 +6,8 @@ BIN=${BIN:-.venv/bin}
 DIR=${DEMO_DIR:-build/demo}
 STORES=${DEMO_STORES:-50}
 PORT=${DEMO_PORT:-8080}
+DASHBOARD_PORT=${DEMO_DASHBOARD_PORT:-8070}  # the planners' dashboard beside the API
+RETRAIN_PORT=${DEMO_RETRAIN_PORT:-8090}      # the retrain service behind its refresh buttons
 mkdir -p "$DIR"
 export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///$PWD/$DIR/mlflow.db}
 end=$(date -u -d yesterday +%F)
@@ -14,10 +16,15 @@ start=$(date -u -d "$end - 940 days" +%F)
 "$BIN/storecast" data synth --stores "$STORES" --seed 7 --start "$start" --end "$end" --out "$DIR/sales.csv.gz" \
   --calendar-out "$DIR/calendar.csv.gz"
 "$BIN/storecast" train --data "$DIR/sales.csv.gz" --calendar "$DIR/calendar.csv.gz" --alias champion
+mkdir -p "$DIR/logs"
+"$BIN/python" -m pipelines.retrain --data "$DIR/sales.csv.gz" --host 127.0.0.1 --port "$RETRAIN_PORT" \
+  > "$DIR/logs/retrain.log" 2>&1 &
+retrain=$!
 "$BIN/storecast" serve --model-uri models:/storecast@champion --http-port "$PORT" --grpc-port 0 \
-  --log-dir "$DIR/logs" > "$DIR/serve.out" &
+  --log-dir "$DIR/logs" --dashboard-port "$DASHBOARD_PORT" --dashboard-sales "$DIR/sales.csv.gz" \
+  --dashboard-retrain-url "http://127.0.0.1:$RETRAIN_PORT" > "$DIR/serve.out" &
 serve=$!
-trap 'kill -TERM $serve 2>/dev/null; wait $serve 2>/dev/null' EXIT INT TERM
+trap 'kill -TERM $serve $retrain 2>/dev/null; wait $serve $retrain 2>/dev/null' EXIT INT TERM
 for _ in $(seq 1 600); do
   grep -q "Ctrl-C" "$DIR/serve.out" 2>/dev/null && break
   kill -0 $serve 2>/dev/null || { echo "storecast serve failed; see $DIR/logs" >&2; exit 1; }
@@ -28,5 +35,6 @@ echo
 "$BIN/storecast" forecast --store 4 --url "http://127.0.0.1:$PORT" --plot "$DIR/forecast.png"
 echo
 echo "forecast plot: $DIR/forecast.png -- still serving on http://127.0.0.1:$PORT (Ctrl-C stops)"
+echo "dashboard: http://127.0.0.1:$DASHBOARD_PORT/ (stores 1..$STORES; refresh via the retrain service on :$RETRAIN_PORT)"
 if [ "${DEMO_EXIT:-0}" = 1 ]; then exit 0; fi
 wait $serve

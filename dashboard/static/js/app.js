@@ -14,7 +14,7 @@ const MAX_STORES = 50;
 
 const state = {
   config: { refresh: false, registry: false, sales: false, history_days: 28, windows: [7, 14, 42] },
-  model: null, stores: [], window: 7, data: new Map(), bad: new Map(), metrics: {}, generation: 0,
+  model: null, stores: [], window: 7, data: new Map(), bad: new Map(), versions: new Map(), generation: 0,
   firstChart: false, refreshing: new Set(),
 };
 
@@ -83,6 +83,7 @@ function removeStore(id) {
   if (card) card.remove();
   renderList();
   renderFleet();
+  renderVersion();
 }
 
 // ---- data --------------------------------------------------------------------------------------
@@ -133,22 +134,22 @@ async function reloadAll() {
   document.body.dataset.loading = "1";
   try {
     const stores = ids.map(encodeURIComponent).join(",");
-    const [fc, sales] = await Promise.all([
+    const [fc, sales, current] = await Promise.all([
       forecasts(ids, begin, end),
       state.config.sales ? optional(call(`/api/sales?stores=${stores}&days=${state.config.history_days}`,
                                          { what: "sales" })) : null,
+      loadMetrics(null, ids), // the registry's current version, asked at the same time
     ]);
     if (generation !== state.generation) return;
-    const versions = new Set([...fc.found.values()].map((f) => f.version).filter(Boolean));
-    const metrics = state.config.registry ? await optional(call(
-      `/api/metrics?stores=${stores}${versions.size === 1 ? `&version=${encodeURIComponent([...versions][0])}` : ""}`,
-      { what: "metrics" })) : null;
+    // each store's version: the one its answer names (metrics fetched if another), else the current one
+    const named = [...new Set([...fc.found.values()].map((f) => f.version).filter(Boolean))];
+    await Promise.all(named.filter((v) => v !== current).map((v) => loadMetrics(v, ids)));
+    const shown = [current];
     if (generation !== state.generation) return;
-    state.metrics = metrics ? metrics.data : {};
     state.bad = new Map([...fc.bad].map(([id, err]) => [id, err.message]));
     for (const [id, { prediction, version }] of fc.found) {
       const actual = sales && sales.data.stores[id];
-      state.data.set(id, { rows: storeRows(prediction, actual, today), version, begin, end });
+      state.data.set(id, { rows: storeRows(prediction, actual, today), version: version || shown[0], begin, end });
     }
     for (const id of fc.bad.keys()) state.data.delete(id);
     if (fc.bad.size) showError(fc.bad.values().next().value);
@@ -156,7 +157,7 @@ async function reloadAll() {
     renderList();
     renderCards();
     renderFleet();
-    renderVersion([...versions]);
+    renderVersion();
   } catch (err) {
     if (generation === state.generation) showError(err);
   } finally {
@@ -168,6 +169,9 @@ async function loadModel() {
   if (!state.config.registry) return;
   try {
     state.model = (await call("/api/model", { what: "model" })).data;
+    if (!state.versions.has(state.model.version)) {
+      state.versions.set(state.model.version, { data_end: state.model.data_end, stores: {} });
+    }
     const list = $("store-options");
     list.textContent = "";
     for (const id of state.model.stores.slice(0, 5000)) {
@@ -175,32 +179,52 @@ async function loadModel() {
       o.value = id;
       list.append(o);
     }
-    renderVersion([]);
+    renderVersion();
   } catch (err) {
     if (err.status === 401) showError(err);
   }
 }
 
+/** Holdout metrics of ``version`` (the registry's current one for null) for these stores, kept per version. */
+async function loadMetrics(version, ids) {
+  if (!state.config.registry) return version;
+  const q = version ? `&version=${encodeURIComponent(version)}` : "";
+  const res = await optional(call(`/api/metrics?stores=${ids.map(encodeURIComponent).join(",")}${q}`,
+                                  { what: "metrics" }));
+  if (!res) return version;
+  const m = res.data;
+  const entry = state.versions.get(m.version) || { data_end: m.data_end, stores: {} };
+  Object.assign(entry.stores, m.stores);
+  state.versions.set(m.version, entry);
+  return m.version;
+}
+
 // ---- rendering ---------------------------------------------------------------------------------
 const pct = (v) => (v === null || v === undefined ? "–" : `${(100 * v).toFixed(1)}%`);
 
-function renderVersion(served) {
+function renderVersion() {
   const label = $("version-label");
+  const shown = [...new Set(state.stores.map((id) => state.data.get(id)).filter(Boolean).map((d) => d.version)
+    .filter(Boolean))];
   const m = state.model;
-  const version = served.length ? served.join(", ") : m ? m.version : "";
-  if (!version) { label.textContent = ""; return; }
-  const dataEnd = (state.metrics && state.metrics.data_end) || (m && m.data_end);
-  label.dataset.version = version;
-  label.textContent = `model version ${version}${served.length ? "" : ` (${m.alias || "registry"})`}` +
-    (dataEnd ? ` · data to ${dataEnd}` : "") + (m ? ` · ${m.stores.length} stores` : "");
+  if (!shown.length && m) shown.push(m.version);
+  if (!shown.length) { label.textContent = ""; delete label.dataset.version; return; }
+  label.dataset.version = shown.join(",");
+  const text = shown.map((v) => {
+    const info = state.versions.get(v);
+    const alias = m && m.version === v && m.alias ? ` (${m.alias})` : "";
+    return `${v}${alias}${info && info.data_end ? ` · data to ${info.data_end}` : ""}`;
+  });
+  label.textContent = `model version${shown.length > 1 ? "s" : ""} ${text.join("; ")}` +
+    (m && shown.length === 1 && m.version === shown[0] ? ` · ${m.stores.length} stores` : "");
 }
 
 function accuracyText(id, version) {
-  const m = state.metrics && state.metrics.stores && state.metrics.stores[id];
-  const v = version || (state.metrics && state.metrics.version);
+  const info = version && state.versions.get(version);
+  const m = info && info.stores[id];
   const parts = [];
-  if (v) parts.push(`version ${v}`);
-  if (state.metrics && state.metrics.data_end) parts.push(`data to ${state.metrics.data_end}`);
+  if (version) parts.push(`version ${version}`);
+  if (m && m.last_date) parts.push(`data to ${m.last_date}`);
   if (m) {
     parts.push(`holdout WAPE ${pct(m.wape)} (seasonal naive ${pct(m.baseline_wape)})`);
     parts.push(`interval coverage ${pct(m.coverage)}`);
@@ -313,13 +337,15 @@ function onRefresh(id) {
       const { predictions, version } = await forecast([id], dates.begin, dates.end);
       return { rows: storeRows(predictions[0], actualOf(d ? d.rows : []), windowDates().today), version };
     },
-    redraw(latest, version) {
+    async redraw(latest, version) {
       const d = state.data.get(id) || windowDates();
-      state.data.set(id, { ...d, rows: latest.rows, version: latest.version || version });
+      const served = latest.version || version;
+      await loadMetrics(served, [id]);
+      state.data.set(id, { ...d, rows: latest.rows, version: served });
       state.bad.delete(id);
       drawCard(id);
       renderFleet();
-      renderVersion([...new Set([...state.data.values()].map((x) => x.version).filter(Boolean))]);
+      renderVersion();
     },
     error: showError,
   }).finally(() => { state.refreshing.delete(id); button.disabled = false; });

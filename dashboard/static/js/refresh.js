@@ -100,7 +100,7 @@ async function follow(storeId, ui) {
     }
     const served = latest.version ? String(latest.version) === version : changed(before && before.rows, latest.rows);
     if (served) {
-      ui.redraw(latest, version);
+      await ui.redraw(latest, version);
       performance.mark(`refresh-drawn:${storeId}`);
       const secs = (performance.now() - t0) / 1000;
       ui.status("served", `served: version ${version}, redrawn ${secs.toFixed(1)} s after the click`, secs);
