@@ -129,3 +129,30 @@ def show(ops: list[dict[str, Any]], isvc: str, namespace: str) -> str:
     """The patch as a ``kubectl patch`` command a person can read or run."""
     return (f"kubectl -n {namespace} patch inferenceservice {isvc} --type=json -p '"
             + json.dumps(ops) + "'")
+
+
+# --- dry runs: no cluster ---------------------------------------------------------------------
+# `storecast canary ... --dry-run` never reads a kubeconfig nor calls the API: it computes the patch
+# against an InferenceService from a file (`kubectl get isvc storecast -o json`, or a rendered
+# manifest), or else against the predictor as manifests/base declares it (tests/test_wheel_cli.py
+# checks that this stays in step with the manifest).
+BASE_PREDICTOR_ARGS = ["predictor", "--model_uri", "models:/storecast/1", "--model_name", "storecast"]
+
+
+def offline(name: str, namespace: str, path: str | None = None) -> tuple[dict[str, Any], str]:
+    """(InferenceService, where it came from) for a dry run: the one named ``name`` in ``path``
+    (JSON or YAML, several documents allowed), or the predictor of manifests/base."""
+    if path is None:
+        isvc = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "InferenceService",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {"predictor": {"containers": [{"name": "kserve-container", "args": BASE_PREDICTOR_ARGS}]}}}
+        return isvc, "the predictor as manifests/base declares it (give --from-file for the cluster's)"
+    import yaml
+
+    with open(path) as fh:
+        docs = [d for d in yaml.safe_load_all(fh) if isinstance(d, dict)]
+    items = [i for d in docs for i in (d.get("items") or [d])]  # a `kubectl get -o json` List too
+    found = [d for d in items if d.get("kind") == "InferenceService" and d.get("metadata", {}).get("name") == name]
+    if not found:
+        raise ValueError(f"no InferenceService {name!r} in {path}")
+    return found[0], path

@@ -54,8 +54,17 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 def cmd_canary(args: argparse.Namespace) -> int:
     from pipelines import canary as c
 
-    can = c.Canary(args.isvc, args.namespace)
-    isvc = can.get()
+    if getattr(args, "dry_run", False):  # no kubeconfig, no API call: a file or the base manifest's predictor
+        can = None
+        try:
+            isvc, source = c.offline(args.isvc, args.namespace, args.from_file)
+        except (OSError, ValueError) as exc:
+            print(f"canary {args.action}: {exc}", file=sys.stderr)
+            return 1
+        print(f"dry run, no cluster read: patch computed against {source}", file=sys.stderr)
+    else:
+        can = c.Canary(args.isvc, args.namespace)
+        isvc = can.get()
     if args.action == "status":
         arg = c.uri_arg(isvc)
         percent = isvc["spec"]["predictor"].get("canaryTrafficPercent")
@@ -76,7 +85,7 @@ def cmd_canary(args: argparse.Namespace) -> int:
     print(c.show(ops, args.isvc, args.namespace))
     if alias_move:
         print(f"mlflow: set alias {alias_move[0]} of {args.model_name} to version {alias_move[1]}")
-    if args.dry_run:
+    if args.dry_run or can is None:
         return 0
     can.patch(ops)
     if alias_move:
@@ -101,11 +110,11 @@ def _champion(args: argparse.Namespace) -> str:
 def add_parsers(sub: Any) -> None:
     r = sub.add_parser("retrain", help="ask the retrain service (or the broker) to refit stores")
     r.add_argument("--store", action="append", required=True, help="store id (repeat for several)")
-    r.add_argument("--reason", default="requested from the CLI")
+    r.add_argument("--reason", default="requested from the CLI", help="why, recorded with the job")
     r.add_argument("--url", default=DEFAULT_RETRAIN_URL, help="retrain service or broker ingress URL")
     r.add_argument("--status-url", help="retrain service URL for --wait when --url is a broker")
     r.add_argument("--wait", action="store_true", help="wait for the job and print the new version")
-    r.add_argument("--timeout", type=float, default=300.0)
+    r.add_argument("--timeout", type=float, default=300.0, help="seconds --wait waits for the job")
     r.set_defaults(func=cmd_retrain)
 
     can = sub.add_parser("canary", help="canary a model version on the InferenceService (kubernetes)")
@@ -114,15 +123,18 @@ def add_parsers(sub: Any) -> None:
                        ("promote", "give the canary all traffic and move the champion alias to it"),
                        ("rollback", "no traffic to the canary; pin back to the champion")):
         s = steps.add_parser(name, help=text)
-        s.add_argument("--isvc", default="storecast")
-        s.add_argument("--namespace", default="storecast")
-        s.add_argument("--model-name", default="storecast")
+        s.add_argument("--isvc", default="storecast", help="InferenceService name")
+        s.add_argument("--namespace", default="storecast", help="its namespace")
+        s.add_argument("--model-name", default="storecast", help="registered model name in MLflow")
         s.add_argument("--tracking-uri", help="MLflow (promote moves, rollback reads the champion alias)")
         if name != "status":
-            s.add_argument("--dry-run", action="store_true", help="print the exact patch, change nothing")
+            s.add_argument("--dry-run", action="store_true",
+                           help="print the exact patch, change nothing (no cluster: see --from-file)")
+            s.add_argument("--from-file", help="with --dry-run: the InferenceService to patch, e.g. from "
+                           "`kubectl get isvc storecast -o json` (default: the predictor of manifests/base)")
         if name == "start":
-            s.add_argument("--version", required=True)
-            s.add_argument("--percent", type=int, default=10)
+            s.add_argument("--version", required=True, help="model version to canary (models:/NAME/N)")
+            s.add_argument("--percent", type=int, default=10, help="share of the traffic it gets, 0..100")
         if name == "rollback":
             s.add_argument("--to-version", help="pin back to this version (default: the champion alias)")
         s.set_defaults(func=cmd_canary)
