@@ -22,8 +22,9 @@ RESULTS = BENCH.parent / "results"
 README = BENCH.parent / "README.md"
 MARKERS = ("<!-- bench:start -->", "<!-- bench:end -->")
 ORDER = ["train", "predictor_inprocess", "predictor_http", "e2e_http", "predictor_coldstart", "retrain_served",
-         "overload", "soak"]
-SHARED = {"predictor_inprocess", "predictor_http", "e2e_http", "predictor_coldstart", "overload", "soak"}
+         "overload", "soak", "scale", "scale_predictor"]
+SHARED = {"predictor_inprocess", "predictor_http", "e2e_http", "predictor_coldstart", "overload", "soak", "scale",
+          "scale_predictor"}
 
 
 def main() -> None:
@@ -39,6 +40,8 @@ def main() -> None:
             argv += ["--workdir", args.workdir]
         if name == "soak" and args.quick:
             argv += ["--minutes", "2", "--warmup-seconds", "30"]
+        if name == "scale" and args.quick:  # 20,000 stores take a quarter of an hour on 2 cores
+            argv += ["--sizes", "1000,5000"]
         print(f"== {name}", flush=True)
         t0 = time.perf_counter()
         proc = subprocess.run(argv, cwd=BENCH, capture_output=True, text=True)
