@@ -305,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from pipelines.cli_calendar import add_parser as add_calendar
     add_calendar(sub)
+    from pipelines.cli_auth import add_parser as add_auth
+    add_auth(sub)
     from pipelines.cli_rollout import add_parsers
     from pipelines.loadtest import add_parser as add_loadtest
 
