@@ -3,7 +3,9 @@
 ``AccessMiddleware(app, access, rules)``: ``rules(method, path)`` says what a request needs: ``OPEN``
 (liveness / readiness probes and ``/metrics`` only), a permission (``"forecast"``, ...), or ``None``
 (authenticated; the handler checks the permission once it has read the request, with
-``scope["state"]["storecast_admission"].require(...)``). Everything not matched exactly is checked:
+``admission_of(request).require(...)``). ``install(app, access, rules)`` puts both on a Starlette /
+FastAPI app (KServe's included): the middleware, and a handler that answers an ``AccessError`` raised
+by a route with its status, headers and body. Everything not matched exactly is checked:
 nothing about a request's headers (``ce-*``), body or content type skips it. Refusals are answered
 before the app sees the request; admitted responses carry the ``RateLimit-Policy`` / ``RateLimit`` headers.
 """
@@ -95,6 +97,19 @@ class AccessMiddleware:
                 await _refuse(exc, kind, send)
         finally:
             admission.finish(status[0] or 500)
+
+
+def install(app: Any, access: Access, rules: Callable[[str, str], str | None] = inference_rules,
+            protocol: str = "rest") -> None:
+    """Guard a Starlette / FastAPI app: every request admitted first; a route's ``AccessError`` answered."""
+    from starlette.responses import Response
+
+    async def answer(request: Any, exc: AccessError) -> Response:
+        headers = {k: v for k, v in exc.http_headers() if k.lower() != "content-type"}
+        return Response(exc.body(), status_code=exc.status, headers=headers, media_type="application/json")
+
+    app.add_exception_handler(AccessError, answer)
+    app.add_middleware(AccessMiddleware, access=access, rules=rules, protocol=protocol)
 
 
 async def _refuse(exc: AccessError, kind: str, send: Any) -> None:

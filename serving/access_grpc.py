@@ -8,6 +8,7 @@ the trailing metadata. ``rules(method)`` says what a method needs (``OPEN`` for 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -64,7 +65,9 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
                 admission = await admit(context)
                 status = 500
                 try:
-                    response = await behavior(request, context)
+                    response = behavior(request, context)
+                    if inspect.isawaitable(response):
+                        response = await response
                     status = _status(context)
                     return response
                 except grpc.aio.AbortError:
@@ -79,8 +82,13 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
                 admission = await admit(context)
                 status = 500
                 try:
-                    async for item in behavior(request, context):
-                        yield item
+                    items = behavior(request, context)
+                    if hasattr(items, "__aiter__"):
+                        async for item in items:
+                            yield item
+                    else:
+                        for item in items:
+                            yield item
                     status = _status(context)
                 finally:
                     admission.finish(status)

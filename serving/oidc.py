@@ -42,7 +42,7 @@ def looks_like_jwt(value: str) -> bool:
 class JWKS:
     """The issuer's signing keys, fetched over HTTP(S) with a timeout and cached."""
 
-    def __init__(self, url: str, timeout: float = 3.0, lifespan: float = 300.0, min_refresh: float = 10.0,
+    def __init__(self, url: str, timeout: float = 3.0, lifespan: float = 300.0, min_refresh: float = 5.0,
                  ca_file: str | None = None, token_file: str | None = None) -> None:
         self.url, self.timeout, self.lifespan, self.min_refresh = url, timeout, lifespan, min_refresh
         self.ca_file, self.token_file = ca_file, token_file
@@ -99,13 +99,15 @@ class OIDCVerifier:
     """Verify OIDC bearer tokens of one issuer for our audience(s)."""
 
     def __init__(self, issuer: str, audiences: list[str] | tuple[str, ...], jwks_url: str | None = None,
-                 timeout: float = 3.0, ca_file: str | None = None, token_file: str | None = None) -> None:
+                 timeout: float = 3.0, ca_file: str | None = None, token_file: str | None = None,
+                 min_refresh: float = 5.0) -> None:
         if not issuer:
             raise ValueError("--oidc-issuer: required for OIDC tokens")
         if not audiences:
             raise ValueError("--oidc-audience: give the audience the Triggers request (subscriber.audience)")
         self.issuer, self.audiences = issuer, list(audiences)
         self.timeout, self.ca_file, self.token_file = timeout, ca_file, token_file
+        self.min_refresh = min_refresh
         self._jwks_url = jwks_url
         self._jwks: JWKS | None = None
         self._cache: dict[bytes, dict[str, Any]] = {}
@@ -114,7 +116,7 @@ class OIDCVerifier:
     def jwks(self) -> JWKS:
         if self._jwks is None:
             self._jwks = JWKS(self._jwks_url or self._discover(), timeout=self.timeout, ca_file=self.ca_file,
-                              token_file=self.token_file)
+                              token_file=self.token_file, min_refresh=self.min_refresh)
         return self._jwks
 
     def _discover(self) -> str:
