@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ipaddress
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -167,13 +168,13 @@ class Access:
     """Authentication, permissions, rate limits and the bulkhead, over one (reloading) auth file."""
 
     def __init__(self, config: AuthConfig | AuthFileWatcher | None = None, *, limiter: RateLimiter | None = None,
-                 oidc: OIDCVerifier | None = None, trusted_proxy_hops: int = 0) -> None:
+                 oidc: OIDCVerifier | None = None, trusted_proxies: str | Sequence[str] = ()) -> None:
         self.watcher = config if isinstance(config, AuthFileWatcher) else None
         self._static = open_config() if config is None else (config if isinstance(config, AuthConfig) else None)
         self.limiter = limiter or RateLimiter()
         self.bulkhead = Bulkhead()
         self.oidc = oidc
-        self.trusted_proxy_hops = trusted_proxy_hops
+        self.trusted_proxies = parse_networks(trusted_proxies)
         self._keys_for: AuthConfig | None = None
         self._keys: tuple[tuple[bytes, IdentityEntry], ...] = ()
 
@@ -193,15 +194,19 @@ class Access:
     # -- who is calling
 
     def client_address(self, headers: Mapping[str, str], peer: str | tuple | None) -> str:
-        """The caller's address: the socket peer, or the ``x-forwarded-for`` entry appended by the
-        ``trusted_proxy_hops``-th proxy in front of us (entries further left are the client's to forge)."""
-        if self.trusted_proxy_hops > 0:
-            forwarded = headers.get("x-forwarded-for")
-            if forwarded:
-                hops = [h.strip() for h in forwarded.split(",") if h.strip()]
-                if hops:
-                    return hops[-min(self.trusted_proxy_hops, len(hops))]
-        return peer_address(peer)
+        """The caller's address: the socket peer, or, when the peer is a trusted proxy, the right-most
+        ``x-forwarded-for`` entry that is not a trusted proxy (entries left of it are the client's to forge)."""
+        address = peer_address(peer)
+        if not self.trusted_proxies or not _within(address, self.trusted_proxies):
+            return address
+        forwarded = headers.get("x-forwarded-for")
+        if not forwarded:
+            return address
+        hops = [h.strip() for h in forwarded.split(",") if h.strip()]
+        for hop in reversed(hops):
+            if not _within(hop, self.trusted_proxies):
+                return hop
+        return hops[0] if hops else address
 
     def _credential(self, headers: Mapping[str, str]) -> str | None:
         key = headers.get("x-api-key")
@@ -312,6 +317,27 @@ class Access:
                          subject=who.subject if who else None, reason=exc.message)
             raise
         return Admission(self, identity, decision, route, protocol, started)
+
+
+def parse_networks(spec: str | Sequence[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """CIDRs from ``"10.0.0.0/8,127.0.0.1"`` or a list; ``ValueError`` naming a bad one."""
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    out = []
+    for item in (i.strip() for i in items):
+        if item:
+            try:
+                out.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                raise ValueError(f"--trusted-proxies: {item!r} is not an address or CIDR") from None
+    return tuple(out)
+
+
+def _within(address: str, networks: tuple) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in n for n in networks)
 
 
 def _who(identity: Identity) -> str:

@@ -7,8 +7,8 @@ without an auth file on anything but loopback.
 Flags (each defaults to its environment variable; the README's settings table says the same):
 ``--auth-file`` (``STORECAST_AUTH_FILE``), ``--rate-limit-storage`` (``STORECAST_RATE_LIMIT_STORAGE``,
 ``memory://`` or ``redis://host:port[/db]``), ``--oidc-issuer``, ``--oidc-audience``, ``--oidc-jwks-url``,
-``--oidc-jwks-ca-file``, ``--oidc-jwks-token-file`` (``STORECAST_OIDC_*``) and ``--trusted-proxy-hops``
-(``STORECAST_TRUSTED_PROXY_HOPS``). See ``add_access_arguments`` for what each means.
+``--oidc-jwks-ca-file``, ``--oidc-jwks-token-file`` (``STORECAST_OIDC_*``) and ``--trusted-proxies``
+(``STORECAST_TRUSTED_PROXIES``). See ``add_access_arguments`` for what each means.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class AccessSettings:
     oidc_jwks_url: str | None = None
     oidc_jwks_ca_file: str | None = None
     oidc_jwks_token_file: str | None = None
-    trusted_proxy_hops: int = 0
+    trusted_proxies: str = ""
     reload_seconds: float = 2.0
 
     @classmethod
@@ -53,7 +53,7 @@ class AccessSettings:
                    oidc_issuer=args.oidc_issuer,
                    oidc_audience=tuple(a.strip() for a in audience.split(",") if a.strip()),
                    oidc_jwks_url=args.oidc_jwks_url, oidc_jwks_ca_file=args.oidc_jwks_ca_file,
-                   oidc_jwks_token_file=args.oidc_jwks_token_file, trusted_proxy_hops=args.trusted_proxy_hops)
+                   oidc_jwks_token_file=args.oidc_jwks_token_file, trusted_proxies=args.trusted_proxies or "")
 
     @classmethod
     def from_env(cls) -> AccessSettings:
@@ -84,9 +84,10 @@ def add_access_arguments(parser: argparse.ArgumentParser) -> None:
                    help="CA bundle for an https JWKS URL (env STORECAST_OIDC_JWKS_CA_FILE)")
     g.add_argument("--oidc-jwks-token-file", default=_env("STORECAST_OIDC_JWKS_TOKEN_FILE"),
                    help="file with a bearer token sent when fetching the JWKS (env STORECAST_OIDC_JWKS_TOKEN_FILE)")
-    g.add_argument("--trusted-proxy-hops", type=int, default=int(_env("STORECAST_TRUSTED_PROXY_HOPS") or 0),
-                   help="proxies in front that append to x-forwarded-for; anonymous limits key on the address "
-                        "the outermost of them saw (0: the socket peer; env STORECAST_TRUSTED_PROXY_HOPS)")
+    g.add_argument("--trusted-proxies", default=_env("STORECAST_TRUSTED_PROXIES") or "",
+                   help="comma-separated CIDRs of the proxies in front (ingress gateway, activator, queue-proxy): "
+                        "from them, the client address of anonymous limits is the right-most x-forwarded-for entry "
+                        "outside these networks (default none: the socket peer; env STORECAST_TRUSTED_PROXIES)")
 
 
 def check_exposure(settings: AccessSettings, host: str) -> None:
@@ -100,8 +101,6 @@ def build_access(settings: AccessSettings) -> Access:
     """The access mechanism of a server (its auth file watched for changes in a daemon thread)."""
     if settings.oidc_issuer and not settings.auth_file:
         raise ValueError("--oidc-issuer needs --auth-file (OIDC subjects map to identities of the file)")
-    if settings.trusted_proxy_hops < 0:
-        raise ValueError("--trusted-proxy-hops: expected 0 or more")
     oidc = None
     if settings.oidc_issuer:
         oidc = OIDCVerifier(settings.oidc_issuer, settings.oidc_audience, settings.oidc_jwks_url,
@@ -109,7 +108,7 @@ def build_access(settings: AccessSettings) -> Access:
     watcher = AuthFileWatcher(settings.auth_file, interval=settings.reload_seconds).start() \
         if settings.auth_file else None
     access = Access(watcher, limiter=RateLimiter(settings.rate_limit_storage), oidc=oidc,
-                    trusted_proxy_hops=settings.trusted_proxy_hops)
+                    trusted_proxies=settings.trusted_proxies)
     log.info("access: %s; rate limits %s; OIDC %s", access.config.summary(), access.limiter.describe(),
              f"issuer {settings.oidc_issuer}, audience {','.join(settings.oidc_audience)}" if oidc else "off")
     return access

@@ -197,10 +197,15 @@ def test_anonymous_denied_without_the_tier_and_limited_per_address_with_it():
 
 
 def test_forwarded_address_only_from_trusted_hops():
-    access = Access(parse(auth_text()), trusted_proxy_hops=1)
-    headers = {"x-forwarded-for": "6.6.6.6, 203.0.113.7"}  # the client forged 6.6.6.6; the gateway appended .7
-    assert access.client_address(headers, ("10.0.0.1", 1)) == "203.0.113.7"
+    access = Access(parse(auth_text()), trusted_proxies="10.0.0.0/8,127.0.0.1")
+    # the client forged 6.6.6.6; the gateway appended the client's 203.0.113.7, then proxies in the cluster theirs
+    headers = {"x-forwarded-for": "6.6.6.6, 203.0.113.7, 10.4.0.2, 10.4.0.9"}
+    assert access.client_address(headers, ("127.0.0.1", 1)) == "203.0.113.7"
+    assert access.client_address(headers, ("198.51.100.1", 1)) == "198.51.100.1"  # not from a trusted proxy
+    assert access.client_address({}, ("10.0.0.1", 1)) == "10.0.0.1"
     assert Access(parse(auth_text())).client_address(headers, ("10.0.0.1", 1)) == "10.0.0.1"
+    with pytest.raises(ValueError, match="not an address or CIDR"):
+        Access(parse(auth_text()), trusted_proxies="10.0.0.0/8,gateway")
     assert peer_address("ipv4:127.0.0.1:5555") == "127.0.0.1"
     assert peer_address("ipv6:[::1]:5555") == "::1"
 
@@ -274,9 +279,9 @@ def test_flags_and_environment(tmp_path, monkeypatch):
     parser = argparse.ArgumentParser()
     add_access_arguments(parser)
     args = parser.parse_args(["--auth-file", "x.yaml", "--rate-limit-storage", "redis://127.0.0.1:1/0",
-                              "--trusted-proxy-hops", "2"])
+                              "--trusted-proxies", "10.0.0.0/8"])
     s = AccessSettings.from_args(args)
-    assert (s.auth_file, s.rate_limit_storage, s.trusted_proxy_hops) == ("x.yaml", "redis://127.0.0.1:1/0", 2)
+    assert (s.auth_file, s.rate_limit_storage, s.trusted_proxies) == ("x.yaml", "redis://127.0.0.1:1/0", "10.0.0.0/8")
     with pytest.raises(ValueError, match=r"--rate-limit-storage: expected memory:// or redis://"):
         build_access(AccessSettings(auth_file=str(path), rate_limit_storage="mongodb://x"))
     with pytest.raises(ValueError, match=r"--oidc-issuer needs --auth-file"):
