@@ -49,7 +49,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("dash-browser")
     end = datetime.now(UTC).date() - timedelta(days=1)
     cut = end - timedelta(days=14)
-    sales = synthesize(4, seed=11, start=str(end - timedelta(days=600)), end=str(end))
+    sales = synthesize(4, seed=11, start=str(end - timedelta(days=450)), end=str(end))
     return SimpleNamespace(
         root=root, end=str(end),
         latest=write_sales(sales, root / "latest.csv.gz"),
@@ -59,21 +59,22 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
 
 @pytest.fixture(scope="module")
 def stack(mlflow_server: str, data: SimpleNamespace) -> Iterator[SimpleNamespace]:
-    run_cli("train", "--data", str(data.old), "--tracking-uri", mlflow_server, "--model-name", MODEL, "--alias",
-            "champion", "--workers", "1", "--no-progress", cwd=data.root)
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server}
-    with pytest.MonkeyPatch.context() as mp:  # the key of the business API, for its processes only
-        mp.setenv("STORECAST_API_KEY", KEY)
-        serving = LocalStack(f"models:/{MODEL}@champion", mlflow_server, log_dir=data.root / "logs",
-                             predictor_args=["--refresh-seconds", "1"]).start()
     port = free_port()
+    (data.root / "logs").mkdir()
     log = data.root / "logs" / "retrain.log"
+    # started first: its imports overlap the training
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.retrain", "--data", str(data.retrain), "--port",
                              str(port), "--host", "127.0.0.1", "--model-name", MODEL], env=env, cwd=data.root,
                             stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-    retrain = Service("retrain", proc, port, log=log)
-    dash = None
+    retrain, serving, dash = Service("retrain", proc, port, log=log), None, None
     try:
+        run_cli("train", "--data", str(data.old), "--tracking-uri", mlflow_server, "--model-name", MODEL, "--alias",
+                "champion", "--workers", "1", "--no-progress", cwd=data.root)
+        with pytest.MonkeyPatch.context() as mp:  # the key of the business API, for its processes only
+            mp.setenv("STORECAST_API_KEY", KEY)
+            serving = LocalStack(f"models:/{MODEL}@champion", mlflow_server, log_dir=data.root / "logs",
+                                 predictor_args=["--refresh-seconds", "1"]).start()
         wait_ready(f"{retrain.url}/healthz", retrain, 120)
         dash = start_dashboard("--api-url", serving.transformer.url, "--retrain-url", retrain.url, "--tracking-uri",
                                mlflow_server, "--registry-model", MODEL, "--sales", str(data.latest),
@@ -83,7 +84,8 @@ def stack(mlflow_server: str, data: SimpleNamespace) -> Iterator[SimpleNamespace
         if dash is not None:
             stop_service(dash)
         stop_service(retrain)
-        serving.stop()
+        if serving is not None:
+            serving.stop()
 
 
 @pytest.fixture(scope="module")

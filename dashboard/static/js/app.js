@@ -340,10 +340,13 @@ function onRefresh(id) {
     async redraw(latest, version) {
       const d = state.data.get(id) || windowDates();
       const served = latest.version || version;
-      await loadMetrics(served, [id]);
+      // one version serves the whole fleet: without model_version in the answers, it is every store's now
+      const moved = latest.version ? [id] : state.stores.filter((s) => state.data.has(s));
+      await Promise.all([loadMetrics(served, moved), loadModel()]);
       state.data.set(id, { ...d, rows: latest.rows, version: served });
+      for (const s of moved) if (s !== id) state.data.get(s).version = served;
       state.bad.delete(id);
-      drawCard(id);
+      for (const s of moved) drawCard(s);
       renderFleet();
       renderVersion();
     },
