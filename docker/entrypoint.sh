@@ -14,6 +14,7 @@ usage: <image> COMPONENT [ARGS...]        (this is the ${image} image)
   transformer [flags]   python -m transformer        (business API, HTTP 8080 / gRPC 8081)
   deadletter  [flags]   dead-letter sink: logs CloudEvents as JSON lines
   retrain     [flags]   python -m pipelines.retrain  (retrain service, CloudEvents at POST /)   full image only
+  dashboard   [flags]   python -m dashboard          (the planners' dashboard)                full image only
   storecast   [args]    the storecast CLI (data, train, export, serve, forecast, ...)      full image only
   mlflow      [args]    the MLflow CLI (e.g. mlflow server ...)                          full image only
   anything else is executed as given (e.g. bash).
@@ -39,6 +40,9 @@ case "$component" in
     retrain)
         [ "$image" = serve ] && full_only retrain
         exec python -m pipelines.retrain "$@" ;;
+    dashboard)
+        [ "$image" = serve ] && full_only dashboard
+        exec python -m dashboard "$@" ;;
     storecast | mlflow)
         [ "$image" = serve ] && full_only "$component"
         exec "$component" "$@" ;;

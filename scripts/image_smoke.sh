@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
-# `make image-smoke`: the container image, for real, with podman (root; a few minutes).
+# `make image-smoke`: both images, for real, with podman (root; a few minutes).
 #
-#   1. build the image (time it) and report its size;
-#   2. check it: non-root user, no compiler, no sales data, every component's entry point answers;
-#   3. train a few synthetic stores inside a container, into a mounted host folder (sqlite + files);
-#   4. run predictor and transformer containers in one pod, ports published on 127.0.0.1 only;
-#      the transformer calls the predictor over gRPC V2 on the pod's loopback;
-#   5. send a business request, a CloudEvent, a bad request (transformer) and a V2 request
-#      (predictor) and check the answers agree;
-#   6. always remove the pod, its containers and the folder (trap), pass or fail.
+#   1. build the serving and the full image (time each) and report their sizes;
+#   2. check them: non-root user, no compiler, no sales data, every component's entry point answers;
+#      the serving image has no MLflow, Prophet, plotting, pyarrow, scipy or Kubernetes client and
+#      refuses the full image's components;
+#   3. in one pod (ports published on 127.0.0.1 only): a real `mlflow server` (full image), a few
+#      synthetic stores trained into it over HTTP (full image), then the predictor and the
+#      transformer (serving image): the predictor reads its version over MLflow's REST API, the
+#      transformer calls it over gRPC V2 on the pod's loopback;
+#   4. send a business request, a CloudEvent, a bad request (transformer) and a V2 request
+#      (predictor) and check the answers agree; run the batch client (full image) for every store;
+#   5. always remove the pod, its containers and the folder (trap), pass or fail.
 #
-# Environment: IMAGE (default localhost/storecast:dev), SMOKE_STORES (4), SMOKE_NO_CACHE=1 to build
-# without the layer cache. Set-up of podman and of the base image: ../shared/container/README.md.
+# Environment: IMAGE (the full image, default localhost/storecast:dev), SERVE_IMAGE (default
+# localhost/storecast-serve:dev), SMOKE_STORES (4), SMOKE_NO_CACHE=1 to build without the layer
+# cache. Set-up of podman and of the base image: ../shared/container/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 IMAGE=${IMAGE:-localhost/storecast:dev}
+SERVE_IMAGE=${SERVE_IMAGE:-localhost/storecast-serve:dev}
 STORES=${SMOKE_STORES:-4}
 NAME=storecast-smoke-$$
 MODEL=storecast
@@ -32,12 +37,11 @@ WORK=$(mktemp -d)
 cleanup() {
     status=$?
     if [ "$status" != 0 ]; then
-        for c in predictor transformer; do
+        for c in mlflow predictor transformer; do
             podman logs --tail 30 "$NAME-$c" 2>/dev/null | sed "s/^/[$c] /" >&2 || true
         done
     fi
     podman pod rm --force --time 5 "$NAME" >/dev/null 2>&1 || true
-    podman rm --force --time 5 "$NAME-train" >/dev/null 2>&1 || true
     rm -rf "$WORK"
     exit "$status"
 }
@@ -45,51 +49,69 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+mb() { echo $(( $(podman image inspect --format '{{.Size}}' "$1") / 1000000 )); }
 
 # --- 1. build ------------------------------------------------------------------------------
-say "build $IMAGE"
-start=$(date +%s)
-podman build ${SMOKE_NO_CACHE:+--no-cache} -t "$IMAGE" .
-build_seconds=$(( $(date +%s) - start ))
-size_mb=$(( $(podman image inspect --format '{{.Size}}' "$IMAGE") / 1000000 ))
+build() { # target tag -> prints seconds
+    local start
+    start=$(date +%s)
+    podman build ${SMOKE_NO_CACHE:+--no-cache} --target "$1" -t "$2" . >&2
+    echo $(( $(date +%s) - start ))
+}
+say "build $SERVE_IMAGE (target serve)"
+serve_seconds=$(build serve "$SERVE_IMAGE")
+say "build $IMAGE (target full)"
+full_seconds=$(build full "$IMAGE")
+base=$(podman image inspect --format '{{.Size}}' "$(sed -n 's/^ARG PYTHON_IMAGE=//p' Dockerfile)" 2>/dev/null || echo 0)
 
 # --- 2. static checks ----------------------------------------------------------------------
 say "image checks"
-run() { podman run --rm "$IMAGE" "$@"; }
-uid=$(run id -u)
-[ "$uid" != 0 ] || fail "the image runs as root"
-[ -z "$(run sh -c 'command -v gcc cc g++ make || true')" ] || fail "build tools in the final image"
-found=$(run sh -c "find / -xdev \( -iname '*rossmann*' -o -name 'train.csv*' -o -name 'store.csv' \) -print 2>/dev/null || true")
-[ -z "$found" ] || fail "sales data in the image: $found"
-run predictor --help >/dev/null
-run transformer --help >/dev/null
-run retrain --help >/dev/null
-run deadletter --help >/dev/null
-run storecast --help >/dev/null
-run mlflow --version
-echo "uid $uid, no compiler, no sales data, every entry point answers --help"
+for img in "$SERVE_IMAGE" "$IMAGE"; do
+    run() { podman run --rm "$img" "$@"; }
+    uid=$(run id -u)
+    [ "$uid" != 0 ] || fail "$img runs as root"
+    [ -z "$(run sh -c 'command -v gcc cc g++ make || true')" ] || fail "build tools in $img"
+    found=$(run sh -c "find / -xdev \( -iname '*rossmann*' -o -name 'train.csv*' -o -name 'store.csv' \) -print 2>/dev/null || true")
+    [ -z "$found" ] || fail "sales data in $img: $found"
+    run predictor --help >/dev/null
+    run transformer --help >/dev/null
+    run deadletter --help >/dev/null
+    echo "$img: uid $uid, no compiler, no sales data; predictor, transformer, deadletter answer --help"
+done
+podman run --rm "$IMAGE" retrain --help >/dev/null
+podman run --rm "$IMAGE" storecast --help >/dev/null
+podman run --rm "$IMAGE" storecast --version
+podman run --rm "$IMAGE" mlflow --version
+for c in retrain storecast mlflow; do
+    if podman run --rm "$SERVE_IMAGE" "$c" --help >/dev/null 2>"$WORK/err"; then fail "$c runs in the serving image"; fi
+    grep -q "full image" "$WORK/err" || fail "the serving image's answer to $c does not name the full image"
+done
+podman run --rm -i "$SERVE_IMAGE" python - <<'PY'
+import importlib, importlib.util
+absent = ["mlflow", "prophet", "prophet_batch", "cmdstanpy", "matplotlib", "pyarrow", "scipy", "sklearn",
+          "sqlalchemy", "flask", "locust", "PIL", "grpc_tools", "pip"]
+present = [m for m in absent if importlib.util.find_spec(m) is not None]
+assert not present, f"the serving image has {present}"
+import kubernetes.client
+try:
+    kubernetes.client.CustomObjectsApi
+except ImportError as exc:
+    assert "full image" in str(exc), exc
+else:
+    raise AssertionError("the real Kubernetes client is in the serving image")
+import kserve, predictor.server, transformer.server  # noqa: F401,E401
+print("serving image: no " + ", ".join(absent) + "; kubernetes is the stub; kserve and both servers import")
+PY
 
-# --- 3. train ------------------------------------------------------------------------------
-say "train $STORES synthetic stores into a mounted folder"
-chmod 0777 "$WORK" # the image's user writes here
-train() { podman run --rm --name "$NAME-train" -v "$WORK:/smoke:Z" -w /smoke "$IMAGE" storecast "$@"; }
-train data synth --stores "$STORES" --seed 7 --out /smoke/sales.csv.gz
-train train --data /smoke/sales.csv.gz --tracking-uri sqlite:////smoke/mlflow.db --alias champion \
-    --no-progress --json > "$WORK/train.json"
-version=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["version"])' "$WORK/train.json")
-echo "registered models:/$MODEL/$version"
-
-# --- 4. serve ------------------------------------------------------------------------------
-say "predictor + transformer in pod $NAME (127.0.0.1 only)"
+# --- 3. serve ------------------------------------------------------------------------------
+say "mlflow server + training (full image), predictor + transformer (serving image) in pod $NAME"
+chmod 0777 "$WORK" # the images' user writes here
 pp=$(free_port)
 tp=$(free_port)
 podman pod create --name "$NAME" -p "127.0.0.1:$pp:8080" -p "127.0.0.1:$tp:9080" >/dev/null
-podman run -d --pod "$NAME" --name "$NAME-predictor" -v "$WORK:/smoke:Z" -w /smoke \
-    -e MLFLOW_TRACKING_URI=sqlite:////smoke/mlflow.db "$IMAGE" \
-    predictor --model_uri "models:/$MODEL/$version" --http_port 8080 --grpc_port 8081 >/dev/null
-podman run -d --pod "$NAME" --name "$NAME-transformer" "$IMAGE" \
-    transformer --predictor_host 127.0.0.1:8081 --predictor_protocol grpc-v2 --http_port 9080 --grpc_port 9081 \
-    --workers 1 >/dev/null
+podman run -d --pod "$NAME" --name "$NAME-mlflow" -v "$WORK:/smoke:Z" -w /smoke "$IMAGE" \
+    mlflow server --host 127.0.0.1 --port 5000 --workers 1 --backend-store-uri sqlite:////smoke/mlflow.db \
+    --serve-artifacts --artifacts-destination /smoke/artifacts >/dev/null
 
 wait_ready() { # url container
     local deadline=$(( $(date +%s) + 180 ))
@@ -99,12 +121,31 @@ wait_ready() { # url container
         sleep 0.5
     done
 }
+deadline=$(( $(date +%s) + 180 )) # MLflow listens on the pod's loopback only: ask from inside
+until podman exec "$NAME-mlflow" python -c \
+    "import urllib.request; urllib.request.urlopen('http://127.0.0.1:5000/health', timeout=2)" 2>/dev/null; do
+    [ "$(podman inspect --format '{{.State.Running}}' "$NAME-mlflow")" = true ] || fail "mlflow exited"
+    [ "$(date +%s)" -lt "$deadline" ] || fail "mlflow not ready after 180 s"
+    sleep 1
+done
+full() { podman run --rm --pod "$NAME" -v "$WORK:/smoke:Z" -w /smoke "$IMAGE" storecast "$@"; }
+full data synth --stores "$STORES" --seed 7 --out /smoke/sales.csv.gz
+full train --data /smoke/sales.csv.gz --tracking-uri http://127.0.0.1:5000 --alias champion --no-progress --json \
+    > "$WORK/train.json"
+version=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["version"])' "$WORK/train.json")
+echo "registered models:/$MODEL/$version in the mlflow server"
+
+podman run -d --pod "$NAME" --name "$NAME-predictor" -e MLFLOW_TRACKING_URI=http://127.0.0.1:5000 "$SERVE_IMAGE" \
+    predictor --model_uri "models:/$MODEL/$version" --http_port 8080 --grpc_port 8081 >/dev/null
+podman run -d --pod "$NAME" --name "$NAME-transformer" "$SERVE_IMAGE" \
+    transformer --predictor_host 127.0.0.1:8081 --predictor_protocol grpc-v2 --http_port 9080 --grpc_port 9081 \
+    --workers 1 >/dev/null
 start=$(date +%s)
 wait_ready "http://127.0.0.1:$pp/v2/models/$MODEL/ready" "$NAME-predictor"
 wait_ready "http://127.0.0.1:$tp/v2/models/$MODEL/ready" "$NAME-transformer"
 echo "both models ready after $(( $(date +%s) - start )) s"
 
-# --- 5. ask --------------------------------------------------------------------------------
+# --- 4. ask --------------------------------------------------------------------------------
 say "requests"
 post() { # url body [extra curl args...] -> writes $WORK/body, $WORK/headers; prints the status
     local url=$1 body=$2
@@ -157,4 +198,15 @@ print(f"business: 2 stores, {len(first['forecast'])} + {len(second['forecast'])}
 PY
 echo "CloudEvent answered as com.storecast.forecast.completed; unknown store answered $status"
 
-say "image-smoke passed: build ${build_seconds} s, image ${size_mb} MB ($IMAGE)"
+say "batch client (full image) for every store"
+full forecast --stores all --url http://127.0.0.1:9080 --predictor-url http://127.0.0.1:8080 \
+    --begin 2015-08-01 --end 2015-08-14 --batch-size 2 --concurrency 2 --out /smoke/fleet.csv --no-progress
+rows=$(( $(wc -l < "$WORK/fleet.csv") - 1 ))
+[ "$rows" = $(( STORES * 14 )) ] || fail "the batch table has $rows rows, expected $(( STORES * 14 ))"
+echo "batch table: $rows rows ($STORES stores x 14 days)"
+
+say "image-smoke passed"
+printf '%-32s %6s MB  build %4s s\n' "$SERVE_IMAGE" "$(mb "$SERVE_IMAGE")" "$serve_seconds" "$IMAGE" "$(mb "$IMAGE")" \
+    "$full_seconds"
+if [ "$base" != 0 ]; then printf '(of which the base image %s: %s MB)\n' "$(sed -n 's/^ARG PYTHON_IMAGE=//p' Dockerfile)" \
+    "$(( base / 1000000 ))"; fi

@@ -278,7 +278,12 @@ def test_readiness_probes_are_model_level(target):
 @by_target
 def test_containers_run_the_image_with_limits_as_non_root(target):
     found = workloads(render(target))
-    assert {c["image"] for _, _, c in found} == {found[0][2]["image"]}, "all components run the one image"
+    # Two images (Dockerfile stages): the serving one for predictor, transformer and dead-letter sink, the full one
+    # for the rest; tests/test_images.py checks what each holds and the `kustomize edit set image` recipe.
+    serving = {c["image"] for _, _, c in found if c["args"][0] in ("predictor", "transformer", "deadletter")}
+    full = {c["image"] for _, _, c in found if c["args"][0] not in ("predictor", "transformer", "deadletter")}
+    assert len(serving) == 1 and len(full) == 1 and serving != full, (serving, full)
+    assert next(iter(serving)).split(":")[0].endswith("-serve"), serving
     for label, spec, container in found:
         assert container["args"][0] in {cmd.split()[0] for cmd in HELP_COMMANDS}, f"{label}: unknown component"
         for kind in ("requests", "limits"):
