@@ -168,13 +168,15 @@ class Access:
     """Authentication, permissions, rate limits and the bulkhead, over one (reloading) auth file."""
 
     def __init__(self, config: AuthConfig | AuthFileWatcher | None = None, *, limiter: RateLimiter | None = None,
-                 oidc: OIDCVerifier | None = None, trusted_proxies: str | Sequence[str] = ()) -> None:
+                 oidc: OIDCVerifier | None = None, trusted_proxies: str | Sequence[str] = (),
+                 concurrency_wait: float = 0.5) -> None:
         self.watcher = config if isinstance(config, AuthFileWatcher) else None
         self._static = open_config() if config is None else (config if isinstance(config, AuthConfig) else None)
         self.limiter = limiter or RateLimiter()
         self.bulkhead = Bulkhead()
         self.oidc = oidc
         self.trusted_proxies = parse_networks(trusted_proxies)
+        self.concurrency_wait = concurrency_wait  # seconds a request over its identity's concurrency waits
         self._keys_for: AuthConfig | None = None
         self._keys: tuple[tuple[bytes, IdentityEntry], ...] = ()
 
@@ -287,7 +289,8 @@ class Access:
 
     async def admit(self, headers: Mapping[str, str], peer: str | tuple | None, *, route: str, protocol: str,
                     permission: str | None = None) -> Admission:
-        """Authenticate, check ``permission`` (if known yet), take a concurrency slot and a rate-limit hit."""
+        """Authenticate, check ``permission`` (if known yet), count a rate-limit hit, take a concurrency slot
+        (waiting up to ``concurrency_wait`` for one of this identity's)."""
         started = time.perf_counter()
         identity: Identity | None = None
         try:
@@ -295,19 +298,14 @@ class Access:
             if permission is not None:
                 identity.require(permission)
             key, tier = identity.limit_key, identity.tier
-            if not self.bulkhead.enter(key, tier.concurrent):
-                raise ConcurrencyLimited(f"{_who(identity)} already has {tier.concurrent} requests in flight "
-                                         f"(tier {tier.name}); retry after one finishes", identity)
-            try:
-                decision = await self.limiter.hit(key, tier)
-            except BaseException:
-                self.bulkhead.leave(key)
-                raise
+            decision = await self.limiter.hit(key, tier)
             if decision is not None and not decision.allowed:
-                self.bulkhead.leave(key)
                 raise RateLimited(f"rate limit of tier {tier.name} reached ({decision.quota} requests per "
                                   f"{decision.window} s for {_who(identity)}); retry after {decision.retry_after} s",
                                   identity, decision)
+            if not await self.bulkhead.enter(key, tier.concurrent, self.concurrency_wait):
+                raise ConcurrencyLimited(f"{_who(identity)} already has {tier.concurrent} requests in flight "
+                                         f"(tier {tier.name}); retry after one finishes", identity)
         except AccessError as exc:
             who = exc.identity or identity
             audit.record(identity=who.name if who else "-", tier=who.tier.name if who else "-",

@@ -3,8 +3,8 @@
 ``AccessMiddleware(app, access, rules)``: ``rules(method, path)`` says what a request needs: ``OPEN``
 (liveness / readiness probes and ``/metrics`` only), a permission (``"forecast"``, ...), or ``None``
 (authenticated; the handler checks the permission once it has read the request, with
-``admission_of(request).require(...)``). ``install(app, access, rules)`` puts both on a Starlette /
-FastAPI app (KServe's included): the middleware, and a handler that answers an ``AccessError`` raised
+``admission_of(request).require(...)``). ``guard(app, access, rules)`` returns the app to serve: the
+middleware outermost, and on a Starlette / FastAPI app a handler answering an ``AccessError`` raised
 by a route with its status, headers and body. Everything not matched exactly is checked:
 nothing about a request's headers (``ce-*``), body or content type skips it. Refusals are answered
 before the app sees the request; admitted responses carry the ``RateLimit-Policy`` / ``RateLimit`` headers.
@@ -21,7 +21,8 @@ from serving.access import Access, AccessError, Admission
 OPEN = "open"
 PROBES = frozenset({"/", "/healthz", "/livez", "/readyz", "/v2/health/live", "/v2/health/ready", "/v2", "/metrics"})
 MODEL_READY = re.compile(r"/v2/models/[^/]+(/versions/[^/]+)?/ready|/v1/models/[^/:]+")
-REFRESH_MAX_STORES = 20  # a refresh of more named stores than this is a fleet-wide retrain
+REFRESH_MAX_STORES = 20
+WANTED = frozenset({b"x-api-key", b"authorization", b"x-forwarded-for"})  # the headers access reads  # a refresh of more named stores than this is a fleet-wide retrain
 
 
 def is_probe(method: str, path: str) -> bool:
@@ -72,7 +73,8 @@ class AccessMiddleware:
         if rule == OPEN:
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())
+                   if k.lower() in WANTED}
         try:
             admission = await self.access.admit(headers, scope.get("client"), route=path, protocol=self.protocol,
                                                 permission=rule)
@@ -99,17 +101,21 @@ class AccessMiddleware:
             admission.finish(status[0] or 500)
 
 
-def install(app: Any, access: Access, rules: Callable[[str, str], str | None] = inference_rules,
-            protocol: str = "rest") -> None:
-    """Guard a Starlette / FastAPI app: every request admitted first; a route's ``AccessError`` answered."""
-    from starlette.responses import Response
+def guard(app: Any, access: Access, rules: Callable[[str, str], str | None] = inference_rules,
+          protocol: str = "rest") -> AccessMiddleware:
+    """The ASGI app to serve: ``app`` behind the access check, outermost (a refusal costs no framework
+    work). On a Starlette / FastAPI app (KServe's included) an ``AccessError`` a route raises after
+    reading the request (``admission_of(request).require(...)``) is answered with its status, headers
+    and body."""
+    if hasattr(app, "add_exception_handler"):
+        from starlette.responses import Response
 
-    async def answer(request: Any, exc: AccessError) -> Response:
-        headers = {k: v for k, v in exc.http_headers() if k.lower() != "content-type"}
-        return Response(exc.body(), status_code=exc.status, headers=headers, media_type="application/json")
+        async def answer(request: Any, exc: AccessError) -> Response:
+            headers = {k: v for k, v in exc.http_headers() if k.lower() != "content-type"}
+            return Response(exc.body(), status_code=exc.status, headers=headers, media_type="application/json")
 
-    app.add_exception_handler(AccessError, answer)
-    app.add_middleware(AccessMiddleware, access=access, rules=rules, protocol=protocol)
+        app.add_exception_handler(AccessError, answer)
+    return AccessMiddleware(app, access, rules, protocol)
 
 
 async def _refuse(exc: AccessError, kind: str, send: Any) -> None:

@@ -21,6 +21,7 @@ without credentials are refused (401). Every error names the file, the field and
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -62,14 +63,14 @@ class Tier:
     concurrent: int | None  # None: no concurrency bulkhead
     permissions: frozenset[str]
 
-    @property
+    @functools.cached_property
     def window_seconds(self) -> int:
         """The moving window (whole seconds) that holds ``quota`` requests."""
         if self.requests_per_second is None or self.burst is None:
             return 0
         return max(1, round(self.burst / self.requests_per_second))
 
-    @property
+    @functools.cached_property
     def quota(self) -> int:
         """Requests admitted in any window of ``window_seconds``: the long-run rate times the window."""
         if self.requests_per_second is None:

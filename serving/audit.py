@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import logging
 import time
 from typing import Any
@@ -35,6 +36,11 @@ LATENCY = Histogram("storecast_access_request_seconds", "Admitted requests' late
 _rows: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("storecast_audit_rows", default=None)
 
 
+@functools.lru_cache(maxsize=1024)
+def _counter(tier: str, outcome: str, protocol: str) -> Any:
+    return REQUESTS.labels(tier, outcome, protocol)
+
+
 def outcome_of(status: int) -> str:
     """The outcome label of an admitted request's status (HTTP status, or an HTTP-like code for gRPC)."""
     if status < 400:
@@ -46,7 +52,7 @@ def record(*, identity: str, tier: str, via: str, route: str, protocol: str, sta
            rows: int = 0, latency_s: float = 0.0, peer: str = "", subject: str | None = None,
            reason: str | None = None) -> None:
     """Count the request and write its audit line."""
-    REQUESTS.labels(tier, outcome, protocol).inc()
+    _counter(tier, outcome, protocol).inc()
     if outcome not in ("unauthenticated", "forbidden", "rate_limited", "concurrency_limited"):
         LATENCY.labels(tier, protocol).observe(latency_s)
     if not log.isEnabledFor(logging.INFO):
@@ -58,7 +64,9 @@ def record(*, identity: str, tier: str, via: str, route: str, protocol: str, sta
         line["subject"] = subject
     if reason:
         line["reason"] = reason
-    log.info("%s", orjson.dumps(line).decode())
+    # makeRecord + handle: the same record log.info would make, without its caller lookup (a stack walk)
+    log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, orjson.dumps(line).decode(), None, None,
+                              "record"))
 
 
 def note_rows(n: int) -> None:

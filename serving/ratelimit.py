@@ -9,16 +9,19 @@
   (draft-ietf-httpapi-ratelimit-headers: ``"planner";q=40;w=2`` and ``"planner";r=39;t=2``) plus
   ``Retry-After`` on a refusal; ``Decision.grpc_metadata()`` the same for gRPC trailing metadata
   (with ``grpc-retry-pushback-ms``, gRFC A6).
-* ``Bulkhead``: at most ``tier.concurrent`` requests of one identity in flight in this replica.
+* ``Bulkhead``: at most ``tier.concurrent`` requests of one identity in flight in this replica (a request
+  over it waits briefly for a slot of its own identity, then is refused with 429).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 
 from limits import RateLimitItemPerSecond
@@ -73,7 +76,9 @@ class Decision:
         return tuple(out)
 
 
+@functools.lru_cache(maxsize=256)
 def item_of(tier: Tier) -> RateLimitItemPerSecond:
+    """The ``limits`` item of a tier (one per tier definition: a changed tier is a new item)."""
     return RateLimitItemPerSecond(tier.quota, tier.window_seconds, namespace=f"storecast-{tier.name}")
 
 
@@ -155,13 +160,19 @@ def _redact(uri: str) -> str:
 
 
 class Bulkhead:
-    """Requests in flight per key in this replica; ``enter`` refuses beyond the tier's ``concurrent``."""
+    """Requests in flight per key in this replica, at most the tier's ``concurrent``.
+
+    ``enter`` waits up to ``wait`` seconds for a slot (a well-behaved client riding out a hiccup is not
+    refused), then gives up; a slot freed by ``leave`` goes to the oldest waiter of that key, on whatever
+    event loop it waits. Slots are per key, so one identity's queue never delays another's.
+    """
 
     def __init__(self) -> None:
         self._inflight: dict[str, int] = {}
+        self._waiters: dict[str, deque[asyncio.Future]] = {}
         self._lock = threading.Lock()
 
-    def enter(self, key: str, limit: int | None) -> bool:
+    def try_enter(self, key: str, limit: int | None) -> bool:
         with self._lock:
             n = self._inflight.get(key, 0)
             if limit is not None and n >= limit:
@@ -169,8 +180,42 @@ class Bulkhead:
             self._inflight[key] = n + 1
             return True
 
+    async def enter(self, key: str, limit: int | None, wait: float = 0.0) -> bool:
+        """Take a slot, waiting up to ``wait`` seconds for one; False when none came."""
+        if self.try_enter(key, limit):
+            return True
+        if wait <= 0:
+            return False
+        fut = asyncio.get_running_loop().create_future()
+        with self._lock:
+            n = self._inflight.get(key, 0)
+            if limit is None or n < limit:  # freed meanwhile
+                self._inflight[key] = n + 1
+                return True
+            self._waiters.setdefault(key, deque()).append(fut)
+        try:
+            async with asyncio.timeout(wait):
+                await asyncio.shield(fut)
+            return True
+        except TimeoutError:
+            with self._lock:
+                queue = self._waiters.get(key)
+                if queue is not None and fut in queue:
+                    queue.remove(fut)
+                    if not queue:
+                        del self._waiters[key]
+                    return False
+            return True  # leave() handed the slot over just as the wait ended
+
     def leave(self, key: str) -> None:
         with self._lock:
+            queue = self._waiters.get(key)
+            if queue:
+                fut = queue.popleft()
+                if not queue:
+                    del self._waiters[key]
+                fut.get_loop().call_soon_threadsafe(_grant, fut)  # the slot passes on: the count stays
+                return
             n = self._inflight.get(key, 0) - 1
             if n > 0:
                 self._inflight[key] = n
@@ -179,3 +224,8 @@ class Bulkhead:
 
     def inflight(self, key: str) -> int:
         return self._inflight.get(key, 0)
+
+
+def _grant(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)

@@ -236,13 +236,13 @@ def test_rate_limit_refusal_with_retry_after_and_draft_headers():
 
 
 def test_concurrency_bulkhead_per_identity():
-    access = Access(parse(auth_text(planner_concurrent=2)))
+    access = Access(parse(auth_text(planner_concurrent=2)), concurrency_wait=0.05)
 
     async def scenario():
         held = [await admit(access, {"x-api-key": KEYS["alice"]}) for _ in range(2)]
-        with pytest.raises(ConcurrencyLimited) as info:
+        with pytest.raises(ConcurrencyLimited) as info:  # waited 50 ms for a slot of alice's, none came
             await admit(access, {"x-api-key": KEYS["alice"]})
-        other = await admit(access, {"x-api-key": KEYS["root"]})  # another identity still gets in
+        other = await admit(access, {"x-api-key": KEYS["root"]})  # another identity still gets in at once
         other.finish(200)
         held[0].finish(200)
         again = await admit(access, {"x-api-key": KEYS["alice"]})  # a slot freed
@@ -254,6 +254,25 @@ def test_concurrency_bulkhead_per_identity():
     err = run(scenario())
     assert err.status == 429 and dict(err.http_headers())["Retry-After"] == "1"
     assert "2 requests in flight" in err.message and access.bulkhead.inflight("id:alice") == 0
+
+
+def test_bulkhead_hands_a_freed_slot_to_the_oldest_waiter():
+    access = Access(parse(auth_text(planner_concurrent=1)), concurrency_wait=2.0)
+
+    async def scenario():
+        first = await admit(access, {"x-api-key": KEYS["alice"]})
+        waiting = [asyncio.create_task(admit(access, {"x-api-key": KEYS["alice"]})) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        assert not any(t.done() for t in waiting) and access.bulkhead.inflight("id:alice") == 1
+        first.finish(200)
+        second = await asyncio.wait_for(waiting[0], 1)  # the oldest waiter got the slot
+        assert not waiting[1].done()
+        second.finish(200)
+        third = await asyncio.wait_for(waiting[1], 1)
+        third.finish(200)
+        return access.bulkhead.inflight("id:alice")
+
+    assert run(scenario()) == 0
 
 
 def test_open_mode_without_auth_file_and_its_loopback_guard():

@@ -26,8 +26,8 @@ from serving.access import Access
 from serving.access_asgi import (
     AccessMiddleware,
     admission_of,
+    guard,
     inference_rules,
-    install,
     retrain_permission,
     retrain_rules,
 )
@@ -172,8 +172,7 @@ def test_retrain_rules_refresh_for_planners_fleet_wide_for_services():
         return JSONResponse({"status": "ok"})
 
     app = Starlette(routes=[Route("/", receive, methods=["POST"]), Route("/jobs", jobs), Route("/healthz", healthz)])
-    install(app, access, retrain_rules)
-    server = Server(app)
+    server = Server(guard(app, access, retrain_rules))
     try:
         with httpx.Client(base_url=server.url) as c:
             alice, svc = {"x-api-key": KEYS["alice"]}, {"x-api-key": KEYS["svc"]}
