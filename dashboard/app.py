@@ -8,12 +8,14 @@ Routes (all JSON errors are ``{"error": "..."}``):
 - ``POST /api/retrain`` ``{"store_ids": [...]}`` -> the retrain service, as a CloudEvent
   ``com.storecast.retrain.requested``; ``GET /api/jobs/{id}`` -> its ``GET /jobs/{id}``;
 - ``GET /api/model[?version=N]``, ``GET /api/metrics?stores=..[&version=N]``, ``GET /api/sales?stores=..&days=28``:
-  the dashboard's own read-only data, for a key the business API accepted in the last ``--key-ttl-seconds``;
+  the dashboard's own read-only data, for a key the business API accepts (asked with one small
+  forecast request the first time a key is seen, then trusted for ``--key-ttl-seconds``);
 - ``GET /api/config``, ``GET /healthz``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
@@ -82,10 +84,30 @@ def create_app(settings: Settings, sales: SalesCache | None = None, registry: Re
         body = await request.body()
         return error(413, f"request body over {MAX_BODY} bytes") if len(body) > MAX_BODY else body
 
-    def signed_in(request: Request) -> Response | None:
-        if keys.known(caller_key(request)):
+    probing: dict[str, asyncio.Future] = {}
+
+    async def probe(request: Request) -> Response | None:
+        """Ask the business API for one store with the caller's key: None if it passed the door, else the refusal."""
+        stores = registry.peek()
+        body = json.dumps({"instances": [{"storeId": min(stores, key=_store_key) if stores else "1"}]}).encode()
+        answer = await api.send(request, "POST", predict_path, body, {"content-type": "application/json"})
+        # 400 = the key passed the door and the probe store is unknown (no registry to pick one from)
+        if answer.status_code in (200, 400):
+            keys.remember(caller_key(request))
             return None
-        return error(401, "sign in first: the business API has not accepted this key recently")
+        return answer
+
+    async def signed_in(request: Request) -> Response | None:
+        """None for a key the business API accepted recently (asked once per key and TTL), else its refusal."""
+        key = caller_key(request)
+        if keys.known(key):
+            return None
+        digest = _digest(key)
+        pending = probing.get(digest)
+        if pending is None:  # concurrent first requests with one key share one probe
+            pending = probing[digest] = asyncio.ensure_future(probe(request))
+            pending.add_done_callback(lambda _: probing.pop(digest, None))
+        return await asyncio.shield(pending)
 
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -96,16 +118,9 @@ def create_app(settings: Settings, sales: SalesCache | None = None, registry: Re
                              "history_days": 28})
 
     async def session(request: Request) -> Response:
-        """One store, one day, with the caller's key: 200 means the key may ask for forecasts."""
-        stores = (registry.info() or _NoInfo).metrics
-        probe = min(stores, key=_store_key) if stores else "1"
-        body = json.dumps({"instances": [{"storeId": probe}]}).encode()
-        answer = await api.send(request, "POST", predict_path, body, {"content-type": "application/json"})
-        # 400 = the key passed the door and the probe store is unknown (no registry to pick one from)
-        if answer.status_code in (200, 400):
-            keys.remember(caller_key(request))
-            return JSONResponse({"ok": True, "refresh": retrain is not None})
-        return answer
+        """Sign-in: 200 when the business API accepts the caller's key, else its refusal as it is."""
+        denied = await probe(request)
+        return denied if denied is not None else JSONResponse({"ok": True, "refresh": retrain is not None})
 
     async def forecast(request: Request) -> Response:
         body = await body_of(request)
@@ -138,7 +153,7 @@ def create_app(settings: Settings, sales: SalesCache | None = None, registry: Re
         return await retrain.send(request, "GET", f"/jobs/{job_id}")
 
     async def model(request: Request) -> Response:
-        if (denied := signed_in(request)) is not None:
+        if (denied := await signed_in(request)) is not None:
             return denied
         if not registry.enabled:
             return error(404, "no registry configured on this dashboard (--tracking-uri)")
@@ -148,7 +163,7 @@ def create_app(settings: Settings, sales: SalesCache | None = None, registry: Re
         return JSONResponse({**info.view(), "alias": registry.alias if info.version == registry.current else None})
 
     async def metrics(request: Request) -> Response:
-        if (denied := signed_in(request)) is not None:
+        if (denied := await signed_in(request)) is not None:
             return denied
         info = await anyio.to_thread.run_sync(registry.info, request.query_params.get("version"))
         if info is None:
@@ -159,7 +174,7 @@ def create_app(settings: Settings, sales: SalesCache | None = None, registry: Re
                              "unknown": [s for s in ids if s not in info.metrics]})
 
     async def recent_sales(request: Request) -> Response:
-        if (denied := signed_in(request)) is not None:
+        if (denied := await signed_in(request)) is not None:
             return denied
         if not sales.enabled:
             return error(404, "no sales file configured on this dashboard (--sales)")
@@ -208,10 +223,6 @@ class Headers:
             await send(message)
 
         await self.app(scope, receive, wrapped)
-
-
-class _NoInfo:
-    metrics: dict[str, Any] = {}  # noqa: RUF012 - read only
 
 
 def _ids(request: Request) -> list[str]:

@@ -100,6 +100,11 @@ class RegistryCache:
             log.warning("registry: version %s: %s", version, exc)
             return None
 
+    def peek(self) -> dict[str, dict[str, Any]]:
+        """The current version's per-store metrics if cached (never waits on the registry), else {}."""
+        info = self._versions.get(self.current or "")
+        return info.metrics if info else {}
+
     def get(self, version: str) -> VersionInfo:
         """The version's info, fetched on first use; a failed fetch is not retried for 30 s."""
         with self._lock:

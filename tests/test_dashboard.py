@@ -165,14 +165,20 @@ def test_refresh_without_a_retrain_service_says_so(tmp_path: Path, upstream: Fak
         stop_service(svc)
 
 
-def test_own_data_only_for_a_key_the_api_accepted(dash: Service, sales_file: Path) -> None:
+def test_own_data_only_for_a_key_the_api_accepts(dash: Service, upstream: FakeUpstream, sales_file: Path) -> None:
     url = f"{dash.url}/api/sales?stores=1,2,99&days=28"
-    assert httpx.get(url, headers={"x-api-key": "fresh"}).status_code == 401
-    assert httpx.post(f"{dash.url}/api/session", headers={"x-api-key": "wrong"}).status_code == 401
-    assert httpx.get(url, headers={"x-api-key": "wrong"}).status_code == 401
-    assert httpx.post(f"{dash.url}/api/session", headers={"x-api-key": "fresh"}).status_code == 200
-    r = httpx.get(url, headers={"x-api-key": "fresh"})
+    r = httpx.get(url, headers={"x-api-key": "wrong"})
+    assert r.status_code == 401 and r.json() == {"error": "missing or wrong API key"}  # the API's own refusal
+    r = httpx.get(url, headers={"x-api-key": "limited"})
+    assert r.status_code == 429 and r.headers["retry-after"] == "7"
+    before = len(upstream.requests)
+    r = httpx.get(url, headers={"x-api-key": "fresh"})  # a key never seen: asked once, with one small forecast
     assert r.status_code == 200, r.text
+    probe = upstream.requests[before:]
+    assert [(p["path"], p["headers"]["x-api-key"]) for p in probe] == [("/v1/models/storecast:predict", "fresh")]
+    assert len(json.loads(probe[0]["body"])["instances"]) == 1
+    assert httpx.get(url, headers={"x-api-key": "fresh"}).status_code == 200
+    assert len(upstream.requests) == before + 1  # then trusted for --key-ttl-seconds
     answer = r.json()
     assert answer["data_end"] == "2015-04-30" and answer["unknown"] == ["99"]
     df = synthesize(3, seed=5, start="2015-01-01", end="2015-04-30")

@@ -416,30 +416,43 @@ def test_rate_limited_shows_the_wait(browser: object, tmp_path: Path) -> None:
         fake.close()
 
 
-def test_page_weight_and_time_to_first_chart(planner: Planner, stack: SimpleNamespace) -> None:
-    """Measured, not asserted (beyond a size budget): written to build/dashboard/metrics.json."""
-    planner.context.add_init_script(f"sessionStorage.setItem('storecast.key', {json.dumps(KEY)});"
-                                    "localStorage.setItem('storecast.stores', '[\"1\",\"2\",\"3\"]');")
-    planner.open()
-    for s in ("1", "2", "3"):
-        planner.wait_points(s, 7)
-    m = planner.page.evaluate("""() => {
-        const nav = performance.getEntriesByType('navigation')[0];
-        const res = performance.getEntriesByType('resource');
-        const first = performance.getEntriesByName('first-chart')[0];
-        const statics = res.filter(r => !r.name.includes('/api/'));
-        return {transfer_bytes: nav.transferSize + res.reduce((a, r) => a + r.transferSize, 0),
-                static_bytes: nav.transferSize + statics.reduce((a, r) => a + r.transferSize, 0),
-                decoded_bytes: nav.decodedBodySize + res.reduce((a, r) => a + r.decodedBodySize, 0),
-                requests: 1 + res.length, first_chart_ms: first ? first.startTime : null};
-    }""")
-    assert m["first_chart_ms"] is not None
-    assert m["static_bytes"] < 120_000, m  # the budget: the page and its chart library, compressed
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    (SHOTS / "metrics.json").write_text(json.dumps(m, indent=2))
-    print(f"\npage: {m['requests']} requests, {m['transfer_bytes'] / 1024:.1f} KB transferred "
-          f"({m['static_bytes'] / 1024:.1f} KB static), first chart after {m['first_chart_ms']:.0f} ms")
-    assert planner.errors() == []
+def test_page_weight_and_time_to_first_chart(browser: object, stack: SimpleNamespace, data: SimpleNamespace,
+                                            tmp_path: Path) -> None:
+    """A planner coming back (stores saved, key in the tab) to a dashboard process that never saw the key.
+
+    Measured, not asserted (beyond a size budget): written to build/dashboard/metrics.json."""
+    dash = start_dashboard("--api-url", stack.serving.transformer.url, "--retrain-url", stack.retrain.url,
+                           "--tracking-uri", stack.registry, "--registry-model", MODEL, "--sales", str(data.latest),
+                           log=tmp_path / "dashboard.log")
+    planner = Planner(browser, f"{dash.url}/")
+    try:
+        planner.context.add_init_script(f"sessionStorage.setItem('storecast.key', {json.dumps(KEY)});"
+                                        "localStorage.setItem('storecast.stores', '[\"1\",\"2\",\"3\"]');")
+        planner.open()
+        for s in ("1", "2", "3"):
+            planner.wait_points(s, 7)
+        m = planner.page.evaluate("""() => {
+            const nav = performance.getEntriesByType('navigation')[0];
+            const res = performance.getEntriesByType('resource');
+            const first = performance.getEntriesByName('first-chart')[0];
+            const statics = res.filter(r => !r.name.includes('/api/'));
+            return {transfer_bytes: nav.transferSize + res.reduce((a, r) => a + r.transferSize, 0),
+                    static_bytes: nav.transferSize + statics.reduce((a, r) => a + r.transferSize, 0),
+                    decoded_bytes: nav.decodedBodySize + res.reduce((a, r) => a + r.decodedBodySize, 0),
+                    requests: 1 + res.length, first_chart_ms: first ? first.startTime : null};
+        }""")
+        assert m["first_chart_ms"] is not None
+        assert m["static_bytes"] < 120_000, m  # the budget: the page and its chart library, compressed
+        assert "model version" in planner.page.get_by_test_id("version-label").inner_text()
+        assert planner.page.get_by_test_id("error-banner").is_hidden()
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        (SHOTS / "metrics.json").write_text(json.dumps(m, indent=2))
+        print(f"\npage: {m['requests']} requests, {m['transfer_bytes'] / 1024:.1f} KB transferred "
+              f"({m['static_bytes'] / 1024:.1f} KB static), first chart after {m['first_chart_ms']:.0f} ms")
+        assert planner.errors() == []
+    finally:
+        planner.close()
+        stop_service(dash)
 
 
 def test_a_predictor_down_is_explained(planner: Planner, stack: SimpleNamespace) -> None:
