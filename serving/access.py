@@ -106,18 +106,22 @@ class ConcurrencyLimited(RateLimited):
 
 
 def peer_address(peer: str | tuple | None) -> str:
-    """The bare address of an ASGI ``client`` tuple or a gRPC ``context.peer()`` (``ipv4:1.2.3.4:5``)."""
-    if peer is None:
+    """The bare address of a peer: an ASGI ``client`` tuple, ``host:port`` / ``[v6]:port``, or a gRPC
+    ``context.peer()`` (``ipv4:1.2.3.4:5``, ``ipv6:[::1]:5``). The port never counts: one address, one budget."""
+    if peer is None or peer == "":
         return "-"
     if isinstance(peer, tuple):
         return str(peer[0])
+    text = peer
     for prefix in ("ipv4:", "ipv6:"):
-        if peer.startswith(prefix):
-            rest = peer[len(prefix):]
-            if rest.startswith("["):
-                return rest[1:rest.index("]")] if "]" in rest else rest
-            return rest.rsplit(":", 1)[0] if prefix == "ipv4:" else rest
-    return peer
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+            break
+    if text.startswith("["):
+        return text[1:text.index("]")] if "]" in text else text
+    if text.count(":") == 1:  # host:port (a bare IPv6 address has more colons)
+        return text.rsplit(":", 1)[0]
+    return text
 
 
 class Admission:

@@ -208,6 +208,8 @@ def test_forwarded_address_only_from_trusted_hops():
         Access(parse(auth_text()), trusted_proxies="10.0.0.0/8,gateway")
     assert peer_address("ipv4:127.0.0.1:5555") == "127.0.0.1"
     assert peer_address("ipv6:[::1]:5555") == "::1"
+    assert peer_address("10.1.2.3:4567") == "10.1.2.3" and peer_address("[fe80::1]:80") == "fe80::1"
+    assert peer_address("fe80::1") == "fe80::1" and peer_address("") == "-"
 
 
 def test_rate_limit_refusal_with_retry_after_and_draft_headers():

@@ -1,0 +1,136 @@
+"""The access door in the serving layer's hook (``serving.door``): the Calls the REST and gRPC fronts make.
+
+The fronts (serving/http.py, serving/grpc_server.py) build a ``serving.door.Call`` for every request
+and turn a ``serving.errors.Refused`` into the HTTP answer or the gRPC status with trailing metadata;
+here the door is asked with those Calls directly: what it admits, what it refuses and how.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+from types import SimpleNamespace
+
+import pytest
+
+door_module = pytest.importorskip("serving.door", reason="the serving layer's hook (issue 12) is not here yet")
+errors = pytest.importorskip("serving.errors")
+
+from serving.access_door import AccessDoor, Principal, door  # noqa: E402
+from serving.access_file import hash_key  # noqa: E402
+from serving.access_settings import add_access_arguments  # noqa: E402
+
+KEY, SVC = "sc_planner", "sc_service"
+AUTH = f"""
+tiers:
+  anonymous: {{requests_per_second: 1, burst: 2, concurrent: 2, permissions: [forecast]}}
+  planner: {{requests_per_second: 2, burst: 4, concurrent: 4, permissions: [forecast, refresh]}}
+  service: {{requests_per_second: null, concurrent: null, permissions: [forecast, refresh, retrain]}}
+identities:
+  - {{name: planner-1, tier: planner, key_sha256: "{hash_key(KEY)}"}}
+  - {{name: svc, tier: service, key_sha256: "{hash_key(SVC)}"}}
+"""
+
+
+def call(headers=None, route="/v1/models/storecast:predict", kind="infer", protocol="http", method="POST",
+         peer="127.0.0.1:50000", component="transformer"):
+    return door_module.Call(protocol, method, route, kind, headers or {}, peer, "storecast", component)
+
+
+@pytest.fixture
+def access_door(tmp_path):
+    path = tmp_path / "auth.yaml"
+    path.write_text(AUTH)
+    parser = argparse.ArgumentParser()
+    add_access_arguments(parser)
+    made = door(SimpleNamespace(args=parser.parse_args(["--auth-file", str(path)]), host="0.0.0.0"))
+    yield made
+    made.access.close()
+
+
+def admit(d: AccessDoor, c):
+    return asyncio.run(d.admit(c))
+
+
+def refusal(d: AccessDoor, c):
+    with pytest.raises(errors.Refused) as info:
+        admit(d, c)
+    failure = errors.failure_of(info.value)
+    return info.value, failure
+
+
+def test_every_kind_of_call_is_checked_and_probes_stay_open(access_door):
+    calls = [call(peer="10.0.0.1:1"),
+             call({"ce-id": "x", "ce-type": "com.storecast.forecast.requested"}, peer="10.0.0.2:1"),
+             call({"content-type": "application/cloudevents+json"}, peer="10.0.0.3:1"),
+             call(route="/inference.GRPCInferenceService/ModelInfer", protocol="grpc", peer="ipv4:10.0.0.4:4")]
+    for c in calls:  # no credentials: anonymous (forecast only), never a skipped check
+        who = admit(access_door, c)
+        assert who.identity.via == "anonymous" and who.identity.peer in ("10.0.0.1", "10.0.0.2", "10.0.0.3",
+                                                                             "10.0.0.4")
+        access_door.finished(c, who, 200)
+    _, failure = refusal(access_door, call(route="/v2/repository/models/storecast/load", kind="repository",
+                                           peer="10.0.0.5:1"))
+    assert failure.status == 403  # anonymous callers do not load models
+    for c in (call(kind="health", route="/v2/health/ready", method="GET"), call(kind="metrics", route="/metrics")):
+        assert admit(access_door, c) is None
+
+
+def test_refusals_map_to_status_headers_and_grpc_codes(access_door):
+    _, failure = refusal(access_door, call({"x-api-key": "sc_wrong"}))
+    assert (failure.status, failure.grpc_code) == (401, "UNAUTHENTICATED")
+    assert failure.headers["www-authenticate"].startswith("Bearer") and "sc_wrong" not in failure.message
+    _, failure = refusal(access_door, call({"x-api-key": KEY}, route="/v2/repository/models/x/load",
+                                           kind="repository"))
+    assert (failure.status, failure.grpc_code) == (403, "PERMISSION_DENIED") and "may not rollout" in failure.message
+    for _ in range(4):
+        who = admit(access_door, call({"x-api-key": KEY}))
+        assert dict(who.headers())["RateLimit-Policy"] == '"planner";q=4;w=2' and who.name == "planner-1"
+        access_door.finished(call(), who, 200)
+    _, failure = refusal(access_door, call({"authorization": f"Bearer {KEY}"}, protocol="grpc",
+                                             route="/inference.GRPCInferenceService/ModelInfer"))
+    assert (failure.status, failure.grpc_code) == (429, "RESOURCE_EXHAUSTED")
+    assert int(failure.headers["Retry-After"]) >= 1 and failure.headers["RateLimit"].startswith('"planner";r=0')
+
+
+def test_anonymous_budget_is_per_address_not_per_connection(access_door):
+    for port in (1, 2):  # two connections of one address share one budget
+        access_door.finished(call(), admit(access_door, call(peer=f"10.9.9.9:{port}")), 200)
+    _, failure = refusal(access_door, call(peer="10.9.9.9:3"))
+    assert failure.status == 429
+    assert admit(access_door, call(peer="10.9.9.8:3")).identity.peer == "10.9.9.8"
+
+
+def test_retrain_service_routes_and_late_permission(access_door):
+    svc_call = call({"x-api-key": KEY}, route="/", kind="other", component="retrain")
+    who = admit(access_door, svc_call)
+    who.require("refresh")  # a planner may refresh named stores
+    with pytest.raises(errors.Refused) as info:
+        who.require("retrain")  # not the whole fleet
+    assert errors.failure_of(info.value).status == 403
+    assert admit(access_door, call(route="/healthz", kind="other", method="GET", component="retrain")) is None
+    _, failure = refusal(access_door, call(route="/jobs", kind="other", method="GET", component="retrain"))
+    assert failure.status == 403  # anonymous: no job views
+
+
+def test_finished_writes_the_audit_line_with_rows(access_door, caplog):
+    caplog.set_level(logging.INFO, logger="storecast.audit")
+    c = call({"x-api-key": SVC})
+    who = admit(access_door, c)
+    assert isinstance(who, Principal)
+    who.note_rows(14)
+    access_door.finished(c, who, 200)
+    [line] = [json.loads(r.getMessage()) for r in caplog.records if r.name == "storecast.audit"]
+    assert (line["identity"], line["tier"], line["status"], line["rows"], line["protocol"]) == \
+        ("svc", "service", 200, 14, "rest")
+    assert SVC not in caplog.text
+
+
+def test_the_door_refuses_to_open_wide_without_an_auth_file(monkeypatch):
+    monkeypatch.delenv("STORECAST_AUTH_FILE", raising=False)
+    with pytest.raises(ValueError, match="--auth-file is required"):
+        door(SimpleNamespace(args=None, host="0.0.0.0"))
+    open_door = door(SimpleNamespace(args=None, host="127.0.0.1"))
+    assert open_door.access.open
