@@ -99,3 +99,12 @@ def door(settings: Any) -> AccessDoor:
         else AccessSettings.from_env()
     check_exposure(access_settings, getattr(settings, "host", "127.0.0.1"))
     return AccessDoor(build_access(access_settings))
+
+
+def door_if_configured(settings: Any) -> AccessDoor | None:
+    """The door only when an auth file is given (``--auth-file`` / ``STORECAST_AUTH_FILE``), else none:
+    for the predictor, which is cluster-internal behind the NetworkPolicy and takes the check by flag."""
+    args = getattr(settings, "args", None)
+    access_settings = AccessSettings.from_args(args) if args is not None and hasattr(args, "auth_file") \
+        else AccessSettings.from_env()
+    return door(settings) if access_settings.auth_file else None

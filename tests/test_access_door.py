@@ -18,7 +18,7 @@ import pytest
 door_module = pytest.importorskip("serving.door", reason="the serving layer's hook (issue 12) is not here yet")
 errors = pytest.importorskip("serving.errors")
 
-from serving.access_door import AccessDoor, Principal, door  # noqa: E402
+from serving.access_door import AccessDoor, Principal, door, door_if_configured  # noqa: E402
 from serving.access_file import hash_key  # noqa: E402
 from serving.access_settings import add_access_arguments  # noqa: E402
 
@@ -134,3 +134,16 @@ def test_the_door_refuses_to_open_wide_without_an_auth_file(monkeypatch):
         door(SimpleNamespace(args=None, host="0.0.0.0"))
     open_door = door(SimpleNamespace(args=None, host="127.0.0.1"))
     assert open_door.access.open
+
+
+def test_the_predictor_door_only_with_an_auth_file(monkeypatch, tmp_path):
+    monkeypatch.delenv("STORECAST_AUTH_FILE", raising=False)
+    assert door_if_configured(SimpleNamespace(args=None, host="0.0.0.0")) is None
+    path = tmp_path / "auth.yaml"
+    path.write_text(AUTH)
+    monkeypatch.setenv("STORECAST_AUTH_FILE", str(path))
+    made = door_if_configured(SimpleNamespace(args=None, host="0.0.0.0"))
+    try:
+        assert isinstance(made, AccessDoor) and not made.access.open
+    finally:
+        made.access.close()
