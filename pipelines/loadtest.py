@@ -137,6 +137,8 @@ def cmd_loadtest(args: Any) -> int:
     env = {"STORECAST_USER_RPS": str(args.user_rps), "STORECAST_STORES": args.stores}
     if args.shape:
         env["STORECAST_SHAPE"] = args.shape
+    if args.api_key:
+        env["STORECAST_API_KEY"] = args.api_key
     stack = None
     try:
         if args.host:
@@ -180,5 +182,6 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--classes", default="Planner,Service,Event,Refresher", help="Locust user classes")
     p.add_argument("--shape", choices=["surge", "ramp"], help="a LoadTestShape instead of --users")
     p.add_argument("--stores", default="1-20", help="store ids the users ask for: 1-1115 or 1,2,7")
+    p.add_argument("--api-key", help="key every user sends as x-api-key (default: $STORECAST_API_KEY)")
     p.add_argument("--out", help="results folder (default results/loadtest-<time>)")
     p.set_defaults(func=cmd_loadtest)

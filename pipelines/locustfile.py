@@ -16,7 +16,7 @@ percentiles are those of successes. ``STORECAST_SHAPE`` = ``surge`` (steady, a 1
 Environment: STORECAST_STORES ("1-1115" or "1,2,7"), STORECAST_PREDICTOR_URL, STORECAST_RETRAIN_URL,
 STORECAST_USER_RPS (default 2), STORECAST_WEIGHTS ("Planner=8,Service=2,Event=1,Refresher=1"),
 STORECAST_SHAPE, STORECAST_BASE_USERS (20), STORECAST_STEP_USERS (10), STORECAST_STEP_SECONDS (10),
-STORECAST_MAX_USERS (400), STORECAST_PHASE_SECONDS (20).
+STORECAST_MAX_USERS (400), STORECAST_PHASE_SECONDS (20), STORECAST_API_KEY (sent as x-api-key).
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ import uuid
 from locust import LoadTestShape, between, task
 from locust.contrib.fasthttp import FastHttpUser
 
-JSON = {"content-type": "application/json"}
+# STORECAST_API_KEY: sent as x-api-key by every user (an identity of the servers' auth file)
+JSON = {"content-type": "application/json",
+        **({"x-api-key": os.environ["STORECAST_API_KEY"]} if os.environ.get("STORECAST_API_KEY") else {})}
 SHED = (429, 503)
 
 
