@@ -118,3 +118,16 @@ def interval_offsets(table: ParamTable, rows: np.ndarray, days: np.ndarray) -> t
 def _lerp(values: np.ndarray, rows: np.ndarray, lo_i: np.ndarray, hi_i: np.ndarray, w: np.ndarray) -> np.ndarray:
     low = values[rows, lo_i]
     return low + w * (values[rows, hi_i] - low)
+
+
+CALENDAR_OUTPUTS = ("open", "promo", "holiday", "calendar")  # the V2 outputs a request may name
+
+
+def calendar_outputs(table: ParamTable, rows: np.ndarray, days: np.ndarray, promo: np.ndarray | None = None,
+                     open_: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The calendar of each row as V2 outputs: ``open``, ``promo`` (int32 0/1), ``holiday`` (code) and
+    ``calendar`` (where the day came from: ``calendar``, ``default`` or ``what-if``)."""
+    d = calendar_days(table, rows, days, promo, open_)
+    source = np.where(d.what_if, "what-if", np.where(d.known, "calendar", "default")).astype(object)
+    return {"open": d.open.astype(np.int32), "promo": d.promo.astype(np.int32),
+            "holiday": np.asarray(cal.HOLIDAY_CODES, dtype=object)[d.holiday], "calendar": source}
