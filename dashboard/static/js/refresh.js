@@ -3,8 +3,8 @@
 
 import { ApiError, call, sleep } from "./api.js";
 
-const JOB_POLL_MS = 500;
-const SERVED_POLL_MS = 700;
+const JOB_POLL_MS = 400;
+const SERVED_POLL_MS = 400;
 const SERVED_TIMEOUT_MS = 180000;
 const JOB_TIMEOUT_MS = 900000;
 
