@@ -85,17 +85,20 @@ def main() -> None:
             "version": runs["local"][0].version, "data": label}))
         loc, ray = ({k: median([getattr(r, k) for r in runs[b]]) for k in ("wall", "fit", "peak_mb")}
                     for b in ("local", "ray"))
+        best = {b: min(r.wall for r in runs[b]) for b in runs}  # least disturbed by other load on the machine
         n = runs["local"][0].stores
         ratio = ray["wall"] / loc["wall"]
         print(f"\n{label}, {n} stores, {args.workers} CPUs (median of {args.repeat}):")
         print("| backend | wall | fit phase | peak memory (PSS, process tree) |\n|---|---:|---:|---:|")
         for name, m in (("local (process pool)", loc), ("ray (local Ray, started by the run)", ray)):
             print(f"| {name} | {m['wall']:.1f} s | {m['fit']:.1f} s | {m['peak_mb']:.0f} MB |")
-        print(f"Ray / local wall {ratio:.2f}x (goal <= 1.2x) {'OK' if ratio <= 1.2 else 'MISSED'}; "
+        print(f"Ray / local wall {ratio:.2f}x (goal <= 1.2x) {'OK' if ratio <= 1.2 else 'MISSED'}; best of "
+              f"{args.repeat}: {best['ray']:.1f} / {best['local']:.1f} s = {best['ray'] / best['local']:.2f}x; "
               f"fit phase {ray['fit'] / loc['fit']:.2f}x; memory {ray['peak_mb'] / loc['peak_mb']:.2f}x\n")
         print(f"RESULT | training {n} {label} stores, Ray backend vs local processes ({args.workers} CPUs) | "
               f"{ray['wall']:.1f} s, {ray['peak_mb']:.0f} MB peak | local {loc['wall']:.1f} s, "
-              f"{loc['peak_mb']:.0f} MB | {ratio:.2f}x (goal <= 1.2x) |")
+              f"{loc['peak_mb']:.0f} MB | {ratio:.2f}x median, {best['ray'] / best['local']:.2f}x best of "
+              f"{args.repeat} (goal <= 1.2x) |")
 
     if not sizes:
         return

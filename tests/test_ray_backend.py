@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 import zipfile
@@ -129,9 +131,10 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory):
     env = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex}
     port = free_port()
     log = root / "ray-start.log"
+    temp = tempfile.mkdtemp(prefix="sc-ray-")  # short: Ray's unix socket paths live under it (107 bytes at most)
     proc = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
-         "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", str(root / "t"),
+         "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", temp,
          "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
          "--dashboard-agent-grpc-port", str(free_port()), "--metrics-export-port", str(free_port()),
          "--runtime-env-agent-port", str(free_port())],
@@ -152,6 +155,7 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory):
         while _survivors(marker) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert not _survivors(marker), "ray start left processes behind"
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _listening_wide(pids: set[int]) -> list[str]:
