@@ -67,7 +67,7 @@ def serve(port: int, auth_file: str, cpu_ms: float, backend_ms: float, pool: int
     from serving.audit import note_rows
 
     handler = logging.FileHandler(audit_log)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    handler.setFormatter(logging.Formatter("%(message)s"))  # the line carries its own ts
     audit = logging.getLogger("storecast.audit")
     audit.addHandler(handler)
     audit.setLevel(logging.INFO)
