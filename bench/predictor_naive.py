@@ -21,7 +21,7 @@ from kserve import Model, ModelServer, model_server
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from prophet.serialize import model_from_json
 
-from predictor import eventloop
+from serving import eventloop
 
 OUTPUTS = ("yhat", "yhat_lower", "yhat_upper")
 

@@ -15,7 +15,7 @@ import numpy as np
 from kserve import Model, ModelServer, model_server
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
-from predictor import eventloop
+from serving import eventloop
 
 OUTPUTS = ("yhat", "yhat_lower", "yhat_upper")
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from kserve import InferInput, InferRequest, Model, ModelServer, model_server
 
-from predictor import eventloop
+from serving import eventloop
 
 DAYS = [f"2015-08-0{d}" for d in range(1, 8)]
 

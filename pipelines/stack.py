@@ -95,14 +95,15 @@ class LocalStack:
                 http, grpc = free_port(), free_port()
                 shard = ["--shard", f"{k}/{self.shards}"] if self.shards > 1 else []
                 self._spawn(f"predictor-{k}" if self.shards > 1 else "predictor",
-                            [sys.executable, "-m", "predictor", "--model_uri", self.model_uri, "--http_port", str(http),
-                             "--grpc_port", str(grpc), *shard, *self.predictor_args], http, grpc)
+                            [sys.executable, "-m", "predictor", "--host", HOST, "--model_uri", self.model_uri,
+                             "--http_port", str(http), "--grpc_port", str(grpc), *shard, *self.predictor_args],
+                            http, grpc)
                 grpc_hosts.append(f"{HOST}:{grpc}")
             http = self.http_port or free_port()
             grpc = self.grpc_port or free_port()
-            self._spawn("transformer", [sys.executable, "-m", "transformer", "--predictor_hosts", ",".join(grpc_hosts),
-                                        "--shards", str(self.shards), "--http_port", str(http), "--grpc_port",
-                                        str(grpc), *self.transformer_args], http, grpc)
+            self._spawn("transformer", [sys.executable, "-m", "transformer", "--host", HOST, "--predictor_hosts",
+                                        ",".join(grpc_hosts), "--shards", str(self.shards), "--http_port", str(http),
+                                        "--grpc_port", str(grpc), *self.transformer_args], http, grpc)
             for s in self.services:
                 if s.name != "mlflow":
                     wait_ready(f"{s.url}/v2/models/storecast/ready", s, timeout)

@@ -1,18 +1,19 @@
-"""Requests to numpy and back: the long format of DESIGN.md, with errors that name the problem.
+"""Requests to numpy and back: the long format of ``serving.contract``, with errors that name the problem.
 
-A request is rows of (``store_id``, ``ds``): V2 inputs ``store_id`` and ``ds`` (BYTES, shape [n]), or
-V1 ``{"instances": [{"store_id": "4", "ds": "2015-08-01"}, ...]}``. Decoding gives :class:`Rows`
-(store ids as a list of ``str``, dates as int64 days since 1970-01-01) or raises
-:class:`RequestError`. Dates are ISO ``YYYY-MM-DD``; a date-time is accepted when it is midnight
-UTC (``2015-08-01T00:00:00Z``). Small requests are decoded in plain Python (numpy's per-call cost
-dominates a 7-row request), large ones vectorized; both accept exactly the same strings. Nothing
-here imports KServe: V2 inputs are read through the ``name``/``datatype``/``shape``/``data``/
-``as_numpy()`` of KServe's ``InferInput``.
+A request is rows of (``store_id``, ``ds``) and, for a what-if, ``promo`` / ``open`` per row: V2 inputs
+as in ``serving.contract.PREDICTOR_INPUTS`` (shape [n]), or V1
+``{"instances": [{"store_id": "4", "ds": "2015-08-01"}, ...]}``. Decoding gives :class:`Rows`
+(store ids as a list of ``str``, dates as int64 days since 1970-01-01, what-ifs as int8 with -1 for
+"as the calendar says") or raises :class:`RequestError`. Store ids follow the contract's rule
+(printable, at most 64 characters); dates are ISO ``YYYY-MM-DD`` from 1900 to 2199, a date-time is
+accepted when it is midnight UTC (``2015-08-01T00:00:00Z``). Small requests are decoded in plain
+Python (numpy's per-call cost dominates a 7-row request), large ones vectorized; both accept exactly
+the same strings. Nothing here imports KServe: V2 inputs are read through the ``name``/``datatype``/
+``shape``/``data``/``as_numpy()`` of KServe's ``InferInput``.
 """
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,11 +21,20 @@ from datetime import date
 from typing import Any, Protocol
 
 import numpy as np
+import orjson
 
-INPUTS = ("store_id", "ds")
-OUTPUTS = ("yhat", "yhat_lower", "yhat_upper")  # the default outputs
+from serving.contract import MAX_DAY, MIN_DAY, PREDICTOR_INPUTS, PREDICTOR_OUTPUTS, iso, names, store_id_problem
+from serving.contract import short as _short
+
+INPUTS = names(PREDICTOR_INPUTS, required=True)  # store_id, ds
+OPTIONAL_INPUTS = tuple(t.name for t in PREDICTOR_INPUTS if not t.required)  # promo, open
+INPUT_TYPES = {t.name: t.datatypes for t in PREDICTOR_INPUTS}
+OUTPUTS = names(PREDICTOR_OUTPUTS, default=True)  # yhat, yhat_lower, yhat_upper
 OPEN_RATE = "open_rate"  # on request: the share of that weekday the store was open in its last 52 weeks
-ALL_OUTPUTS = (*OUTPUTS, OPEN_RATE)
+ALL_OUTPUTS = names(PREDICTOR_OUTPUTS)
+OUTPUT_TYPES = {t.name: t.datatype for t in PREDICTOR_OUTPUTS}
+V1_KEYS = (*INPUTS, *OPTIONAL_INPUTS)
+MAX_DATE_TEXT = 40  # characters: no date is longer (a longer value is refused before any array is made)
 SECONDS_PER_DAY = 86400
 _SHOWN = 5  # bad values named in one message
 _SMALL = 64  # rows decoded in plain Python
@@ -59,6 +69,8 @@ class Rows:
 
     store_id: list[str]
     days: np.ndarray  # int64 days since 1970-01-01
+    promo: np.ndarray | None = None  # int8 per row: 1, 0, or -1 (as the calendar says)
+    open: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.days)
@@ -82,17 +94,23 @@ def decode_v1(body: Any, max_rows: int) -> Rows:
         dates = [inst["ds"] for inst in instances]
     except (KeyError, TypeError):
         raise RequestError(_bad_instance(instances)) from None
-    ids = as_strings(store_ids, lambda i: f"instances[{i}].store_id")
+    extra = {k for inst in instances for k in inst if k not in INPUTS}
+    for key in extra:
+        if key not in V1_KEYS:
+            raise RequestError(f"instances: unknown key {_short(key)}; the keys are {', '.join(V1_KEYS)}")
+    ids = store_ids_of(store_ids, lambda i: f"instances[{i}].store_id")
     days = parse_days(as_strings(dates, lambda i: f"instances[{i}].ds"), lambda i: f"instances[{i}].ds")
-    return Rows(ids, days)
+    what_if = {k: flags([inst.get(k, -1) for inst in instances], lambda i, k=k: f"instances[{i}].{k}")
+               for k in OPTIONAL_INPUTS if k in extra}
+    return Rows(ids, days, what_if.get("promo"), what_if.get("open"))
 
 
 def json_body(body: Any) -> Any:
     """The decoded body; KServe passes JSON sent without a JSON content type on as bytes."""
     if isinstance(body, bytes | str):
         try:
-            return json.loads(body)
-        except ValueError:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
             raise RequestError("request body is not JSON") from None
     return body
 
@@ -107,58 +125,92 @@ def _bad_instance(instances: list[Any]) -> str:
     return "instances must be objects with store_id and ds"
 
 
-def encode_v1(rows: Rows, yhat: np.ndarray, lower: np.ndarray, upper: np.ndarray, open_rate: np.ndarray,
-              version: str) -> dict[str, Any]:
-    """``{"predictions": [{"store_id", "ds", "yhat", "yhat_lower", "yhat_upper", "open_rate"}], "model_version"}``."""
+V1_OUTPUTS = (*OUTPUTS, "open_rate", "open", "promo", "holiday", "calendar")
+
+
+def encode_v1(rows: Rows, values: dict[str, np.ndarray], version: str) -> dict[str, Any]:
+    """``{"predictions": [{"store_id", "ds", "yhat", ..., "open_rate", "open", "promo", "holiday", "calendar"}],
+    "model_version"}`` (``open`` and ``promo`` as booleans)."""
     dates = rows.days.astype("datetime64[D]").astype(str).tolist()
-    predictions = [
-        {"store_id": s, "ds": d, "yhat": y, "yhat_lower": lo, "yhat_upper": hi, "open_rate": o}
-        for s, d, y, lo, hi, o in zip(rows.store_id, dates, yhat.tolist(), lower.tolist(), upper.tolist(),
-                                      open_rate.tolist(), strict=True)
-    ]
+    columns = {k: (values[k].astype(bool) if k in ("open", "promo") else values[k]).tolist()
+               for k in V1_OUTPUTS if k in values}
+    keys = list(columns)
+    predictions = [{"store_id": s, "ds": d, **dict(zip(keys, vals, strict=True))}
+                   for s, d, *vals in zip(rows.store_id, dates, *columns.values(), strict=True)]
     return {"predictions": predictions, "model_version": version}
 
 
 # ---- V2 ----------------------------------------------------------------------------------------
 def decode_v2(inputs: Sequence[TensorInput], max_rows: int) -> Rows:
-    """Rows of the V2 inputs ``store_id`` and ``ds`` (BYTES, shape [n] or [n, 1], same n)."""
+    """Rows of the V2 inputs (``serving.contract.PREDICTOR_INPUTS``: shape [n], the same n)."""
     by_name: dict[str, TensorInput] = {}
     for tensor in inputs:
-        if tensor.name not in INPUTS:
-            raise RequestError(f"unexpected input {tensor.name!r}: the inputs are store_id and ds (BYTES)")
+        if tensor.name not in INPUT_TYPES:
+            raise RequestError(f"unexpected input {_short(tensor.name)}: {_INPUTS_HELP}")
         if tensor.name in by_name:
             raise RequestError(f"input {tensor.name!r} is given twice")
         by_name[tensor.name] = tensor
     missing = [name for name in INPUTS if name not in by_name]
     if missing:
         given = ", ".join(by_name) or "none"
-        raise RequestError(f"missing input {' and '.join(repr(m) for m in missing)} (given: {given}); "
-                           "the inputs are store_id and ds (BYTES)")
-    values = {name: _tensor_values(by_name[name], max_rows) for name in INPUTS}
-    if len(values["store_id"]) != len(values["ds"]):
-        raise RequestError(f"inputs have different lengths: store_id has {len(values['store_id'])} rows, "
-                           f"ds has {len(values['ds'])}")
-    ids = as_strings(values["store_id"], lambda i: f"input 'store_id' row {i}")
+        raise RequestError(f"missing input {' and '.join(repr(m) for m in missing)} (given: {given}); {_INPUTS_HELP}")
+    values = {name: _tensor_values(tensor, max_rows) for name, tensor in by_name.items()}
+    n = len(values["store_id"])
+    for name, vals in values.items():
+        if len(vals) != n:
+            raise RequestError(f"inputs have different lengths: store_id has {n} rows, {name} has {len(vals)}")
+    ids = store_ids_of(values["store_id"], lambda i: f"input 'store_id' row {i}")
     days = parse_days(as_strings(values["ds"], lambda i: f"input 'ds' row {i}"), lambda i: f"input 'ds' row {i}")
-    return Rows(ids, days)
+    what_if = {k: flags(values[k], lambda i, k=k: f"input {k!r} row {i}") for k in OPTIONAL_INPUTS if k in values}
+    return Rows(ids, days, what_if.get("promo"), what_if.get("open"))
+
+
+_INPUTS_HELP = ("the inputs are store_id and ds (BYTES) and, for a what-if, promo and open (INT32 1/0/-1 or BOOL)")
 
 
 def _tensor_values(tensor: TensorInput, max_rows: int) -> list[Any]:
     name = tensor.name
-    if tensor.datatype != "BYTES":
-        raise RequestError(f"input {name!r} must have datatype BYTES (strings), got {tensor.datatype}")
+    if tensor.datatype not in INPUT_TYPES[name]:
+        raise RequestError(f"input {name!r} must have datatype {' or '.join(INPUT_TYPES[name])}, "
+                           f"got {_short(tensor.datatype)}")
     shape = list(tensor.shape or [])
-    if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)) or shape[0] < 0:
-        raise RequestError(f"input {name!r} must have shape [n] (or [n, 1]), got {shape}")
+    if len(shape) != 1 or shape[0] < 0:
+        raise RequestError(f"input {name!r} must have shape [n] (one-dimensional), got {shape}")
     _check_rows(shape[0], max_rows)
     data = getattr(tensor, "data", None)
-    if type(data) is list and len(shape) == 1 and len(data) == shape[0] and not (data and type(data[0]) is list):
+    if type(data) is list and len(data) == shape[0] and not (data and type(data[0]) is list):
         return data  # JSON or gRPC contents: already a flat list
     try:
         values = tensor.as_numpy()  # binary data, nested lists
     except Exception as exc:  # reshape errors, truncated binary data, ...
-        raise RequestError(f"input {name!r}: data does not match shape {shape} ({exc})") from None
+        raise RequestError(f"input {name!r}: data does not match shape {shape} ({str(exc)[:80]})") from None
+    if values.size != shape[0]:
+        raise RequestError(f"input {name!r}: data does not match shape {shape}")
     return values.reshape(-1).tolist()
+
+
+def flags(values: list[Any], where: Callable[[int], str]) -> np.ndarray:
+    """A what-if column as int8: 1, 0 or -1 (none); booleans are 1/0."""
+    out = np.empty(len(values), dtype=np.int8)
+    for i, v in enumerate(values):
+        if v is True or v is False:
+            out[i] = int(v)
+        elif type(v) is int and v in (-1, 0, 1):
+            out[i] = v
+        else:
+            raise RequestError(f"{where(i)}: expected 1, 0 or -1 (or true/false), got {_short(v)}")
+    return out
+
+
+def store_ids_of(values: list[Any], where: Callable[[int], str]) -> list[str]:
+    """Store ids as strings, each checked against the contract's rule (once per distinct id)."""
+    ids = as_strings(values, where)
+    for sid in set(ids):
+        problem = store_id_problem(sid)
+        if problem:
+            i = ids.index(sid)
+            raise RequestError(f"{where(i)}: store id {problem}")
+    return ids
 
 
 def _check_rows(n: int, max_rows: int) -> None:
@@ -187,7 +239,20 @@ def as_strings(values: list[Any], where: Callable[[int], str]) -> list[str]:
 
 
 def parse_days(values: list[str], where: Callable[[int], str]) -> np.ndarray:
-    """ISO dates (or date-times at midnight UTC) as int64 days since 1970-01-01."""
+    """ISO dates (or date-times at midnight UTC) as int64 days since 1970-01-01, 1900 to 2199."""
+    days = _parse_days(values, where)
+    out = (days < MIN_DAY) | (days > MAX_DAY)
+    if out.any():
+        i = int(np.flatnonzero(out)[0])
+        raise RequestError(f"{where(i)}: {iso(days[i]) if abs(days[i]) < 10**6 else _short(values[i])} is outside "
+                           f"{iso(MIN_DAY)} .. {iso(MAX_DAY)}")
+    return days
+
+
+def _parse_days(values: list[str], where: Callable[[int], str]) -> np.ndarray:
+    long = [i for i, v in enumerate(values) if len(v) > MAX_DATE_TEXT] if values else []
+    if long:  # refused before numpy makes an array as wide as the longest value
+        raise RequestError(f"not a date (expected YYYY-MM-DD): {where(long[0])}: {_short(values[long[0]])}")
     if len(values) <= _SMALL:  # a few rows: plain Python is quicker than numpy's per-call overhead
         try:
             return np.array([_day(v) for v in values], dtype=np.int64)
@@ -259,11 +324,6 @@ def _unparsable(text: np.ndarray, unit: str) -> np.ndarray:
 def _raise_bad(text: np.ndarray, bad: np.ndarray, where: Callable[[int], str],
                problem: str = "not a date (expected YYYY-MM-DD)") -> None:
     idx = np.flatnonzero(bad)
-    shown = "; ".join(f"{where(i)}: {_short(text[i])}" for i in idx[:_SHOWN])
+    shown = "; ".join(f"{where(i)}: {_short(str(text[i]))}" for i in idx[:_SHOWN])
     more = f" (and {len(idx) - _SHOWN} more)" if len(idx) > _SHOWN else ""
     raise RequestError(f"{problem}: {shown}{more}")
-
-
-def _short(value: Any) -> str:
-    text = repr(str(value)) if isinstance(value, np.str_) else repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."

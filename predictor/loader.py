@@ -10,20 +10,24 @@ while the registry is unreachable; then, for a URI that can move (an alias, ``la
 every ``refresh_seconds`` and swaps when the version changed. A pinned version or a folder is only
 reloaded on request (``refresh()``, e.g. KServe's repository load endpoint). Registry outages after
 the first load only produce log lines: serving goes on with the loaded version.
+
+Every version is checked before it serves (``predictor.validate``): a bad one is refused with one log
+line and a metric, never downloaded again, and the loaded version goes on serving (at start the model
+stays not ready and says why).
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from predictor.prefetch import PrefetchError
 from predictor.source import ModelSource
+from serving.contract import Shard
+from serving.server import configure_logging as _configure_logging
 
 if TYPE_CHECKING:  # numpy is imported with the first table, not before (see predictor.prefetch)
     from predictor.prefetch import Prefetch
@@ -31,43 +35,18 @@ if TYPE_CHECKING:  # numpy is imported with the first table, not before (see pre
     from predictor.table import ParamTable
 
 log = logging.getLogger("storecast.predictor")
-LOG_FORMAT = "%(asctime)s.%(msecs)03d %(process)s %(name)s %(levelname)s %(message)s"
 
 FIRST_BACKOFF = 0.5
 MAX_BACKOFF = 30.0
 
 
 def configure_logging() -> logging.Logger:
-    """The loader's log lines in KServe's format, on stderr (each process: KServe's workers are spawned)."""
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
+    """storecast's log lines on stderr (each process: KServe's workers are spawned)."""
+    _configure_logging()
     return log
 
 
-@dataclass(frozen=True)
-class Shard:
-    """Shard ``k`` of ``n``: the stores with ``crc32(store_id) % n == k``."""
-
-    k: int
-    n: int
-
-    @classmethod
-    def parse(cls, text: str) -> Shard:
-        """``"K/N"`` with ``0 <= K < N``."""
-        try:
-            k, n = (int(part) for part in text.split("/"))
-        except ValueError:
-            raise ValueError(f"shard must be K/N, e.g. 0/4; got {text!r}") from None
-        if n < 1 or not 0 <= k < n:
-            raise ValueError(f"shard must be K/N with 0 <= K < N; got {text!r}")
-        return cls(k, n)
-
-    def __str__(self) -> str:
-        return f"{self.k}/{self.n}"
+__all__ = ["Loader", "Shard", "configure_logging"]
 
 
 class Loader:
@@ -82,7 +61,9 @@ class Loader:
         self.refresh_seconds = float(refresh_seconds)
         self.current: Snapshot | None = None
         self.last_error: str | None = None
+        self.refused: dict[str, str] = {}  # version -> why it was refused (never fetched again)
         self._listeners: list[Callable[[Snapshot], None]] = []
+        self._refusal_listeners: list[Callable[[str, str], None]] = []
         self._init_sync()
 
     def _init_sync(self) -> None:
@@ -97,15 +78,19 @@ class Loader:
         if self.current is not None:
             listener(self.current)
 
+    def on_refused(self, listener: Callable[[str, str], None]) -> None:
+        """Call ``listener(version, reason)`` whenever a version is refused by the checks."""
+        self._refusal_listeners.append(listener)
+
     def refresh(self) -> bool:
-        """Resolve the source now and swap in its version if it differs; True if swapped. Raises on failure."""
+        """Resolve the source now and swap in its version if it differs and passes the checks; True if
+        swapped. Raises when the registry cannot be asked."""
         with self._lock:
             t0 = time.perf_counter()
             version = self.source.resolve()
-            if self.current is not None and self.current.version == version:
+            if (self.current is not None and self.current.version == version) or version in self.refused:
                 return False
-            self._swap(version, self.source.fetch(version), t0)
-        return True
+            return self._swap(version, self.source.fetch(version), t0)
 
     def _load_prefetched(self, prefetch: Prefetch) -> None:
         """The first version, fetched by a child process started with the server (predictor.prefetch)."""
@@ -116,25 +101,46 @@ class Loader:
             try:
                 version, path = prefetch.result()
                 if self.current is None or self.current.version != version:
-                    self._swap(version, ParamTable.load(path), t0)
+                    try:
+                        table = ParamTable.load(path)
+                    except (ValueError, KeyError, OSError) as exc:  # not a table this predictor reads
+                        self._refuse(version, f"{type(exc).__name__}: {exc}")
+                    else:
+                        self._swap(version, table, t0)
             finally:
                 prefetch.cleanup()
 
-    def _swap(self, version: str, table: ParamTable, t0: float) -> None:
-        """Install a newly loaded version (caller holds the lock) and tell the listeners.
+    def _refuse(self, version: str, reason: str) -> None:
+        """Remember and report a version that must not serve (one log line, the listeners told)."""
+        self.refused[version] = reason
+        self.last_error = f"version {version} was refused: {reason}"
+        keeps = f"still serving version {self.current.version}" if self.current else "not ready: no version to serve"
+        log.error("refused version %s of %s: %s; %s", version, self.source.uri, reason, keeps)
+        for listener in list(self._refusal_listeners):
+            listener(version, reason)
+
+    def _swap(self, version: str, table: ParamTable, t0: float) -> bool:
+        """Check and install a newly loaded version (caller holds the lock) and tell the listeners.
 
         It serves at once, evaluating every request; then each store's next ``horizon_days`` are
         evaluated and the snapshot is replaced by the same one with that horizon (same answers)."""
         from predictor.snapshot import Snapshot
+        from predictor.validate import VersionRefused, check
 
         previous = self.current
-        if self.shard is not None:
-            table = table.shard(self.shard.k, self.shard.n)
+        try:
+            if self.shard is not None:
+                table = table.shard(self.shard.k, self.shard.n)
+            check(table, self.shard)
+        except VersionRefused as exc:
+            self._refuse(version, str(exc))
+            return False
+        except (ValueError, IndexError, TypeError, KeyError) as exc:  # arrays that do not fit together
+            self._refuse(version, f"inconsistent table ({type(exc).__name__}: {exc})")
+            return False
         snapshot = Snapshot.build(version, table, self.source.uri, self.shard, time.time(), horizon_days=0)
         self.current = snapshot  # the swap: one reference, read once per request
         self.last_error = None
-        if len(table) == 0:
-            log.warning("%s holds no store: every request will be answered 'unknown store'", snapshot.describe())
         verb = "serving" if previous is None else f"swapped from version {previous.version} to"
         log.info("%s %s (loaded in %.2f s)", verb, snapshot.describe(), time.perf_counter() - t0)
         for listener in list(self._listeners):
@@ -144,6 +150,7 @@ class Loader:
             self.current = snapshot.with_horizon(self.horizon_days)
             log.info("precomputed the next %d days of %d stores in %.2f s", self.horizon_days, len(table),
                      time.perf_counter() - t1)
+        return True
 
     # ---- background thread ---------------------------------------------------------------------
     def start(self) -> None:

@@ -2,21 +2,21 @@
 
 ``StorecastModel(name, loader)`` serves the snapshot its :class:`~predictor.loader.Loader` holds.
 It is ready once a version is loaded; each request reads the snapshot reference once, so an alias
-swap never mixes versions. Protocols (DESIGN.md, "Wire contracts"):
+swap never mixes versions. Protocols (``serving.contract`` has the tensors, docs/architecture.md the rest):
 
-- V2 REST / gRPC: inputs ``store_id``, ``ds`` (BYTES, [n]) -> outputs ``yhat``, ``yhat_lower``,
-  ``yhat_upper`` (FP64, [n]); ``open_rate`` too when the request's ``outputs`` name it (the share of that
-  weekday the store was open in its last 52 weeks); the response's ``model_version`` is the version
-  that answered.
+- V2 REST / gRPC: inputs ``store_id``, ``ds`` (BYTES, [n]) and, for a what-if, ``promo`` / ``open``
+  (INT32 1/0/-1 or BOOL) -> outputs ``yhat``, ``yhat_lower``, ``yhat_upper`` (FP64, [n]), and only
+  when named in ``outputs``: ``open_rate`` (FP64), ``open``, ``promo`` (INT32), ``holiday``,
+  ``calendar`` (BYTES); the response's ``model_version`` is the version that answered.
 - V1: ``{"instances": [{"store_id": "4", "ds": "2015-08-01"}]}`` ->
-  ``{"predictions": [{"store_id", "ds", "yhat", "yhat_lower", "yhat_upper", "open_rate"}], "model_version"}``;
-  CloudEvents to V1 are unwrapped and answered with a CloudEvent by KServe.
+  ``{"predictions": [{"store_id", "ds", "yhat", "yhat_lower", "yhat_upper", "open_rate", "open", ...}],
+  "model_version"}``; CloudEvents to V1 are unwrapped and answered with a CloudEvent by KServe.
 - Listing the stores served: V2 request parameter ``list_stores: true`` with no inputs -> one output
-  ``store_id`` (BYTES) and parameters ``stores`` (count); V1 ``{"list_stores": true}`` ->
-  ``{"stores": [...], "model_version"}``.
+  ``store_id`` (BYTES) and parameters ``stores`` (count) and ``data_end``; V1 ``{"list_stores": true}``
+  -> ``{"stores": [...], "model_version"}``.
 
-Bad requests raise KServe's ``InvalidInput``: HTTP 400 / gRPC INVALID_ARGUMENT, with a message that
-names the field and the problem (unknown stores are listed by id).
+Bad requests raise ``RequestError`` -> 400 / INVALID_ARGUMENT with a message naming the field and
+the problem (unknown stores are listed by id); no version loaded -> 503 saying why.
 """
 
 from __future__ import annotations
@@ -27,14 +27,15 @@ from typing import Any
 
 import numpy as np
 from kserve import Model
-from kserve.errors import InvalidInput, ModelNotReady
-from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse, to_http_parameters
+from kserve.errors import ModelNotReady
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from predictor.codec import (
     ALL_OUTPUTS,
     INPUTS,
-    OPEN_RATE,
+    OUTPUT_TYPES,
     OUTPUTS,
+    V1_OUTPUTS,
     RequestError,
     Rows,
     decode_v1,
@@ -43,31 +44,51 @@ from predictor.codec import (
     json_body,
 )
 from predictor.loader import Loader
-from predictor.server import DEFAULT_MAX_ROWS
 from predictor.snapshot import Snapshot
 from predictor.table import UnknownStoresError
+from serving.contract import LIST_STORES, MAX_DAYS_AHEAD, PREDICTOR_INPUTS, PREDICTOR_OUTPUTS, iso
+from serving.errors import ClientError
 
 INLINE_ROWS = 4096  # larger requests are evaluated in a worker thread, off the event loop
-LIST_STORES = "list_stores"
+PLATFORM = "storecast_prophet_numpy"
 
 
 class StorecastModel(Model):
     """Per-store Prophet forecasts of one model version, evaluated vectorized from its parameter table."""
 
-    def __init__(self, name: str, loader: Loader, max_rows: int = DEFAULT_MAX_ROWS) -> None:
+    def __init__(self, name: str, loader: Loader, max_rows: int = 100_000,
+                 max_days_ahead: int = MAX_DAYS_AHEAD) -> None:
         super().__init__(name)
         self.loader = loader
         self.max_rows = int(max_rows)
+        self.max_days_ahead = int(max_days_ahead)
+        self.meter: Any = None
         loader.subscribe(self._on_swap)
 
     def _on_swap(self, snapshot: Snapshot) -> None:
         self.ready = True
+        if self.meter is not None:
+            self.meter.swapped()
+            self.meter.serving([(snapshot.version, str(snapshot.table.meta.get("data_end", "")))], len(snapshot))
+
+    def attach(self, meter: Any) -> None:
+        """Report served version, data end, stores and refused versions to ``meter`` (serving.metrics)."""
+        self.meter = meter
+        self.loader.on_refused(lambda version, reason: meter.refused())
+        if self.loader.current is not None:
+            self._on_swap(self.loader.current)
 
     @property
     def version(self) -> str | None:
         """The version being served (None until loaded)."""
         snapshot = self.loader.current
         return snapshot.version if snapshot else None
+
+    def served_versions(self) -> list[str]:
+        return [self.version] if self.version else []
+
+    def not_ready_reason(self) -> str | None:
+        return self.loader.last_error
 
     # ---- lifecycle (KServe hooks) ----------------------------------------------------------------
     def start(self) -> None:
@@ -85,74 +106,86 @@ class StorecastModel(Model):
 
     # ---- metadata --------------------------------------------------------------------------------
     def get_input_types(self) -> list[dict[str, Any]]:
-        return [{"name": name, "datatype": "BYTES", "shape": [-1]} for name in INPUTS]
+        return [{"name": t.name, "datatype": t.datatype, "shape": [-1]} for t in PREDICTOR_INPUTS]
 
     def get_output_types(self) -> list[dict[str, Any]]:
-        return [{"name": name, "datatype": "FP64", "shape": [-1]} for name in ALL_OUTPUTS]
+        return [{"name": t.name, "datatype": t.datatype, "shape": [-1]} for t in PREDICTOR_OUTPUTS]
+
+    def metadata(self) -> dict[str, Any]:
+        md: dict[str, Any] = {"name": self.name, "platform": PLATFORM, "inputs": self.get_input_types(),
+                              "outputs": self.get_output_types()}
+        if self.version:
+            md["versions"] = [self.version]
+        return md
 
     # ---- inference -------------------------------------------------------------------------------
     async def predict(self, payload: dict | InferRequest, headers: dict[str, str] | None = None,
                       response_headers: dict[str, str] | None = None) -> dict | InferResponse:
         snapshot = self.loader.current
         if snapshot is None:
-            raise ModelNotReady(self.name, "no model version is loaded yet")
+            raise ModelNotReady(self.name, self.loader.last_error or "no model version is loaded yet")
         try:
             if isinstance(payload, InferRequest):
                 return await self._predict_v2(payload, snapshot)
             return await self._predict_v1(payload, snapshot)
         except RequestError as exc:
-            raise InvalidInput(exc.reason) from None
+            raise ClientError(exc.reason) from None
 
     async def _predict_v1(self, body: Any, snapshot: Snapshot) -> dict[str, Any]:
         body = json_body(body)
         if isinstance(body, dict) and body.get(LIST_STORES) is True:
             return {"stores": snapshot.table.store_id.tolist(), "model_version": snapshot.version}
         rows = decode_v1(body, self.max_rows)
-        return encode_v1(rows, *await self._forecast(rows, snapshot, True), snapshot.version)
+        return encode_v1(rows, await self._forecast(rows, snapshot, V1_OUTPUTS), snapshot.version)
 
     async def _predict_v2(self, request: InferRequest, snapshot: Snapshot) -> InferResponse:
-        params = to_http_parameters(request.parameters) if request.parameters else {}
+        params = request.parameters or {}
         if params.get(LIST_STORES) is True and not request.inputs:
             ids = snapshot.table.store_id
-            outputs = [InferOutput("store_id", [len(ids)], "BYTES", _tensor(np.array(ids.tolist(), dtype=object),
-                                                                             request))]
-            return self._response(request, snapshot, outputs, {"stores": len(ids)})
+            outputs = [InferOutput("store_id", [len(ids)], "BYTES", ids.tolist())]
+            return self._response(request, snapshot, outputs,
+                                  {"stores": len(ids), "data_end": str(snapshot.table.meta.get("data_end", ""))})
         names = [o.name for o in request.request_outputs] if request.request_outputs else list(OUTPUTS)
         unknown = [name for name in names if name not in ALL_OUTPUTS]
         if unknown:
             raise RequestError(f"unknown output {', '.join(map(repr, unknown))}: the outputs are "
                                f"{', '.join(ALL_OUTPUTS)}")
         rows = decode_v2(request.inputs, self.max_rows)
-        values = dict(zip(ALL_OUTPUTS, await self._forecast(rows, snapshot, OPEN_RATE in names), strict=False))
-        outputs = [InferOutput(name, [len(rows)], "FP64", _tensor(values[name], request)) for name in names]
+        values = await self._forecast(rows, snapshot, names)
+        outputs = [InferOutput(name, [len(rows)], OUTPUT_TYPES[name], values[name]) for name in names]
         return self._response(request, snapshot, outputs)
 
     def _response(self, request: InferRequest, snapshot: Snapshot, outputs: list[InferOutput],
                   parameters: dict[str, Any] | None = None) -> InferResponse:
-        return InferResponse(
-            response_id=request.id or str(uuid.uuid4()),  # KServe cannot answer a request without an id
-            model_name=self.name, model_version=snapshot.version, infer_outputs=outputs,
-            parameters=parameters, use_binary_outputs=request.use_binary_outputs,
-            requested_outputs=request.request_outputs, from_grpc=request.from_grpc,
-        )
+        return InferResponse(response_id=request.id or str(uuid.uuid4()), model_name=self.name,
+                             model_version=snapshot.version, infer_outputs=outputs, parameters=parameters,
+                             from_grpc=request.from_grpc)
 
-    async def _forecast(self, rows: Rows, snapshot: Snapshot, open_rate: bool = False) -> tuple[np.ndarray, ...]:
+    async def _forecast(self, rows: Rows, snapshot: Snapshot, names: Any) -> dict[str, np.ndarray]:
         if len(rows) > INLINE_ROWS:
-            return await asyncio.get_running_loop().run_in_executor(None, evaluate, rows, snapshot, open_rate)
-        return evaluate(rows, snapshot, open_rate)
+            return await asyncio.get_running_loop().run_in_executor(
+                None, evaluate, rows, snapshot, tuple(names), self.max_days_ahead)
+        return evaluate(rows, snapshot, tuple(names), self.max_days_ahead)
 
 
-def _tensor(values: np.ndarray, request: InferRequest) -> np.ndarray | list[Any]:
-    """Output data as KServe encodes it best: arrays for REST, lists for gRPC (its raw-output path
-    cannot take an array)."""
-    return values.tolist() if request.from_grpc else values
-
-
-def evaluate(rows: Rows, snapshot: Snapshot, open_rate: bool = False) -> tuple[np.ndarray, ...]:
-    """yhat, yhat_lower, yhat_upper (and the weekday open rate) of every row, in one vectorized evaluation."""
+def evaluate(rows: Rows, snapshot: Snapshot, names: tuple[str, ...] = OUTPUTS,
+             max_days_ahead: int = MAX_DAYS_AHEAD) -> dict[str, np.ndarray]:
+    """The named outputs of every row, in one vectorized evaluation."""
     try:
-        return snapshot.evaluate(rows.store_id, rows.days, open_rate)
+        index = snapshot.rows(rows.store_id)
     except UnknownStoresError as exc:
         shard = f", shard {snapshot.shard}" if snapshot.shard else ""
         raise RequestError(f"{exc} (not among the {len(snapshot.table)} stores of model version "
                            f"{snapshot.version}{shard})") from None
+    if len(index):
+        ahead = rows.days - snapshot.table.last_day[index]
+        far = np.flatnonzero(ahead > max_days_ahead)
+        if len(far):
+            i = int(far[0])
+            raise RequestError(f"input 'ds' row {i}: {iso(rows.days[i])} is {int(ahead[i])} days after the last day "
+                               f"of data of store {rows.store_id[i]!r} ({iso(snapshot.table.last_day[index[i]])}); "
+                               f"the limit is {max_days_ahead} (--max-days-ahead)")
+    return snapshot.outputs(rows.store_id, rows.days, names, rows.promo, rows.open, index)
+
+
+__all__ = ["INPUTS", "StorecastModel", "evaluate"]

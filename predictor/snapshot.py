@@ -16,16 +16,15 @@ window, batch or replica it is asked in; the tests check this.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from predictor.forecast import forecast
+from predictor import calendar as cal
+from predictor.forecast import calendar_days, forecast
 from predictor.table import ParamTable
-
-if TYPE_CHECKING:
-    from predictor.loader import Shard
+from serving.contract import Shard
 
 HORIZON_DAYS = 366
 SMALL = 64  # requests up to this many rows look stores up in a dict
@@ -83,15 +82,41 @@ class Snapshot:
                  open_rate: bool = False) -> tuple[np.ndarray, ...]:
         """yhat, yhat_lower, yhat_upper of every (store, day) row (and, with ``open_rate``, the share of that
         weekday the store was open lately)."""
-        rows = self.rows(store_ids)
-        extra = (self.table.open_rate[rows, (days + 3) % 7],) if open_rate else ()  # 1970-01-01: a Thursday
+        names = ("yhat", "yhat_lower", "yhat_upper", *(("open_rate",) if open_rate else ()))
+        out = self.outputs(store_ids, days, names)
+        return tuple(out[n] for n in names)
+
+    def outputs(self, store_ids: list[str], days: np.ndarray, names: Sequence[str],
+                promo: np.ndarray | None = None, open_: np.ndarray | None = None,
+                rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The named outputs of every (store, day) row (``serving.contract.PREDICTOR_OUTPUTS``); ``promo`` /
+        ``open_`` (int8 per row, -1: as the calendar says) evaluate a what-if; ``rows``: the table rows of
+        ``store_ids`` if already looked up."""
+        rows = self.rows(store_ids) if rows is None else rows
+        what_if = any(v is not None and bool((v >= 0).any()) for v in (promo, open_))
+        out: dict[str, np.ndarray] = {}
+        if {"yhat", "yhat_lower", "yhat_upper"} & set(names):
+            out["yhat"], out["yhat_lower"], out["yhat_upper"] = (
+                forecast(self.table, rows, days, promo, open_) if what_if else self._forecast(rows, days))
+        if "open_rate" in names:
+            out["open_rate"] = self.table.open_rate[rows, cal.weekday(days)]
+        if {"open", "promo", "holiday", "calendar"} & set(names):
+            resolved = calendar_days(self.table, rows, days, promo, open_)
+            out["open"] = resolved.open.astype(np.int32)
+            out["promo"] = resolved.promo.astype(np.int32)
+            out["holiday"] = np.asarray(cal.HOLIDAY_CODES, dtype=object)[np.clip(resolved.holiday, 0, 3)]
+            out["calendar"] = np.where(resolved.what_if, "what-if",
+                                       np.where(resolved.known, "calendar", "default")).astype(object)
+        return out
+
+    def _forecast(self, rows: np.ndarray, days: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         h = self.horizon_days
         if h and len(rows):
             ahead = days - self.first_day[rows]
             if (ahead.view(np.uint64) < h).all():  # negative -> huge: all rows within the horizon
                 out = self.horizon[:, rows * h + ahead]
-                return out[0], out[1], out[2], *extra
-        return *forecast(self.table, rows, days), *extra
+                return out[0], out[1], out[2]
+        return forecast(self.table, rows, days)
 
     def describe(self) -> str:
         shard = f" (shard {self.shard})" if self.shard else ""

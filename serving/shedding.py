@@ -43,6 +43,7 @@ class LoadShedder:
 
     def __init__(self, app: ASGIApp, limit: int, retry_after: int = 1) -> None:
         self.app, self.limit, self.inflight, self.shed = app, limit, 0, 0
+        self.on_shed: Callable[[str], None] | None = None  # called with the protocol: a metrics counter
         self._body = (b'{"error":"overloaded: %d inference requests in flight, the limit; retry after %d s"}'
                       % (limit, retry_after))
         self._headers = [(b"content-type", b"application/json"), (b"retry-after", str(retry_after).encode()),
@@ -57,9 +58,11 @@ class LoadShedder:
         """Whether a new inference request would be shed now."""
         return 0 < self.limit <= self.inflight
 
-    def count_shed(self) -> None:
+    def count_shed(self, protocol: str = "http") -> None:
         """Count one shed request; say so in the log at most every ``LOG_EVERY`` seconds."""
         self.shed += 1
+        if self.on_shed is not None:
+            self.on_shed(protocol)
         now = time.monotonic()
         if now - self._logged_at >= LOG_EVERY:
             log.warning("overloaded: shed %d inference requests in the last %.0f s (limit %d in flight)",
@@ -141,27 +144,10 @@ def _fast_protocol() -> type | None:
 FastShedProtocol = _fast_protocol()
 
 
-def install(limit: int, retry_after: int = 1) -> None:
-    """Put the shedder in front of KServe's FastAPI app and the fast path into uvicorn (before
-    ``ModelServer.start``).
+def activate(shedder: LoadShedder | None) -> None:
+    """Make ``shedder`` the one :class:`FastShedProtocol` consults in this process."""
+    global _active
+    _active = shedder
 
-    The middleware wraps the whole middleware stack, outside KServe's timing middleware and its
-    per-request log lines; uvicorn's ``http="auto"`` (what KServe's REST server asks for) then
-    resolves to :class:`FastShedProtocol`.
-    """
-    if limit <= 0:
-        return
-    import uvicorn.config
-    from kserve import model_server
 
-    app = model_server.app
-    build = app.build_middleware_stack
-
-    def build_with_shedder() -> LoadShedder:
-        global _active
-        _active = LoadShedder(build(), limit=limit, retry_after=retry_after)
-        return _active
-
-    app.build_middleware_stack = build_with_shedder
-    if FastShedProtocol is not None:
-        uvicorn.config.HTTP_PROTOCOLS["auto"] = f"{__name__}:FastShedProtocol"
+PROTOCOL = f"{__name__}:FastShedProtocol" if FastShedProtocol is not None else "auto"  # for uvicorn.Config(http=)

@@ -12,7 +12,7 @@ import pytest
 
 from pipelines.loadtest import run_locust
 from pipelines.stack import LocalStack
-from predictor.shedding import LoadShedder
+from serving.shedding import LoadShedder
 from tests.conftest import run_cli
 
 

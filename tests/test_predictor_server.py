@@ -18,9 +18,9 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import pandas as pd
 import pytest
 
+from pipelines.export import future_frame
 from predictor.forecast import forecast
 from tests.helpers_predictor import (
     MODEL,
@@ -43,9 +43,13 @@ MAX_ROWS = 2000
 # ---- fixtures ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
+    from pipelines.fitting import FitConfig
     from pipelines.synth import synthesize
 
-    return make_registry(tmp_path_factory.mktemp("registry"), synthesize(8, seed=4))
+    # the calendar regressors (so calendar outputs and what-ifs mean something), on the raw scale and
+    # uncalibrated so that stock Prophet's own intervals are comparable
+    cfg = FitConfig.preset("calendar-linear", calibrate=False)
+    return make_registry(tmp_path_factory.mktemp("registry"), synthesize(8, seed=4), cfg=cfg)
 
 
 @pytest.fixture(scope="module")
@@ -85,14 +89,18 @@ def test_ready_and_metadata(server: Predictor, registry: Registry) -> None:
     assert server.http.get("/v2/health/ready").json() == {"ready": True}
     meta = server.http.get(f"/v2/models/{MODEL}").json()
     assert meta["versions"] == [registry.version]
-    assert [(t["name"], t["datatype"]) for t in meta["inputs"]] == [("store_id", "BYTES"), ("ds", "BYTES")]
+    assert [(t["name"], t["datatype"]) for t in meta["inputs"]] == [
+        ("store_id", "BYTES"), ("ds", "BYTES"), ("promo", "INT32"), ("open", "INT32")]
     assert [(t["name"], t["datatype"]) for t in meta["outputs"]] == [
-        ("yhat", "FP64"), ("yhat_lower", "FP64"), ("yhat_upper", "FP64"), ("open_rate", "FP64")]
+        ("yhat", "FP64"), ("yhat_lower", "FP64"), ("yhat_upper", "FP64"), ("open_rate", "FP64"), ("open", "INT32"),
+        ("promo", "INT32"), ("holiday", "BYTES"), ("calendar", "BYTES")]
+    assert meta["platform"]
     assert f"serving version {registry.version} of models:/storecast@champion: 8 stores" in server.output()
 
 
 def test_list_stores(server: Predictor, registry: Registry, grpc_stub) -> None:
     from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+    from kserve.protocol.infer_type import InferResponse
 
     r = server.http.post(f"/v2/models/{MODEL}/infer", json={"parameters": {"list_stores": True}, "inputs": []})
     assert r.status_code == 200, r.text
@@ -103,7 +111,8 @@ def test_list_stores(server: Predictor, registry: Registry, grpc_stub) -> None:
     assert v1 == {"stores": _ids(registry), "model_version": registry.version}
     res = grpc_stub.ModelInfer(pb.ModelInferRequest(model_name=MODEL, parameters={
         "list_stores": pb.InferParameter(bool_param=True)}))
-    assert [s.decode() for s in res.outputs[0].contents.bytes_contents] == _ids(registry)
+    assert not res.outputs[0].contents.bytes_contents and res.raw_output_contents  # gRPC answers are raw, as Triton's
+    assert [s.decode() for s in InferResponse.from_grpc(res).outputs[0].as_numpy()] == _ids(registry)
 
 
 # ---- fidelity against stock Prophet -----------------------------------------------------------------
@@ -126,7 +135,8 @@ def test_fidelity_against_stock_prophet(server: Predictor, registry: Registry, p
         out, version = server.forecast([sid] * n, ds)
         assert version == registry.version
         np.random.seed(row)  # stock Prophet samples its intervals
-        ref = prophet[sid].predict(pd.DataFrame({"ds": pd.to_datetime(ds)}))
+        days = np.array(ds, dtype="datetime64[D]").astype(np.int64)
+        ref = prophet[sid].predict(future_frame(registry.table, sid, days))
         scale = float(np.abs(ref["yhat"]).mean())
         np.testing.assert_allclose(out["yhat"], ref["yhat"], rtol=1e-6, atol=1e-9 * scale, err_msg=f"store {sid}")
         assert (out["yhat_lower"] <= out["yhat"]).all() and (out["yhat"] <= out["yhat_upper"]).all()
@@ -300,8 +310,8 @@ BAD_V2 = {
     "wrong datatype": ([_tensor("store_id", [1], "INT32"), _tensor("ds", ["2015-08-01"])],
                        ["'store_id'", "BYTES", "INT32"]),
     "missing input": ([_tensor("store_id", ["1"])], ["missing input 'ds'"]),
-    "unexpected input": ([_tensor("store_id", ["1"]), _tensor("ds", ["2015-08-01"]), _tensor("promo", ["1"])],
-                         ["unexpected input 'promo'"]),
+    "unexpected input": ([_tensor("store_id", ["1"]), _tensor("ds", ["2015-08-01"]), _tensor("promotion", ["1"])],
+                         ["unexpected input 'promotion'"]),
     "shape mismatch": ([_tensor("store_id", ["1"], shape=[2]), _tensor("ds", ["2015-08-01"])],
                        ["'store_id'", "shape [2]"]),
     "too many rows": ([_tensor("store_id", ["1"] * (MAX_ROWS + 1)), _tensor("ds", ["2015-08-01"] * (MAX_ROWS + 1))],

@@ -88,12 +88,20 @@ class Tensor:
 def test_decode_v2() -> None:
     rows = decode_v2([Tensor("ds", ["2015-08-01", "2015-08-02"]), Tensor("store_id", [b"4", b"4"])], 10)
     assert rows.store_id == ["4", "4"] and rows.days.tolist() == [16648, 16649]
-    nested = decode_v2([Tensor("store_id", [["4"], ["5"]], shape=[2, 1]), Tensor("ds", [["2015-08-01"]] * 2,
-                                                                                   shape=[2, 1])], 10)
-    assert nested.store_id == ["4", "5"]
+    what_if = decode_v2([Tensor("store_id", ["4", "4"]), Tensor("ds", ["2015-08-01", "2015-08-02"]),
+                         Tensor("promo", [1, -1], "INT32"), Tensor("open", [True, False], "BOOL")], 10)
+    assert what_if.promo.tolist() == [1, -1] and what_if.open.tolist() == [1, 0]
     cases = {
         "missing input 'ds'": [Tensor("store_id", ["4"])],
-        "unexpected input 'promo'": [Tensor("store_id", ["4"]), Tensor("ds", ["2015-08-01"]), Tensor("promo", ["1"])],
+        "unexpected input 'promotion'": [Tensor("store_id", ["4"]), Tensor("ds", ["2015-08-01"]),
+                                         Tensor("promotion", ["1"])],
+        "promo' must have datatype INT32 or BOOL": [Tensor("store_id", ["4"]), Tensor("ds", ["2015-08-01"]),
+                                                    Tensor("promo", ["1"])],
+        "expected 1, 0 or -1": [Tensor("store_id", ["4"]), Tensor("ds", ["2015-08-01"]), Tensor("open", [2], "INT32")],
+        "one-dimensional": [Tensor("store_id", [["4"]], shape=[1, 1]), Tensor("ds", ["2015-08-01"])],
+        "store id is 65 characters": [Tensor("store_id", ["x" * 65]), Tensor("ds", ["2015-08-01"])],
+        "non-printable": [Tensor("store_id", ["4\x00"]), Tensor("ds", ["2015-08-01"])],
+        "outside 1900-01-01": [Tensor("store_id", ["4"]), Tensor("ds", ["0001-01-01"])],
         "given twice": [Tensor("store_id", ["4"]), Tensor("store_id", ["4"]), Tensor("ds", ["2015-08-01"])],
         "datatype BYTES": [Tensor("store_id", [4], "INT64"), Tensor("ds", ["2015-08-01"])],
         "shape": [Tensor("store_id", ["4"], shape=[2, 2]), Tensor("ds", ["2015-08-01"])],

@@ -13,8 +13,8 @@ import pytest
 import uvicorn
 
 from pipelines.stack import free_port
-from predictor import shedding
-from predictor.shedding import FastShedProtocol, LoadShedder
+from serving import shedding
+from serving.shedding import FastShedProtocol, LoadShedder
 
 PREDICT = "/v1/models/m:predict"
 

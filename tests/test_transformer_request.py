@@ -70,33 +70,93 @@ def test_expand_keeps_request_order() -> None:
     assert days.dtype == np.int64
 
 
-def test_api_key_middleware() -> None:
-    """The optional API key: checked on inference POSTs, CloudEvents and probes pass."""
+def test_unknown_keys_are_named_with_the_accepted_ones() -> None:
+    for key in ("begin", "end", "storeid", "beginDat"):
+        with pytest.raises(RequestError) as err:
+            parse_v1({"instances": [{"storeId": "4", key: "2015-08-01"}]}, LIMITS, NOW)
+        assert err.value.field == f"instances[0].{key}"
+        assert "storeId" in str(err.value) and "promoDays" in str(err.value)
+    with pytest.raises(RequestError, match="unknown key 'limit'"):
+        parse_v1({"instances": [{"storeId": "4"}], "limit": 3}, LIMITS, NOW)
+
+
+@pytest.mark.parametrize(("store", "words"), [
+    ("x" * 65, "65 characters"), ("4\x00", "non-printable"), ("\u2028", "required"), ("4\u200b", "non-printable"),
+    (" 4", "4"),
+    (4.5, "non-empty store id"), (True, "non-empty store id"), ("", "required"), ([], "required"),
+])
+def test_store_id_rule(store: object, words: str) -> None:
+    if store == " 4":  # surrounding blanks are trimmed, as before
+        (w,) = parse_v1({"instances": [{"storeId": store}]}, LIMITS, NOW)
+        assert w.store_id == "4"
+        return
+    with pytest.raises(RequestError) as err:
+        parse_v1({"instances": [{"storeId": store}]}, LIMITS, NOW)
+    assert err.value.field == "instances[0].storeId" and words in str(err.value)
+
+
+def test_dates_are_bounded_and_never_echoed_whole() -> None:
+    for bad in ("0001-01-01", "9999-12-31", "2015-08-01" + "x" * 1_000_000):
+        with pytest.raises(RequestError) as err:
+            parse_v1({"instances": [{"storeId": "4", "endDate": bad}]}, LIMITS, NOW)
+        assert err.value.field == "instances[0].endDate" and len(str(err.value)) < 200
+
+
+def test_what_if_days_inside_the_window() -> None:
+    from transformer.request import what_if
+
+    body = {"instances": [{"storeId": "4", "beginDate": "2015-08-01", "endDate": "2015-08-03",
+                           "promoDays": ["2015-08-02"], "closed_days": ["2015-08-03", "2015-08-03"]},
+                          {"storeId": "5", "beginDate": "2015-08-01", "endDate": "2015-08-02"}]}
+    a, b = parse_v1(body, LIMITS, NOW)
+    assert a.promo_days == (NOW + 1,) and a.closed_days == (NOW + 2,) and b.promo_days == ()
+    assert a.echo()["promo_days"] == ["2015-08-02"] and "promo_days" not in b.echo()
+    promo, open_ = what_if([a, b])
+    assert promo.tolist() == [-1, 1, -1, -1, -1] and open_.tolist() == [-1, -1, 0, -1, -1]
+    assert what_if([b]) is None
+    for days, words in ((["2015-08-09"], "outside the window"), ("2015-08-01", "list of ISO dates"),
+                        (["x"], "not an ISO date"), (["2015-08-01"] * 4, "4 dates for a window of 3 days")):
+        with pytest.raises(RequestError, match=words):
+            parse_v1({"instances": [{"storeId": "4", "beginDate": "2015-08-01", "endDate": "2015-08-03",
+                                     "promoDays": days}]}, LIMITS, NOW)
+
+
+def test_a_window_beyond_the_horizon_is_refused_naming_the_limit() -> None:
+    from dataclasses import replace
+
+    limits = replace(LIMITS, max_days_ahead=30, data_end=NOW)
+    (w,) = parse_v1({"instances": [{"storeId": "4", "beginDate": "2015-08-31"}]}, limits, NOW)
+    assert w.begin == NOW + 30
+    with pytest.raises(RequestError) as err:
+        parse_v1({"instances": [{"storeId": "4", "beginDate": "2015-09-01"}]}, limits, NOW)
+    assert err.value.field == "instances[0].beginDate" and "30 days" in str(err.value)
+    assert "2015-08-01" in str(err.value) and "--max-days-ahead" in str(err.value)
+
+
+def test_api_key_door() -> None:
+    """The optional API key, as a door: checked on inference calls (REST and gRPC alike); CloudEvents and
+    probes pass; a refusal is a 401 with WWW-Authenticate."""
     import asyncio
 
-    from transformer.auth import ApiKey
+    from serving.door import Call
+    from serving.errors import Refused
+    from transformer.auth import ApiKeyDoor, api_key_door
 
-    seen: list[str] = []
+    door = ApiKeyDoor("s3cret")
 
-    async def app(scope: dict, receive: object, send: object) -> None:
-        seen.append(scope["path"])
+    def admit(kind: str = "infer", protocol: str = "http", **headers: str) -> int:
+        call = Call(protocol, "POST", "/v1/models/storecast:predict", kind, headers, "127.0.0.1:1")
+        try:
+            asyncio.run(door.admit(call))
+        except Refused as exc:
+            assert exc.headers == {"www-authenticate": "Bearer"}
+            return exc.status
+        return 200
 
-    async def call(path: str, method: str = "POST", headers: list | None = None) -> int:
-        sent: list[dict] = []
-
-        async def send(msg: dict) -> None:
-            sent.append(msg)
-
-        scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "headers": headers or []}
-        await ApiKey(app, "s3cret")(scope, None, send)
-        return sent[0]["status"] if sent else 200
-
-    run = asyncio.run
-    assert run(call("/v1/models/storecast:predict")) == 401
-    assert run(call("/v1/models/storecast:predict", headers=[(b"x-api-key", b"wrong")])) == 401
-    assert run(call("/v1/models/storecast:predict", headers=[(b"x-api-key", b"s3cret")])) == 200
-    assert run(call("/v2/models/storecast/infer", headers=[(b"authorization", b"Bearer s3cret")])) == 200
-    assert run(call("/v1/models/storecast:predict", headers=[(b"ce-id", b"1")])) == 200
-    assert run(call("/v2/models/storecast/ready", method="GET")) == 200
-    assert seen == ["/v1/models/storecast:predict", "/v2/models/storecast/infer", "/v1/models/storecast:predict",
-                    "/v2/models/storecast/ready"]
+    assert admit() == 401 and admit(protocol="grpc") == 401
+    assert admit(**{"x-api-key": "wrong"}) == 401
+    assert admit(**{"x-api-key": "s3cret"}) == 200
+    assert admit(protocol="grpc", authorization="Bearer s3cret") == 200
+    assert admit(**{"ce-id": "1"}) == 200
+    assert admit(kind="health") == 200 and admit(kind="metadata") == 200
+    assert api_key_door() is None or isinstance(api_key_door(), ApiKeyDoor)

@@ -1,27 +1,34 @@
 """The transformer: a ``kserve.Model`` turning business requests into predictor calls and back.
 
-V1 ``{"instances": [{"storeId", "beginDate", "endDate"}]}`` -> per store: the request echoed and its
-forecast rows (``timestamp``, ``value``, ``lower``, ``upper``, ``open``: whether the store is usually open
-on that weekday; Prophet is fitted on open days, so on a usually closed day the value is an
-extrapolation, not a sales figure). V2 inputs ``store_id``, ``begin_date``, ``end_date`` ->
-long-format outputs ``store_id``, ``ds``, ``yhat``, ``yhat_lower``, ``yhat_upper``, ``open_rate``.
+V1 ``{"instances": [{"storeId", "beginDate", "endDate", "promoDays", "closedDays"}]}`` -> per store: the
+request echoed and its forecast rows (``timestamp``, ``value``, ``lower``, ``upper``, ``open``, ``promo``,
+``holiday``, ``calendar``); a day the calendar (or the request's what-if) says is closed is answered
+with 0 sales; ``open`` on a day beyond the calendar follows the store's weekday pattern (Prophet is
+fitted on open days, so on a usually closed day the value is an extrapolation). The answer carries
+``model_version``: the predictor version that answered. V2 inputs ``store_id``, ``begin_date``,
+``end_date`` -> the long-format outputs of ``serving.contract.TRANSFORMER_OUTPUTS`` (those requested).
 """
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 from kserve import InferOutput, InferRequest, InferResponse, Model
-from kserve.errors import InvalidInput
 
-from transformer.request import Limits, RequestError, StoreWindow, expand, parse_columns, parse_v1
-from transformer.shards import Forecast, ShardRouter
+from serving.contract import TRANSFORMER_INPUTS, TRANSFORMER_OUTPUTS, names, to_day
+from serving.errors import ClientError
+from transformer.request import Limits, RequestError, StoreWindow, expand, parse_columns, parse_v1, what_if
+from transformer.shards import CALENDAR, FP64, OUTPUTS, Forecast, ShardRouter, ShardState, ShardWatch
 
-V2_INPUTS = ("store_id", "begin_date", "end_date")
-OPEN_THRESHOLD = 0.5  # "open": the store was open on at least half of that weekday in its last 52 weeks
+V2_INPUTS = tuple(t.name for t in TRANSFORMER_INPUTS)
+V2_OUTPUTS = {t.name: t.datatype for t in TRANSFORMER_OUTPUTS}
+V2_DEFAULT = names(TRANSFORMER_OUTPUTS, default=True)
+PLATFORM = "storecast_business_api"
+CLOSED_SOURCES = ("calendar", "what-if")  # a closed day from these is answered with 0 sales
 
 
 @dataclass
@@ -31,6 +38,8 @@ class Job:
     windows: list[StoreWindow]
     v2: bool
     request_id: str
+    outputs: tuple[str, ...] = ()  # V2: the outputs to answer, in order
+    version: str | None = None  # the predictor version asked for (None: whatever it serves)
     store_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
     ds: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype="<U10"))
     forecast: Forecast | None = None
@@ -39,27 +48,71 @@ class Job:
 class ForecastTransformer(Model):
     """Business forecast API in front of one or more predictor shards."""
 
-    def __init__(self, name: str, router: ShardRouter, limits: Limits) -> None:
+    def __init__(self, name: str, router: ShardRouter, limits: Limits, watch: ShardWatch | None = None) -> None:
         super().__init__(name)
-        self.router = router
-        self.limits = limits
+        self.router, self.limits, self.watch = router, limits, watch
+        self.data_end: int | None = None
         self.ready = False
+        if watch is not None:
+            watch.listeners.append(self._on_states)
 
     def load(self) -> bool:
         self.ready = True
         return self.ready
 
+    def start(self) -> None:
+        if self.watch is not None:
+            self.watch.start()
+
+    # ---- versions, metadata, metrics -------------------------------------------------------------
+    def served_versions(self) -> None:
+        """None: the predictors check a requested version (the transformer passes it on)."""
+        return None
+
+    def known_versions(self) -> list[str]:
+        seen = set(self.router.versions.values())
+        if self.watch is not None:
+            seen |= {s.version for s in self.watch.states if s.version}
+        return sorted(v for v in seen if v)
+
+    def metadata(self) -> dict[str, Any]:
+        md: dict[str, Any] = {
+            "name": self.name, "platform": PLATFORM,
+            "inputs": [{"name": t.name, "datatype": t.datatype, "shape": [-1]} for t in TRANSFORMER_INPUTS],
+            "outputs": [{"name": t.name, "datatype": t.datatype, "shape": [-1]} for t in TRANSFORMER_OUTPUTS]}
+        versions = self.known_versions()
+        if versions:
+            md["versions"] = versions
+        return md
+
+    def attach(self, meter: Any) -> None:
+        self.meter = meter
+
+    def _on_states(self, states: list[ShardState]) -> None:
+        ends = []
+        for s in states:
+            if s.data_end:
+                with contextlib.suppress(ValueError):
+                    ends.append(to_day(s.data_end))
+        self.data_end = max(ends) if ends else self.data_end
+        meter = getattr(self, "meter", None)
+        if meter is not None:
+            known = {(s.version, s.data_end or "") for s in states if s.version}
+            stores = sum(s.stores or 0 for s in states) if all(s.stores is not None for s in states) else None
+            meter.serving(known, stores)
+
+    # ---- inference -------------------------------------------------------------------------------
     async def preprocess(self, payload: dict | InferRequest, headers: dict[str, str] | None = None) -> Job:
+        limits = replace(self.limits, data_end=self.data_end)
         try:
             if isinstance(payload, InferRequest):
                 cols = _columns(payload)
-                windows = parse_columns(cols["store_id"], cols.get("begin_date"), cols.get("end_date"), self.limits)
-                return Job(windows, True, payload.id or str(uuid.uuid4()))
-            if isinstance(payload, dict) and "specversion" in payload and "data" in payload:
-                payload = payload["data"]  # a structured CloudEvent KServe did not unwrap (it requires `time`)
-            return Job(parse_v1(payload, self.limits), False, _request_id(headers))
+                outputs = _outputs(payload)
+                windows = parse_columns(cols["store_id"], cols.get("begin_date"), cols.get("end_date"), limits)
+                return Job(windows, True, payload.id or str(uuid.uuid4()), outputs, payload.model_version or None)
+            return Job(parse_v1(payload, limits), False, _request_id(headers))
         except RequestError as err:
-            raise InvalidInput(str(err)) from None
+            raise ClientError(str(err)) from None
 
     def validate(self, payload: Job) -> Job:  # the base class checks dict payloads; ours is already checked
         return payload
@@ -67,31 +120,41 @@ class ForecastTransformer(Model):
     async def predict(self, job: Job, headers: dict[str, str] | None = None, response_headers: Any = None) -> Job:
         job.store_ids, days = expand(job.windows)
         job.ds = np.datetime_as_string(days.astype("datetime64[D]"), unit="D")
-        job.forecast = await self.router.infer(job.store_ids, job.ds, job.request_id)
+        asked = OUTPUTS if not job.v2 else tuple(o for o in (*FP64, *CALENDAR) if o in job.outputs) or FP64[:1]
+        job.forecast = await self.router.infer(job.store_ids, job.ds, job.request_id, asked, job.version,
+                                               what_if(job.windows))
         return job
 
     async def postprocess(self, job: Job, headers: dict[str, str] | None = None,
                           response_headers: Any = None) -> dict | InferResponse:
         fc = job.forecast
+        assert fc is not None
         if job.v2:
             n = len(job.store_ids)
-            outputs = [InferOutput("store_id", [n], "BYTES", job.store_ids.tolist()),
-                       InferOutput("ds", [n], "BYTES", job.ds.tolist())]
-            for name, values in (("yhat", fc.yhat), ("yhat_lower", fc.lower), ("yhat_upper", fc.upper),
-                                 ("open_rate", fc.open_rate)):
-                outputs.append(InferOutput(name, [n], "FP64", values.tolist()))
-            return InferResponse(response_id=job.request_id, model_name=self.name, infer_outputs=outputs)
+            local = {"store_id": job.store_ids, "ds": job.ds.astype(object)}
+            outputs = [InferOutput(name, [n], V2_OUTPUTS[name], local[name] if name in local else fc.values[name])
+                       for name in job.outputs]
+            return InferResponse(response_id=job.request_id, model_name=self.name, model_version=fc.version,
+                                 infer_outputs=outputs)
         stamps = np.char.add(job.ds.astype("<U10"), "T00:00:00").tolist()
-        yhat, lower, upper = fc.yhat.tolist(), fc.lower.tolist(), fc.upper.tolist()
-        usually_open = (fc.open_rate >= OPEN_THRESHOLD).tolist()
+        closed = (fc.values["open"] == 0) & np.isin(fc.values["calendar"], CLOSED_SOURCES)
+        yhat, lower, upper = (np.where(closed, 0.0, fc.values[k]).tolist()
+                              for k in ("yhat", "yhat_lower", "yhat_upper"))
+        is_open = (fc.values["open"] != 0).tolist()
+        promo = (fc.values["promo"] != 0).tolist()
+        holiday, source = fc.values["holiday"].tolist(), fc.values["calendar"].tolist()
         predictions, start = [], 0
         for w in job.windows:
             stop = start + w.days
             rows = [{"timestamp": stamps[i], "value": yhat[i], "lower": lower[i], "upper": upper[i],
-                     "open": usually_open[i]} for i in range(start, stop)]
+                     "open": is_open[i], "promo": promo[i], "holiday": holiday[i], "calendar": source[i]}
+                    for i in range(start, stop)]
             predictions.append({"request": w.echo(), "forecast": rows})
             start = stop
-        return {"predictions": predictions}
+        answer: dict[str, Any] = {"predictions": predictions}
+        if fc.version:
+            answer["model_version"] = fc.version
+        return answer
 
 
 def _columns(request: InferRequest) -> dict[str, list[Any]]:
@@ -99,14 +162,34 @@ def _columns(request: InferRequest) -> dict[str, list[Any]]:
     cols: dict[str, list[Any]] = {}
     for inp in request.inputs:
         if inp.name not in V2_INPUTS:
-            raise RequestError(f"inputs.{inp.name}", f"unknown input; expected {', '.join(V2_INPUTS)}")
+            raise RequestError(f"inputs.{inp.name[:64]}", f"unknown input; expected {', '.join(V2_INPUTS)}")
+        if inp.name in cols:
+            raise RequestError(f"inputs.{inp.name}", "given twice")
         if inp.datatype != "BYTES":
-            raise RequestError(f"inputs.{inp.name}", f"datatype must be BYTES, got {inp.datatype}")
-        cols[inp.name] = [v.decode() if isinstance(v, bytes) else v for v in inp.as_numpy().reshape(-1).tolist()]
+            raise RequestError(f"inputs.{inp.name}", f"datatype must be BYTES, got {inp.datatype[:20]}")
+        values = inp.data if isinstance(inp.data, list) else inp.as_numpy().reshape(-1).tolist()
+        try:
+            cols[inp.name] = [v.decode() if isinstance(v, bytes) else v for v in values]
+        except UnicodeDecodeError:
+            raise RequestError(f"inputs.{inp.name}", "holds an element that is not UTF-8") from None
     if "store_id" not in cols:
         raise RequestError("inputs.store_id", "missing: one store id per requested store")
     return cols
 
 
+def _outputs(request: InferRequest) -> tuple[str, ...]:
+    if not request.request_outputs:
+        return V2_DEFAULT
+    wanted = tuple(o.name for o in request.request_outputs)
+    unknown = [name for name in wanted if name not in V2_OUTPUTS]
+    if unknown:
+        raise RequestError(f"outputs.{unknown[0][:64]}", f"unknown output; the outputs are {', '.join(V2_OUTPUTS)}")
+    return wanted
+
+
 def _request_id(headers: dict[str, str] | None) -> str:
-    return (headers or {}).get("x-request-id") or str(uuid.uuid4())
+    rid = (headers or {}).get("x-request-id") or ""
+    return rid[:128] if rid.isprintable() and rid else str(uuid.uuid4())
+
+
+__all__ = ["ForecastTransformer", "Job"]

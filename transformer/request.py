@@ -1,7 +1,9 @@
 """Business forecast requests: parse, validate and expand to the predictor's long format.
 
 No kserve import here: the parsing is plain Python over the decoded JSON, so it is testable and
-usable from anywhere (the CLI, Locust).
+usable from anywhere (the CLI, Locust). The rules are the contract's (``serving.contract``): store
+ids printable and at most 64 characters, dates ISO between 1900 and 2199, the instance keys of
+``INSTANCE_KEYS`` only (camelCase or snake_case; any other key is named in a 400).
 """
 
 from __future__ import annotations
@@ -13,10 +15,14 @@ from typing import Any
 
 import numpy as np
 
-EPOCH = dt.date(1970, 1, 1)
+from serving.contract import EPOCH, INSTANCE_KEYS, MAX_DAYS_AHEAD, DateError, iso, short, store_id_problem, to_day
+
 DEFAULT_DAYS = 7
-ALIASES = {"store_id": ("storeId", "store_id"), "begin_date": ("beginDate", "begin_date"),
-           "end_date": ("endDate", "end_date")}
+ALIASES = INSTANCE_KEYS
+KNOWN_KEYS = tuple(k for names in INSTANCE_KEYS.values() for k in names)
+BODY_KEYS = ("instances",)
+
+__all__ = ["Limits", "RequestError", "StoreWindow", "expand", "iso", "parse_columns", "parse_day", "parse_v1"]
 
 
 class RequestError(ValueError):
@@ -30,31 +36,39 @@ class RequestError(ValueError):
 
 @dataclass(frozen=True)
 class Limits:
-    """Request limits of the transformer (``--max-days``, ``--max-stores``)."""
+    """Request limits of the transformer (``--max-days``, ``--max-stores``, ``--max-days-ahead``).
+
+    ``data_end`` is the last day of data of the version served (days since epoch; None: not known
+    yet, the predictor checks its own horizon then)."""
 
     max_days: int = 366
     max_stores: int = 2000
+    max_days_ahead: int = MAX_DAYS_AHEAD
+    data_end: int | None = None
 
 
 @dataclass(frozen=True)
 class StoreWindow:
-    """One requested store and its inclusive window, as days since 1970-01-01."""
+    """One requested store, its inclusive window (days since 1970-01-01) and its what-if days."""
 
     store_id: str
     begin: int
     end: int
+    promo_days: tuple[int, ...] = ()
+    closed_days: tuple[int, ...] = ()
 
     @property
     def days(self) -> int:
         return self.end - self.begin + 1
 
-    def echo(self) -> dict[str, str]:
+    def echo(self) -> dict[str, Any]:
         """The request as answered: snake_case, ISO dates."""
-        return {"store_id": self.store_id, "begin_date": iso(self.begin), "end_date": iso(self.end)}
-
-
-def iso(day: int) -> str:
-    return (EPOCH + dt.timedelta(days=int(day))).isoformat()
+        out: dict[str, Any] = {"store_id": self.store_id, "begin_date": iso(self.begin), "end_date": iso(self.end)}
+        if self.promo_days:
+            out["promo_days"] = [iso(d) for d in self.promo_days]
+        if self.closed_days:
+            out["closed_days"] = [iso(d) for d in self.closed_days]
+        return out
 
 
 def today() -> int:
@@ -65,23 +79,23 @@ def today() -> int:
 def parse_day(value: Any, field: str) -> int:
     """An ISO date or datetime (``2015-08-01``, ``2015-08-01T00:00:00Z``) as days since epoch, UTC."""
     if not isinstance(value, str) or not value.strip():
-        raise RequestError(field, f"expected an ISO date like '2015-08-01', got {value!r}")
-    text = value.strip()
+        raise RequestError(field, f"expected an ISO date like '2015-08-01', got {short(value)}")
     try:
-        if len(text) == 10:
-            return (dt.date.fromisoformat(text) - EPOCH).days
-        stamp = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise RequestError(field, f"not an ISO date: {value!r}") from None
-    if stamp.tzinfo is not None:
-        stamp = stamp.astimezone(dt.UTC)
-    return (stamp.date() - EPOCH).days
+        return to_day(value)
+    except DateError as exc:
+        raise RequestError(field, f"not an ISO date: {exc}") from None
 
 
-def window(store: Any, begin: Any, end: Any, where: str, limits: Limits, now: int) -> StoreWindow:
+def window(store: Any, begin: Any, end: Any, where: str, limits: Limits, now: int,
+           promo: Any = None, closed: Any = None) -> StoreWindow:
     """Validate one store's request; missing dates default to the 7 days starting today (UTC)."""
-    if isinstance(store, bool) or not isinstance(store, str | int) or not str(store).strip():
-        raise RequestError(f"{where}.storeId", f"required: a non-empty store id, got {store!r}")
+    if isinstance(store, int) and not isinstance(store, bool) and abs(store) < 10**18:
+        store = str(store)
+    if not isinstance(store, str) or not store.strip():
+        raise RequestError(f"{where}.storeId", f"required: a non-empty store id, got {short(store)}")
+    problem = store_id_problem(store.strip())
+    if problem:
+        raise RequestError(f"{where}.storeId", f"store id {problem}")
     b = parse_day(begin, f"{where}.beginDate") if _given(begin) else None
     e = parse_day(end, f"{where}.endDate") if _given(end) else None
     if b is None:
@@ -92,13 +106,38 @@ def window(store: Any, begin: Any, end: Any, where: str, limits: Limits, now: in
         raise RequestError(f"{where}.endDate", f"{iso(e)} is before beginDate {iso(b)}")
     if e - b + 1 > limits.max_days:
         raise RequestError(f"{where}.endDate", f"window of {e - b + 1} days is over the limit of {limits.max_days}")
-    return StoreWindow(str(store).strip(), b, e)
+    if limits.data_end is not None and b > limits.data_end + limits.max_days_ahead:
+        given = "" if _given(begin) else " (default: today, UTC)"
+        raise RequestError(f"{where}.beginDate", f"{iso(b)}{given} is more than {limits.max_days_ahead} days after "
+                           f"the model's last day of data, {iso(limits.data_end)} (--max-days-ahead)")
+    return StoreWindow(store.strip(), b, e, _days(promo, f"{where}.promoDays", b, e),
+                       _days(closed, f"{where}.closedDays", b, e))
+
+
+def _days(value: Any, field: str, begin: int, end: int) -> tuple[int, ...]:
+    """What-if days: a list of ISO dates inside the window (sorted, without repeats)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise RequestError(field, f"expected a list of ISO dates inside the window, got {type(value).__name__}")
+    if len(value) > end - begin + 1:
+        raise RequestError(field, f"{len(value)} dates for a window of {end - begin + 1} days")
+    days = set()
+    for i, item in enumerate(value):
+        day = parse_day(item, f"{field}[{i}]")
+        if not begin <= day <= end:
+            raise RequestError(f"{field}[{i}]", f"{iso(day)} is outside the window {iso(begin)} .. {iso(end)}")
+        days.add(day)
+    return tuple(sorted(days))
 
 
 def parse_v1(body: Any, limits: Limits, now: int | None = None) -> list[StoreWindow]:
     """``{"instances": [{"storeId": "4", "beginDate": ..., "endDate": ...}, ...]}`` (camel or snake case)."""
     if not isinstance(body, dict):
         raise RequestError("body", f"expected a JSON object with 'instances', got {type(body).__name__}")
+    unknown = [k for k in body if k not in BODY_KEYS]
+    if unknown:
+        raise RequestError("body", f"unknown key {short(unknown[0])}; the body has only 'instances'")
     instances = body.get("instances")
     if not isinstance(instances, list) or not instances:
         raise RequestError("instances", "expected a non-empty list of {storeId, beginDate, endDate} objects")
@@ -109,8 +148,13 @@ def parse_v1(body: Any, limits: Limits, now: int | None = None) -> list[StoreWin
         where = f"instances[{i}]"
         if not isinstance(inst, dict):
             raise RequestError(where, f"expected an object like {{'storeId': '4'}}, got {type(inst).__name__}")
+        unknown = [k for k in inst if k not in KNOWN_KEYS]
+        if unknown:
+            raise RequestError(f"{where}.{str(unknown[0])[:30]}", f"unknown key {short(unknown[0])}; "
+                               f"the keys are {', '.join(KNOWN_KEYS)}")
         values = {key: _pick(inst, names, where) for key, names in ALIASES.items()}
-        out.append(window(values["store_id"], values["begin_date"], values["end_date"], where, limits, now))
+        out.append(window(values["store_id"], values["begin_date"], values["end_date"], where, limits, now,
+                          values["promo_days"], values["closed_days"]))
     return out
 
 
@@ -136,6 +180,22 @@ def expand(windows: list[StoreWindow]) -> tuple[np.ndarray, np.ndarray]:
     offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     ids = np.repeat(np.array([w.store_id for w in windows], dtype=object), lengths)
     return ids, starts + offsets
+
+
+def what_if(windows: list[StoreWindow]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per long-format row: promo and open overrides (int8, -1: as the calendar says), or None if none."""
+    if not any(w.promo_days or w.closed_days for w in windows):
+        return None
+    n = sum(w.days for w in windows)
+    promo, open_ = np.full(n, -1, dtype=np.int8), np.full(n, -1, dtype=np.int8)
+    start = 0
+    for w in windows:
+        for d in w.promo_days:
+            promo[start + d - w.begin] = 1
+        for d in w.closed_days:
+            open_[start + d - w.begin] = 0
+        start += w.days
+    return promo, open_
 
 
 def _given(value: Any) -> bool:

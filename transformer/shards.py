@@ -1,17 +1,22 @@
 """Calling the predictor shards: one long-lived client per shard, rows routed by crc32, merged in order.
 
 gRPC V2 (default) builds ``ModelInferRequest`` protobufs directly on one ``grpc.aio`` channel per
-shard; REST V2 posts Open Inference Protocol JSON on one keep-alive ``httpx`` client per shard.
-A shard that is down, slow or broken is named in a ``ShardUnavailable`` (503); a 4xx from a
-predictor (unknown store, bad date) comes back as ``PredictorRejected`` with its status and message.
+shard (reconnect backoff at most 1 s, so a shard that comes back is used again within about a
+second); REST V2 posts Open Inference Protocol JSON on one keep-alive ``httpx`` client per shard.
+A shard that is down, slow or broken is named in a ``ShardUnavailable`` (503 / UNAVAILABLE); a 4xx
+from a predictor (unknown store, another version) comes back as ``PredictorRejected`` with its status
+and message. :class:`ShardWatch` asks every shard now and then which version it serves, its data end
+and its stores (for metadata, metrics and the horizon check).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import zlib
-from dataclasses import dataclass
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import httpx
@@ -20,22 +25,30 @@ import orjson
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 
-OUTPUTS = ("yhat", "yhat_lower", "yhat_upper", "open_rate")  # asked of the predictor, in this order
+from serving import tensors
+from serving.contract import LIST_STORES, shard_of
+from serving.errors import ServingError, Unavailable
+
+FP64 = ("yhat", "yhat_lower", "yhat_upper", "open_rate")
+CALENDAR = ("open", "promo", "holiday", "calendar")
+OUTPUTS = (*FP64, *CALENDAR)  # asked of the predictor
+TYPES = {**dict.fromkeys(FP64, "FP64"), "open": "INT32", "promo": "INT32", "holiday": "BYTES", "calendar": "BYTES"}
 GRPC_OPTIONS = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20),
-                ("grpc.enable_retries", 0)]
+                ("grpc.enable_retries", 0), ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000)]
 _ids = itertools.count()
-_REQUESTED = [pb.ModelInferRequest.InferRequestedOutputTensor(name=name) for name in OUTPUTS]
+log = logging.getLogger("storecast.transformer")
 
 
-class ShardUnavailable(RuntimeError):
+class ShardUnavailable(Unavailable):
     """A predictor shard could not answer (down, timed out, failed): the request fails whole (503)."""
 
     def __init__(self, shard: int, host: str, detail: str) -> None:
-        super().__init__(f"predictor shard {shard} ({host}) unavailable: {detail}")
+        super().__init__(f"predictor shard {shard} ({host}) unavailable: {detail}", shard=shard)
         self.shard, self.host = shard, host
 
 
-class PredictorRejected(RuntimeError):
+class PredictorRejected(ServingError):
     """A predictor answered the request with a 4xx: passed through with its status and message."""
 
     def __init__(self, status: int, message: str) -> None:
@@ -43,20 +56,23 @@ class PredictorRejected(RuntimeError):
         self.status = status
 
 
-@dataclass(frozen=True)
+@dataclass
 class Forecast:
-    yhat: np.ndarray
-    lower: np.ndarray
-    upper: np.ndarray
-    open_rate: np.ndarray  # share of that weekday the store was open in its last 52 weeks
+    """The predictor's outputs for every row, and the version(s) that answered."""
 
+    values: dict[str, np.ndarray]
+    versions: set[str] = field(default_factory=set)
 
-def shard_of(store_ids: np.ndarray, shards: int) -> np.ndarray:
-    """``crc32(store_id) % shards`` per row (DESIGN.md "Scaling"); computed once per distinct store."""
-    if shards == 1:
-        return np.zeros(len(store_ids), dtype=np.int64)
-    unique, inverse = np.unique(store_ids.astype(str), return_inverse=True)
-    return np.array([zlib.crc32(s.encode()) % shards for s in unique], dtype=np.int64)[inverse]
+    def __getattr__(self, name: str) -> np.ndarray:
+        aliases = {"lower": "yhat_lower", "upper": "yhat_upper"}
+        try:
+            return self.values[aliases.get(name, name)]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def version(self) -> str | None:
+        return ",".join(sorted(self.versions)) or None
 
 
 class GrpcShard:
@@ -75,26 +91,47 @@ class GrpcShard:
             self._stub = GRPCInferenceServiceStub(self._channel)
         return self._stub
 
-    async def infer(self, ids: list[bytes], ds: list[bytes], request_id: str) -> Forecast:
+    async def infer(self, ids: list[bytes], ds: list[bytes], request_id: str, outputs: tuple[str, ...],
+                    version: str | None = None, what_if: tuple[np.ndarray, np.ndarray] | None = None
+                    ) -> tuple[dict[str, np.ndarray], str]:
         n = len(ids)
-        request = pb.ModelInferRequest(model_name=self.model, id=request_id, inputs=[
+        inputs = [
             pb.ModelInferRequest.InferInputTensor(name="store_id", datatype="BYTES", shape=[n],
                                                   contents=pb.InferTensorContents(bytes_contents=ids)),
             pb.ModelInferRequest.InferInputTensor(name="ds", datatype="BYTES", shape=[n],
                                                   contents=pb.InferTensorContents(bytes_contents=ds)),
-        ], outputs=_REQUESTED)
+        ]
+        if what_if is not None:
+            for name, values in zip(("promo", "open"), what_if, strict=True):
+                inputs.append(pb.ModelInferRequest.InferInputTensor(
+                    name=name, datatype="INT32", shape=[n],
+                    contents=pb.InferTensorContents(int_contents=values.astype(np.int32).tolist())))
+        request = pb.ModelInferRequest(model_name=self.model, model_version=version or "", id=request_id,
+                                       inputs=inputs, outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(
+                                           name=name) for name in outputs])
         response = await self._client().ModelInfer(request, timeout=self.timeout)
-        arrays = {}
-        for i, out in enumerate(response.outputs):
-            if response.raw_output_contents:
-                arrays[out.name] = np.frombuffer(response.raw_output_contents[i], dtype="<f8")
-            else:
-                arrays[out.name] = np.asarray(out.contents.fp64_contents, dtype=np.float64)
-        return Forecast(*(arrays[k] for k in OUTPUTS))
+        return read_grpc(response), response.model_version
 
     async def close(self) -> None:
         if self._channel is not None:
             await self._channel.close()
+
+
+def read_grpc(response: Any) -> dict[str, np.ndarray]:
+    """Outputs of a ``ModelInferResponse`` (raw contents, or typed contents) as arrays."""
+    arrays = {}
+    for i, out in enumerate(response.outputs):
+        if response.raw_output_contents:
+            blob = response.raw_output_contents[i]
+            if out.datatype == "BYTES":
+                arrays[out.name] = np.array([b.decode() for b in tensors.bytes_elements(blob)], dtype=object)
+            else:
+                arrays[out.name] = np.frombuffer(blob, dtype=tensors.DTYPES[out.datatype])
+        elif out.datatype == "BYTES":
+            arrays[out.name] = np.array([b.decode() for b in out.contents.bytes_contents], dtype=object)
+        else:
+            arrays[out.name] = np.asarray(getattr(out.contents, tensors.GRPC_FIELDS[out.datatype]))
+    return arrays
 
 
 class RestShard:
@@ -102,23 +139,30 @@ class RestShard:
 
     def __init__(self, host: str, model: str, timeout: float) -> None:
         base = host if host.startswith(("http://", "https://")) else f"http://{host}"
-        self.host, self.url, self.timeout = host, f"{base}/v2/models/{model}/infer", timeout
+        self.host, self.base, self.model, self.timeout = host, base, model, timeout
         self._http: httpx.AsyncClient | None = None
 
-    async def infer(self, ids: list[bytes], ds: list[bytes], request_id: str) -> Forecast:
+    async def infer(self, ids: list[bytes], ds: list[bytes], request_id: str, outputs: tuple[str, ...],
+                    version: str | None = None, what_if: tuple[np.ndarray, np.ndarray] | None = None
+                    ) -> tuple[dict[str, np.ndarray], str]:
         if self._http is None:
             self._http = httpx.AsyncClient(timeout=self.timeout, limits=httpx.Limits(max_keepalive_connections=64))
         n = len(ids)
-        body = {"id": request_id, "inputs": [
-            {"name": "store_id", "datatype": "BYTES", "shape": [n], "data": [s.decode() for s in ids]},
-            {"name": "ds", "datatype": "BYTES", "shape": [n], "data": [d.decode() for d in ds]},
-        ], "outputs": [{"name": name} for name in OUTPUTS]}
-        response = await self._http.post(self.url, content=orjson.dumps(body),
+        inputs = [{"name": "store_id", "datatype": "BYTES", "shape": [n], "data": [s.decode() for s in ids]},
+                  {"name": "ds", "datatype": "BYTES", "shape": [n], "data": [d.decode() for d in ds]}]
+        if what_if is not None:
+            inputs += [{"name": name, "datatype": "INT32", "shape": [n], "data": values.tolist()}
+                       for name, values in zip(("promo", "open"), what_if, strict=True)]
+        body = {"id": request_id, "inputs": inputs, "outputs": [{"name": name} for name in outputs]}
+        path = f"/v2/models/{self.model}" + (f"/versions/{version}" if version else "") + "/infer"
+        response = await self._http.post(self.base + path, content=orjson.dumps(body),
                                           headers={"content-type": "application/json"})
         if response.status_code >= 400:
             raise _HttpStatus(response.status_code, _error_text(response))
-        outputs = {o["name"]: np.asarray(o["data"], dtype=np.float64) for o in response.json()["outputs"]}
-        return Forecast(*(outputs[k] for k in OUTPUTS))
+        doc = response.json()
+        arrays = {o["name"]: np.asarray(o["data"], dtype=object if o["datatype"] == "BYTES" else None)
+                  for o in doc["outputs"]}
+        return arrays, str(doc.get("model_version", ""))
 
     async def close(self) -> None:
         if self._http is not None:
@@ -138,10 +182,14 @@ class ShardRouter:
         if protocol not in ("grpc-v2", "v2"):
             raise ValueError(f"predictor protocol must be grpc-v2 or v2 (REST V2), got {protocol!r}")
         kind = GrpcShard if protocol == "grpc-v2" else RestShard
-        self.hosts, self.protocol, self.batch_rows = hosts, protocol, batch_rows
+        self.hosts, self.protocol, self.model, self.batch_rows = hosts, protocol, model, batch_rows
+        self.timeout = timeout
         self.clients = [kind(h, model, timeout) for h in hosts]
+        self.versions: dict[int, str] = {}  # the version each shard answered with last
 
-    async def infer(self, store_ids: np.ndarray, ds: np.ndarray, request_id: str | None = None) -> Forecast:
+    async def infer(self, store_ids: np.ndarray, ds: np.ndarray, request_id: str | None = None,
+                    outputs: tuple[str, ...] = OUTPUTS, version: str | None = None,
+                    what_if: tuple[np.ndarray, np.ndarray] | None = None) -> Forecast:
         """Forecast every (store_id, ds) row; ``ds`` are ISO date strings."""
         n = len(store_ids)
         shard = shard_of(store_ids, len(self.clients))
@@ -153,41 +201,110 @@ class ShardRouter:
             rows = np.flatnonzero(shard == k)
             for start in range(0, len(rows), self.batch_rows):
                 part = rows[start: start + self.batch_rows]
-                calls.append(self._call(k, [ids_b[i] for i in part], [ds_b[i] for i in part], request_id))
-                places.append(part)
+                part_what_if = None if what_if is None else (what_if[0][part], what_if[1][part])
+                calls.append(self._call(k, [ids_b[i] for i in part], [ds_b[i] for i in part], request_id, outputs,
+                                        version, part_what_if))
+                places.append((k, part))
         parts = await asyncio.gather(*calls)
-        out = Forecast(np.empty(n), np.empty(n), np.empty(n), np.empty(n))
-        for part, fc in zip(places, parts, strict=True):
-            if any(len(a) != len(part) for a in (fc.yhat, fc.lower, fc.upper, fc.open_rate)):
-                raise ShardUnavailable(int(shard[part[0]]), self.hosts[int(shard[part[0]])],
-                                       f"answered {len(fc.yhat)} rows for {len(part)}")
-            out.yhat[part], out.lower[part], out.upper[part], out.open_rate[part] = (
-                fc.yhat, fc.lower, fc.upper, fc.open_rate)
+        out = Forecast({name: np.empty(n, dtype=object if TYPES[name] == "BYTES" else tensors.DTYPES[TYPES[name]])
+                        for name in outputs})
+        for (k, part), (values, answered) in zip(places, parts, strict=True):
+            if any(len(values.get(name, ())) != len(part) for name in outputs):
+                raise ShardUnavailable(k, self.hosts[k], f"answered {len(values.get(outputs[0], ()))} rows for "
+                                       f"{len(part)} (or left out an output)")
+            for name in outputs:
+                out.values[name][part] = values[name]
+            self.versions[k] = answered
+            out.versions.add(answered)
         return out
 
-    async def _call(self, k: int, ids: list[bytes], ds: list[bytes], request_id: str) -> Forecast:
+    async def _call(self, k: int, ids: list[bytes], ds: list[bytes], request_id: str, outputs: tuple[str, ...],
+                    version: str | None, what_if: Any) -> tuple[dict[str, np.ndarray], str]:
         try:
-            return await self.clients[k].infer(ids, ds, request_id)
+            return await self.clients[k].infer(ids, ds, request_id, outputs, version, what_if)
         except grpc.aio.AioRpcError as err:
             code = err.code()
             if code == grpc.StatusCode.INVALID_ARGUMENT:
                 raise PredictorRejected(400, err.details() or "invalid input") from None
             if code == grpc.StatusCode.NOT_FOUND:
                 raise PredictorRejected(404, err.details() or "not found") from None
-            raise ShardUnavailable(k, self.hosts[k], f"{code.name}: {err.details()}") from None
+            raise ShardUnavailable(k, self.hosts[k], f"{code.name}: {(err.details() or '')[:300]}") from None
         except _HttpStatus as err:
             if 400 <= err.status < 500:
                 raise PredictorRejected(err.status, str(err)) from None
-            raise ShardUnavailable(k, self.hosts[k], f"HTTP {err.status}: {err}") from None
+            raise ShardUnavailable(k, self.hosts[k], f"HTTP {err.status}: {str(err)[:300]}") from None
         except (httpx.HTTPError, OSError, KeyError, ValueError) as err:
-            raise ShardUnavailable(k, self.hosts[k], f"{type(err).__name__}: {err}") from None
+            raise ShardUnavailable(k, self.hosts[k], f"{type(err).__name__}: {str(err)[:300]}") from None
 
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self.clients))
+
+
+@dataclass
+class ShardState:
+    """What a shard said it serves, when last asked."""
+
+    version: str | None = None
+    stores: int | None = None
+    data_end: str | None = None
+    error: str | None = None
+
+
+class ShardWatch:
+    """Asks every shard every ``seconds`` which version it serves (a daemon thread, blocking clients)."""
+
+    def __init__(self, router: ShardRouter, seconds: float = 5.0) -> None:
+        self.router, self.seconds = router, seconds
+        self.states = [ShardState() for _ in router.hosts]
+        self.listeners: list[Any] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._channels: dict[str, grpc.Channel] = {}
+
+    def start(self) -> None:
+        if self._thread is None and self.seconds > 0:
+            self._thread = threading.Thread(target=self._run, name="storecast-shard-watch", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def poll(self) -> None:
+        for k, host in enumerate(self.router.hosts):
+            try:
+                self.states[k] = self._ask(host)
+            except Exception as exc:  # a shard down: keep what it said last, note why
+                self.states[k].error = f"{type(exc).__name__}: {str(exc)[:200]}"
+        for listener in list(self.listeners):
+            listener(self.states)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.poll()
+            self._stop.wait(self.seconds)
+
+    def _ask(self, host: str) -> ShardState:
+        if self.router.protocol == "grpc-v2":
+            target = GrpcShard(host, self.router.model, self.router.timeout).host
+            if target not in self._channels:
+                self._channels[target] = grpc.insecure_channel(target, options=GRPC_OPTIONS)
+            stub = GRPCInferenceServiceStub(self._channels[target])
+            res = stub.ModelInfer(pb.ModelInferRequest(model_name=self.router.model, parameters={
+                LIST_STORES: pb.InferParameter(bool_param=True)}), timeout=self.router.timeout)
+            params = res.parameters
+            return ShardState(res.model_version, int(params["stores"].int64_param),
+                              params["data_end"].string_param or None)
+        base = host if host.startswith(("http://", "https://")) else f"http://{host}"
+        r = httpx.post(f"{base}/v2/models/{self.router.model}/infer", timeout=self.router.timeout,
+                       json={"parameters": {LIST_STORES: True}, "inputs": []})
+        r.raise_for_status()
+        doc = r.json()
+        params = doc.get("parameters", {})
+        return ShardState(doc.get("model_version"), params.get("stores"), params.get("data_end") or None)
 
 
 def _error_text(response: httpx.Response) -> str:
     try:
         return str(response.json().get("error", response.text))
     except ValueError:
-        return response.text
+        return response.text[:500]

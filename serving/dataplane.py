@@ -1,0 +1,117 @@
+"""KServe's data plane with what the Open Inference Protocol promises and KServe leaves out.
+
+- model metadata from the model (``platform``, inputs, outputs, ``versions``), server metadata with
+  the extensions actually served;
+- versions addressable: :meth:`ServingDataPlane.check_version` answers 404 naming the served
+  version for any other; a model whose versions live downstream (the transformer) says ``None`` and
+  passes the requested version on;
+- readiness: ``/v2/health/ready`` only when every registered model is ready;
+- V1 decoding: CloudEvents checked first (``serving.cloudevents``), a structured event without
+  ``time`` unwrapped, anything KServe's decoder trips over answered 400, never 500.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib import metadata as distribution
+from typing import Any
+
+import orjson
+from kserve.protocol.dataplane import DataPlane
+
+from serving import cloudevents
+from serving.errors import ClientError, NotFound, ServingError, Unavailable
+
+EXTENSIONS = ["binary_tensor_data", "model_repository"]
+
+
+def _version() -> str:
+    try:
+        return distribution.version("storecast")
+    except distribution.PackageNotFoundError:  # a source checkout that is not installed
+        return "0+source"
+
+
+class ServingDataPlane(DataPlane):
+    """The data plane both storecast servers use."""
+
+    def __init__(self, model_registry: Any, server_name: str, event_types: Sequence[str] | None = None) -> None:
+        super().__init__(model_registry=model_registry)
+        self._server_name = server_name
+        self._server_version = _version()
+        self.event_types = tuple(event_types) if event_types else None
+
+    def metadata(self) -> dict[str, Any]:
+        return {"name": self._server_name, "version": self._server_version, "extensions": list(EXTENSIONS)}
+
+    def model(self, name: str) -> Any:
+        """The registered model (404 naming the served ones otherwise)."""
+        model = self.model_registry.get_model(name)
+        if model is None:
+            served = ", ".join(sorted(self.model_registry.get_models())) or "none"
+            raise NotFound(f"model {name[:64]!r} is not served here; the models are: {served}")
+        return model
+
+    def check_version(self, name: str, version: str | None) -> str | None:
+        """The requested version if this server can answer it (404 naming the served one otherwise)."""
+        if not version:
+            return None
+        model = self.model(name)
+        versions = model.served_versions() if hasattr(model, "served_versions") else []
+        if versions is None:  # answered downstream (the transformer: the predictor checks)
+            return version
+        if not versions:
+            raise Unavailable(f"model {name} has no version loaded yet")
+        if version not in versions:
+            raise NotFound(f"model {name} version {version[:64]!r} is not served; "
+                           f"the served version is {', '.join(versions)}")
+        return version
+
+    async def model_metadata(self, model_name: str) -> dict[str, Any]:
+        model = self.model(model_name)
+        if hasattr(model, "metadata"):
+            return model.metadata()
+        return await super().model_metadata(model_name)
+
+    async def ready(self) -> bool:
+        models = self.model_registry.get_models()
+        if not models:
+            return False
+        for model in models.values():
+            if not await model.healthy():
+                return False
+        return await super().ready()
+
+    def decode(self, body: Any, headers: Any, protocol_version: str = "v1", model_name: str | None = None) -> Any:
+        headers = headers or {}
+        if cloudevents.is_binary(headers):
+            cloudevents.check_binary(headers, self.event_types)
+        elif cloudevents.is_structured(headers):
+            try:
+                doc = orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                raise ClientError(f"structured CloudEvent is not JSON: {str(exc)[:120]}") from None
+            doc = cloudevents.check_structured(doc, self.event_types)
+            if "time" not in doc:  # KServe unwraps only events that carry one (optional in CloudEvents 1.0)
+                return _data(doc), {k: v for k, v in doc.items() if k not in ("data", "data_base64")}
+        try:
+            return super().decode(body, headers, protocol_version, model_name)
+        except (ServingError, RecursionError):
+            raise
+        except Exception as exc:
+            from kserve.errors import InvalidInput
+
+            if isinstance(exc, InvalidInput):
+                raise
+            raise ClientError(f"request body could not be read: {type(exc).__name__}: {str(exc)[:120]}") from None
+
+
+def _data(doc: dict[str, Any]) -> Any:
+    if "data" in doc:
+        return doc["data"]
+    import base64
+
+    try:
+        return orjson.loads(base64.b64decode(doc["data_base64"], validate=True))
+    except (ValueError, orjson.JSONDecodeError):
+        raise ClientError("CloudEvent data_base64 is not base64 of a JSON request") from None

@@ -1,0 +1,147 @@
+"""The REST server: KServe's uvicorn/FastAPI server with our V2 endpoints, errors and front.
+
+:class:`RestServer` is KServe's ``RESTServer`` bound to the configured host, with uvicorn's access
+log replaced by ours, the shed fast path as its HTTP protocol, :class:`~serving.http.Front` as the
+only middleware, every error answered ``{"error": "..."}`` (KServe's own 404/422 included, client
+errors without a traceback), and the V2 routes below registered ahead of KServe's:
+
+- ``POST /v2/models/{name}[/versions/{v}]/infer``: the body read as sent (JSON without or with any
+  content type, the binary extension), checked by ``serving.tensors``, answered with optional
+  fields omitted and binary outputs when asked;
+- ``GET /v2/models/{name}[/versions/{v}]`` and ``.../ready``: versions checked (404 naming the served one);
+- ``GET /v2``: server metadata with the extensions served.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from kserve import errors as kerrors
+from kserve.protocol.rest.server import RESTServer
+from starlette.exceptions import HTTPException
+
+from serving import shedding, tensors
+from serving.errors import Failure, ServingError, Unavailable, failure_of
+from serving.http import Front, error_response
+
+log = logging.getLogger("storecast.errors")
+
+
+def json_response(doc: Any, status: int = 200) -> Response:
+    import orjson
+
+    return Response(orjson.dumps(doc), status_code=status, media_type="application/json")
+
+
+def failure_response(failure: Failure) -> Response:
+    status, headers, body = error_response(failure)
+    return Response(body, status_code=status, headers={k.decode(): v.decode() for k, v in headers
+                                                       if k not in (b"content-length",)})
+
+
+class V2:
+    """Our V2 endpoints over a :class:`~serving.dataplane.ServingDataPlane`."""
+
+    def __init__(self, dataplane: Any) -> None:
+        self.dataplane = dataplane
+
+    async def server_metadata(self) -> Response:
+        return json_response(self.dataplane.metadata())
+
+    async def model_metadata(self, model_name: str, model_version: str | None = None) -> Response:
+        self.dataplane.check_version(model_name, model_version)
+        return json_response(await self.dataplane.model_metadata(model_name))
+
+    async def model_ready(self, model_name: str, model_version: str | None = None) -> Response:
+        self.dataplane.check_version(model_name, model_version)
+        if not await self.dataplane.model_ready(model_name):
+            raise kerrors.ModelNotReady(model_name)
+        return json_response({"name": model_name, "ready": True})
+
+    async def infer(self, raw: Request, model_name: str, model_version: str | None = None) -> Response:
+        model = self.dataplane.model(model_name)
+        version = self.dataplane.check_version(model_name, model_version)
+        if not await self.dataplane.model_ready(model_name, True):
+            raise Unavailable(_not_ready(model, model_name))
+        body = await raw.body()
+        request = tensors.decode_rest(body, raw.headers.get(tensors.HEADER_LENGTH))
+        request.model_version = version
+        headers = dict(raw.headers)
+        response, response_headers = await self.dataplane.infer(model_name, tensors.to_kserve(request, model_name),
+                                                                headers)
+        payload, out_headers = tensors.encode_rest(response, request)
+        return Response(payload, headers={**{k: v for k, v in (response_headers or {}).items()
+                                             if k.lower() not in ("content-length", "content-type")}, **out_headers})
+
+    def register(self, app: FastAPI) -> None:
+        router = APIRouter(prefix="/v2")
+        router.add_api_route("", self.server_metadata, methods=["GET"], include_in_schema=False)
+        for suffix in ("", "/versions/{model_version}"):
+            base = "/models/{model_name}" + suffix
+            router.add_api_route(base, self.model_metadata, methods=["GET"])
+            router.add_api_route(base + "/ready", self.model_ready, methods=["GET"])
+            router.add_api_route(base + "/infer", self.infer, methods=["POST"])
+        app.include_router(router)
+
+
+def _not_ready(model: Any, name: str) -> str:
+    why = getattr(model, "not_ready_reason", None)
+    reason = why() if callable(why) else None
+    return f"model {name} is not ready: {reason}" if reason else f"model {name} is not ready yet"
+
+
+async def _handle(request: Request, exc: Exception) -> Response:
+    failure = failure_of(exc)
+    if failure.status >= 500 and failure.status != 503:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return failure_response(failure)
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    if exc.status_code == 404:
+        message = (f"no route {request.method} {request.url.path[:120]}: see /v2/models/<name>/infer, "
+                   "/v1/models/<name>:predict, /v2/models/<name>")
+    elif exc.status_code == 405:
+        message = f"method {request.method} is not allowed on {request.url.path[:120]}"
+    else:
+        message = str(exc.detail)
+    return failure_response(Failure(exc.status_code, message, dict(exc.headers or {})))
+
+
+async def _validation(request: Request, exc: RequestValidationError) -> Response:
+    problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}"
+                         for e in exc.errors()[:5])
+    return failure_response(Failure(400, f"bad request: {problems[:500]}"))
+
+
+class RestServer(RESTServer):
+    """KServe's REST server with the storecast guarantees (see the module docstring)."""
+
+    def __init__(self, *args: Any, host: str, front: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.config.host = host
+        self.config.http = shedding.PROTOCOL
+        self.front = front
+
+    def create_application(self) -> None:
+        quiet = logging.getLogger("uvicorn.access")  # our Front writes the access line (both protocols)
+        quiet.handlers, quiet.propagate = [], False
+        super().create_application()
+
+    def _add_middlewares(self, app: FastAPI) -> None:
+        app.add_middleware(Front, **self.front)
+
+    def _register_endpoints(self, app: FastAPI) -> None:
+        V2(self.dataplane).register(app)
+        super()._register_endpoints(app)
+
+    def _add_exception_handlers(self, app: FastAPI) -> None:
+        for kind in (ServingError, kerrors.InvalidInput, kerrors.InferenceError, kerrors.ModelNotFound,
+                     kerrors.ModelNotReady, kerrors.UnsupportedProtocol, kerrors.ServerNotLive,
+                     kerrors.ServerNotReady, NotImplementedError, RecursionError):
+            app.add_exception_handler(kind, _handle)
+        app.add_exception_handler(HTTPException, _http_error)
+        app.add_exception_handler(RequestValidationError, _validation)
