@@ -286,4 +286,4 @@ def _calendar_grid(rows: list[dict[str, Any]]) -> tuple[int, np.ndarray]:
 
 def _natural(store_id: str) -> tuple[int, str]:
     """Sort key: numeric ids by number (1, 2, 10), then others alphabetically."""
-    return (int(store_id), "") if store_id.isdigit() else (1 << 62, store_id)
+    return (int(store_id), "") if store_id.isascii() and store_id.isdigit() else (1 << 62, store_id)
