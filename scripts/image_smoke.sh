@@ -165,7 +165,8 @@ status=$(post "http://127.0.0.1:$pp/v2/models/$MODEL/infer" "$v2")
 [ "$status" = 200 ] || fail "V2 request: HTTP $status $(cat "$WORK/body")"
 cp "$WORK/body" "$WORK/v2.json"
 
-status=$(post "http://127.0.0.1:$tp/v1/models/$MODEL:predict" '{"instances": [{"storeId": "1"}]}' \
+status=$(post "http://127.0.0.1:$tp/v1/models/$MODEL:predict" \
+    '{"instances": [{"storeId": "1", "beginDate": "2015-08-01", "endDate": "2015-08-07"}]}' \
     -H 'ce-specversion: 1.0' -H 'ce-type: com.storecast.forecast.requested' -H 'ce-source: image-smoke' \
     -H 'ce-id: smoke-1')
 [ "$status" = 200 ] || fail "CloudEvent request: HTTP $status $(cat "$WORK/body")"
