@@ -36,27 +36,47 @@ def pss_bytes(pid: int) -> int:
         return 0
 
 
-def tree_pss(pid: int) -> int:
+def tree(pid: int) -> list[psutil.Process]:
     try:
         root = psutil.Process(pid)
-        pids = [pid, *(p.pid for p in root.children(recursive=True))]
+        return [root, *root.children(recursive=True)]
     except psutil.Error:
-        return 0
-    return sum(pss_bytes(p) for p in pids)
+        return []
+
+
+def tree_pss(pid: int) -> int:
+    return sum(pss_bytes(p.pid) for p in tree(pid))
 
 
 class PeakSampler:
-    """The highest summed PSS of a process tree while it runs."""
+    """The highest summed PSS of a process tree while it runs, and the CPU seconds it used.
+
+    CPU: user + system time of every process of the tree, as last seen (a process that ends between
+    two samples loses at most ``interval``). On a machine shared with other work, CPU seconds are
+    what a run costs on the same cores; wall time also holds the waits for the other work.
+    """
 
     def __init__(self, pid: int, interval: float = 0.2) -> None:
         self.pid, self.interval, self.peak = pid, interval, 0
+        self.cpu: dict[tuple[int, float], float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, tree_pss(self.pid))
+            procs = tree(self.pid)
+            self.peak = max(self.peak, sum(pss_bytes(p.pid) for p in procs))
+            for p in procs:
+                try:
+                    t = p.cpu_times()
+                    self.cpu[(p.pid, p.create_time())] = t.user + t.system
+                except psutil.Error:
+                    continue
+
+    @property
+    def cpu_seconds(self) -> float:
+        return sum(self.cpu.values())
 
     def stop(self) -> int:
         self._stop.set()
@@ -72,6 +92,7 @@ class Run:
     fit: float  # the fit phase as the CLI reports it (data prepared -> every result gathered)
     register: float
     peak_mb: float  # summed PSS of the process tree
+    cpu: float  # CPU seconds of the process tree
     stores: int
     failed: int
     version: str
@@ -94,8 +115,8 @@ def train_run(data: Path, workdir: Path, backend: str, workers: int, extra: tupl
         tail = (workdir / "train.log").read_text()[-3000:]
         raise RuntimeError(f"storecast train ({backend}) failed with {proc.returncode}:\n{tail}")
     res = json.loads(out.strip().splitlines()[-1])
-    return Run(wall, res["seconds"]["fit"], res["seconds"].get("register", 0.0), peak / 2**20, res["stores"],
-               len(res["failed"]), res["version"])
+    return Run(wall, res["seconds"]["fit"], res["seconds"].get("register", 0.0), peak / 2**20, sampler.cpu_seconds,
+               res["stores"], len(res["failed"]), res["version"])
 
 
 def median(values: list[float]) -> float:
