@@ -30,7 +30,7 @@ from pipelines.fitting import FitConfig, Series, StoreResult, fit_chunk, quiet
 
 INSTALL_HINT = "the Ray backend needs Ray: pip install storecast[ray]"
 MAX_RETRIES = 3  # Ray re-runs a task whose worker process or node died this many times
-MOST_PER_CHUNK = 50  # as the local backend: a task fits 1-2 s of stores, far above Ray's ~ms per task
+MOST_PER_CHUNK = 50  # as the local backend: seconds of fitting per task, far above Ray's ~ms per task
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray keeps a loopback node address (start_local)
 
 log = logging.getLogger("storecast.ray")
