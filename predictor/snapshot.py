@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from predictor import calendar as cal
-from predictor.forecast import calendar_days, forecast
+from predictor.forecast import CALENDAR_OUTPUTS, calendar_outputs, forecast
 from predictor.table import ParamTable
 from serving.contract import Shard
 
@@ -100,13 +100,8 @@ class Snapshot:
                 forecast(self.table, rows, days, promo, open_) if what_if else self._forecast(rows, days))
         if "open_rate" in names:
             out["open_rate"] = self.table.open_rate[rows, cal.weekday(days)]
-        if {"open", "promo", "holiday", "calendar"} & set(names):
-            resolved = calendar_days(self.table, rows, days, promo, open_)
-            out["open"] = resolved.open.astype(np.int32)
-            out["promo"] = resolved.promo.astype(np.int32)
-            out["holiday"] = np.asarray(cal.HOLIDAY_CODES, dtype=object)[np.clip(resolved.holiday, 0, 3)]
-            out["calendar"] = np.where(resolved.what_if, "what-if",
-                                       np.where(resolved.known, "calendar", "default")).astype(object)
+        if set(CALENDAR_OUTPUTS) & set(names):
+            out.update(calendar_outputs(self.table, rows, days, promo, open_))
         return out
 
     def _forecast(self, rows: np.ndarray, days: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -12,12 +12,14 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from importlib import metadata as distribution
 from typing import Any
 
 import orjson
 from kserve.protocol.dataplane import DataPlane
+from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 
 from serving import cloudevents
 from serving.errors import ClientError, NotFound, ServingError, Unavailable
@@ -52,14 +54,20 @@ class ServingDataPlane(DataPlane):
             raise NotFound(f"model {name[:64]!r} is not served here; the models are: {served}")
         return model
 
-    def check_version(self, name: str, version: str | None) -> str | None:
-        """The requested version if this server can answer it (404 naming the served one otherwise)."""
+    def check_version(self, name: str, version: str | None, infer: bool = False) -> str | None:
+        """The requested version if this server can answer it (404 naming the served one otherwise).
+
+        A model whose versions live downstream (``served_versions()`` is None: the transformer) passes an
+        inference request on (the predictor checks it) and answers metadata and readiness from the
+        versions it has seen (``known_versions()``)."""
         if not version:
             return None
         model = self.model(name)
         versions = model.served_versions() if hasattr(model, "served_versions") else []
-        if versions is None:  # answered downstream (the transformer: the predictor checks)
-            return version
+        if versions is None:
+            if infer:
+                return version
+            versions = model.known_versions() if hasattr(model, "known_versions") else []
         if not versions:
             raise Unavailable(f"model {name} has no version loaded yet")
         if version not in versions:
@@ -115,3 +123,32 @@ def _data(doc: dict[str, Any]) -> Any:
         return orjson.loads(base64.b64decode(doc["data_base64"], validate=True))
     except (ValueError, orjson.JSONDecodeError):
         raise ClientError("CloudEvent data_base64 is not base64 of a JSON request") from None
+
+
+class ServingRepositoryExtension(ModelRepositoryExtension):
+    """KServe's repository extension with an unknown model answered 404 (KServe says 503 "not ready")."""
+
+    async def load(self, model_name: str) -> None:
+        known = getattr(self._model_registry, "_known", {})  # predictor.repository remembers unloaded models
+        if self._model_registry.get_model(model_name) is None and model_name not in known:
+            raise NotFound(f"model {model_name[:64]!r} is not served here")
+        await self._call("load", model_name)
+
+    async def unload(self, model_name: str) -> None:
+        if self._model_registry.get_model(model_name) is None:
+            raise NotFound(f"model {model_name[:64]!r} is not served here")
+        await super().unload(model_name)
+
+    async def _call(self, verb: str, name: str) -> None:
+        from kserve.errors import ModelNotFound
+
+        try:
+            result = getattr(self._model_registry, verb)(name)
+            if inspect.isawaitable(result):
+                result = await result
+        except ModelNotFound:
+            raise NotFound(f"model {name[:64]!r} is not served here") from None
+        except ServingError:
+            raise
+        except Exception as exc:
+            raise Unavailable(f"model {name} could not be {verb}ed: {type(exc).__name__}: {str(exc)[:200]}") from None

@@ -142,7 +142,7 @@ class Servicer(InferenceServicer):
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         dp, name = self._data_plane, request.model_name
         model = dp.model(name)
-        version = dp.check_version(name, request.model_version)
+        version = dp.check_version(name, request.model_version, infer=True)
         if not await dp.model_ready(name, True):
             raise Unavailable(_not_ready(model, name))
         checked = tensors.decode_grpc(request)

@@ -48,6 +48,19 @@ class V2:
     def __init__(self, dataplane: Any) -> None:
         self.dataplane = dataplane
 
+    async def repository_index(self) -> Response:
+        """The repository extension's index: every model with its version and state (Triton's form)."""
+        out = []
+        for name, model in sorted(self.dataplane.model_registry.get_models().items()):
+            ready = await self.dataplane.model_ready(name)
+            versions = (model.served_versions() if hasattr(model, "served_versions") else None) or (
+                model.known_versions() if hasattr(model, "known_versions") else [])
+            entry = {"name": name, "state": "READY" if ready else "UNAVAILABLE"}
+            if versions:
+                entry["version"] = versions[0]
+            out.append(entry)
+        return json_response(out)
+
     async def server_metadata(self) -> Response:
         return json_response(self.dataplane.metadata())
 
@@ -63,12 +76,12 @@ class V2:
 
     async def infer(self, raw: Request, model_name: str, model_version: str | None = None) -> Response:
         model = self.dataplane.model(model_name)
-        version = self.dataplane.check_version(model_name, model_version)
         if not await self.dataplane.model_ready(model_name, True):
             raise Unavailable(_not_ready(model, model_name))
         body = await raw.body()
         request = tensors.decode_rest(body, raw.headers.get(tensors.HEADER_LENGTH))
-        request.model_version = version
+        request.model_version = self.dataplane.check_version(model_name, model_version or request.model_version,
+                                                             infer=True)
         headers = dict(raw.headers)
         response, response_headers = await self.dataplane.infer(model_name, tensors.to_kserve(request, model_name),
                                                                 headers)
@@ -79,6 +92,7 @@ class V2:
     def register(self, app: FastAPI) -> None:
         router = APIRouter(prefix="/v2")
         router.add_api_route("", self.server_metadata, methods=["GET"], include_in_schema=False)
+        router.add_api_route("/repository/index", self.repository_index, methods=["POST"])
         for suffix in ("", "/versions/{model_version}"):
             base = "/models/{model_name}" + suffix
             router.add_api_route(base, self.model_metadata, methods=["GET"])

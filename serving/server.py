@@ -109,7 +109,7 @@ def _server_class() -> type:
     from kserve.predictor_config import PredictorConfig
     from kserve.protocol.rest.multiprocess.server import RESTServerMultiProcess
 
-    from serving.dataplane import ServingDataPlane
+    from serving.dataplane import ServingDataPlane, ServingRepositoryExtension
     from serving.grpc_server import GrpcServer, Guard
     from serving.rest import RestServer
 
@@ -130,6 +130,7 @@ def _server_class() -> type:
                 component, settings, meter, doors, shedder)
             self.dataplane = ServingDataPlane(self.registered_models, f"storecast-{component.name}",
                                               component.event_types)
+            self.model_repository_extension = ServingRepositoryExtension(self.registered_models)
 
         def _rest(self) -> Any:
             s = self.settings

@@ -32,7 +32,8 @@ GRPC_FIELDS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_co
                "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
                "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
                "FP64": "fp64_contents", "BYTES": "bytes_contents"}
-REQUEST_KEYS = ("id", "parameters", "inputs", "outputs")
+REQUEST_KEYS = ("id", "parameters", "inputs", "outputs", "model_name", "model_version")  # KServe's client sends
+# the last two
 INPUT_KEYS = ("name", "shape", "datatype", "parameters", "data")
 OUTPUT_KEYS = ("name", "parameters")
 MAX_NAME = 64
@@ -111,7 +112,10 @@ def from_json(doc: Any, raw: bytes = b"") -> Request:
         raise ClientError(f"binary tensor data is {len(raw)} bytes but the inputs' binary_data_size add up to {offset}")
     _unique(inputs, "input")
     outputs = _json_outputs(doc.get("outputs"))
-    return Request(inputs, outputs, request_id or None, parameters)
+    version = doc.get("model_version")
+    if version is not None and (not isinstance(version, str) or len(version) > MAX_NAME):
+        raise ClientError(f"model_version must be a string, got {short(version)}")
+    return Request(inputs, outputs, request_id or None, parameters, version or None)
 
 
 def _json_input(item: Any, i: int, raw: bytes, offset: int) -> tuple[Input, int]:
