@@ -22,6 +22,7 @@ RESULTS = BENCH.parent / "results"
 README = BENCH.parent / "README.md"
 MARKERS = ("<!-- bench:start -->", "<!-- bench:end -->")
 ORDER = ["train", "predictor_inprocess", "predictor_http", "e2e_http", "predictor_coldstart", "retrain_served",
+         "dashboard_refresh",
          "overload", "soak", "scale", "scale_predictor", "access"]
 SHARED = {"predictor_inprocess", "predictor_http", "e2e_http", "predictor_coldstart", "overload", "soak", "scale",
           "scale_predictor"}
