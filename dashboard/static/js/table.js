@@ -42,7 +42,9 @@ const COLUMNS = ["store_id", "date", "kind", "actual", "forecast", "lower", "upp
 
 function csvValue(v) {
   if (v === null || v === undefined) return "";
-  const s = String(v);
+  let s = String(v);
+  // text a spreadsheet would run as a formula (a store id such as "=cmd()") is quoted; numbers stay exact
+  if (typeof v === "string" && /^[=+\-@\t\r]/.test(s) && !/^-?\d/.test(s)) s = `'${s}`;
   return /[",\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
 }
 
