@@ -102,7 +102,7 @@ def train_run(data: Path, workdir: Path, backend: str, workers: int, extra: tupl
     """``storecast train`` into a fresh sqlite registry in ``workdir``, measured."""
     workdir.mkdir(parents=True, exist_ok=True)
     argv = [STORECAST, "train", "--data", str(data), "--tracking-uri", f"sqlite:///{workdir / 'mlflow.db'}",
-            "--json", "--no-progress", "--alias", "champion", "--workers", str(workers), "--backend", backend, *extra]
+            "--json", "--no-progress", "--alias", "", "--workers", str(workers), "--backend", backend, *extra]
     log = (workdir / "train.log").open("w")
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=workdir, stdout=subprocess.PIPE, stderr=log, text=True)
