@@ -8,6 +8,12 @@ Every step is one JSON Patch (RFC 6902) on ``spec.predictor`` of the InferenceSe
   ``champion`` alias to the pinned version;
 - rollback: set ``canaryTrafficPercent`` to 0 and pin ``--model_uri`` back to the champion version.
 ``--dry-run`` prints the exact patch instead of sending it.
+
+The automatic rollout (``pipelines.rollout``) drives the same InferenceService through ``KubeTarget``:
+the stable predictor follows ``models:/NAME@champion``; a canary step pins version N with
+``canaryTrafficPercent``; promote moves the alias and restores the stable form (``restore_patch``:
+no percent, ``--model_uri`` following champion again); a rollback first sends the canary no traffic
+(percent 0, at once) and then restores the stable form.
 """
 
 from __future__ import annotations
@@ -80,12 +86,13 @@ def start_patch(isvc: dict[str, Any], model_name: str, version: str | int, perce
             {"op": "replace", "path": arg.path, "value": arg.arg(version_uri(model_name, version))}]
 
 
-def promote_patch(isvc: dict[str, Any]) -> list[dict[str, Any]]:
-    """The canary takes all traffic: remove ``canaryTrafficPercent``."""
+def promote_patch(isvc: dict[str, Any], model_name: str = "storecast") -> list[dict[str, Any]]:
+    """The canary takes all traffic: remove ``canaryTrafficPercent``, and the predictor follows
+    ``champion`` again (move the alias to the canary's version first: both revisions then serve it)."""
     current = isvc.get("spec", {}).get("predictor", {}).get("canaryTrafficPercent")
     if current is None:
         raise ValueError("no canary in progress: spec.predictor.canaryTrafficPercent is not set")
-    return [{"op": "test", "path": CANARY, "value": current}, {"op": "remove", "path": CANARY}]
+    return restore_patch(isvc, model_name)
 
 
 def rollback_patch(isvc: dict[str, Any], model_name: str, champion: str | int) -> list[dict[str, Any]]:
@@ -93,6 +100,32 @@ def rollback_patch(isvc: dict[str, Any], model_name: str, champion: str | int) -
     arg = uri_arg(isvc)
     return [*_canary_op(isvc, 0), {"op": "test", "path": arg.path, "value": arg.value},
             {"op": "replace", "path": arg.path, "value": arg.arg(version_uri(model_name, champion))}]
+
+
+def rollback_follow_patch(isvc: dict[str, Any], model_name: str, alias: str = "champion") -> list[dict[str, Any]]:
+    """No traffic to the canary at once (the stable revision takes it all), and the predictor spec back
+    to following ``alias``; removing the percent once that revision is ready restores the stable form."""
+    arg = uri_arg(isvc)
+    return [*_canary_op(isvc, 0), {"op": "test", "path": arg.path, "value": arg.value},
+            {"op": "replace", "path": arg.path, "value": arg.arg(f"models:/{model_name}@{alias}")}]
+
+
+def percent_patch(isvc: dict[str, Any], percent: int) -> list[dict[str, Any]]:
+    """Only the share of the canary changes (the next step of a rollout)."""
+    if not 0 <= percent <= 100:
+        raise ValueError(f"percent must be within 0..100, got {percent}")
+    return _canary_op(isvc, percent)
+
+
+def restore_patch(isvc: dict[str, Any], model_name: str, alias: str = "champion") -> list[dict[str, Any]]:
+    """The stable form: no ``canaryTrafficPercent``, the predictor following ``models:/NAME@alias``."""
+    arg = uri_arg(isvc)
+    current = isvc.get("spec", {}).get("predictor", {}).get("canaryTrafficPercent")
+    ops: list[dict[str, Any]] = []
+    if current is not None:
+        ops += [{"op": "test", "path": CANARY, "value": current}, {"op": "remove", "path": CANARY}]
+    return [*ops, {"op": "test", "path": arg.path, "value": arg.value},
+            {"op": "replace", "path": arg.path, "value": arg.arg(f"models:/{model_name}@{alias}")}]
 
 
 def traffic(isvc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -136,7 +169,7 @@ def show(ops: list[dict[str, Any]], isvc: str, namespace: str) -> str:
 # against an InferenceService from a file (`kubectl get isvc storecast -o json`, or a rendered
 # manifest), or else against the predictor as manifests/base declares it (tests/test_wheel_cli.py
 # checks that this stays in step with the manifest).
-BASE_PREDICTOR_ARGS = ["predictor", "--model_uri", "models:/storecast/1", "--model_name", "storecast"]
+BASE_PREDICTOR_ARGS = ["predictor", "--model_uri", "models:/storecast@champion", "--model_name", "storecast"]
 
 
 def offline(name: str, namespace: str, path: str | None = None) -> tuple[dict[str, Any], str]:
@@ -156,3 +189,97 @@ def offline(name: str, namespace: str, path: str | None = None) -> tuple[dict[st
     if not found:
         raise ValueError(f"no InferenceService {name!r} in {path}")
     return found[0], path
+
+
+# --- the rollout's target on a cluster -----------------------------------------------------------
+REVISION_LABEL = "serving.knative.dev/revision"
+
+
+class KubeTarget:
+    """``pipelines.rollout`` target: the InferenceService's predictor canary, through the Kubernetes API.
+
+    Calls (RBAC of the retrain service: get/patch inferenceservices, list pods): GET and JSON-patch the
+    InferenceService; list the pods of the canary revision (label ``serving.knative.dev/revision``)
+    and read each one's ``/metrics`` on the predictor's REST port (inside the pod network).
+    """
+
+    def __init__(self, name: str = "storecast", namespace: str = "storecast", model_name: str = "storecast",
+                 metrics_port: int = 8080, api: Any = None, core: Any = None, timeout: float = 5.0) -> None:
+        if api is None or core is None:
+            from kubernetes import client, config
+
+            try:
+                config.load_kube_config()
+            except config.ConfigException:
+                config.load_incluster_config()
+            api, core = api or client.CustomObjectsApi(), core or client.CoreV1Api()
+        self.isvc = Canary(name, namespace, api)
+        self.core, self.namespace, self.model_name = core, namespace, model_name
+        self.metrics_port, self.timeout = metrics_port, timeout
+        self._before: str | None = None  # the newest revision before the canary was pinned
+        self._percent: int | None = None
+
+    def start(self, version: str, percent: int) -> None:
+        isvc = self.isvc.get()
+        pinned = uri_arg(isvc).uri == version_uri(self.model_name, version)
+        if not pinned:
+            self._before = _predictor_status(isvc).get("latestCreatedRevision")
+        ops = percent_patch(isvc, percent) if pinned else start_patch(isvc, self.model_name, version, percent)
+        self._percent = percent
+        self.isvc.patch(ops)
+
+    def ready(self, version: str) -> tuple[bool, str]:
+        isvc = self.isvc.get()
+        st = _predictor_status(isvc)
+        created, ready = st.get("latestCreatedRevision"), st.get("latestReadyRevision")
+        if uri_arg(isvc).uri != version_uri(self.model_name, version):
+            return False, f"the predictor is pinned to {uri_arg(isvc).uri}, not version {version}"
+        if not created or created == self._before:
+            return False, "KServe has not created the canary revision yet"
+        if ready != created:
+            return False, f"canary revision {created} not ready (latest ready: {ready or '-'})"
+        latest = [t for t in traffic(isvc) if t["latest"]]
+        if self._percent is not None and (not latest or latest[0]["percent"] != self._percent):
+            return False, f"traffic not split yet: {traffic(isvc)}"
+        return True, f"revision {created} ready with {self._percent}%"
+
+    def metrics(self) -> list[str]:
+        import httpx
+
+        rev = _predictor_status(self.isvc.get()).get("latestCreatedRevision")
+        pods = self.core.list_namespaced_pod(self.namespace, label_selector=f"{REVISION_LABEL}={rev}")
+        texts = []
+        for pod in pods.items:
+            ip = pod.status.pod_ip if pod.status else None
+            if ip and pod.status.phase == "Running":
+                texts.append(httpx.get(f"http://{ip}:{self.metrics_port}/metrics", timeout=self.timeout)
+                             .raise_for_status().text)
+        return texts
+
+    def promote(self, version: str) -> None:
+        """After the champion alias moved: no percent, following champion (until its new revision is
+        ready Knative routes to the newest ready one, the canary: the same version)."""
+        self.isvc.patch(promote_patch(self.isvc.get(), self.model_name))
+
+    def rollback(self, version: str, wait: float = 300.0, poll: float = 2.0) -> None:
+        """Percent 0 and the spec following champion in one patch (the stable revision takes every
+        request at once); once the new revision is ready, the percent is removed (the stable form)."""
+        import time
+
+        isvc = self.isvc.get()
+        before = _predictor_status(isvc).get("latestCreatedRevision")
+        self.isvc.patch(rollback_follow_patch(isvc, self.model_name))
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            isvc = self.isvc.get()
+            st = _predictor_status(isvc)
+            if st.get("latestCreatedRevision") not in (None, before) and \
+                    st.get("latestReadyRevision") == st.get("latestCreatedRevision"):
+                self.isvc.patch(restore_patch(isvc, self.model_name))
+                return
+            time.sleep(poll)
+        # left at percent 0: safe (nothing reaches the canary); the next rollout or `kubectl apply -k` tidies up
+
+
+def _predictor_status(isvc: dict[str, Any]) -> dict[str, Any]:
+    return (isvc.get("status") or {}).get("components", {}).get("predictor", {}) or {}

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import os
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 
 from pipelines.fitting import DEFAULT_MODEL, FITTERS, MODELS
@@ -43,73 +40,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pipelines.calendar import read_calendar
-    from pipelines.data import read_sales
-    from pipelines.fitting import PROPHET_DEFAULTS, FitConfig
-    from pipelines.registry import prepare, register, tracking_uri
-    from pipelines.train import train
+    from pipelines.cli_publish import train_via_publish
 
-    t0 = time.perf_counter()
-    cfg = FitConfig.preset(args.model, fitter=args.fitter, holdout_days=args.holdout_days, min_days=args.min_days,
-                           seed=args.seed, gate_margin=args.gate_margin,
-                           prophet={**PROPHET_DEFAULTS, "interval_width": args.interval_width},
-                           **({"transform": args.transform} if args.transform else {}))
-    if args.backend == "ray":  # Ray is an optional extra: say how to get it before reading any data
-        from pipelines.ray_backend import INSTALL_HINT, installed
-
-        if not installed():
-            print(INSTALL_HINT, file=sys.stderr)
-            return 2
-    elif args.ray_address:
-        print("--ray-address needs --backend ray", file=sys.stderr)
-        return 2
-    if args.data.startswith(("http://", "https://")):  # e.g. MLflow's artifact proxy (a RayJob on the cluster)
-        from pipelines.retrain_jobs import SalesSource
-
-        sales = SalesSource(args.data).load()[0]
-    else:
-        sales = read_sales(args.data)
-    calendar = read_calendar(args.calendar) if args.calendar else None
-    warmed = threading.Event()
-
-    def warm_registry() -> None:  # overlaps MLflow's import and store set-up with the fits
-        try:
-            prepare(args.tracking_uri, args.model_name)
-        except Exception:  # register() below meets the same problem and reports it
-            pass
-        finally:
-            warmed.set()
-
-    result = train(sales, cfg, stores=args.stores, limit=args.limit, workers=args.workers,
-                   progress=not args.no_progress, while_fitting=warm_registry, calendar=calendar,
-                   backend=args.backend, ray_address=args.ray_address)
-    if len(result.table) == 0:
-        print("no store could be fitted: " + json.dumps(result.failed), file=sys.stderr)
-        return 1
-    warmed.wait(timeout=120)
-    with contextlib.redirect_stdout(sys.stderr):  # MLflow prints run links; stdout is for --json
-        reg = register(result, uri=args.tracking_uri, model_name=args.model_name, alias=args.alias)
-    result.seconds["register"] = reg.seconds
-    result.seconds["total"] = time.perf_counter() - t0
-    out = {
-        "version": reg.version, "run_id": reg.run_id, "model_uri": reg.model_uri, "stores": len(result.table),
-        "failed": result.failed, "gate_failed": result.gate_failed,
-        "seconds": {k: round(v, 2) for k, v in result.seconds.items()},
-        "metrics": {k: (round(v, 6) if isinstance(v, float) else v) for k, v in result.summary.items()},
-        "tracking_uri": tracking_uri(args.tracking_uri), "alias": args.alias,
-    }
-    if args.json:
-        print(json.dumps(out))
-    else:
-        s = result.summary
-        print(f"registered {reg.model_uri} ({len(result.table)} stores, alias {args.alias or '-'}) "
-              f"in {out['seconds']['total']} s")
-        print(f"holdout WAPE {s.get('holdout_wape', float('nan')):.4f} vs seasonal-naive "
-              f"{s.get('baseline_wape', float('nan')):.4f}; coverage {s.get('holdout_coverage', float('nan')):.3f}; "
-              f"gate failed: {s['gate_failed']} of {s['stores_evaluated']} evaluated")
-        for f in result.failed:
-            print(f"skipped store {f['store_id']}: {f['reason']}")
-    return 0
+    return train_via_publish(args)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -255,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "SchoolHoliday; .csv, .csv.gz, .parquet)")
     t.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     t.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    from pipelines.cli_publish import add_arguments as add_publish_arguments  # --parent, --force, gate flags
+    add_publish_arguments(t)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("export", help="write one store's stock Prophet JSON from a model version")

@@ -78,33 +78,35 @@ def cmd_canary(args: argparse.Namespace) -> int:
     if args.action == "start":
         ops = c.start_patch(isvc, args.model_name, args.version, args.percent)
     elif args.action == "promote":
-        ops = c.promote_patch(isvc)
-        alias_move = ("champion", c.version_of(c.uri_arg(isvc).uri))
-    else:
-        ops = c.rollback_patch(isvc, args.model_name, args.to_version or _champion(args))
-    print(c.show(ops, args.isvc, args.namespace))
+        uri = c.uri_arg(isvc).uri
+        if uri.rstrip("/").rsplit("/", 1)[-1].isdigit():
+            alias_move = ("champion", c.version_of(uri))
+        elif "@" in uri and not uri.endswith("@champion"):  # a canary following another alias (@challenger)
+            alias_move = ("champion", f"@{uri.rsplit('@', 1)[1]}")
+        ops = c.promote_patch(isvc, args.model_name)
+    elif args.to_version:
+        ops = c.rollback_patch(isvc, args.model_name, args.to_version)
+    else:  # the stable form: no traffic to the canary, the predictor following champion again
+        ops = c.rollback_follow_patch(isvc, args.model_name)
     if alias_move:
-        print(f"mlflow: set alias {alias_move[0]} of {args.model_name} to version {alias_move[1]}")
+        print(f"mlflow: set alias {alias_move[0]} of {args.model_name} to version {alias_move[1]}"
+              + (" (resolved when run)" if alias_move[1].startswith("@") else ""))
+    print(c.show(ops, args.isvc, args.namespace))
     if args.dry_run or can is None:
         return 0
-    can.patch(ops)
-    if alias_move:
+    if alias_move:  # first: the predictor then follows champion to the version the canary serves
         from mlflow import MlflowClient
 
         from pipelines.registry import tracking_uri
 
-        MlflowClient(tracking_uri(args.tracking_uri)).set_registered_model_alias(args.model_name, *alias_move)
+        client = MlflowClient(tracking_uri(args.tracking_uri))
+        alias, version = alias_move
+        if version.startswith("@"):
+            version = str(client.get_model_version_by_alias(args.model_name, version[1:]).version)
+        client.set_registered_model_alias(args.model_name, alias, version)
+    can.patch(ops)
     print(f"{args.action}: done", file=sys.stderr)
     return 0
-
-
-def _champion(args: argparse.Namespace) -> str:
-    from mlflow import MlflowClient
-
-    from pipelines.registry import tracking_uri
-
-    return str(MlflowClient(tracking_uri(args.tracking_uri)).get_model_version_by_alias(args.model_name,
-                                                                                         "champion").version)
 
 
 def add_parsers(sub: Any) -> None:
@@ -120,8 +122,8 @@ def add_parsers(sub: Any) -> None:
     can = sub.add_parser("canary", help="canary a model version on the InferenceService (kubernetes)")
     steps = can.add_subparsers(dest="action", required=True)
     for name, text in (("start", "pin --version N with --percent of the traffic"), ("status", "show the split"),
-                       ("promote", "give the canary all traffic and move the champion alias to it"),
-                       ("rollback", "no traffic to the canary; pin back to the champion")):
+                       ("promote", "move champion to the canary's version; the predictor follows champion again"),
+                       ("rollback", "no traffic to the canary; the predictor follows champion again")):
         s = steps.add_parser(name, help=text)
         s.add_argument("--isvc", default="storecast", help="InferenceService name")
         s.add_argument("--namespace", default="storecast", help="its namespace")
@@ -136,5 +138,5 @@ def add_parsers(sub: Any) -> None:
             s.add_argument("--version", required=True, help="model version to canary (models:/NAME/N)")
             s.add_argument("--percent", type=int, default=10, help="share of the traffic it gets, 0..100")
         if name == "rollback":
-            s.add_argument("--to-version", help="pin back to this version (default: the champion alias)")
+            s.add_argument("--to-version", help="pin to this version instead (default: follow the champion alias)")
         s.set_defaults(func=cmd_canary)

@@ -16,6 +16,9 @@ PING = "dev.knative.sources.ping"
 MODEL_REGISTERED = "com.storecast.model.registered"
 RETRAIN_FAILED = "com.storecast.retrain.failed"
 FORECAST_REQUESTED = "com.storecast.forecast.requested"
+SALES_APPENDED = "com.storecast.sales.appended"
+ROLLOUT_PROMOTED = "com.storecast.rollout.promoted"
+ROLLOUT_ROLLEDBACK = "com.storecast.rollout.rolledback"
 SOURCE = "storecast.retrain"
 
 log = logging.getLogger("storecast.events")
@@ -28,9 +31,13 @@ class BadEvent(ValueError):
 def parse(headers: dict[str, str], body: bytes) -> CloudEvent:
     """A binary or structured CloudEvent from an HTTP request."""
     try:
-        return from_http(headers, body)
+        ev = from_http(headers, body)
     except Exception as exc:  # the SDK raises several types for malformed input
         raise BadEvent(f"not a CloudEvent: {exc}") from None
+    for attr in ("id", "source"):  # the spec makes source + id unique: both must be there to de-duplicate
+        if not str(ev.get(attr) or "").strip():
+            raise BadEvent(f"CloudEvent attribute {attr!r} is empty")
+    return ev
 
 
 def event(kind: str, data: dict[str, Any], source: str = SOURCE) -> CloudEvent:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -91,7 +92,7 @@ def write_snapshot(snap: Snapshot, folder: Path) -> dict[str, str]:
         "format": TABLE_FORMAT,
         "stores": len(snap.table), "data_end": snap.data_end, "fitter": snap.config.fitter,
         "models": f"{MODELS_FILE}: <store_id>.json.gz = gzip(prophet.serialize.model_to_json(model))",
-        "summary": snap.summary, "failed": snap.failed,
+        "summary": snap.summary, "failed": snap.failed, "fit_config": snap.config.to_dict(),
     }
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=float))
     return {name: str(folder / f) for name, f in (("params", PARAMS_FILE), ("prophet_models", MODELS_FILE),
@@ -106,22 +107,50 @@ def prepare(uri: str | None, model_name: str) -> None:
     mlflow.set_experiment(model_name)
 
 
-def current_version(client: Any, name: str, alias: str) -> str | None:
-    """The version an alias points at, or None (no model, no alias)."""
+class RegistryUnavailable(RuntimeError):
+    """The registry did not answer as it should (down, slow, a 5xx): try again later, never assume "none"."""
+
+
+def is_missing(exc: Exception) -> bool:
+    """True when MLflow says the model, version or alias does not exist (not when it failed to answer)."""
+    code = getattr(exc, "error_code", "")
+    return code == "RESOURCE_DOES_NOT_EXIST" or (code == "INVALID_PARAMETER_VALUE" and "not found" in str(exc))
+
+
+def by_alias(client: Any, name: str, alias: str) -> Any | None:
+    """The model version an alias points at; None only when the model or the alias does not exist.
+
+    Any other failure (connection refused, timeout, 5xx) raises ``RegistryUnavailable``: a caller that
+    took it for "no champion" would build a version from nothing.
+    """
     from mlflow.exceptions import MlflowException
 
     try:
-        return str(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if is_missing(exc):
+            return None
+        raise RegistryUnavailable(f"registry: alias {name}@{alias}: {exc}") from exc
+    except OSError as exc:
+        raise RegistryUnavailable(f"registry: alias {name}@{alias}: {exc}") from exc
+
+
+def current_version(client: Any, name: str, alias: str) -> str | None:
+    """The version an alias points at, or None (no model, no alias); ``RegistryUnavailable`` otherwise."""
+    mv = by_alias(client, name, alias)
+    return None if mv is None else str(mv.version)
 
 
 def register(result: TrainResult | Snapshot, *, uri: str | None = None, model_name: str = DEFAULT_MODEL_NAME,
              alias: str | None = None, parent_version: str | None = None,
-             params: dict[str, Any] | None = None) -> Registered:
+             params: dict[str, Any] | None = None, tags: dict[str, str] | None = None,
+             on_run: Any = None, on_version: Any = None) -> Registered:
     """Log the job as one run and register its snapshot as one model version; then set ``alias``.
 
     ``parent_version`` defaults to the current champion (lineage); a retrain passes the version it derived from.
+    ``tags``: extra version tags. ``on_run(run_id)`` is called once the run exists and ``on_version(version)``
+    once the version exists (before any alias): a durable job records them, so a restart can end the run
+    as FAILED or mark a version left without its alias.
     """
     import mlflow
     from mlflow import MlflowClient
@@ -139,6 +168,8 @@ def register(result: TrainResult | Snapshot, *, uri: str | None = None, model_na
     summary = {k: v for k, v in snap.summary.items() if isinstance(v, int | float) and np.isfinite(v)}
     cfg = snap.config
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name=f"train-{snap.data_end}") as run:
+        if on_run is not None:
+            on_run(run.info.run_id)
         files = write_snapshot(snap, Path(tmp) / "snapshot")
         mlflow.log_params({"fitter": cfg.fitter, "holdout_days": cfg.holdout_days, "min_days": cfg.min_days,
                            "gate_margin": cfg.gate_margin, "seed": cfg.seed, "data_end": snap.data_end,
@@ -153,10 +184,12 @@ def register(result: TrainResult | Snapshot, *, uri: str | None = None, model_na
             pip_requirements=[f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}",
                               f"pandas=={_version('pandas')}"],
         )
-        tags = {"data_end": snap.data_end, "stores": str(len(snap.table)), "fitter": cfg.fitter,
+        version_tags = {"data_end": snap.data_end, "stores": str(len(snap.table)), "fitter": cfg.fitter,
                 "parent_version": parent_version, "run_id": run.info.run_id,
-                "gate_failed": str(len(snap.gate_failed))}
-        mv = mlflow.register_model(info.model_uri, model_name, tags=tags)
+                "gate_failed": str(len(snap.gate_failed)), **(tags or {})}
+        mv = mlflow.register_model(info.model_uri, model_name, tags=version_tags)
+        if on_version is not None:
+            on_version(str(mv.version))
     if alias:
         client.set_registered_model_alias(model_name, alias, mv.version)
     return Registered(version=str(mv.version), run_id=run.info.run_id,
@@ -202,3 +235,94 @@ def _version(dist: str) -> str:
     from importlib.metadata import version
 
     return version(dist)
+
+
+class VersionMissing(LookupError):
+    """The registry says this model version does not exist."""
+
+
+class Registry:
+    """One registered model of one registry, for the services: lookups that tell "none" from "down",
+    version tables (the last few cached), downloads, aliases, tags and runs."""
+
+    def __init__(self, uri: str | None = None, model_name: str = DEFAULT_MODEL_NAME, cache: int = 4) -> None:
+        self.uri, self.model_name, self.cache = tracking_uri(uri), model_name, cache
+        self._tables: dict[str, ParamTable] = {}
+        self._metrics: dict[str, pd.DataFrame] = {}
+
+    @property
+    def client(self) -> Any:
+        from mlflow import MlflowClient
+
+        return MlflowClient(self.uri, self.uri)
+
+    def _call(self, what: str, fn: Any, *args: Any) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return fn(*args)
+        except MlflowException as exc:
+            if is_missing(exc):
+                raise VersionMissing(f"registry: {what}: {exc}") from exc
+            raise RegistryUnavailable(f"registry: {what}: {exc}") from exc
+        except (OSError, ValueError, KeyError) as exc:
+            raise RegistryUnavailable(f"registry: {what}: {type(exc).__name__}: {exc}") from exc
+
+    def alias(self, alias: str) -> Any | None:
+        """The model version ``alias`` points at, None when there is none (``RegistryUnavailable`` when unsure)."""
+        return by_alias(self.client, self.model_name, alias)
+
+    def version(self, version: str) -> Any:
+        return self._call(f"version {version}", self.client.get_model_version, self.model_name, str(version))
+
+    def table(self, version: str) -> ParamTable:
+        """The version's parameter table (downloaded once, then cached)."""
+        version = str(version)
+        if version not in self._tables:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = self._call(f"download params of version {version}", download,
+                                  f"models:/{self.model_name}/{version}", tmp, PARAMS_FILE, self.uri)
+                self._tables[version] = self._call(f"read params of version {version}", ParamTable.load, path)
+            while len(self._tables) > self.cache:
+                self._tables.pop(next(iter(self._tables)))
+        return self._tables[version]
+
+    def store_metrics(self, version: str) -> pd.DataFrame:
+        """The version's ``store_metrics.csv`` (per store: holdout errors, gate)."""
+        key = f"metrics:{version}"
+        if key not in self._metrics:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = self._call(f"download metrics of version {version}", download,
+                                  f"models:/{self.model_name}/{version}", tmp, METRICS_FILE, self.uri)
+                self._metrics[key] = pd.read_csv(path, dtype={"store_id": str})
+            while len(self._metrics) > self.cache:
+                self._metrics.pop(next(iter(self._metrics)))
+        return self._metrics[key]
+
+    def download(self, version: str, dst: str | Path) -> Path:
+        """The version's ``artifacts/`` folder (every file), downloaded into ``dst``."""
+        folder = self._call(f"download version {version}", download, f"models:/{self.model_name}/{version}", dst, "",
+                            self.uri)
+        return folder / "artifacts" if (folder / "artifacts").is_dir() else folder
+
+    def set_alias(self, alias: str, version: str) -> None:
+        self._call(f"set alias {alias}", self.client.set_registered_model_alias, self.model_name, alias, str(version))
+
+    def delete_alias(self, alias: str) -> None:
+        with contextlib.suppress(VersionMissing):
+            self._call(f"delete alias {alias}", self.client.delete_registered_model_alias, self.model_name, alias)
+
+    def tag(self, version: str, key: str, value: str) -> None:
+        self._call(f"tag version {version}", self.client.set_model_version_tag, self.model_name, str(version), key,
+                   str(value)[:5000])
+
+    def end_run(self, run_id: str, status: str = "FAILED") -> bool:
+        """End a run left RUNNING (a killed job) with ``status``; False when it had ended already."""
+        run = self._call(f"run {run_id}", self.client.get_run, run_id)
+        if run.info.status != "RUNNING":
+            return False
+        self._call(f"end run {run_id}", self.client.set_terminated, run_id, status)
+        return True
+
+    def register(self, snap: Snapshot, **kwargs: Any) -> Registered:
+        return register(snap, uri=self.uri, model_name=self.model_name, **kwargs)

@@ -1,277 +1,380 @@
-"""Retrain jobs: which stores are stale, coalescing concurrent requests, one fit at a time.
+"""Retrain jobs: which stores are stale, coalescing, one durable job at a time, retries and recovery.
 
-A request names stores (or, for a ping, asks for every stale store). Stores already covered by the
-version a job would build on are answered "up to date"; stores already queued or being fitted are
-coalesced into that job (the caller gets its id and waits for its result); a redelivered event
-(same CloudEvent id) returns the job it created the first time. The rest become one job, run on one
-worker thread: check again what is stale (a fit that finished meanwhile may cover it), fit on the
-latest data, derive a version from its base (other stores copied), register it, move an alias by the
-promotion policy, and emit ``model.registered`` (or ``retrain.failed``).
+A request names stores (a ping asks for every stale store). Stores the version a job would build on
+already covers are answered "up to date" (unless ``force``); stores queued or being fitted are
+coalesced into that job; a redelivered event (same CloudEvent ``source`` + ``id``) gets the job it
+created, also after a restart (``JobStore``). The rest become one job, run on one worker thread
+through ``pipelines.publish``: check again what is stale, fit, derive from the base, gate, register,
+move an alias (``champion`` for a few stores, ``challenger`` for a fleet, then an automatic rollout
+when one is configured), and emit ``model.registered`` (or ``retrain.failed``).
 
-The base is the ``champion``; a job that will move ``challenger`` (a canary) builds on a challenger
-newer than the champion when there is one, so refits waiting for their canary accumulate in one
-candidate instead of each replacing the last, and a store refitted into it is not refitted again.
+Bases: the ``champion``; a job that moves ``challenger`` builds on a challenger newer than the
+champion, so refits waiting for their canary accumulate in one candidate. With no champion at all
+the job builds a first version of every store in the data (never a version of the few asked).
+
+A registry or sales-store failure is retried (``retries``, backoff); anything else fails the job with
+its reason. A job cut short by a restart is recovered on start (``recover``): its MLflow run ended
+FAILED, a version it registered without moving its alias tagged ``orphaned``, and the job queued
+again (up to ``max_attempts``) or failed with the reason.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
-import tempfile
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
-
 from pipelines import events
-from pipelines.data import open_days, read_sales
 from pipelines.fitting import FitConfig
-from pipelines.registry import Snapshot, download, register, tracking_uri
-from pipelines.train import train
-from predictor.table import ParamTable
+from pipelines.jobstore import Job, JobStore
+from pipelines.publish import GatePolicy, PublishError, download_parent, publish, stale
+from pipelines.registry import Registry, RegistryUnavailable
+from pipelines.retrain_metrics import ServiceMetrics
+from pipelines.sales_store import SalesStore, SalesUnavailable
 
 log = logging.getLogger("storecast.retrain")
 PROMOTE = ("auto", "champion", "challenger")
+TRANSIENT = (RegistryUnavailable, SalesUnavailable, OSError)
+PAUSE_ENV = "STORECAST_FAULT_PAUSE"  # "PHASE:SECONDS": sleep when a job reaches PHASE (fault-injection tests)
 
 
 @dataclass
-class Job:
-    """One retrain job and what became of it."""
+class Settings:
+    """How the service builds versions (``python -m pipelines.retrain`` flags)."""
 
-    id: str
-    stores: list[str]
-    reason: str
-    kind: str
-    target: str | None = None  # the alias a passing version moves
-    status: str = "queued"  # queued, running, done, failed, up_to_date
-    created: float = field(default_factory=time.time)
-    finished: float | None = None
-    result: dict[str, Any] | None = None
-    error: str | None = None
-    done: threading.Event = field(default_factory=threading.Event, repr=False)
-
-    def view(self) -> dict[str, Any]:
-        return {"job_id": self.id, "status": self.status, "kind": self.kind, "stores": self.stores,
-                "target": self.target, "reason": self.reason, "result": self.result, "error": self.error,
-                "seconds": round((self.finished or time.time()) - self.created, 3)}
-
-
-@dataclass(frozen=True)
-class Version:
-    """A registered version a job can build on."""
-
-    version: str
-    table: ParamTable
-    created: float  # seconds since epoch
-
-
-class SalesSource:
-    """The latest sales table, re-read when the file changes (or on every job for a URL)."""
-
-    def __init__(self, location: str) -> None:
-        self.location = location
-        self._key: tuple[Any, ...] | None = None
-        self._sales: pd.DataFrame | None = None
-        self._last: dict[str, int] = {}
-
-    def load(self) -> tuple[pd.DataFrame, dict[str, int]]:
-        """(sales, last open day of each store as days since epoch)."""
-        if self.location.startswith(("http://", "https://")):
-            import httpx
-
-            with tempfile.TemporaryDirectory() as tmp:
-                name = Path(self.location.split("?")[0]).name or "sales.csv"
-                path = Path(tmp) / name
-                path.write_bytes(httpx.get(self.location, timeout=60, follow_redirects=True).raise_for_status()
-                                 .content)
-                return self._read(path, None)
-        path = Path(self.location)
-        stat = path.stat()
-        return self._read(path, (stat.st_mtime_ns, stat.st_size))
-
-    def _read(self, path: Path, key: tuple[Any, ...] | None) -> tuple[pd.DataFrame, dict[str, int]]:
-        if key is None or key != self._key:
-            sales = read_sales(path)
-            last = open_days(sales).groupby("store_id")["ds"].max()
-            days = last.to_numpy().astype("datetime64[D]").astype(np.int64)
-            self._sales, self._last, self._key = sales, dict(zip(last.index, days.tolist(), strict=True)), key
-        return self._sales, self._last
+    data: str
+    model_name: str = "storecast"
+    uri: str | None = None
+    state: str = "retrain-state/jobs.sqlite"
+    promote: str = "auto"
+    auto_champion_stores: int = 20
+    max_age_days: float = 30.0
+    workers: int = 1
+    sink: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)  # FitConfig fields over the inherited ones
+    base_config: FitConfig = field(default_factory=FitConfig)  # a first version (no champion yet)
+    gate: GatePolicy = field(default_factory=GatePolicy)
+    retries: int = 3
+    retry_seconds: float = 2.0
+    max_attempts: int = 3  # runs of one job cut short by restarts before it is failed
+    dry_run: bool = False
+    reload_urls: tuple[str, ...] = ()  # champion-following predictors to reload at once (local)
+    fleet_backend: str = "inprocess"  # or "rayjob" (pipelines.rayjob.submit_fleet_retrain)
 
 
 class RetrainManager:
-    """Accepts retrain requests, coalesces them and runs them one after another."""
+    """Accepts retrain requests, coalesces them and runs them one after another, durably."""
 
-    def __init__(self, data: str, *, model_name: str = "storecast", uri: str | None = None,
-                 config: FitConfig | None = None, promote: str = "auto", auto_champion_stores: int = 20,
-                 max_age_days: float = 30.0, workers: int = 1, sink: str | None = None) -> None:
-        if promote not in PROMOTE:
-            raise ValueError(f"promote must be one of {PROMOTE}, got {promote!r}")
-        self.data = SalesSource(data)
-        self.model_name, self.uri = model_name, tracking_uri(uri)
-        self.config = config or FitConfig()
-        self.promote, self.auto_champion_stores = promote, auto_champion_stores
-        self.max_age_days, self.workers, self.sink = max_age_days, workers, sink
-        self.jobs: OrderedDict[str, Job] = OrderedDict()
-        self.by_event: OrderedDict[str, str] = OrderedDict()
+    def __init__(self, settings: Settings, *, rollout: Any = None, start: bool = True) -> None:
+        if settings.promote not in PROMOTE:
+            raise ValueError(f"promote must be one of {PROMOTE}, got {settings.promote!r}")
+        self.s = settings
+        self.sales = SalesStore(settings.data)
+        self.registry = Registry(settings.uri, settings.model_name)
+        self.store = JobStore(settings.state)
+        self.metrics = ServiceMetrics()
+        self.rollout = rollout
         self.inflight: dict[str, str] = {}
         self._lock = threading.Lock()
-        self._queue: queue.Queue[Job | None] = queue.Queue()
-        self._tables: OrderedDict[str, ParamTable] = OrderedDict()  # version -> table, the last few
-        self._worker = threading.Thread(target=self._run, name="retrain-worker", daemon=True)
-        self._worker.start()
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._rollouts: queue.Queue[tuple[str, str | None] | None] = queue.Queue()
+        self._stop = threading.Event()
+        self._pause = _pause_setting()
+        self.watch: Any = None  # pipelines.retrain_watch.Watch (drift), set by the service
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Recover what a restart cut short, then start the worker (and the rollout thread)."""
+        self.recover()
+        threading.Thread(target=self._run, name="retrain-worker", daemon=True).start()
+        if self.rollout is not None:
+            threading.Thread(target=self._run_rollouts, name="rollout", daemon=True).start()
+
+    @property
+    def uri(self) -> str:
+        return self.registry.uri
 
     # ---- accepting requests -----------------------------------------------------------------
-    def submit(self, event_id: str, stores: list[str] | None, reason: str = "") -> tuple[Job, dict[str, str]]:
-        """A job for the stale stores among ``stores`` (None: every stale store); returns (job, coalesced)."""
+    def job(self, job_id: str) -> Job | None:
+        return self.store.get(job_id)
+
+    def plan(self, stores: list[str] | None, force: bool = False) -> dict[str, Any]:
+        """What a request would do now: base version, target alias, stores to fit and up to date."""
+        sales = self.sales.load()
+        champion = self.registry.alias("champion")
+        if champion is None:
+            return {"base_version": None, "target": "champion", "kind": "bootstrap", "fit": sorted(sales.last),
+                    "up_to_date": [], "note": "no champion yet: a first version of every store in the data"}
+        table = self.registry.table(str(champion.version))
+        too_old = (time.time() - champion.creation_timestamp / 1000) / 86400 > self.s.max_age_days
+        todo = stale(sales.last, table, stores, every=force or too_old)
+        target = self._alias(len(todo))
+        base = self._base(target, str(champion.version))
+        if base != str(champion.version):
+            todo = stale(sales.last, self.registry.table(base), todo, every=force)
+        asked = sorted(set(stores or []))
+        return {"base_version": base, "target": target, "kind": "ping" if stores is None else "requested",
+                "fit": todo, "up_to_date": [s for s in asked if s not in todo]}
+
+    def submit(self, source: str, event_id: str, stores: list[str] | None, reason: str = "", force: bool = False,
+               kind: str | None = None) -> tuple[Job | dict[str, Any], dict[str, str]]:
+        """A job for the stale stores among ``stores`` (None: every stale store); returns (job, coalesced).
+        With ``dry_run`` the answer is the plan (nothing queued, nothing registered)."""
+        known = self.store.job_of_event(source, event_id)
+        if known is not None and (job := self.store.get(known)) is not None:
+            return job, {}
+        plan = self.plan(stores, force)
+        if self.s.dry_run:
+            return {"dry_run": True, "would": plan}, {}
         with self._lock:
-            if event_id in self.by_event:  # redelivery: nothing new
-                return self.jobs[self.by_event[event_id]], {}
-        _, last = self.data.load()
-        champion = self._version("champion")
-        stale = self._stale(stores, last, champion)
-        target = self._alias(len(stale))
-        base = self._base(target, champion)
-        if base is not champion:
-            stale = self._stale(stale, last, base)
-        with self._lock:
-            if event_id in self.by_event:
-                return self.jobs[self.by_event[event_id]], {}
-            coalesced = {s: self.inflight[s] for s in stale if s in self.inflight}
-            todo = [s for s in stale if s not in self.inflight]
-            kind = "ping" if stores is None else "requested"
+            known = self.store.job_of_event(source, event_id)
+            if known is not None and (job := self.store.get(known)) is not None:
+                return job, {}
+            coalesced = {s: self.inflight[s] for s in plan["fit"] if s in self.inflight}
+            todo = [s for s in plan["fit"] if s not in self.inflight]
+            kind = kind or plan["kind"]
             if todo:
-                job = Job(uuid.uuid4().hex[:12], todo, reason, kind, target)
+                job = Job(uuid.uuid4().hex[:12], todo, reason or plan.get("note", ""), kind, plan["target"], force)
+                self.store.put(job)
                 for s in todo:
                     self.inflight[s] = job.id
-                self._queue.put(job)
+                self._queue.put(job.id)
             elif coalesced:
-                job = self.jobs[next(iter(coalesced.values()))]
+                job = self.store.get(next(iter(coalesced.values())))
             else:
-                job = self._up_to_date(Job(uuid.uuid4().hex[:12], [], reason, kind, target), stores, base)
-            self.jobs[job.id] = job
-            self.by_event[event_id] = job.id
-            _trim(self.jobs, 10_000)
-            _trim(self.by_event, 100_000)
+                job = Job(uuid.uuid4().hex[:12], [], reason, kind, plan["target"], force, status="up_to_date",
+                          phase="finished", finished=time.time(),
+                          result={"up_to_date": plan["up_to_date"], "version": plan["base_version"]})
+                self.store.put(job)
+                self.metrics.jobs.labels("up_to_date").inc()
+            self.store.remember_event(source, event_id, job.id)
+            self.metrics.queue.set(len(set(self.inflight.values())))
         return job, coalesced
 
-    @staticmethod
-    def _up_to_date(job: Job, stores: list[str] | None, base: Version | None) -> Job:
-        job.status, job.finished, job.result = "up_to_date", time.time(), _covered(stores, base)
-        job.done.set()
-        return job
-
-    def _stale(self, stores: list[str] | None, last: dict[str, int], base: Version | None) -> list[str]:
-        """Stores whose model in ``base`` does not cover their latest data (unknown stores stay: their job
-        reports them)."""
-        if base is None:
-            return sorted(set(stores)) if stores is not None else sorted(last)
-        covered = dict(zip(base.table.store_id.tolist(), base.table.last_day.tolist(), strict=True))
-        too_old = (time.time() - base.created) / 86400 > self.max_age_days
-        candidates = sorted(set(stores)) if stores is not None else sorted(set(last) | set(covered))
-        return [s for s in candidates
-                if s not in last or s not in covered or too_old or last[s] > covered[s]]
-
-    def _version(self, alias: str) -> Version | None:
-        """The version an alias points at (with its table), or None when there is none."""
-        from mlflow import MlflowClient
-        from mlflow.exceptions import MlflowException
-
-        client = MlflowClient(tracking_uri=self.uri)
-        try:
-            mv = client.get_model_version_by_alias(self.model_name, alias)
-        except MlflowException:
-            return None
-        version = str(mv.version)
-        if version not in self._tables:
-            with tempfile.TemporaryDirectory() as tmp:
-                path = download(f"models:/{self.model_name}/{version}", tmp, "params.npz", self.uri)
-                self._tables[version] = ParamTable.load(path)
-            _trim(self._tables, 4)
-        return Version(version, self._tables[version], mv.creation_timestamp / 1000)
-
-    def _base(self, target: str | None, champion: Version | None) -> Version | None:
+    def _base(self, target: str | None, champion: str) -> str:
         """What a job moving ``target`` builds on: a challenger newer than the champion, else the champion."""
         if target != "challenger":
             return champion
-        challenger = self._version("challenger")
-        if challenger is None or (champion is not None and int(challenger.version) <= int(champion.version)):
+        challenger = self.registry.alias("challenger")
+        if challenger is None or int(challenger.version) <= int(champion):
             return champion
-        return challenger
+        return str(challenger.version)
+
+    def _alias(self, n_stores: int) -> str:
+        if self.s.promote == "auto":
+            return "champion" if n_stores <= self.s.auto_champion_stores else "challenger"
+        return self.s.promote
 
     # ---- running jobs -----------------------------------------------------------------------
     def _run(self) -> None:
-        while (job := self._queue.get()) is not None:
-            job.status = "running"
-            try:  # the event goes out before the status says so: a finished job has been announced
-                status, result = self._retrain(job)
-                if status == "done":
-                    events.emit(self.sink, events.event(events.MODEL_REGISTERED, {"job_id": job.id, **result}))
-                job.result, job.status = result, status
-            except Exception as exc:  # a failed job is reported, never moves an alias
-                log.exception("retrain job %s failed", job.id)
-                error = f"{type(exc).__name__}: {exc}"
-                events.emit(self.sink, events.event(events.RETRAIN_FAILED, {
-                    "job_id": job.id, "store_ids": job.stores, "reason": error}))
-                job.error, job.status = error, "failed"
+        while (job_id := self._queue.get()) is not None:
+            job = self.store.get(job_id)
+            if job is None:
+                continue
+            try:
+                self._attempts(job)
             finally:
-                job.finished = time.time()
                 with self._lock:
-                    for s in job.stores:
+                    for s in job.stores or []:
                         if self.inflight.get(s) == job.id:
                             del self.inflight[s]
-                job.done.set()
+                    self.metrics.queue.set(len(set(self.inflight.values())))
+
+    def _attempts(self, job: Job) -> None:
+        while True:
+            job.attempt += 1
+            job.status, job.phase, job.started, job.error = "running", "fitting", time.time(), None
+            self.store.put(job)
+            try:
+                self._cleanup(job)
+                status, result = self._retrain(job)
+            except TRANSIENT as exc:
+                if self._failed_attempt(job, exc, transient=True):
+                    continue
+                return
+            except Exception as exc:  # a failed job is reported, never moves an alias
+                if not isinstance(exc, PublishError | ValueError):
+                    log.exception("retrain job %s failed", job.id)
+                self._failed_attempt(job, exc, transient=False)
+                return
+            if status == "done":
+                events.emit(self.s.sink, events.event(events.MODEL_REGISTERED, {"job_id": job.id, **result}))
+            job.result, job.status, job.phase, job.finished = result, status, "finished", time.time()
+            self.store.put(job)
+            self.metrics.jobs.labels(status).inc()
+            return
+
+    def _failed_attempt(self, job: Job, exc: Exception, transient: bool) -> bool:
+        """Record a failed attempt; True when it will be retried (after a backoff)."""
+        error = f"{type(exc).__name__}: {exc}"
+        entry = {"attempt": job.attempt, "error": error, "at": time.time(), "phase": job.phase}
+        if job.run_id:
+            entry.update(run_id=job.run_id)  # ended FAILED by MLflow's run context
+        if job.version and job.phase == "registered":
+            entry.update(version=job.version, orphan_tagged=False)
+        job.history.append(entry)
+        job.run_id, job.version, job.error = None, None, error
+        if transient and job.attempt < self.s.retries and not self._stop.is_set():
+            job.status = "retrying"
+            self.store.put(job)
+            self.metrics.jobs.labels("retried").inc()
+            log.warning("retrain job %s: attempt %d failed (%s); retrying", job.id, job.attempt, error)
+            self._stop.wait(self.s.retry_seconds * 2 ** (job.attempt - 1))
+            return True
+        with_cleanup = self._cleanup_quietly(job)
+        job.status, job.phase, job.finished = "failed", "finished", time.time()
+        self.store.put(job)
+        self.metrics.jobs.labels("failed").inc()
+        events.emit(self.s.sink, events.event(events.RETRAIN_FAILED, {
+            "job_id": job.id, "store_ids": job.stores, "reason": error, "cleanup": with_cleanup}))
+        return False
 
     def _retrain(self, job: Job) -> tuple[str, dict[str, Any]]:
-        """Fit, derive, register and promote: ("done", result), or ("up_to_date", ...) when nothing is
-        stale any more."""
-        sales, last = self.data.load()
-        base = self._base(job.target, self._version("champion"))
-        stores = self._stale(job.stores, last, base)  # a job that finished meanwhile may cover some
-        if not stores:
-            return "up_to_date", _covered(job.stores, base)
-        missing = [s for s in stores if s not in last]
-        if len(missing) == len(stores):
-            raise ValueError(f"no open-day data for store(s) {', '.join(missing)}")
-        result = train(sales, self.config, stores=[s for s in stores if s in last], workers=self.workers,
-                       progress=False, start_method="spawn")
-        if len(result.table) == 0:
-            raise ValueError("no store could be fitted: " + "; ".join(f"{f['store_id']}: {f['reason']}"
-                                                                       for f in result.failed))
-        snap = Snapshot.from_result(result)
-        base = self._base(job.target, self._version("champion"))  # may have moved while fitting
-        parent = base.version if base else ""
-        if base:
-            with tempfile.TemporaryDirectory() as tmp:
-                folder = download(f"models:/{self.model_name}/{parent}", tmp, uri=self.uri)
-                snap = snap.derived_from(folder / "artifacts")
-        gate = {r.store_id: r.metrics.get("gate", "n/a") for r in result.results if not r.error}
-        alias = job.target if not result.gate_failed else None
-        reg = register(snap, uri=self.uri, model_name=self.model_name, alias=alias, parent_version=parent,
-                       params={"retrain_job": job.id, "reason": job.reason[:250]})
-        return "done", {"version": reg.version, "model_uri": reg.model_uri, "parent_version": parent,
-                        "store_ids": sorted(gate), "gate": gate, "promoted": alias,
-                        "failed": result.failed + [{"store_id": s, "reason": "no open-day data"} for s in missing]}
+        """Fit, derive, gate, register and alias through ``publish``."""
+        if job.target == "challenger" and self.s.fleet_backend == "rayjob":
+            from pipelines.retrain_rayjob import fleet_on_rayjob
 
-    def _alias(self, n_stores: int) -> str:
-        if self.promote == "auto":
-            return "champion" if n_stores <= self.auto_champion_stores else "challenger"
-        return self.promote
+            return fleet_on_rayjob(self, job)
+        sales = self.sales.load()
+        champion = self.registry.alias("champion")
+        base = self._base(job.target, str(champion.version)) if champion is not None else None
+        parent, tmp = download_parent(self.registry, base) if base else (None, None)
+        try:
+            champion_table = self.registry.table(str(champion.version)) if champion is not None and \
+                base != str(champion.version) else None
+            pub = publish(sales, self.registry, stores=job.stores, parent=parent, config=self.s.base_config,
+                          overrides=self.s.overrides, gate=self.s.gate, alias=job.target or None,
+                          auto_champion_stores=self.s.auto_champion_stores, force=job.force,
+                          champion=champion_table, workers=self.s.workers, start_method="spawn",
+                          params={"retrain_job": job.id, "reason": job.reason[:250]},
+                          tags={"retrain_job": job.id}, on_run=lambda r: self._phase(job, "registering", run_id=r),
+                          on_version=lambda v: self._phase(job, "registered", version=v))
+        finally:
+            if tmp is not None:
+                tmp.cleanup()
+        if pub.status == "up_to_date":
+            return "up_to_date", {"up_to_date": sorted(job.stores or []), "version": pub.version}
+        self._phase(job, "aliased")
+        self.metrics.fit.observe(pub.seconds.get("fit", 0.0))
+        result = {"version": pub.version, "model_uri": pub.model_uri, "parent_version": pub.parent_version,
+                  "store_ids": pub.refitted, "gate": pub.store_gate, "promoted": pub.alias, "failed": pub.failed,
+                  "version_gate": {"passed": pub.gate.passed, "reasons": pub.gate.reasons},
+                  "config": pub.config, "seconds": pub.seconds}
+        if pub.alias == "champion":
+            self._reload()
+        elif pub.alias == "challenger" and self.rollout is not None:
+            result["rollout"] = "queued"
+            self._rollouts.put((pub.version, job.id))
+        return "done", result
+
+    def _phase(self, job: Job, phase: str, **fields: Any) -> None:
+        job.phase = phase
+        for k, v in fields.items():
+            setattr(job, k, v)
+        self.store.put(job)
+        if self._pause and self._pause[0] == phase:
+            log.warning("fault injection: job %s paused %.0f s at %s", job.id, self._pause[1], phase)
+            time.sleep(self._pause[1])
+
+    def _reload(self) -> None:
+        import httpx
+
+        for url in self.s.reload_urls:
+            try:
+                httpx.post(f"{url.rstrip('/')}/v2/repository/models/storecast/load", timeout=30)
+            except httpx.HTTPError as exc:
+                log.warning("reload of %s failed: %s", url, exc)
+
+    # ---- recovery ---------------------------------------------------------------------------
+    def recover(self) -> list[str]:
+        """Jobs a restart cut short: clean up after them and queue them again (or fail them)."""
+        recovered = []
+        for job in self.store.unfinished():
+            if job.status != "queued" or job.attempt:
+                self.metrics.jobs.labels("interrupted").inc()
+                entry = {"attempt": job.attempt, "at": time.time(), "phase": job.phase,
+                         "error": f"interrupted: the service stopped while the job was {job.status} ({job.phase})"}
+                if job.run_id:
+                    entry.update(run_id=job.run_id, run_ended=False)
+                if job.version and job.phase in ("registered", "aliased"):
+                    entry.update(version=job.version, orphan_tagged=False)
+                job.history.append(entry)
+                job.run_id = job.version = None
+                if job.attempt >= self.s.max_attempts:
+                    self._cleanup_quietly(job)
+                    job.status, job.phase, job.finished = "failed", "finished", time.time()
+                    job.error = f"{entry['error']}; gave up after {job.attempt} attempt(s)"
+                    self.store.put(job)
+                    continue
+            job.status, job.phase = "queued", "queued"
+            self._cleanup_quietly(job)
+            self.store.put(job)
+            for s in job.stores or []:
+                self.inflight[s] = job.id
+            self._queue.put(job.id)
+            recovered.append(job.id)
+        for doc in self.store.rollouts("running"):
+            if self.rollout is not None:
+                self._rollouts.put((doc["version"], doc.get("job_id")))
+        return recovered
+
+    def _cleanup(self, job: Job) -> None:
+        """End the runs and tag the versions that earlier attempts left behind (raises when the registry is down)."""
+        for entry in job.history:
+            if entry.get("run_id") and entry.get("run_ended") is False:
+                self.registry.end_run(entry["run_id"], "FAILED")
+                entry["run_ended"] = True
+            if entry.get("version") and entry.get("orphan_tagged") is False:
+                v = entry["version"]
+                aliases = [a for a in ("champion", "challenger") if (mv := self.registry.alias(a)) is not None
+                           and str(mv.version) == v]
+                if not aliases:
+                    self.registry.tag(v, "orphaned", f"job {job.id} stopped after registering it, before moving "
+                                      f"{job.target}; no alias points at it, so it is never served")
+                entry["orphan_tagged"] = not aliases
+                entry["alias_moved"] = aliases
+        self.store.put(job)
+
+    def _cleanup_quietly(self, job: Job) -> str:
+        try:
+            self._cleanup(job)
+            return "done"
+        except Exception as exc:  # retried when the job runs again; recorded meanwhile
+            log.warning("cleanup of job %s postponed: %s", job.id, exc)
+            return f"postponed: {exc}"
+
+    # ---- rollouts ---------------------------------------------------------------------------
+    def _run_rollouts(self) -> None:
+        while (item := self._rollouts.get()) is not None:
+            version, job_id = item
+            doc = self.rollout.run(version, job_id)
+            if doc["status"] in ("promoted", "rolledback", "superseded"):
+                self.metrics.rollouts.labels(doc["status"]).inc()
+            if job_id and (job := self.store.get(job_id)) is not None and job.result:
+                job.result["rollout"] = {k: doc.get(k) for k in ("status", "reason", "promoted_version")}
+                self.store.put(job)
+
+    def record_rollout(self, version: str, status: str, doc: dict[str, Any]) -> None:
+        self.store.put_rollout(version, status, doc)
 
     def close(self) -> None:
+        self._stop.set()
+        if self.rollout is not None:
+            self.rollout.stopping.set()
+            self._rollouts.put(None)
         self._queue.put(None)
 
 
-def _covered(stores: list[str] | None, base: Version | None) -> dict[str, Any]:
-    """The answer for stores that ``base`` already covers."""
-    return {"up_to_date": sorted(set(stores or [])), "version": base.version if base else None}
-
-
-def _trim(d: OrderedDict, most: int) -> None:
-    while len(d) > most:
-        d.popitem(last=False)
+def _pause_setting() -> tuple[str, float] | None:
+    text = os.environ.get(PAUSE_ENV, "")
+    phase, _, seconds = text.partition(":")
+    try:
+        return (phase, float(seconds)) if phase else None
+    except ValueError:
+        return None

@@ -51,8 +51,14 @@ def test_split_args_and_a_running_canary() -> None:
         {"op": "replace", "path": CANARY, "value": 25},
         {"op": "replace", "path": "/spec/predictor/containers/0/args/2", "value": "models:/storecast/8"},
     ]
-    assert canary.promote_patch(isvc) == [{"op": "test", "path": CANARY, "value": 10},
-                                          {"op": "remove", "path": CANARY}]
+    assert canary.promote_patch(isvc) == [  # the predictor follows champion again (moved to 7 first)
+        {"op": "test", "path": CANARY, "value": 10}, {"op": "remove", "path": CANARY},
+        {"op": "test", "path": "/spec/predictor/containers/0/args/2", "value": "models:/storecast/7"},
+        {"op": "replace", "path": "/spec/predictor/containers/0/args/2", "value": "models:/storecast@champion"}]
+    assert canary.rollback_follow_patch(isvc, "storecast") == [
+        {"op": "test", "path": CANARY, "value": 10}, {"op": "replace", "path": CANARY, "value": 0},
+        {"op": "test", "path": "/spec/predictor/containers/0/args/2", "value": "models:/storecast/7"},
+        {"op": "replace", "path": "/spec/predictor/containers/0/args/2", "value": "models:/storecast@champion"}]
     assert canary.rollback_patch(isvc, "storecast", 1) == [
         {"op": "test", "path": CANARY, "value": 10},
         {"op": "replace", "path": CANARY, "value": 0},
@@ -127,5 +133,7 @@ def test_cli_promote_patches_and_moves_champion(kube: tuple, tmp_path: Path) -> 
     client.set_registered_model_alias("storecast", "champion", "1")
     run_cli("canary", "promote", "--tracking-uri", uri, env=env, cwd=tmp_path)
     (patch,) = [json.loads(r["body"]) for r in api.requests if r["method"] == "PATCH"]
-    assert patch == [{"op": "test", "path": CANARY, "value": 10}, {"op": "remove", "path": CANARY}]
+    assert patch == [{"op": "test", "path": CANARY, "value": 10}, {"op": "remove", "path": CANARY},
+                     {"op": "test", "path": ARG, "value": "--model_uri=models:/storecast/2"},
+                     {"op": "replace", "path": ARG, "value": "--model_uri=models:/storecast@champion"}]
     assert str(client.get_model_version_by_alias("storecast", "champion").version) == "2"

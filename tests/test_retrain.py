@@ -175,7 +175,9 @@ def test_ping_refits_every_stale_store_then_nothing(world: dict) -> None:
 
 
 def test_health_and_unknown_job(world: dict) -> None:
-    assert httpx.get(f"{world['url']}/healthz").json() == {"status": "ok"}
+    health = httpx.get(f"{world['url']}/healthz").json()
+    assert health["status"] == "ok" and health["data_source"]["ok"] and health["data_source"]["error"] is None
+    assert health["dry_run"] is False
     assert httpx.get(f"{world['url']}/jobs/nope").status_code == 404
 
 
@@ -184,18 +186,23 @@ def test_cli_retrain_waits_for_the_version(world: dict, tmp_path: Path) -> None:
     assert '"status": "up_to_date"' in out.stdout  # refitted by the ping above
 
 
-def test_a_fit_that_finished_while_a_job_waited_is_not_repeated(world: dict) -> None:
+def test_a_fit_that_finished_while_a_job_waited_is_not_repeated(world: dict, tmp_path: Path) -> None:
     """A job whose stores a finished fit already covers (it waited in the queue meanwhile) fits nothing."""
-    from pipelines.retrain_jobs import Job, RetrainManager
+    from pipelines.jobstore import Job
+    from pipelines.retrain_jobs import RetrainManager, Settings
 
-    manager = RetrainManager(str(world["latest"]), model_name=MODEL, uri=world["uri"])
+    manager = RetrainManager(Settings(str(world["latest"]), model_name=MODEL, uri=world["uri"],
+                                      state=str(tmp_path / "jobs.sqlite")))
     try:
         before = versions(world["uri"])
         job = Job("queued-late", ["4"], "test", "requested", "champion")  # 4 was refitted by the first test
-        manager.jobs[job.id] = job
-        manager._queue.put(job)
-        assert job.done.wait(60)
-        assert job.status == "up_to_date" and job.result["version"] == champion(world["uri"])
+        manager.store.put(job)
+        manager._queue.put(job.id)
+        deadline = time.monotonic() + 60
+        while (done := manager.job(job.id)).status not in ("up_to_date", "done", "failed"):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert done.status == "up_to_date" and done.result["version"] == champion(world["uri"])
         assert versions(world["uri"]) == before
     finally:
         manager.close()
