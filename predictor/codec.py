@@ -111,7 +111,8 @@ def json_body(body: Any) -> Any:
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
-            raise RequestError("request body is not JSON") from None
+            what = "a string (a CloudEvent's data?)" if isinstance(body, str) else "not JSON"
+            raise RequestError(f'request body is {what}: send a JSON object like {{"instances": [...]}}') from None
     return body
 
 

@@ -4,6 +4,7 @@ conformance and hostile-input tests of a session (trained and started once, stop
 from __future__ import annotations
 
 import atexit
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,5 +80,9 @@ def served(tmp_path_factory: Any) -> Served:
                            transformer_args=["--enable_latency_logging", "false", "--watch-seconds", "1"])
         stack.start(timeout=180)
         atexit.register(stack.stop)
+        deadline = time.monotonic() + 30  # the transformer learns the predictor's version within a second
+        while "versions" not in httpx.get(f"{stack.transformer.url}/v2/models/{MODEL}").json():
+            assert time.monotonic() < deadline, "the transformer never learned the predictor's version"
+            time.sleep(0.1)
         _SERVED = Served(stack, registry.version, registry.table, root)
     return _SERVED

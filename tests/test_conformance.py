@@ -101,39 +101,73 @@ def test_tritonclient_http(srv: Served, kind: str, binary: bool) -> None:
 
 
 # ---- tritonclient over gRPC -----------------------------------------------------------------------------
+TRITON_GRPC = """
+import json, sys
+import numpy as np
+import tritonclient.grpc as tg
+from tritonclient.utils import InferenceServerException
+
+host, version, arrays = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+out = {}
+client = tg.InferenceServerClient(host)
+out["live"] = client.is_server_live() and client.is_server_ready() and client.is_model_ready("storecast")
+out["ready_version"] = client.is_model_ready("storecast", model_version=version)
+meta = client.get_model_metadata("storecast")
+out["meta"] = {"platform": meta.platform, "versions": list(meta.versions), "inputs": [t.name for t in meta.inputs],
+               "outputs": [t.name for t in meta.outputs]}
+out["extensions"] = list(client.get_server_metadata().extensions)
+inputs = []
+for name, values in arrays.items():
+    tensor = tg.InferInput(name, [len(values)], "BYTES")
+    tensor.set_data_from_numpy(np.array([v.encode() for v in values], dtype=object))
+    inputs.append(tensor)
+result = client.infer("storecast", inputs, outputs=[tg.InferRequestedOutput("yhat"),
+                                                    tg.InferRequestedOutput("yhat_upper")])
+out["version"] = result.get_response().model_version
+out["names"] = [o.name for o in result.get_response().outputs]
+out["yhat"], out["yhat_upper"] = result.as_numpy("yhat").tolist(), result.as_numpy("yhat_upper").tolist()
+out["same_version"] = client.infer("storecast", inputs, model_version=version).get_response().model_version
+errors = {}
+for label, call in (("version", lambda: client.infer("storecast", inputs, model_version="999")),
+                    ("output", lambda: client.infer("storecast", inputs, outputs=[tg.InferRequestedOutput("nope")])),
+                    ("metadata", lambda: client.get_model_metadata("storecast", model_version="999"))):
+    try:
+        call()
+        errors[label] = None
+    except InferenceServerException as exc:
+        errors[label] = [exc.status(), exc.message()]
+out["errors"] = errors
+print(json.dumps(out))
+"""
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_tritonclient_grpc(srv: Served, kind: str) -> None:
-    import tritonclient.grpc as tg
-    from tritonclient.utils import InferenceServerException
-
-    client = tg.InferenceServerClient(host(srv, kind, grpc=True))
-    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(MODEL)
-    assert client.is_model_ready(MODEL, model_version=srv.version)
-    meta = client.get_model_metadata(MODEL)
-    assert meta.platform and list(meta.versions) == [srv.version] and meta.inputs and meta.outputs
-    assert "binary_tensor_data" in client.get_server_metadata().extensions
-    inputs = []
-    for name, values in request_arrays(srv, kind).items():
-        tensor = tg.InferInput(name, [len(values)], "BYTES")
-        tensor.set_data_from_numpy(values)
-        inputs.append(tensor)
-    result = client.infer(MODEL, inputs, outputs=[tg.InferRequestedOutput("yhat"), tg.InferRequestedOutput(
-        "yhat_upper")])
-    assert result.get_response().model_version == srv.version
+    """tritonclient.grpc (in its own process: its gRPC modules and KServe's define the same protobuf symbols)."""
+    out = run_client(TRITON_GRPC, host(srv, kind, grpc=True), srv.version, request_arrays(srv, kind))
+    assert out["live"] and out["ready_version"]
+    assert out["meta"]["platform"] and out["meta"]["versions"] == [srv.version] and out["meta"]["inputs"]
+    assert "binary_tensor_data" in out["extensions"]
     want = reference(srv, kind)
-    assert result.as_numpy("yhat").tolist() == want["yhat"]  # raw_output_contents: what as_numpy reads
-    assert result.as_numpy("yhat_upper").tolist() == want["yhat_upper"]
-    assert [o.name for o in result.get_response().outputs] == ["yhat", "yhat_upper"]
-    for version, code in (("999", "StatusCode.NOT_FOUND"),):
-        with pytest.raises(InferenceServerException) as info:
-            client.infer(MODEL, inputs, model_version=version)
-        assert info.value.status() == code and srv.version in info.value.message()
-    with pytest.raises(InferenceServerException) as info:
-        client.infer(MODEL, inputs, outputs=[tg.InferRequestedOutput("nope")])
-    assert info.value.status() == "StatusCode.INVALID_ARGUMENT" and "nope" in info.value.message()
-    with pytest.raises(InferenceServerException) as info:
-        client.get_model_metadata(MODEL, model_version="999")
-    assert info.value.status() == "StatusCode.NOT_FOUND"
+    assert out["version"] == out["same_version"] == srv.version and out["names"] == ["yhat", "yhat_upper"]
+    assert out["yhat"] == want["yhat"] and out["yhat_upper"] == want["yhat_upper"]  # raw_output_contents
+    status, message = out["errors"]["version"]
+    assert status == "StatusCode.NOT_FOUND" and "999" in message and srv.version in message
+    status, message = out["errors"]["output"]
+    assert status == "StatusCode.INVALID_ARGUMENT" and "nope" in message
+    assert out["errors"]["metadata"][0] == "StatusCode.NOT_FOUND"
+
+
+def run_client(script: str, *args: Any) -> dict[str, Any]:
+    import subprocess
+    import sys
+
+    arrays = args[-1]
+    text = {k: [x.decode() for x in v] for k, v in arrays.items()} if isinstance(arrays, dict) else arrays
+    proc = subprocess.run([sys.executable, "-c", script, *map(str, args[:-1]), json.dumps(text)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 # ---- KServe's own clients -------------------------------------------------------------------------------
@@ -170,16 +204,8 @@ print(json.dumps({"version": response.model_version, "names": [o.name for o in r
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("protocol", ["rest", "grpc"])
 def test_kserve_clients(srv: Served, kind: str, protocol: str) -> None:
-    """KServe's InferenceRESTClient / InferenceGRPCClient (in their own process: KServe's and tritonclient's
-    gRPC modules define the same protobuf symbols and cannot share one)."""
-    import subprocess
-    import sys
-
-    arrays = {k: [x.decode() for x in v] for k, v in request_arrays(srv, kind).items()}
-    proc = subprocess.run([sys.executable, "-c", KSERVE_CLIENT, protocol, host(srv, kind, grpc=protocol == "grpc"),
-                           json.dumps(arrays)], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    """KServe's InferenceRESTClient / InferenceGRPCClient (in their own process, like tritonclient.grpc)."""
+    out = run_client(KSERVE_CLIENT, protocol, host(srv, kind, grpc=protocol == "grpc"), request_arrays(srv, kind))
     # KServe's REST client drops model_version (its InferResponse.from_bytes never reads it); the answer has it
     assert out["version"] == (srv.version if protocol == "grpc" else None) and out["names"] == ["yhat"]
     assert out["yhat"] == reference(srv, kind)["yhat"]

@@ -86,29 +86,35 @@ def parse_day(value: Any, field: str) -> int:
         raise RequestError(field, f"not an ISO date: {exc}") from None
 
 
+V1_LABELS = ("{where}.storeId", "{where}.beginDate", "{where}.endDate")
+V2_LABELS = ("store_id[{i}]", "begin_date[{i}]", "end_date[{i}]")
+
+
 def window(store: Any, begin: Any, end: Any, where: str, limits: Limits, now: int,
-           promo: Any = None, closed: Any = None) -> StoreWindow:
+           promo: Any = None, closed: Any = None, labels: tuple[str, str, str] = V1_LABELS,
+           i: int = 0) -> StoreWindow:
     """Validate one store's request; missing dates default to the 7 days starting today (UTC)."""
+    f_store, f_begin, f_end = (label.format(where=where, i=i) for label in labels)
     if isinstance(store, int) and not isinstance(store, bool) and abs(store) < 10**18:
         store = str(store)
     if not isinstance(store, str) or not store.strip():
-        raise RequestError(f"{where}.storeId", f"required: a non-empty store id, got {short(store)}")
+        raise RequestError(f_store, f"required: a non-empty store id, got {short(store)}")
     problem = store_id_problem(store.strip())
     if problem:
-        raise RequestError(f"{where}.storeId", f"store id {problem}")
-    b = parse_day(begin, f"{where}.beginDate") if _given(begin) else None
-    e = parse_day(end, f"{where}.endDate") if _given(end) else None
+        raise RequestError(f_store, f"store id {problem}")
+    b = parse_day(begin, f_begin) if _given(begin) else None
+    e = parse_day(end, f_end) if _given(end) else None
     if b is None:
         b = now if e is None or e >= now else e - (DEFAULT_DAYS - 1)
     if e is None:
         e = b + DEFAULT_DAYS - 1
     if e < b:
-        raise RequestError(f"{where}.endDate", f"{iso(e)} is before beginDate {iso(b)}")
+        raise RequestError(f_end, f"{iso(e)} is before beginDate {iso(b)}")
     if e - b + 1 > limits.max_days:
-        raise RequestError(f"{where}.endDate", f"window of {e - b + 1} days is over the limit of {limits.max_days}")
+        raise RequestError(f_end, f"window of {e - b + 1} days is over the limit of {limits.max_days}")
     if limits.data_end is not None and b > limits.data_end + limits.max_days_ahead:
         given = "" if _given(begin) else " (default: today, UTC)"
-        raise RequestError(f"{where}.beginDate", f"{iso(b)}{given} is more than {limits.max_days_ahead} days after "
+        raise RequestError(f_begin, f"{iso(b)}{given} is more than {limits.max_days_ahead} days after "
                            f"the model's last day of data, {iso(limits.data_end)} (--max-days-ahead)")
     return StoreWindow(store.strip(), b, e, _days(promo, f"{where}.promoDays", b, e),
                        _days(closed, f"{where}.closedDays", b, e))
@@ -170,7 +176,7 @@ def parse_columns(store_ids: Sequence[Any], begins: Sequence[Any] | None, ends: 
     _check_count(n, limits)
     now = today() if now is None else now
     return [window(store_ids[i], begins[i] if begins is not None else None, ends[i] if ends is not None else None,
-                   f"inputs[{i}]", limits, now) for i in range(n)]
+                   "", limits, now, labels=V2_LABELS, i=i) for i in range(n)]
 
 
 def expand(windows: list[StoreWindow]) -> tuple[np.ndarray, np.ndarray]:

@@ -281,7 +281,8 @@ class ShardWatch:
     def _run(self) -> None:
         while not self._stop.is_set():
             self.poll()
-            self._stop.wait(self.seconds)
+            known = all(s.version for s in self.states)  # quickly at first, until every shard has answered
+            self._stop.wait(self.seconds if known else min(self.seconds, 0.25))
 
     def _ask(self, host: str) -> ShardState:
         if self.router.protocol == "grpc-v2":
