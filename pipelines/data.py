@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.evaluate import weekday
+from serving.contract import store_id_problem
 
 COLUMNS = (
     "Store",
@@ -58,6 +59,9 @@ def _store_ids(col: pd.Series, path: Path) -> pd.Series:
                     text = str(int(number))
         if not text:
             raise ValueError(f"{path}: column 'Store' has empty values")
+        problem = store_id_problem(text)
+        if problem:
+            raise ValueError(f"{path}: column 'Store': store id {problem}")
         labels.append(text)
     return pd.Series(np.asarray(labels, dtype=object)[codes], index=col.index, name="Store")
 

@@ -197,3 +197,15 @@ def test_weekday_open_rate_counts_occasional_closures() -> None:
     opened[[0, 7]] = 0  # two of the four Mondays closed (holidays)
     rate = weekday_open_rate(pd.DataFrame({"Store": "1", "Date": days, "Sales": 1.0, "Open": opened}))["1"]
     assert rate[0] == 0.5 and rate[1:].tolist() == [1] * 6
+
+
+def test_store_ids_follow_the_serving_rule(tmp_path: Path) -> None:
+    """Training accepts the ids the servers accept (printable, at most 64 characters), and names the others."""
+    good = tmp_path / "good.csv"
+    good.write_text("Store,Date,Sales,Open\n²,2015-01-01,5,1\nA-7,2015-01-01,6,1\n", encoding="utf-8")
+    assert sorted(read_sales(good)["Store"].tolist()) == ["A-7", "²"]
+    for bad, problem in (("ab\x01c", "non-printable"), ("x" * 65, "at most 64")):
+        path = tmp_path / "bad.csv"
+        path.write_text(f"Store,Date,Sales,Open\n{bad},2015-01-01,5,1\n", encoding="utf-8")
+        with pytest.raises(ValueError, match=problem):
+            read_sales(path)
