@@ -62,6 +62,7 @@ say "build $SERVE_IMAGE (target serve)"
 serve_seconds=$(build serve "$SERVE_IMAGE")
 say "build $IMAGE (target full)"
 full_seconds=$(build full "$IMAGE")
+echo "built $SERVE_IMAGE in ${serve_seconds} s ($(mb "$SERVE_IMAGE") MB), $IMAGE in ${full_seconds} s ($(mb "$IMAGE") MB)"
 base=$(podman image inspect --format '{{.Size}}' "$(sed -n 's/^ARG PYTHON_IMAGE=//p' Dockerfile)" 2>/dev/null || echo 0)
 
 # --- 2. static checks ----------------------------------------------------------------------
@@ -135,11 +136,13 @@ full train --data /smoke/sales.csv.gz --tracking-uri http://127.0.0.1:5000 --ali
 version=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["version"])' "$WORK/train.json")
 echo "registered models:/$MODEL/$version in the mlflow server"
 
-podman run -d --pod "$NAME" --name "$NAME-predictor" -e MLFLOW_TRACKING_URI=http://127.0.0.1:5000 "$SERVE_IMAGE" \
+# STORECAST_HOST: the servers listen on the pod's interfaces (published on the host's 127.0.0.1 only)
+podman run -d --pod "$NAME" --name "$NAME-predictor" -e MLFLOW_TRACKING_URI=http://127.0.0.1:5000 \
+    -e STORECAST_HOST=0.0.0.0 "$SERVE_IMAGE" \
     predictor --model_uri "models:/$MODEL/$version" --http_port 8080 --grpc_port 8081 >/dev/null
-podman run -d --pod "$NAME" --name "$NAME-transformer" "$SERVE_IMAGE" \
-    transformer --predictor_host 127.0.0.1:8081 --predictor_protocol grpc-v2 --http_port 9080 --grpc_port 9081 \
-    --workers 1 >/dev/null
+podman run -d --pod "$NAME" --name "$NAME-transformer" -e STORECAST_HOST=0.0.0.0 "$SERVE_IMAGE" \
+    transformer --host 127.0.0.1 --predictor_host 127.0.0.1:8081 --predictor_protocol grpc-v2 --http_port 9080 \
+    --grpc_port 9081 --workers 1 >/dev/null
 start=$(date +%s)
 wait_ready "http://127.0.0.1:$pp/v2/models/$MODEL/ready" "$NAME-predictor"
 wait_ready "http://127.0.0.1:$tp/v2/models/$MODEL/ready" "$NAME-transformer"

@@ -125,10 +125,10 @@ def guarded_stack(mlflow_server: str, synth_csv: Path, tmp_path_factory: pytest.
     try:
         ph, pg, th, tg = (free_port() for _ in range(4))
         for name, port, argv in (
-                ("predictor", ph, guarded(root, "predictor", "--model_uri", "models:/storecast-serve/1", "--http_port",
-                                          str(ph), "--grpc_port", str(pg))),
-                ("transformer", th, guarded(root, "transformer", "--predictor_host", f"127.0.0.1:{pg}", "--http_port",
-                                            str(th), "--grpc_port", str(tg)))):
+                ("predictor", ph, guarded(root, "predictor", "--host", "127.0.0.1", "--model_uri",
+                                          "models:/storecast-serve/1", "--http_port", str(ph), "--grpc_port", str(pg))),
+                ("transformer", th, guarded(root, "transformer", "--host", "127.0.0.1", "--predictor_host",
+                                            f"127.0.0.1:{pg}", "--http_port", str(th), "--grpc_port", str(tg)))):
             log = root / f"{name}.log"
             proc = subprocess.Popen(argv, env=env, cwd=root, stdout=log.open("w"), stderr=subprocess.STDOUT)
             procs.append(proc)
