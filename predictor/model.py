@@ -74,6 +74,8 @@ class StorecastModel(Model):
     def attach(self, meter: Any) -> None:
         """Report served version, data end, stores and refused versions to ``meter`` (serving.metrics)."""
         self.meter = meter
+        for _ in self.loader.refused:  # refused before the server was built (the first version)
+            meter.refused()
         self.loader.on_refused(lambda version, reason: meter.refused())
         if self.loader.current is not None:
             self._on_swap(self.loader.current)

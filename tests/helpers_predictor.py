@@ -136,14 +136,15 @@ class Predictor:
     """``python -m predictor`` on free loopback ports; always ``stop()`` it."""
 
     def __init__(self, log: Path, args: list[str] = (), tracking_uri: str | None = None,
-                 env: dict[str, str] | None = None) -> None:
-        self.http_port, self.grpc_port, self.log = free_port(), free_port(), log
+                 env: dict[str, str] | None = None, ports: tuple[int, int] | None = None) -> None:
+        self.http_port, self.grpc_port = ports or (free_port(), free_port())
+        self.log = log
         environ = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
         if tracking_uri:
             environ["MLFLOW_TRACKING_URI"] = tracking_uri
         environ.update(env or {})
-        command = [sys.executable, "-m", "predictor", "--http_port", str(self.http_port), "--grpc_port",
-                   str(self.grpc_port), "--enable_latency_logging", "false", *args]
+        command = [sys.executable, "-m", "predictor", "--host", "127.0.0.1", "--http_port", str(self.http_port),
+                   "--grpc_port", str(self.grpc_port), "--enable_latency_logging", "false", *args]
         with open(log, "wb") as fh:
             self.proc = subprocess.Popen(command, cwd=REPO, env=environ, stdout=fh, stderr=subprocess.STDOUT)
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.http_port}", timeout=30)
