@@ -143,6 +143,7 @@ def _version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="storecast", description=__doc__)
     p.add_argument("--version", action="version", version=f"storecast {_version()}", help="print the version and exit")
+    p.add_argument("--debug", action="store_true", help="show the whole traceback when a command fails")
     sub = p.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="sales data tools").add_subparsers(dest="data_command", required=True)
@@ -254,7 +255,22 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "alias", None) == "":
         args.alias = None
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # one line naming the problem, the traceback only with --debug
+        if args.debug:
+            raise
+        print(f"storecast {args.command}: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).split("; log tail:")[0].strip().splitlines()[0] if str(exc).strip() else ""
+    name = type(exc).__name__
+    text = text if text.startswith(name) or isinstance(exc, RuntimeError | ValueError) else f"{name}: {text}"
+    return (text[:400] + " ...") if len(text) > 400 else (text or name)
 
 
 if __name__ == "__main__":

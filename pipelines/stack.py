@@ -178,5 +178,6 @@ def wait_ready(url: str, service: Service, timeout: float) -> None:
 def _tail(service: Service, lines: int = 15) -> str:
     if service.log is None or not service.log.exists():
         return ""
-    return "; log tail:\n" + "\n".join(service.log.read_text(errors="replace").splitlines()[-lines:])
+    tail = service.log.read_text(errors="replace").splitlines()[-lines:]
+    return f"; see {service.log}; log tail:\n" + "\n".join(tail)
 

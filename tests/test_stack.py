@@ -36,8 +36,9 @@ def stack(registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
 
 @pytest.fixture(scope="module")
 def sharded(registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    far = ["--max-days-ahead", "10000"]  # requests with default dates ask for today
     with LocalStack("models:/storecast@champion", registry, shards=2, log_dir=tmp_path_factory.mktemp("logs2"),
-                    transformer_args=["--predictor_request_timeout_seconds", "3"]) as s:
+                    predictor_args=far, transformer_args=["--predictor_request_timeout_seconds", "3", *far]) as s:
         yield s
 
 
@@ -197,3 +198,26 @@ def test_shard_down_gives_503_naming_it_not_a_partial_answer(sharded: LocalStack
     assert "shard 1" in r.json()["error"] and r.headers.get("retry-after")
     alive = [i for i in ["1", "2", "3", "4", "5", "6"] if zlib.crc32(i.encode()) % 2 == 0]
     assert predict(sharded, {"instances": [{"storeId": alive[0]}]}).status_code == 200
+
+
+def test_cli_errors_are_one_line_without_traceback(stack: LocalStack, tmp_path: Path) -> None:
+    """storecast forecast: an unknown store, a server that is down, a bad date: one line, exit 1; --debug shows
+    the traceback."""
+    import subprocess
+
+    from pipelines.stack import free_port
+    from tests.conftest import BIN
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "storecast"), *args], capture_output=True, text=True, timeout=120)
+
+    down = f"http://127.0.0.1:{free_port()}"
+    for args, words in ((["--store", "4242", "--begin", "2015-08-01", "--url", stack.transformer.url], "4242"),
+                        (["--store", "4", "--url", down], "Connection refused"),
+                        (["--store", "4", "--begin", "2015-02-30", "--url", stack.transformer.url], "beginDate")):
+        proc = cli("forecast", *args)
+        assert proc.returncode == 1, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and words in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+    proc = cli("--debug", "forecast", "--store", "4", "--url", down)
+    assert proc.returncode == 1 and "Traceback" in proc.stderr
