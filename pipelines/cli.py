@@ -156,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--calendar-out", help="also write the known-ahead calendar of the days after --end here")
     s.add_argument("--calendar-days", type=int, default=48, help="days of calendar after --end (with --calendar-out)")
     s.set_defaults(func=cmd_synth)
+    from pipelines.cli_data import add_parser as add_data_append
+    add_data_append(data)
 
     t = sub.add_parser("train", help="fit every store, evaluate, register one model version")
     t.add_argument("--data", required=True, help="Rossmann-format sales (.csv, .csv.gz, .parquet)")

@@ -17,7 +17,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
     from pipelines import events
 
-    ev = events.event(events.RETRAIN_REQUESTED, {"store_ids": args.store, "reason": args.reason}, "storecast.cli")
+    ev = events.event(events.RETRAIN_REQUESTED, {"store_ids": args.store, "reason": args.reason,
+                                                 "force": args.force}, "storecast.cli")
     headers, body = to_binary(ev)
     try:
         r = httpx.post(args.url, headers=headers, content=body, timeout=30)
@@ -42,7 +43,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         job = httpx.get(f"{status_url}/jobs/{job_id}", timeout=10).json()
         if job["status"] in ("done", "failed", "up_to_date"):
             print(json.dumps(job))
-            if job["status"] == "done":
+            if job["status"] == "done" and job["result"].get("version"):
                 print(f"new version {job['result']['version']} ({job['result']['model_uri']}), alias "
                       f"{job['result']['promoted'] or '-'}", file=sys.stderr)
             return 0 if job["status"] != "failed" else 1
@@ -116,6 +117,7 @@ def add_parsers(sub: Any) -> None:
     r.add_argument("--url", default=DEFAULT_RETRAIN_URL, help="retrain service or broker ingress URL")
     r.add_argument("--status-url", help="retrain service URL for --wait when --url is a broker")
     r.add_argument("--wait", action="store_true", help="wait for the job and print the new version")
+    r.add_argument("--force", action="store_true", help="refit the stores even if their model is up to date")
     r.add_argument("--timeout", type=float, default=300.0, help="seconds --wait waits for the job")
     r.set_defaults(func=cmd_retrain)
 

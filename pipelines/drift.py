@@ -3,7 +3,8 @@
 A version's forecast of a day is a pure function of the version (``predictor.forecast`` over its
 ``ParamTable``), so no forecast log is needed: for every store, the open days with a sales figure
 after the store's last day in the champion (its true out-of-sample days), the latest
-``window_days`` of them, are forecast and scored (WAPE). A store is drifting when it has at least
+``window_days`` of them, are forecast with the day's actual promotion (as the holdout was
+evaluated: the forecast with the calendar known) and scored (WAPE). A store is drifting when it has at least
 ``min_days`` such days and its recent WAPE exceeds ``factor`` times its holdout WAPE (recorded in the
 version's ``store_metrics.csv``; at least ``floor``). Refitting it moves its last day past those
 days, so it is scored afresh from then on.
@@ -62,16 +63,19 @@ def score(version: str, table: ParamTable, holdout: dict[str, float], sales: pd.
     rows, y = rows[ok], y[ok]
     idx = known.reindex(rows["Store"].astype(str).to_numpy()).to_numpy(np.int64)
     day = rows["Date"].to_numpy().astype("datetime64[D]").astype(np.int64)
+    # the day's actual promotion, as the holdout was evaluated (the forecast a planner gets with the calendar)
+    promo = rows["Promo"].fillna(-1).to_numpy(np.int8) if "Promo" in rows.columns else np.full(len(y), -1, np.int8)
     after = day > table.last_day[idx]
-    idx, day, y = idx[after], day[after], y[after]
+    idx, day, y, promo = idx[after], day[after], y[after], promo[after]
     if len(idx):  # the latest window_days open days of each store
         order = np.lexsort((-day, idx))
-        idx, day, y = idx[order], day[order], y[order]
+        idx, day, y, promo = idx[order], day[order], y[order], promo[order]
         first = np.r_[0, np.flatnonzero(np.diff(idx)) + 1]
         rank = np.arange(len(idx)) - np.repeat(first, np.diff(np.r_[first, len(idx)]))
         keep = rank < policy.window_days
-        idx, day, y = idx[keep], day[keep], y[keep]
-    yhat = forecast(table, idx, day)[0] if len(idx) else np.zeros(0)
+        idx, day, y, promo = idx[keep], day[keep], y[keep], promo[keep]
+    opened = np.ones(len(idx), dtype=np.int8)
+    yhat = forecast(table, idx, day, promo, opened)[0] if len(idx) else np.zeros(0)
     err = np.abs(y - yhat)
     n = np.bincount(idx, minlength=len(table))
     abs_err = np.bincount(idx, weights=err, minlength=len(table))

@@ -189,8 +189,8 @@ class RetrainManager:
     def _attempts(self, job: Job) -> None:
         while True:
             job.attempt += 1
-            job.status, job.phase, job.started, job.error = "running", "fitting", time.time(), None
-            self.store.put(job)
+            job.status, job.started, job.error = "running", time.time(), None
+            self._phase(job, "fitting")
             try:
                 self._cleanup(job)
                 status, result = self._retrain(job)

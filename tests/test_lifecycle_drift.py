@@ -1,0 +1,67 @@
+"""Accuracy watched as actuals arrive: a few stores shift level, those and only those are refitted.
+
+Real processes: a `mlflow server`, the retrain service, `storecast data append` sending the new days
+as a com.storecast.sales.appended CloudEvent; the champion is scored on the days after its data.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import httpx
+from mlflow import MlflowClient
+
+from pipelines.data import write_sales
+from pipelines.synth import synthesize
+from tests.conftest import run_cli, stop
+from tests.helpers_lifecycle import alias, send, start_service, train, versions, wait_job
+
+MODEL = "storecast-drift"
+SHIFTED = ("3", "6")
+
+
+def test_shifted_stores_and_only_those_are_refitted(mlflow_server: str, tmp_path) -> None:
+    sales = synthesize(8, seed=5)
+    cut = "2015-07-03"
+    old, new = sales[sales["Date"] <= cut], sales[sales["Date"] > cut].copy()
+    new["Sales"] = new["Sales"].astype(float)
+    new.loc[new["Store"].astype(str).isin(SHIFTED), "Sales"] *= 1.7  # a level shift the champion cannot know
+    write_sales(old, tmp_path / "train.csv.gz")  # the sales store the service reads and appends to
+    write_sales(old, tmp_path / "old.csv.gz")
+    write_sales(new, tmp_path / "new.csv")
+    first = train(tmp_path / "old.csv.gz", mlflow_server, MODEL, tmp_path)
+    svc = start_service(tmp_path / "train.csv.gz", mlflow_server, MODEL, tmp_path)
+    try:
+        out = run_cli("data", "append", "--data", str(tmp_path / "new.csv"), "--url", svc.url, cwd=tmp_path)
+        answer = json.loads(out.stdout)
+        assert answer["appended"] == len(new)
+        report = answer["drift"]
+        assert sorted(report["drifting"]) == list(SHIFTED), report
+        assert {w["store_id"] for w in report["worst"][:2]} == set(SHIFTED)
+        assert all(w["days"] == 24 for w in report["worst"])  # open days of the 4 weeks after the champion
+        job = wait_job(svc.url, answer["job"]["job_id"])
+        assert job["status"] == "done" and job["kind"] == "drift", job
+        assert job["result"]["store_ids"] == list(SHIFTED) and job["result"]["promoted"] == "champion"
+        new_version = job["result"]["version"]
+        assert alias(mlflow_server, MODEL) == new_version and job["result"]["parent_version"] == first
+        tags = MlflowClient(mlflow_server).get_model_version(MODEL, new_version).tags
+        assert tags["refitted"] == ",".join(SHIFTED) and tags["stores"] == "8"
+
+        metrics = httpx.get(f"{svc.url}/metrics", timeout=10).text
+        assert re.search(r'storecast_drift_wape\{group="all"\} 0\.\d+', metrics)
+        assert re.search(r'storecast_drift_worst_wape\{rank="1",store="[36]"\}', metrics)
+        assert 'storecast_retrain_jobs_total{outcome="done"} 1.0' in metrics
+        assert re.search(r"storecast_retrain_fit_seconds_count 1\.0", metrics)
+
+        # the refit covers those days: scored afresh, nothing drifts, no second job
+        before = versions(mlflow_server, MODEL)
+        again = send(svc.url, {"part": "already appended"}, "recheck", kind="com.storecast.sales.appended").json()
+        assert again["drift"]["drifting"] == [] and "job" not in again
+        assert again["drift"]["version"] == new_version
+        assert versions(mlflow_server, MODEL) == before
+        # the same event again is recognised (source + id), not appended twice
+        dup = send(svc.url, {"part": "already appended"}, "recheck", kind="com.storecast.sales.appended").json()
+        assert dup["duplicate"] is True
+    finally:
+        stop(svc.proc)
