@@ -144,7 +144,7 @@ class Server:
 def start(command: list[str], log: Path, env: dict[str, str] | None = None, extra: list[str] = ()) -> Server:
     """Start a server command with fresh loopback ports (its output goes to ``log``)."""
     http_port, grpc_port = free_port(), free_port()
-    full = [*command, "--http_port", str(http_port), "--grpc_port", str(grpc_port), *extra]
+    full = [*command, "--host", "127.0.0.1", "--http_port", str(http_port), "--grpc_port", str(grpc_port), *extra]
     with open(log, "wb") as fh:
         started = time.perf_counter()
         proc = subprocess.Popen(full, cwd=REPO, env={**os.environ, **(env or {})}, stdout=fh, stderr=subprocess.STDOUT)

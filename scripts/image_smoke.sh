@@ -140,8 +140,9 @@ echo "registered models:/$MODEL/$version in the mlflow server"
 podman run -d --pod "$NAME" --name "$NAME-predictor" -e MLFLOW_TRACKING_URI=http://127.0.0.1:5000 \
     -e STORECAST_HOST=0.0.0.0 "$SERVE_IMAGE" \
     predictor --model_uri "models:/$MODEL/$version" --http_port 8080 --grpc_port 8081 >/dev/null
-podman run -d --pod "$NAME" --name "$NAME-transformer" -e STORECAST_HOST=0.0.0.0 "$SERVE_IMAGE" \
-    transformer --host 127.0.0.1 --predictor_host 127.0.0.1:8081 --predictor_protocol grpc-v2 --http_port 9080 \
+# the transformer listens wide only with credentials configured (serving/access_door.py): the smoke's key
+podman run -d --pod "$NAME" --name "$NAME-transformer" -e STORECAST_HOST=0.0.0.0 -e STORECAST_API_KEY=image-smoke \
+    "$SERVE_IMAGE" transformer --predictor_host 127.0.0.1:8081 --predictor_protocol grpc-v2 --http_port 9080 \
     --grpc_port 9081 --workers 1 >/dev/null
 start=$(date +%s)
 wait_ready "http://127.0.0.1:$pp/v2/models/$MODEL/ready" "$NAME-predictor"
@@ -154,7 +155,7 @@ post() { # url body [extra curl args...] -> writes $WORK/body, $WORK/headers; pr
     local url=$1 body=$2
     shift 2
     curl -sS -o "$WORK/body" -D "$WORK/headers" -w '%{http_code}' -H 'content-type: application/json' \
-        --data "$body" "$@" "$url"
+        -H 'x-api-key: image-smoke' --data "$body" "$@" "$url"
 }
 business='{"instances": [{"storeId": "1", "beginDate": "2015-08-01T00:00:00Z", "endDate": "2015-08-07T00:00:00Z"},
                          {"store_id": "2", "begin_date": "2015-08-01", "end_date": "2015-08-03"}]}'

@@ -102,9 +102,8 @@ def door(settings: Any) -> AccessDoor:
 
 
 def door_if_configured(settings: Any) -> AccessDoor | None:
-    """The door only when an auth file is given (``--auth-file`` / ``STORECAST_AUTH_FILE``), else none:
-    for the predictor, which is cluster-internal behind the NetworkPolicy and takes the check by flag."""
+    """The door only when ``--auth-file`` is given on the command line (``STORECAST_AUTH_FILE`` and
+    ``STORECAST_API_KEY`` are not enough), else none: the predictor's, which is cluster-internal behind the
+    NetworkPolicy, called by the transformer, and takes the check by flag."""
     args = getattr(settings, "args", None)
-    access_settings = AccessSettings.from_args(args) if args is not None and hasattr(args, "auth_file") \
-        else AccessSettings.from_env()
-    return door(settings) if access_settings.auth_file else None
+    return door(settings) if getattr(args, "auth_file", None) else None

@@ -277,7 +277,7 @@ class AuthFileWatcher:
 
     def __init__(self, path: str | Path, interval: float = 2.0, on_change: Any = None) -> None:
         self.path, self.interval, self.on_change = Path(path), interval, on_change
-        self.log = logging.getLogger("storecast.access")
+        self.log = logging.getLogger("storecast.auth")
         self._signature = self._stat()
         self.config = load(self.path)  # the first load must succeed: a server does not start without it
         self.last_error: str | None = None

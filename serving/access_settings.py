@@ -14,16 +14,17 @@ Flags (each defaults to its environment variable; the README's settings table sa
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
 
 from serving.access import Access
-from serving.access_file import AuthFileWatcher
+from serving.access_file import AuthConfig, AuthFileWatcher, IdentityEntry, Tier
 from serving.oidc import OIDCVerifier
 from serving.ratelimit import RateLimiter
 
-log = logging.getLogger("storecast.access")
+log = logging.getLogger("storecast.auth")
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
@@ -48,8 +49,10 @@ class AccessSettings:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> AccessSettings:
+        """The flags, ``--auth-file`` falling back to ``STORECAST_AUTH_FILE``."""
         audience = getattr(args, "oidc_audience", None) or ""
-        return cls(auth_file=args.auth_file, rate_limit_storage=args.rate_limit_storage or "memory://",
+        return cls(auth_file=args.auth_file or _env("STORECAST_AUTH_FILE"),
+                   rate_limit_storage=args.rate_limit_storage or "memory://",
                    oidc_issuer=args.oidc_issuer,
                    oidc_audience=tuple(a.strip() for a in audience.split(",") if a.strip()),
                    oidc_jwks_url=args.oidc_jwks_url, oidc_jwks_ca_file=args.oidc_jwks_ca_file,
@@ -66,7 +69,7 @@ class AccessSettings:
 def add_access_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the access flags (defaults from the ``STORECAST_*`` environment variables)."""
     g = parser.add_argument_group("access (authentication, rate limits)")
-    g.add_argument("--auth-file", default=_env("STORECAST_AUTH_FILE"),
+    g.add_argument("--auth-file", default=None,  # STORECAST_AUTH_FILE is read by AccessSettings.from_args
                    help="YAML tiers and identities, re-read when it changes (env STORECAST_AUTH_FILE); without it "
                         "every caller is anonymous with every permission, allowed on loopback only")
     g.add_argument("--rate-limit-storage", default=_env("STORECAST_RATE_LIMIT_STORAGE") or "memory://",
@@ -90,9 +93,17 @@ def add_access_arguments(parser: argparse.ArgumentParser) -> None:
                         "outside these networks (default none: the socket peer; env STORECAST_TRUSTED_PROXIES)")
 
 
+def legacy_config(key: str) -> AuthConfig:
+    """The single shared key of earlier releases (``STORECAST_API_KEY``) as an auth file of one identity:
+    ``api-key``, allowed forecast and refresh, no rate limit; nobody else (no anonymous tier)."""
+    tier = Tier("api-key", None, None, None, frozenset({"forecast", "refresh"}))
+    entry = IdentityEntry("api-key", "api-key", (hashlib.sha256(key.encode()).digest(),))
+    return AuthConfig({"api-key": tier}, (entry,), source="STORECAST_API_KEY")
+
+
 def check_exposure(settings: AccessSettings, host: str) -> None:
-    """Refuse (ValueError) to serve without an auth file on anything but a loopback address."""
-    if settings.auth_file is None and host not in LOOPBACK:
+    """Refuse (ValueError) to serve without an auth file (or a key) on anything but a loopback address."""
+    if settings.auth_file is None and not _env("STORECAST_API_KEY") and host not in LOOPBACK:
         raise ValueError(f"--auth-file is required to listen on {host} (without it every caller is anonymous with "
                          "every permission, which is for loopback only)")
 
@@ -105,9 +116,14 @@ def build_access(settings: AccessSettings) -> Access:
     if settings.oidc_issuer:
         oidc = OIDCVerifier(settings.oidc_issuer, settings.oidc_audience, settings.oidc_jwks_url,
                             ca_file=settings.oidc_jwks_ca_file, token_file=settings.oidc_jwks_token_file)
-    watcher = AuthFileWatcher(settings.auth_file, interval=settings.reload_seconds).start() \
-        if settings.auth_file else None
-    access = Access(watcher, limiter=RateLimiter(settings.rate_limit_storage), oidc=oidc,
+    config: AuthFileWatcher | AuthConfig | None = None
+    if settings.auth_file:
+        config = AuthFileWatcher(settings.auth_file, interval=settings.reload_seconds).start()
+    elif _env("STORECAST_API_KEY"):
+        config = legacy_config(_env("STORECAST_API_KEY"))
+        log.warning("access: STORECAST_API_KEY without --auth-file: one identity 'api-key' (forecast, refresh), no "
+                    "anonymous callers; use an auth file (storecast auth add-key) for identities and limits")
+    access = Access(config, limiter=RateLimiter(settings.rate_limit_storage), oidc=oidc,
                     trusted_proxies=settings.trusted_proxies)
     log.info("access: %s; rate limits %s; OIDC %s", access.config.summary(), access.limiter.describe(),
              f"issuer {settings.oidc_issuer}, audience {','.join(settings.oidc_audience)}" if oidc else "off")

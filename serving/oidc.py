@@ -24,7 +24,7 @@ from typing import Any
 
 import jwt
 
-log = logging.getLogger("storecast.access")
+log = logging.getLogger("storecast.auth")
 ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
 LEEWAY = 30  # seconds of clock skew tolerated on exp / nbf / iat
 CACHE_MAX = 1024

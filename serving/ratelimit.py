@@ -32,7 +32,7 @@ from limits.strategies import MovingWindowRateLimiter
 
 from serving.access_file import Tier
 
-log = logging.getLogger("storecast.access")
+log = logging.getLogger("storecast.auth")
 REDIS_SCHEMES = ("redis://", "rediss://", "redis+unix://")
 REDIS_TIMEOUT = 0.5  # seconds, for connecting and for each command
 FALLBACK_SECONDS = 5.0  # after a Redis failure, how long this replica counts on its own

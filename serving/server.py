@@ -43,6 +43,9 @@ class Component:
     def parser(self, kserve_parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
         parser = build_parser(self.settings, self.prog, self.description, f"storecast {self.name}",
                               {"doors": self.doors, **self.defaults}, kserve_parser)
+        from serving.access_settings import add_access_arguments  # the access door's flags (issue 13)
+
+        add_access_arguments(parser)
         return parser
 
 

@@ -112,8 +112,10 @@ def build_parser(settings: type[ServerSettings], prog: str, description: str, ti
         kserve_parser = model_server.parser
     parser = argparse.ArgumentParser(prog=prog, parents=[kserve_parser], description=description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
-    parser.set_defaults(**dict(defaults or {}))
     settings.add_arguments(parser, title)
+    # after add_arguments: an argument's own default would win over an earlier set_defaults (the component's
+    # --doors default was lost that way); apply_env last, so STORECAST_* still wins
+    parser.set_defaults(**dict(defaults or {}))
     apply_env(parser)
     return parser
 

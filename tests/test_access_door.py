@@ -136,14 +136,29 @@ def test_the_door_refuses_to_open_wide_without_an_auth_file(monkeypatch):
     assert open_door.access.open
 
 
-def test_the_predictor_door_only_with_an_auth_file(monkeypatch, tmp_path):
-    monkeypatch.delenv("STORECAST_AUTH_FILE", raising=False)
-    assert door_if_configured(SimpleNamespace(args=None, host="0.0.0.0")) is None
+def test_the_predictor_door_only_with_an_auth_file_flag(monkeypatch, tmp_path):
     path = tmp_path / "auth.yaml"
     path.write_text(AUTH)
-    monkeypatch.setenv("STORECAST_AUTH_FILE", str(path))
-    made = door_if_configured(SimpleNamespace(args=None, host="0.0.0.0"))
+    monkeypatch.setenv("STORECAST_AUTH_FILE", str(path))  # meant for the transformer: not the predictor's
+    parser = argparse.ArgumentParser()
+    add_access_arguments(parser)
+    assert door_if_configured(SimpleNamespace(args=parser.parse_args([]), host="0.0.0.0")) is None
+    assert door_if_configured(SimpleNamespace(args=None, host="0.0.0.0")) is None
+    made = door_if_configured(SimpleNamespace(args=parser.parse_args(["--auth-file", str(path)]), host="0.0.0.0"))
     try:
         assert isinstance(made, AccessDoor) and not made.access.open
     finally:
         made.access.close()
+
+
+def test_the_single_shared_key_of_earlier_releases_closes_the_bypass(monkeypatch):
+    monkeypatch.delenv("STORECAST_AUTH_FILE", raising=False)
+    monkeypatch.setenv("STORECAST_API_KEY", "sc_shared")
+    legacy = door(SimpleNamespace(args=None, host="0.0.0.0"))  # a key is enough to listen wide
+    assert not legacy.access.open
+    for headers in ({}, {"ce-id": "x", "ce-type": "com.storecast.forecast.requested"},
+                    {"content-type": "application/cloudevents+json"}, {"x-api-key": "sc_other"}):
+        _, failure = refusal(legacy, call(headers))
+        assert failure.status == 401, headers
+    who = admit(legacy, call({"x-api-key": "sc_shared", "ce-id": "x"}))
+    assert who.name == "api-key" and who.identity.tier.permissions == {"forecast", "refresh"}

@@ -134,7 +134,7 @@ def test_a_window_beyond_the_horizon_is_refused_naming_the_limit() -> None:
 
 
 def test_api_key_door() -> None:
-    """The optional API key, as a door: checked on inference calls (REST and gRPC alike); CloudEvents and
+    """The optional API key, as a door: checked on inference calls (REST and gRPC alike, CloudEvents too);
     probes pass; a refusal is a 401 with WWW-Authenticate."""
     import asyncio
 
@@ -157,6 +157,6 @@ def test_api_key_door() -> None:
     assert admit(**{"x-api-key": "wrong"}) == 401
     assert admit(**{"x-api-key": "s3cret"}) == 200
     assert admit(protocol="grpc", authorization="Bearer s3cret") == 200
-    assert admit(**{"ce-id": "1"}) == 200
+    assert admit(**{"ce-id": "1"}) == 401 and admit(**{"ce-id": "1", "x-api-key": "s3cret"}) == 200
     assert admit(kind="health") == 200 and admit(kind="metadata") == 200
     assert api_key_door() is None or isinstance(api_key_door(), ApiKeyDoor)

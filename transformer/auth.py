@@ -1,12 +1,10 @@
 """An optional API key on the business API (``STORECAST_API_KEY``, from the Secret in the manifests), as a door.
 
-When the key is set, inference calls (REST POSTs to the models, gRPC ``ModelInfer``) must carry it as
-``x-api-key: KEY`` or ``authorization: Bearer KEY``, else they get 401 / UNAUTHENTICATED. CloudEvents
-(``ce-*`` headers or a structured ``application/cloudevents+json`` body) are the Knative Broker's
-deliveries, which cannot carry a key; the NetworkPolicy of the manifests is what admits them, and they
-can only ask for forecasts. Health, readiness and metadata stay open for probes. Installed through
-``serving.door`` (``--doors transformer.auth:api_key_door``, the transformer's default), so the same
-check guards REST and gRPC.
+When the key is set, inference calls (REST POSTs to the models, gRPC ``ModelInfer``, CloudEvents alike)
+must carry it as ``x-api-key: KEY`` or ``authorization: Bearer KEY``, else they get 401 / UNAUTHENTICATED.
+Health, readiness and metadata stay open for probes. Superseded by ``serving.access_door`` (identities,
+tiers, rate limits, OIDC; the transformer's default door, which also takes ``STORECAST_API_KEY``);
+``--doors transformer.auth:api_key_door`` still installs this one.
 """
 
 from __future__ import annotations
@@ -30,10 +28,7 @@ class ApiKeyDoor:
     async def admit(self, call: Call) -> Any:
         if call.kind != "infer":
             return None
-        headers = call.headers
-        if any(k.startswith("ce-") for k in headers) or headers.get("content-type", "").startswith(
-                "application/cloudevents"):
-            return None
+        headers = call.headers  # CloudEvents too: no header or body shape skips the check (issue 13)
         given = headers.get("x-api-key") or headers.get("authorization", "").removeprefix("Bearer ")
         if not hmac.compare_digest(given.encode("utf-8", "replace"), self.key):
             raise Refused(401, MESSAGE, {"www-authenticate": "Bearer"})
