@@ -64,9 +64,11 @@ def train_via_publish(args: argparse.Namespace) -> int:
         with contextlib.suppress(Exception):  # register() below meets the same problem and reports it
             prepare(args.tracking_uri, args.model_name)
 
+    from serving.contract import store_sort_key
+
     stores = args.stores
     if stores is None and args.limit:
-        stores = sorted(sales.last, key=lambda s: (0, int(s), "") if s.isdigit() else (1, 0, s))[: args.limit]
+        stores = sorted(sales.last, key=store_sort_key)[: args.limit]
     tmp = None
     try:
         champion = None

@@ -105,6 +105,10 @@ def read_sales(path: str | Path) -> pd.DataFrame:
     df["Store"] = _store_ids(df["Store"], path)
     df["Date"] = _dates(df["Date"], path)
     df["Sales"] = _numeric(df["Sales"], "Sales", path).astype("float64")
+    infinite = np.isinf(df["Sales"].to_numpy())
+    if infinite.any():  # the contract's rule: a version is fitted on finite sales only
+        rows = np.flatnonzero(infinite)[:5].tolist()
+        raise ValueError(f"{path}: column 'Sales' holds {int(infinite.sum())} infinite value(s) (rows {rows})")
     if "Open" in df.columns:
         is_open = _numeric(df["Open"], "Open", path).fillna(1)
         if not is_open.isin([0, 1]).all():

@@ -317,7 +317,9 @@ def _ids(stores: list[str] | dict[str, Any], most: int = 50) -> str:
 
 
 def _natural(store_id: str) -> tuple[int, int, str]:
-    return (0, int(store_id), "") if store_id.isdigit() else (1, 0, store_id)
+    from serving.contract import store_sort_key  # ASCII digits only: '²' sorts as text
+
+    return store_sort_key(store_id)
 
 
 def carry_over(registry: Registry, candidate: str, champion: str) -> str:

@@ -22,6 +22,7 @@ from pipelines.data import open_days
 from pipelines.evaluate import GATE_FAIL, pooled, scores
 from pipelines.fitting import FitConfig, Series, StoreCalendar, StoreResult, fit_chunk, quiet
 from predictor.table import ParamTable
+from serving.contract import store_sort_key
 
 
 @dataclass
@@ -59,7 +60,7 @@ def to_series(sales: pd.DataFrame, calendars: dict[str, StoreCalendar] | None = 
     bounds = zip(np.r_[0, cuts], np.r_[cuts, len(sid)], strict=True)
     calendars = calendars or {}
     series = [(str(sid[a]), days[a:b], y[a:b], calendars.get(str(sid[a]))) for a, b in bounds if b > a]
-    return sorted(series, key=lambda s: (0, int(s[0])) if s[0].isdigit() else (1, s[0]))
+    return sorted(series, key=lambda s: store_sort_key(s[0]))
 
 
 def select(sales: pd.DataFrame, stores: list[str] | None = None, limit: int | None = None) -> pd.DataFrame:
@@ -71,7 +72,7 @@ def select(sales: pd.DataFrame, stores: list[str] | None = None, limit: int | No
             raise ValueError(f"stores not in the data: {', '.join(missing)}")
         ids = np.array(stores)
     elif limit:
-        ids = np.array(sorted(map(str, ids), key=lambda s: (0, int(s)) if s.isdigit() else (1, s))[:limit])
+        ids = np.array(sorted(map(str, ids), key=store_sort_key)[:limit])
     return sales[sales["Store"].isin(ids)]
 
 
@@ -213,7 +214,7 @@ def train(sales: pd.DataFrame, cfg: FitConfig, *, stores: list[str] | None = Non
     # stores with no open day at all never became a series: report them too
     for sid in sorted(set(history["Store"]) - known):
         results.append(StoreResult(sid, error="too little data: 0 open days", metrics={"store_id": sid}))
-    results.sort(key=lambda r: (0, int(r.store_id)) if r.store_id.isdigit() else (1, r.store_id))
+    results.sort(key=lambda r: store_sort_key(r.store_id))
     t_fit = time.perf_counter() - t0
     data_end = str(history.loc[history["Sales"].notna(), "Date"].max().date())
     factor = calibration_factor if calibration_factor is not None else (

@@ -52,6 +52,11 @@ def store_id_problem(value: Any) -> str | None:
     return None
 
 
+def store_sort_key(store_id: str) -> tuple[int, int, str]:
+    """Numeric ids by number (1, 2, 10), then the others as text (ASCII digits only: '²' is text)."""
+    return (0, int(store_id), "") if store_id.isascii() and store_id.isdigit() else (1, 0, store_id)
+
+
 def short(value: Any, limit: int = ECHO_CHARS) -> str:
     """``repr(value)`` cut to about ``limit`` characters (errors never echo a whole hostile value)."""
     if isinstance(value, str | bytes) and len(value) > limit:
