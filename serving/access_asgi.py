@@ -21,8 +21,8 @@ from serving.access import Access, AccessError, Admission
 OPEN = "open"
 PROBES = frozenset({"/", "/healthz", "/livez", "/readyz", "/v2/health/live", "/v2/health/ready", "/v2", "/metrics"})
 MODEL_READY = re.compile(r"/v2/models/[^/]+(/versions/[^/]+)?/ready|/v1/models/[^/:]+")
-REFRESH_MAX_STORES = 20
-WANTED = frozenset({b"x-api-key", b"authorization", b"x-forwarded-for"})  # the headers access reads  # a refresh of more named stores than this is a fleet-wide retrain
+REFRESH_MAX_STORES = 20  # a refresh of more named stores than this is a fleet-wide retrain
+WANTED = frozenset({b"x-api-key", b"authorization", b"x-forwarded-for"})  # the headers access reads
 
 
 def is_probe(method: str, path: str) -> bool:
