@@ -20,13 +20,12 @@ from pipelines.fitting import FitConfig
 from pipelines.train import TrainResult
 from predictor.table import FORMAT as TABLE_FORMAT
 from predictor.table import ParamTable
+from serving.contract import MANIFEST_FILE, PARAMS_FILE  # the artifact names are the contract's
+from serving.contract import MODEL_NAME as DEFAULT_MODEL_NAME
+from serving.contract import PROPHET_MODELS_FILE as MODELS_FILE
+from serving.contract import STORE_METRICS_FILE as METRICS_FILE
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-DEFAULT_MODEL_NAME = "storecast"
-PARAMS_FILE = "params.npz"
-MODELS_FILE = "prophet_models.zip"
-METRICS_FILE = "store_metrics.csv"
-MANIFEST_FILE = "manifest.json"
 
 
 @dataclass(frozen=True)

@@ -26,11 +26,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
+from serving.contract import PARAMS_FILE  # the artifact name is the contract's
+
 if TYPE_CHECKING:  # numpy is imported when a table is read, not before (see predictor.prefetch)
     from predictor.rest_registry import RestRegistry
     from predictor.table import ParamTable
 
-PARAMS_FILE = "params.npz"
 DEFAULT_URI = "models:/storecast@champion"
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<ref>[^/]+))/?$")
 # MLflow's own HTTP retries (7, with exponential backoff) would hide an outage for minutes: the server

@@ -33,7 +33,6 @@ load with no regressors, an empty calendar, no transform and ``iv_scale`` 1.
 from __future__ import annotations
 
 import json
-import zlib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -64,9 +63,10 @@ class UnknownStoresError(KeyError):
 
 
 def shard_of(store_ids: np.ndarray | list[str], shards: int) -> np.ndarray:
-    """The shard of each store: ``crc32(store_id) % shards`` (DESIGN.md "Scaling")."""
-    return np.fromiter((zlib.crc32(str(s).encode()) % shards for s in store_ids), dtype=np.int64,
-                       count=len(store_ids))
+    """The shard of each store: the contract's rule, ``crc32(store_id) % shards`` (``serving.contract``)."""
+    from serving.contract import shard_of as rule
+
+    return rule(store_ids, shards)
 
 
 @dataclass(frozen=True)
