@@ -17,6 +17,7 @@ MODEL_REGISTERED = "com.storecast.model.registered"
 RETRAIN_FAILED = "com.storecast.retrain.failed"
 FORECAST_REQUESTED = "com.storecast.forecast.requested"
 SALES_APPENDED = "com.storecast.sales.appended"
+CALENDAR_UPDATED = "com.storecast.calendar.updated"  # data {"path": where the new calendar file is}
 ROLLOUT_PROMOTED = "com.storecast.rollout.promoted"
 ROLLOUT_ROLLEDBACK = "com.storecast.rollout.rolledback"
 SOURCE = "storecast.retrain"

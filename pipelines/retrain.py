@@ -109,6 +109,10 @@ def create_app(manager: RetrainManager, watch: Watch | None = None, authorize_wi
                     raise events.BadEvent(f"{events.SALES_APPENDED}: the accuracy watch is off (--no-drift)")
                 data = _data(ev)
                 return await _guarded(lambda: _dedupe_sales(manager, watch, ev, data))
+            if kind == events.CALENDAR_UPDATED:
+                authorize(request, "retrain")
+                path = _calendar_path(_data(ev))
+                return await _guarded(lambda: _calendar(manager, ev, path))
             stores, reason, force = _request(ev)
         except (events.BadEvent, BadSales) as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
@@ -147,6 +151,32 @@ def _dedupe_sales(manager: RetrainManager, watch: Watch, ev: Any, data: Any) -> 
     return out
 
 
+def _calendar_path(data: Any) -> str:
+    path = data.get("path") if isinstance(data, dict) else None
+    if not isinstance(path, str) or not path.strip():
+        raise events.BadEvent("data.path: expected where the new calendar file is (test.csv layout)")
+    return path.strip()
+
+
+def _calendar(manager: RetrainManager, ev: Any, path: str) -> dict[str, Any] | JSONResponse:
+    """A new calendar: a derived version with the same parameters, champion moved (no refit, seconds)."""
+    from pipelines.calendar_push import main_push
+
+    key = manager.store.job_of_event(ev["source"], ev["id"])
+    if key is not None:
+        return {"duplicate": True, "first": key}
+    if manager.s.dry_run:
+        return {"dry_run": True, "would": f"register the champion again with the calendar {path} and move champion"}
+    try:
+        out = main_push(path, tracking_uri=manager.s.uri, model_name=manager.s.model_name, alias="champion")
+    except ValueError as exc:  # an unreadable or foreign calendar: named, nothing registered
+        return JSONResponse({"error": f"calendar {path}: {exc}"}, status_code=400)
+    except Exception as exc:  # the registry: retry later
+        raise RegistryUnavailable(f"calendar push: {type(exc).__name__}: {exc}") from exc
+    manager.store.remember_event(ev["source"], ev["id"], f"calendar:{out['version']}")
+    return out
+
+
 def _data(ev: Any) -> Any:
     data = ev.get_data()
     if isinstance(data, bytes | str):
@@ -164,8 +194,8 @@ def _request(ev: Any) -> tuple[list[str] | None, str, bool]:
         data = _data(ev) if ev.get_data() else {}
         return None, "scheduled ping", bool(isinstance(data, dict) and data.get("force"))
     if kind != events.RETRAIN_REQUESTED:
-        raise events.BadEvent(f"unsupported event type {kind!r}; expected {events.RETRAIN_REQUESTED}, {events.PING} "
-                              f"or {events.SALES_APPENDED}")
+        raise events.BadEvent(f"unsupported event type {kind!r}; expected {events.RETRAIN_REQUESTED}, {events.PING}, "
+                              f"{events.SALES_APPENDED} or {events.CALENDAR_UPDATED}")
     data = _data(ev)
     stores = data.get("store_ids") if isinstance(data, dict) else None
     if not isinstance(stores, list) or not stores or not all(isinstance(s, str | int) and str(s).strip()

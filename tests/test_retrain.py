@@ -253,3 +253,36 @@ def test_canary_policy_builds_one_candidate_on_the_challenger(mlflow_server: str
         assert param(cand2, "last_day", "2") > param(cand1, "last_day", "2") == param(old, "last_day", "2")
     finally:
         stop(svc)
+
+
+def test_calendar_updated_event_is_served_without_a_refit(world: dict) -> None:
+    """com.storecast.calendar.updated: the champion again with the new calendar (same parameters), served."""
+    from pipelines.registry import download
+    from predictor.table import ParamTable
+
+    path = world["root"] / "calendar.csv"
+    path.write_text("Store,Date,Open,Promo,StateHoliday,SchoolHoliday\n1,2015-08-04,1,1,0,0\n1,2015-08-05,0,0,a,0\n")
+    before = champion(world["uri"])
+    _, values = forecast(world["predictor"], "1")
+    headers, body = to_binary(CloudEvent({"type": "com.storecast.calendar.updated", "source": "tests",
+                                          "id": "cal-1"}, {"path": str(path)}))
+    r = httpx.post(world["url"], headers=headers, content=body, timeout=60)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["parent_version"] == before and out["version"] == champion(world["uri"]) != before
+    old = ParamTable.load(download(f"models:/{MODEL}/{before}", world["root"] / "c-old", "params.npz",
+                                   uri=world["uri"]))
+    new = ParamTable.load(download(f"models:/{MODEL}/{out['version']}", world["root"] / "c-new", "params.npz",
+                                   uri=world["uri"]))
+    assert np.array_equal(old.beta, new.beta) and np.array_equal(old.reg_beta, new.reg_beta)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and forecast(world["predictor"], "1")[0] != out["version"]:
+        time.sleep(0.3)
+    version, now = forecast(world["predictor"], "1")
+    assert version == out["version"] and now[1] > values[1]  # 2015-08-04: a promotion now
+    again = httpx.post(world["url"], headers=headers, content=body, timeout=30).json()
+    assert again.get("duplicate") and champion(world["uri"]) == out["version"]
+    headers, body = to_binary(CloudEvent({"type": "com.storecast.calendar.updated", "source": "tests",
+                                          "id": "cal-2"}, {"path": str(world["root"] / "missing.csv")}))
+    bad = httpx.post(world["url"], headers=headers, content=body, timeout=30)
+    assert bad.status_code == 400 and "missing.csv" in bad.json()["error"]
