@@ -1,0 +1,176 @@
+"""Fleet versions roll out by themselves, locally end to end with real processes.
+
+A `mlflow server`, two predictors (one following ``champion``, one following ``challenger``: the
+canary), the retrain service with ``--promote challenger --rollout local``, and traffic on both
+predictors. The rollout's policy reads the real ``/metrics`` of the challenger predictor: with clean
+traffic the candidate is promoted (champion moved, the champion-following predictor serves it); when
+a share of the canary's requests fail (a store id it does not know) it is rolled back, the reason on
+the version and in a CloudEvent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from mlflow import MlflowClient
+
+from pipelines.data import write_sales
+from pipelines.stack import Service, free_port, wait_ready
+from pipelines.synth import synthesize
+from tests.conftest import Recorder, stop
+from tests.helpers_lifecycle import alias, log_tail, send, start_service, train, wait_job
+
+MODEL = "storecast-rollout"
+STORES = [str(s) for s in range(1, 7)]
+
+
+def predictor(uri: str, model_uri: str, root, name: str) -> Service:
+    http, grpc = free_port(), free_port()
+    log = root / f"{name}.log"
+    proc = subprocess.Popen([sys.executable, "-m", "predictor", "--model_uri", model_uri, "--refresh-seconds", "1",
+                             "--http_port", str(http), "--grpc_port", str(grpc)],
+                            env={**os.environ, "MLFLOW_TRACKING_URI": uri}, stdout=subprocess.DEVNULL,
+                            stderr=log.open("w"))
+    svc = Service(name, proc, http, grpc, log)
+    wait_ready(f"{svc.url}/v2/models/storecast/ready", svc, 120)
+    return svc
+
+
+def served(svc: Service) -> str:
+    return httpx.get(f"{svc.url}/v2/models/storecast", timeout=10).json()["versions"][0]
+
+
+class Traffic:
+    """Requests on both predictors, all the time; ``bad`` is the share of the canary's for an unknown store."""
+
+    def __init__(self, champion: Service, canary: Service) -> None:
+        self.bad = 0.0
+        self.sent = {"champion": 0, "canary": 0}
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._loop, args=(champion, "champion", 0.05), daemon=True),
+                         threading.Thread(target=self._loop, args=(canary, "canary", 0.02), daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def _loop(self, svc: Service, name: str, pause: float) -> None:
+        with httpx.Client(timeout=10) as client:
+            while not self._stop.is_set():
+                store = "77" if name == "canary" and random.random() < self.bad else random.choice(STORES)
+                try:
+                    client.post(f"{svc.url}/v2/models/storecast/infer", json={"inputs": [
+                        {"name": "store_id", "datatype": "BYTES", "shape": [1], "data": [store]},
+                        {"name": "ds", "datatype": "BYTES", "shape": [1], "data": ["2015-08-03"]}]})
+                    self.sent[name] += 1
+                except httpx.HTTPError:
+                    pass
+                time.sleep(pause)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def world(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    root = tmp_path_factory.mktemp("rollout")
+    sales = synthesize(len(STORES), seed=31)
+    write_sales(sales[sales["Date"] <= "2015-06-30"], root / "old.csv.gz")
+    latest = write_sales(sales, root / "latest.csv.gz")
+    first = train(root / "old.csv.gz", mlflow_server, MODEL, root)
+    MlflowClient(mlflow_server).set_registered_model_alias(MODEL, "challenger", first)
+    sink = Recorder()
+    services: list[Service] = []
+    traffic = None
+    try:
+        stable = predictor(mlflow_server, f"models:/{MODEL}@champion", root, "stable")
+        services.append(stable)
+        canary = predictor(mlflow_server, f"models:/{MODEL}@challenger", root, "canary")
+        services.append(canary)
+        svc = start_service(latest, mlflow_server, MODEL, root, "--promote", "challenger", "--rollout", "local",
+                            "--canary-url", canary.url, "--reload-url", stable.url, "--rollout-steps", "10,50",
+                            "--rollout-watch-seconds", "4", "--rollout-poll-seconds", "0.5",
+                            "--canary-min-requests", "20", "--canary-max-error-ratio", "0.05",
+                            "--canary-max-p95-ms", "2000", "--rollout-ready-timeout", "90",
+                            env={"K_SINK": sink.url})
+        services.append(svc)
+        traffic = Traffic(stable, canary)
+        yield {"uri": mlflow_server, "svc": svc, "stable": stable, "canary": canary, "sink": sink, "first": first,
+               "traffic": traffic}
+    finally:
+        if traffic is not None:
+            traffic.stop()
+        for s in reversed(services):
+            stop(s.proc)
+        sink.close()
+
+
+def wait_rollout(url: str, version: str, timeout: float = 180) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        docs = [d for d in httpx.get(f"{url}/rollouts", timeout=10).json()["rollouts"] if d["version"] == version]
+        if docs and docs[0]["status"] != "running":
+            return docs[0]
+        time.sleep(0.3)
+    raise TimeoutError(f"rollout of {version}")
+
+
+def show(doc: dict) -> None:
+    print(f"\nrollout of version {doc['version']}: {doc['status']} {doc.get('reason', '')}")
+    for row in doc["timeline"]:
+        print("  ", json.dumps(row))
+
+
+def test_a_clean_canary_is_promoted(world: dict) -> None:
+    svc, uri = world["svc"], world["uri"]
+    job = wait_job(svc.url, send(svc.url, {"store_ids": ["1", "2"]}, "fleet-1").json()["job_id"])
+    assert job["status"] == "done" and job["result"]["promoted"] == "challenger", (job, log_tail(svc))
+    version = job["result"]["version"]
+    doc = wait_rollout(svc.url, version)
+    show(doc)
+    assert doc["status"] == "promoted", (doc, log_tail(svc))
+    assert [r["event"] for r in doc["timeline"]] == ["started", "canary", "ready", "passed", "canary", "ready",
+                                                     "passed", "promoted"]
+    assert [r["percent"] for r in doc["timeline"] if r["event"] == "passed"] == [10, 50]
+    assert all(r["requests"] >= 20 and r["errors"] == 0 for r in doc["timeline"] if r["event"] == "passed")
+    assert alias(uri, MODEL) == version and alias(uri, MODEL, "challenger") is None
+    assert served(world["stable"]) == version  # the champion-following predictor serves it now
+    tags = MlflowClient(uri).get_model_version(MODEL, version).tags
+    assert tags["rollout"] == "promoted"
+    promoted = [e for e in world["sink"].events() if e["type"] == "com.storecast.rollout.promoted"]
+    assert [e["data"]["version"] for e in promoted] == [version]
+    assert wait_job(svc.url, job["job_id"])["result"]["rollout"]["status"] == "promoted"
+
+
+def test_a_failing_canary_is_rolled_back_with_the_reason(world: dict) -> None:
+    svc, uri = world["svc"], world["uri"]
+    champion = alias(uri, MODEL)
+    world["traffic"].bad = 0.3  # three in ten of the canary's requests name a store it does not know
+    try:
+        job = wait_job(svc.url, send(svc.url, {"store_ids": ["3"]}, "fleet-2").json()["job_id"])
+        assert job["status"] == "done" and job["result"]["promoted"] == "challenger", job
+        version = job["result"]["version"]
+        doc = wait_rollout(svc.url, version)
+    finally:
+        world["traffic"].bad = 0.0
+    show(doc)
+    assert doc["status"] == "rolledback" and doc["reason"].startswith("step 10%: error ratio"), doc
+    assert doc["timeline"][-2]["event"] == "failed" and doc["timeline"][-2]["error_ratio"] > 0.05
+    assert alias(uri, MODEL) == champion and alias(uri, MODEL, "challenger") is None
+    assert served(world["stable"]) == champion
+    tags = MlflowClient(uri).get_model_version(MODEL, version).tags
+    assert tags["rollout"] == "rolledback" and "error ratio" in tags["rollout_reason"]
+    back = [e for e in world["sink"].events() if e["type"] == "com.storecast.rollout.rolledback"]
+    assert [e["data"]["version"] for e in back] == [version] and "error ratio" in back[0]["data"]["reason"]
+    metrics = httpx.get(f"{svc.url}/metrics", timeout=10).text
+    assert 'storecast_rollouts_total{outcome="promoted"} 1.0' in metrics
+    assert 'storecast_rollouts_total{outcome="rolledback"} 1.0' in metrics
