@@ -28,7 +28,7 @@ def refused(exc: AccessError) -> Exception:
     """The serving layer's ``Refused`` for an access refusal (its headers, its gRPC metadata)."""
     from serving.errors import Refused
 
-    headers = {k: v for k, v in exc.http_headers() if k.lower() != "content-type"}
+    headers = {k.lower(): v for k, v in exc.http_headers() if k.lower() != "content-type"}  # the layer's spelling
     return Refused(exc.status, exc.message, headers)  # gRPC: the same as trailing metadata, + retry pushback
 
 

@@ -92,7 +92,7 @@ def test_refusals_map_to_status_headers_and_grpc_codes(access_door):
     _, failure = refusal(access_door, call({"authorization": f"Bearer {KEY}"}, protocol="grpc",
                                              route="/inference.GRPCInferenceService/ModelInfer"))
     assert (failure.status, failure.grpc_code) == (429, "RESOURCE_EXHAUSTED")
-    assert int(failure.headers["Retry-After"]) >= 1 and failure.headers["RateLimit"].startswith('"planner";r=0')
+    assert int(failure.headers["retry-after"]) >= 1 and failure.headers["ratelimit"].startswith('"planner";r=0')
 
 
 def test_anonymous_budget_is_per_address_not_per_connection(access_door):
