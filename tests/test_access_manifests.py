@@ -38,6 +38,7 @@ SECRET = "storecast-auth"
 EXAMPLE = ROOT / "config" / "auth.example.yaml"
 # What each Trigger delivers and the permission it needs at the subscriber.
 NEEDS = {"com.storecast.forecast.requested": {"forecast"}, "dev.knative.kafka.event": {"forecast"},
+         "com.storecast.sales.appended": {"retrain"},  # new actual sales (issue 14)
          "com.storecast.retrain.requested": {retrain_permission(["4"])}, "dev.knative.sources.ping": {"retrain"}}
 
 
