@@ -64,9 +64,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from pipelines.registry import tracking_uri
     from pipelines.stack import LocalStack
 
+    auth_file, key = args.auth_file or os.environ.get("STORECAST_AUTH_FILE"), None
+    if args.make_key:  # access (issue 13): a fresh auth file with one planner identity
+        from pipelines.cli_auth import local_auth_file
+
+        path, key = local_auth_file(args.log_dir)
+        auth_file = str(path)
     stack = LocalStack(args.model_uri, tracking_uri(args.tracking_uri), shards=args.shards, http_port=args.http_port,
                        grpc_port=args.grpc_port, mlflow_server=args.mlflow_server, log_dir=Path(args.log_dir),
                        predictor_args=["--refresh-seconds", str(args.refresh_seconds)],
+                       transformer_args=["--auth-file", auth_file] if auth_file else [],
                        dashboard_args=None if args.dashboard_port is None else [
                            *(["--sales", args.dashboard_sales] if args.dashboard_sales else []),
                            *(["--retrain-url", args.dashboard_retrain_url] if args.dashboard_retrain_url else [])],
@@ -85,9 +92,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"mlflow       {stack.tracking_uri}")
         if stack.dashboard is not None:
             print(f"dashboard    {stack.dashboard.url}/")
-        print(f"logs in {args.log_dir}/\n\ntry:\n  curl -s -H 'content-type: application/json' "
+        print(f"access       auth file {auth_file}" if auth_file else
+              "access       STORECAST_API_KEY, one shared key (no identities)" if os.environ.get("STORECAST_API_KEY")
+              else "access       open: no auth file, every caller is anonymous with every permission (loopback only)")
+        if key:
+            print(f"planner key  {key}  (identity local-planner; send it as x-api-key)")
+        header = f"-H 'x-api-key: {key}' " if key else ""
+        print(f"logs in {args.log_dir}/\n\ntry:\n  curl -s {header}-H 'content-type: application/json' "
               f"{t.url}/v1/models/storecast:predict \\\n    -d '{{\"instances\": [{{\"storeId\": \"4\"}}]}}'\n"
-              f"  storecast forecast --store 4 --url {t.url} --plot forecast.png\n\nCtrl-C stops everything.",
+              f"  storecast forecast --store 4 --url {t.url} {'--api-key ' + key + ' ' if key else ''}"
+              "--plot forecast.png\n\nCtrl-C stops everything.",
               flush=True)
         while not stopping.wait(0.5):
             dead = [s for s in stack.services if s.proc.poll() is not None]
@@ -217,6 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--refresh-seconds", type=float, default=30.0, help="predictor alias refresh")
     v.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for every model to be ready")
     v.add_argument("--log-dir", default="build/logs", help="each process's log goes to DIR/<name>.log")
+    v.add_argument("--auth-file", help="the transformer's auth file (default $STORECAST_AUTH_FILE; none: every caller "
+                   "anonymous with every permission, on loopback)")
+    v.add_argument("--make-key", action="store_true",
+                   help="make a fresh auth file in --log-dir with one planner key, print the key, serve with it")
     v.add_argument("--dashboard-port", type=int, help="also serve the planners' dashboard here (0: any free port)")
     v.add_argument("--dashboard-sales", help="sales file the dashboard shows the recent actual sales from")
     v.add_argument("--dashboard-retrain-url", help="retrain service behind the dashboard's refresh buttons")
