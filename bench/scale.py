@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -46,14 +47,14 @@ def backends(data: Path, workdir: Path, workers: int, repeat: int) -> dict[str, 
     return runs
 
 
-def scale(sizes: list[int], start: str, workdir: Path, workers: int) -> dict[int, Run]:
+def scale(sizes: list[int], start: str, workdir: Path, workers: int, extra: tuple[str, ...] = ()) -> dict[int, Run]:
     out = {}
     for n in sizes:
         data = workdir / "scale-data" / f"synthetic-{n}-{start}.csv.gz"
         if not data.exists():
             data.parent.mkdir(parents=True, exist_ok=True)
             write_sales(synthesize(n, seed=1, start=start, end=END), data)
-        out[n] = run = train_run(data, workdir / f"scale-{n}", "local", workers)
+        out[n] = run = train_run(data, workdir / f"scale-{n}", "local", workers, extra)
         print(f"{n:6d} stores: {run.wall:7.1f} s wall ({1000 * run.wall / n:5.1f} ms/store), {run.cpu:7.0f} CPU s "
               f"({1000 * run.cpu / n:5.1f} ms/store), fit {run.fit:7.1f} s, "
               f"register {run.register:5.1f} s, peak {run.peak_mb:7.0f} MB ({1024 * run.peak_mb / n:6.1f} KB/store)"
@@ -69,6 +70,8 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=1, help="runs of each backend on Rossmann (median)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--skip-rossmann", action="store_true")
+    p.add_argument("--scale-train-args", default="", help="extra storecast train flags for the synthetic sizes, "
+                   "e.g. '--model seed' (a cheaper model, to fit 20,000 stores in the time on a busy machine)")
     args = p.parse_args()
     workdir = Path(args.workdir).resolve()
     sizes = [int(s) for s in args.sizes.split(",") if s]
@@ -107,12 +110,14 @@ def main() -> None:
 
     if not sizes:
         return
-    res = scale(sizes, args.history_start, workdir, args.workers)
+    extra = tuple(shlex.split(args.scale_train_args))
+    res = scale(sizes, args.history_start, workdir, args.workers, extra)
     per_store = {n: r.wall / n for n, r in res.items()}
     spread = max(per_store.values()) / min(per_store.values())
     cpu_store = {n: r.cpu / n for n, r in res.items()}
     cpu_spread = max(cpu_store.values()) / min(cpu_store.values())
-    print(f"\nsynthetic stores, history {args.history_start}..{END}, local backend, {args.workers} CPUs:")
+    print(f"\nsynthetic stores, history {args.history_start}..{END}, local backend, {args.workers} CPUs"
+          f"{', storecast train ' + args.scale_train_args if extra else ''}:")
     print("| stores | wall | ms / store | CPU ms / store | peak memory | KB / store (peak / N) | KB / store added |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     prev = None
@@ -130,7 +135,8 @@ def main() -> None:
     print(f"seconds per store: {spread:.2f}x from smallest to largest (goal <= 1.3x) {verdict}; "
           f"CPU seconds per store {cpu_spread:.2f}x")
     label = " / ".join(f"{n // 1000}k" if n % 1000 == 0 else str(n) for n in res)
-    print(f"RESULT | training, synthetic {label} stores ({args.history_start}..{END}): ms per store | "
+    how = f"{args.history_start}..{END}" + (f", {args.scale_train_args}" if extra else "")
+    print(f"RESULT | training, synthetic {label} stores ({how}): ms per store | "
           + " / ".join(f"{1000 * v:.1f}" for v in per_store.values())
           + " ms wall, " + " / ".join(f"{1000 * v:.1f}" for v in cpu_store.values())
           + f" ms CPU | smallest {1000 * min(per_store.values()):.1f} ms | wall {spread:.2f}x, CPU {cpu_spread:.2f}x "
