@@ -311,3 +311,20 @@ def test_transformer_answers_carry_the_predictor_version(srv: Served) -> None:
     direct = httpx.post(f"{srv.predictor.url}/v2/models/{MODEL}/infer", json={"inputs": []} | {
         "parameters": {"list_stores": True}}, timeout=30).json()
     assert direct["model_version"] == srv.version and direct["parameters"]["stores"] == len(srv.stores)
+
+
+def test_transformer_metrics(srv: Served) -> None:
+    """The transformer's /metrics: the predictor version it serves with its data end, all stores of all
+    shards, its requests by outcome."""
+    from tests.test_predictor_versions import metric
+
+    url = f"{srv.transformer.url}/v1/models/{MODEL}:predict"
+    httpx.post(url, json={"instances": [{"storeId": srv.stores[0], "beginDate": srv.day(1)}]}, timeout=30)
+    httpx.post(url, json={"instances": [{"storeId": "nope", "beginDate": srv.day(1)}]}, timeout=30)
+    text = httpx.get(f"{srv.transformer.url}/metrics").text
+    assert metric(text, "storecast_model_info", component="transformer", version=srv.version,
+                  data_end=srv.data_end) == 1
+    assert metric(text, "storecast_stores_served", component="transformer") == len(srv.stores)
+    assert metric(text, "storecast_requests_total", component="transformer", protocol="http", outcome="ok") >= 1
+    assert metric(text, "storecast_requests_total", component="transformer", protocol="http", outcome="4xx") >= 1
+    assert metric(text, "storecast_requests_total", component="transformer", protocol="http", outcome="5xx") == 0

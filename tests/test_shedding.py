@@ -158,3 +158,52 @@ def test_pipelined_requests_are_counted_by_the_middleware(server: tuple[int, Loa
     assert read(sock)[0] == 200 and read(sock)[0] == 200
     wait_for(lambda: shedder.inflight == 0)
     sock.close()
+
+
+def test_grpc_calls_past_the_limit_are_refused_with_the_retry_delay() -> None:
+    """The same bound on gRPC (serving.grpc_server.Guard): one call held, the next is UNAVAILABLE at once with
+    retry-after and grpc-retry-pushback-ms; metadata calls are never shed; the count ends at zero."""
+    import grpc
+
+    from serving.grpc_server import Guard
+    from serving.metrics import Meter
+
+    async def scenario() -> tuple:
+        release = asyncio.Event()
+
+        async def infer(request: bytes, context) -> bytes:
+            await release.wait()
+            return b"ok"
+
+        async def metadata(request: bytes, context) -> bytes:
+            return b"meta"
+
+        shedder = LoadShedder(None, limit=1)
+        server = grpc.aio.server(interceptors=(Guard("test", Meter("test"), shedder=shedder, log_requests=False),))
+        handlers = {name: grpc.unary_unary_rpc_method_handler(fn) for name, fn in
+                    (("ModelInfer", infer), ("ModelMetadata", metadata))}
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("inference.GRPCInferenceService",
+                                                                              handlers),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+            held = asyncio.ensure_future(call(b"x"))
+            while shedder.inflight < 1:
+                await asyncio.sleep(0.005)
+            try:
+                await call(b"y")
+                refused = None
+            except grpc.aio.AioRpcError as err:
+                refused = (err.code(), dict(err.trailing_metadata()), err.details())
+            meta = await channel.unary_unary("/inference.GRPCInferenceService/ModelMetadata")(b"m")
+            release.set()
+            answer = await held
+        await server.stop(None)
+        return refused, meta, answer, shedder.inflight, shedder.shed
+
+    refused, meta, answer, inflight, shed = asyncio.run(scenario())
+    code, trailing, details = refused
+    assert code == grpc.StatusCode.UNAVAILABLE and "overloaded" in details
+    assert trailing["retry-after"] == "1" and trailing["grpc-retry-pushback-ms"] == "1000"
+    assert (meta, answer, inflight, shed) == (b"meta", b"ok", 0, 1)
