@@ -6,7 +6,8 @@ most ``--concurrency`` requests are in flight at any time (a fixed pool of worke
 never before the server's ``Retry-After``: a ``Retry-After`` also holds back every worker's next
 request until it has passed (a rate limit or an overload is the whole client's, not one request's).
 A batch is given up after ``--max-attempts`` attempts; a batch answered with another 4xx is split in
-halves until the store at fault is alone (so one unknown store does not fail its neighbours). The
+halves until the store at fault is alone (so one unknown store does not fail its neighbours), except
+401/403, which stop the run (every request would get the same). The
 stores given up are listed on stderr and in ``OUT.failed.txt`` (usable as ``--stores FILE``) and the
 exit status is 1.
 
@@ -38,6 +39,7 @@ from typing import Any
 import httpx
 
 RETRY_STATUS = (429, 503)
+FATAL_STATUS = (401, 403)  # the same for every request: no retry, no split, and no more requests
 COLUMNS = ("store", "date", "value", "lower", "upper", "open", "promo", "holiday", "model_version")
 MODEL = "storecast"
 
@@ -165,6 +167,7 @@ class BatchClient:
         self.stats = Stats()
         self.answers: dict[str, tuple[dict[str, Any], str | None]] = {}  # store -> (prediction, version)
         self._not_before = 0.0  # monotonic time before which no request may start (a Retry-After)
+        self._fatal: str | None = None  # set by a 401/403: the remaining batches are not sent
 
     async def run(self, stores: list[str], batch_size: int) -> Stats:
         t0 = time.perf_counter()
@@ -201,6 +204,9 @@ class BatchClient:
         body = {"instances": [{"storeId": s, "beginDate": self.begin, "endDate": self.end} for s in batch]}
         why = "no attempt"
         for attempt in range(1, self.policy.max_attempts + 1):
+            if self._fatal:
+                why = f"not sent: {self._fatal}"
+                break
             wait = self._not_before - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
@@ -217,6 +223,9 @@ class BatchClient:
                     self._accept(batch, r)
                     return
                 why = f"HTTP {r.status_code}: {_error(r)}"
+                if r.status_code in FATAL_STATUS:
+                    self._fatal = why
+                    break
                 if r.status_code not in RETRY_STATUS:
                     if len(batch) > 1:  # find the store at fault; its neighbours are fine
                         self.stats.splits += 1

@@ -291,3 +291,17 @@ def test_retry_after_and_backoff_never_earlier() -> None:
     assert min(delays) >= 2.0 and max(delays) <= 6.0
     first = [batch.backoff_delay(1, policy, None, rng) for _ in range(200)]
     assert max(first) <= 0.5 and len(set(first)) > 100  # full jitter: spread over [0, cap]
+
+
+def test_a_401_stops_the_run_without_splitting(tmp_path: Path) -> None:
+    """Wrong credentials are the same for every request: no retry, no split, no further requests."""
+    gate = Gate("http://127.0.0.1:9", rule=lambda stores, attempt: (401, 0))  # never forwards
+    try:
+        proc = forecast("--stores", "1-40", "--batch-size", "4", "--concurrency", "2", "--url", gate.url,
+                        "--out", str(tmp_path / "x.parquet"))
+    finally:
+        gate.close()
+    assert proc.returncode == 1 and "HTTP 401" in proc.stderr, proc.stderr
+    assert len(gate.arrivals) <= 2  # at most the requests already in flight when the first 401 came back
+    assert len((tmp_path / "x.parquet.failed.txt").read_text().split()) == 40
+    assert "0 splits" in proc.stderr
