@@ -133,8 +133,16 @@ def cmd_loadtest(args: Any) -> int:
         print("storecast loadtest needs Locust, a dependency of storecast: pip install storecast (or locust==2.47.0)",
               file=sys.stderr)
         return 1
+    if args.retrain_url:  # load tests cannot change production (issue 14): a dry-run service only
+        from pipelines.retrain_guard import ALLOW_ENV, refusal
+
+        reason = refusal(args.retrain_url, args.allow_writes)
+        if reason:
+            print(f"storecast loadtest: {reason}", file=sys.stderr)
+            return 2
     out = Path(args.out or f"results/loadtest-{datetime.now():%Y%m%d-%H%M%S}")
-    env = {"STORECAST_USER_RPS": str(args.user_rps), "STORECAST_STORES": args.stores}
+    env = {"STORECAST_USER_RPS": str(args.user_rps), "STORECAST_STORES": args.stores,
+           **({ALLOW_ENV: "1"} if args.retrain_url and args.allow_writes else {})}
     if args.shape:
         env["STORECAST_SHAPE"] = args.shape
     if args.api_key:
@@ -171,7 +179,9 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("loadtest", help="headless Locust against the local stack (or --host) with a report")
     p.add_argument("--host", help="transformer URL (default: start the local stack)")
     p.add_argument("--predictor-url", help="predictor URL for the Service users (default: the local stack's)")
-    p.add_argument("--retrain-url", help="retrain service URL for the Refresher users")
+    p.add_argument("--retrain-url", help="retrain service URL for the Refresher users (it must run --dry-run)")
+    p.add_argument("--allow-writes", action="store_true",
+                   help="let Refresher users send retrain requests to a retrain service that is not --dry-run")
     p.add_argument("--model-uri", default="models:/storecast@champion", help="version the local stack serves")
     p.add_argument("--tracking-uri", help="registry of the local stack (default: $MLFLOW_TRACKING_URI, else "
                    "sqlite:///mlflow.db)")

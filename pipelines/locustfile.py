@@ -150,6 +150,17 @@ class Refresher(FastHttpUser):
     wait_time = between(20, 40)
     url = os.environ.get("STORECAST_RETRAIN_URL", "").rstrip("/") + "/"
 
+    def on_start(self) -> None:  # only against a --dry-run retrain service unless STORECAST_ALLOW_WRITES=1
+        from locust.exception import StopUser
+
+        from pipelines.retrain_guard import refusal
+
+        reason = refusal(self.url)
+        if reason:
+            self.environment.events.request.fire(request_type="CHECK", name="retrain refused", response_time=0,
+                                                 response_length=0, exception=RuntimeError(reason), context={})
+            raise StopUser()
+
     @task
     def retrain(self) -> None:
         headers = {**JSON, "ce-specversion": "1.0", "ce-id": uuid.uuid4().hex, "ce-source": "locust",
