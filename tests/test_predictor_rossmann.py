@@ -16,6 +16,8 @@ import pandas as pd
 import pytest
 
 from pipelines.data import read_sales, shared_rossmann
+from pipelines.export import future_frame
+from pipelines.fitting import FitConfig
 from predictor.snapshot import Snapshot
 from tests.helpers_predictor import Predictor, Registry, dates, day_after, make_registry, stock_models
 
@@ -32,7 +34,7 @@ def sales() -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def registry(sales: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> Registry:
-    return make_registry(tmp_path_factory.mktemp("rossmann"), sales)
+    return make_registry(tmp_path_factory.mktemp("rossmann"), sales, cfg=CFG)
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +51,8 @@ def prophet(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> dic
     return stock_models(registry, registry.version, tmp_path_factory.mktemp("rossmann-stock"))
 
 
+# the calendar regressors on the raw scale, uncalibrated: stock Prophet's own intervals are comparable
+CFG = FitConfig.preset("calendar-linear", calibrate=False)
 WINDOWS = {"history": ("2014-03-03", 7), "gap": ("2014-09-01", 7), "last-weeks": ("2015-06-15", 47),
            "next-7": (1, 7), "next-365": (1, 365)}
 
@@ -62,7 +66,8 @@ def test_real_stores_match_stock_prophet(server: Predictor, registry: Registry, 
         ds = dates(first, n) if isinstance(first, str) else dates(day_after(registry.table, row, first), n)
         out, _ = server.forecast([sid] * n, ds)
         np.random.seed(row)
-        ref = prophet[sid].predict(pd.DataFrame({"ds": pd.to_datetime(ds)}))
+        days = np.array(ds, dtype="datetime64[D]").astype(np.int64)
+        ref = prophet[sid].predict(future_frame(registry.table, sid, days))
         np.testing.assert_allclose(out["yhat"], ref["yhat"], rtol=1e-6, atol=1e-9 * float(np.abs(ref["yhat"]).mean()),
                                    err_msg=f"store {sid}")
         width = (ref["yhat_upper"] - ref["yhat_lower"]).to_numpy()
@@ -86,14 +91,14 @@ def test_holdout_coverage_close_to_stock_prophet(sales: pd.DataFrame, tmp_path: 
     """Fit on data up to 42 days before the end; coverage of the real holdout, ours vs stock Prophet's."""
     from prophet.serialize import model_from_json
 
-    from pipelines.fitting import FitConfig
     from pipelines.train import train
     from tests.helpers_predictor import typed
 
     logging.getLogger("cmdstanpy").disabled = True
     cut = sales["Date"].max() - pd.Timedelta(days=42)
-    result = train(typed(sales[sales["Date"] <= cut], tmp_path / "train.csv.gz"), FitConfig(holdout_days=0),
-                   workers=1, progress=False)
+    # the seed configuration: the interval method itself (the calendar model's calibration is tested with it)
+    result = train(typed(sales[sales["Date"] <= cut], tmp_path / "train.csv.gz"),
+                   FitConfig.preset("seed", holdout_days=0), workers=1, progress=False)
     snap = Snapshot.build("holdout", result.table, "test", None, 0.0)
     held = sales[(sales["Date"] > cut) & (sales["Open"] == 1)]
     days = held["Date"].to_numpy().astype("datetime64[D]").astype(np.int64)
@@ -105,7 +110,8 @@ def test_holdout_coverage_close_to_stock_prophet(sales: pd.DataFrame, tmp_path: 
         model = model_from_json(gzip.decompress(r.model_json_gz).decode())
         part = held[held["Store"] == r.store_id]
         np.random.seed(i)
-        ref = model.predict(pd.DataFrame({"ds": part["Date"]}))
+        part_days = part["Date"].to_numpy().astype("datetime64[D]").astype(np.int64)
+        ref = model.predict(future_frame(result.table, r.store_id, part_days))
         stock += ((part["Sales"].to_numpy() >= ref["yhat_lower"].to_numpy())
                   & (part["Sales"].to_numpy() <= ref["yhat_upper"].to_numpy())).tolist()
     assert len(stock) == len(y) > 150
