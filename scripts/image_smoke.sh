@@ -177,7 +177,8 @@ status=$(post "http://127.0.0.1:$tp/v1/models/$MODEL:predict" \
 grep -qi '^ce-type: com.storecast.forecast.completed' "$WORK/headers" \
     || fail "CloudEvent answer without ce-type com.storecast.forecast.completed: $(cat "$WORK/headers")"
 
-status=$(post "http://127.0.0.1:$tp/v1/models/$MODEL:predict" '{"instances": [{"storeId": "no-such-store"}]}')
+status=$(post "http://127.0.0.1:$tp/v1/models/$MODEL:predict" \
+    '{"instances": [{"storeId": "no-such-store", "beginDate": "2015-08-01", "endDate": "2015-08-07"}]}')
 case "$status" in 4??) ;; *) fail "unknown store: expected a 4xx, got HTTP $status $(cat "$WORK/body")" ;; esac
 grep -q 'no-such-store' "$WORK/body" || fail "the 4xx does not name the store: $(cat "$WORK/body")"
 
@@ -204,7 +205,10 @@ PY
 echo "CloudEvent answered as com.storecast.forecast.completed; unknown store answered $status"
 
 say "batch client (full image) for every store"
-full forecast --stores all --url http://127.0.0.1:9080 --predictor-url http://127.0.0.1:8080 \
+status=$(curl -sS -o /dev/null -w '%{http_code}' -H 'content-type: application/json' \
+    --data '{"instances": [{"storeId": "1", "beginDate": "2015-08-01"}]}' "http://127.0.0.1:$tp/v1/models/$MODEL:predict")
+[ "$status" = 401 ] || fail "a business request without the key: expected 401, got HTTP $status"
+full forecast --stores all --url http://127.0.0.1:9080 --predictor-url http://127.0.0.1:8080 --api-key image-smoke \
     --begin 2015-08-01 --end 2015-08-14 --batch-size 2 --concurrency 2 --out /smoke/fleet.csv --no-progress
 rows=$(( $(wc -l < "$WORK/fleet.csv") - 1 ))
 [ "$rows" = $(( STORES * 14 )) ] || fail "the batch table has $rows rows, expected $(( STORES * 14 ))"
