@@ -219,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="python -m pipelines.retrain", description=__doc__.split("\n\n")[0])
     add_arguments(p, PROMOTE, _steps)
+    from serving.access_settings import add_access_arguments  # --auth-file, OIDC, rate limits (issue 13)
+
+    add_access_arguments(p)
     return p
 
 
@@ -268,6 +271,15 @@ def build_rollout(args: argparse.Namespace, manager: RetrainManager) -> Any:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from serving.access_asgi import guard, require_permission, retrain_rules
+    from serving.access_settings import AccessSettings, build_access, check_exposure
+
+    access_settings = AccessSettings.from_args(args)  # before any work: a bad auth file stops the start
+    try:
+        check_exposure(access_settings, args.host)
+        access = build_access(access_settings)
+    except ValueError as exc:
+        raise SystemExit(f"python -m pipelines.retrain: {exc}") from None
     for name, value in MLFLOW_DEFAULTS.items():
         os.environ.setdefault(name, value)
     import uvicorn
@@ -287,7 +299,8 @@ def main(argv: list[str] | None = None) -> None:
                                            args.drift_floor), groups, refit=not args.no_drift_refit)
     log.info("retrain service on %s:%s, registry %s, sales %s, state %s, sink %s%s", args.host, args.port,
              manager.uri, args.data, args.state, manager.s.sink or "-", " (dry run)" if args.dry_run else "")
-    uvicorn.run(create_app(manager, watch), host=args.host, port=args.port, log_level="warning")
+    app = guard(create_app(manager, watch, authorize_with=require_permission), access, retrain_rules)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":

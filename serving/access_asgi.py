@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from serving.access import Access, AccessError, Admission
+from serving.access import Access, AccessError, Admission, Forbidden
 
 OPEN = "open"
 PROBES = frozenset({"/", "/healthz", "/livez", "/readyz", "/v2/health/live", "/v2/health/ready", "/v2", "/metrics"})
@@ -36,9 +36,9 @@ def inference_rules(method: str, path: str) -> str | None:
 
 
 def retrain_rules(method: str, path: str) -> str | None:
-    """The retrain service: ``/healthz`` open, job views need ``refresh``, events are checked by type
-    (``retrain_permission``) once read."""
-    if method in ("GET", "HEAD") and path == "/healthz":
+    """The retrain service: ``/healthz`` and ``/metrics`` open, job views need ``refresh``, events are checked
+    by type (``retrain_permission``) once read."""
+    if method in ("GET", "HEAD") and path in ("/healthz", "/metrics"):
         return OPEN
     if method == "POST" and path == "/":
         return None
@@ -48,6 +48,17 @@ def retrain_rules(method: str, path: str) -> str | None:
 def retrain_permission(store_ids: list | None) -> str:
     """``refresh`` for a few named stores, ``retrain`` for a fleet-wide retrain (a ping, or many stores)."""
     return "refresh" if store_ids and len(store_ids) <= REFRESH_MAX_STORES else "retrain"
+
+
+def require_permission(request: Any, permission: str | None) -> None:
+    """For a route that knows its permission only once it has read the request: ``Forbidden`` (answered
+    403 by ``guard``'s handler) unless the caller the middleware admitted has it; None: nothing to check."""
+    if permission is None:
+        return
+    admission = admission_of(request)
+    if admission is None:  # a route the rules left open asks for a permission: nobody was admitted
+        raise Forbidden(f"{permission}: this route is open, it cannot grant {permission}")
+    admission.require(permission)
 
 
 def admission_of(scope_or_request: Any) -> Admission | None:
