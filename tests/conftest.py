@@ -63,7 +63,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     uri = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(f"{uri}/health", Service("mlflow", proc, port, log=root / "server.log"), timeout=120)
+        wait_ready(f"{uri}/health", Service("mlflow", proc, port, log=root / "server.log"), timeout=300)
         yield uri
     finally:
         stop(proc)

@@ -27,7 +27,9 @@ def registry(synth_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
 
 @pytest.fixture(scope="module")
 def stack(registry: tuple[str, Path]) -> Iterator[LocalStack]:
-    with LocalStack("models:/storecast@champion", registry[0], log_dir=registry[1] / "logs") as s:
+    far = ["--max-days-ahead", "10000"]  # Locust asks for the default window (today), years after the synthetic data
+    with LocalStack("models:/storecast@champion", registry[0], log_dir=registry[1] / "logs",
+                    predictor_args=far, transformer_args=far) as s:
         yield s
 
 
@@ -35,7 +37,8 @@ def stack(registry: tuple[str, Path]) -> Iterator[LocalStack]:
 def tight(registry: tuple[str, Path]) -> Iterator[LocalStack]:
     """A stack whose transformer serves at most two inference requests at once."""
     with LocalStack("models:/storecast@champion", registry[0], log_dir=registry[1] / "logs-tight",
-                    transformer_args=["--max-inflight", "2"]) as s:
+                    predictor_args=["--max-days-ahead", "10000"],
+                    transformer_args=["--max-inflight", "2", "--max-days-ahead", "10000"]) as s:
         yield s
 
 
