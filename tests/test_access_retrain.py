@@ -36,7 +36,8 @@ identities:
   - {{name: svc, tier: service, key_sha256: "{hash_key(SERVICE)}"}}
   - {{name: broker-nightly, tier: service, oidc_subject: {SUBJECT}}}
 """)
-    svc = start_service(synth_csv, f"sqlite:///{root / 'mlflow.db'}", MODEL, root, "--dry-run", "--no-drift", "--auth-file", str(auth),
+    svc = start_service(synth_csv, f"sqlite:///{root / 'mlflow.db'}", MODEL, root, "--dry-run", "--no-drift",
+                        "--auth-file", str(auth),
                         "--oidc-issuer", issuer.url, "--oidc-audience", AUDIENCE, "--oidc-jwks-url",
                         f"{issuer.url}/jwks")
     try:
