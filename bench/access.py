@@ -1,12 +1,13 @@
 """Access: does one identity's flood leave the others alone, and what does a refusal cost?
 
-    python bench/access.py [--seconds 10] [--cpu-ms 0.3] [--backend-ms 2] [--pool 8]
+    python bench/access.py [--workdir build/bench] [--seconds 10] [--rounds 3] [--minimal]
 
-A real HTTP server (uvicorn with uvloop and httptools, Starlette, ``serving.access_asgi.guard``: the auth
-file, the moving-window rate limits per identity, the concurrency bulkhead and the audit line of every
-request, written to a file) in its own process. An admitted request does what the transformer does:
-``--cpu-ms`` of its own CPU work, then waits for the shared predictor pool (``--pool`` requests at a time,
-``--backend-ms`` each). The open-loop generator of bench/loadgen.py, in this process:
+The real stack: the predictor and the transformer (the serving layer with its access door: the auth file,
+the moving-window rate limits per identity, the concurrency bulkhead and one audit line per request, in
+its log) on the shared trained version (``--workdir``, bench/predictor_common.py), business V1 requests
+for one store and a week. ``--minimal`` instead puts ``serving.access_asgi.guard`` in front of a Starlette
+route doing ``--cpu-ms`` of CPU and waiting for a pool of ``--pool`` slots of ``--backend-ms`` (the
+library alone, no model). The open-loop generator of bench/loadgen.py, each flow in its own process:
 
 1. B alone at half its own limit (tier limit 100 req/s, burst 100; B offers 50 req/s);
 2. the same, while A (same tier) floods at 10x its limit (1,000 req/s): B's success rate (goal >= 99.9 %)
@@ -34,6 +35,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import loadgen
+from predictor_common import PREDICTOR, add_common_arguments, prepare_version, start
 
 from serving.access_file import hash_key
 
@@ -50,7 +52,38 @@ identities:
   - {{name: c, tier: spent, key_sha256: "{hash_key(KEYS['c'])}"}}
   - {{name: d, tier: planner, key_sha256: "{hash_key(KEYS['d'])}"}}
 """
-BODY = {"instances": [{"storeId": "4"}]}
+BODY = {"instances": [{"storeId": "4", "beginDate": "2015-08-01", "endDate": "2015-08-07"}]}
+TRANSFORMER = [sys.executable, "-m", "transformer"]
+AUDIT = b'"audit":"request"'
+
+
+class Stack:
+    """The real predictor + transformer; the transformer guarded by the auth file above."""
+
+    def __init__(self, workdir: Path, version, extra: list[str]) -> None:
+        auth = workdir / "access-auth.yaml"
+        auth.write_text(AUTH)
+        env = {"MLFLOW_TRACKING_URI": version.tracking_uri}
+        self.pred = start(PREDICTOR, version.workdir / "access-predictor.log", env)
+        self.pred.wait_ready(600)
+        self.front = start(TRANSFORMER, version.workdir / "access-transformer.log", env,
+                           ["--predictor_host", f"127.0.0.1:{self.pred.grpc_port}", "--auth-file", str(auth), *extra])
+        self.front.wait_ready(120)
+        self.port, self.proc, self.audit_log = self.front.http_port, self.front.proc, self.front.log
+        self.ps = psutil.Process(self.proc.pid)
+
+    def requests(self) -> int:
+        """Requests the transformer has answered so far: the audit lines of its log."""
+        with open(self.audit_log, "rb") as f:
+            return sum(chunk.count(AUDIT) for chunk in iter(lambda: f.read(1 << 20), b""))
+
+    def cpu(self) -> float:
+        t = self.ps.cpu_times()
+        return t.user + t.system
+
+    def stop(self) -> None:
+        self.front.stop()
+        self.pred.stop()
 
 
 def serve(port: int, auth_file: str, cpu_ms: float, backend_ms: float, pool: int, audit_log: str) -> None:
@@ -198,7 +231,9 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--serve":
         serve(int(sys.argv[2]), sys.argv[3], float(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6]), sys.argv[7])
         return
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = add_common_arguments(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
+    p.add_argument("--minimal", action="store_true", help="a Starlette route behind the library, no model")
+    p.add_argument("--max-inflight", type=int, help="the transformer's --max-inflight (default: its own)")
     p.add_argument("--seconds", type=float, default=10.0, help="measured seconds of each phase")
     p.add_argument("--cpu-ms", type=float, default=0.3, help="the server's own CPU work per admitted request")
     p.add_argument("--backend-ms", type=float, default=2.0, help="time in the shared backend pool per request")
@@ -206,7 +241,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="B alone / B during the flood pairs (median ratio)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        server = Server(Path(tmp), args)
+        extra = [] if args.max_inflight is None else ["--max-inflight", str(args.max_inflight)]
+        server = Server(Path(tmp), args) if args.minimal else Stack(Path(tmp), prepare_version(args), extra)
         try:
             run(server, args)
         finally:
@@ -221,9 +257,10 @@ def show(name: str, t: loadgen.Tally) -> None:
 
 def run(server: Server, args: argparse.Namespace) -> None:
     s = args.seconds
-    print(f"server pid {server.proc.pid}; an admitted request: {args.cpu_ms} ms CPU + {args.backend_ms} ms in a pool "
-          f"of {args.pool}; {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; {s:.0f} s per phase, "
-          f"{args.rounds} rounds", flush=True)
+    what = (f"minimal server; an admitted request: {args.cpu_ms} ms CPU + {args.backend_ms} ms in a pool of "
+            f"{args.pool}" if args.minimal else "the real transformer -> predictor (gRPC), one store, 7 days")
+    print(f"{what}; server pid {server.proc.pid}; {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
+          f"{s:.0f} s per phase, {args.rounds} rounds", flush=True)
     phase(server.port, {"b": (KEYS["b"], 50)}, 2)  # warm-up
 
     rounds = []
@@ -267,7 +304,8 @@ def run(server: Server, args: argparse.Namespace) -> None:
           f"(goal <= 1.5) |")
     print(f"RESULT | access: server CPU per refused request (429 before any work; Access.admit {lib:.0f} us, "
           f"+ audit line {lib_audit - lib:.0f} us) | {cpu_refused * 1e6:.0f} us | admitted request "
-          f"({args.cpu_ms:g} ms own CPU) {cpu_ok * 1e6:.0f} us | {cpu_refused / cpu_ok:.2f} |")
+          f"{'(' + format(args.cpu_ms, 'g') + ' ms own CPU) ' if args.minimal else ''}{cpu_ok * 1e6:.0f} us | "
+          f"{cpu_refused / cpu_ok:.2f} |")
     print(f"RESULT | access: admitted at 20 req/s offered, anonymous (2/s) vs planner (100/s), same run | "
           f"{anon.ok / s:.1f} req/s | planner {d.ok / s:.1f} req/s | {anon.ok / max(1, d.ok):.2f} |")
 

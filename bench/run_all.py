@@ -25,7 +25,7 @@ ORDER = ["train", "predictor_inprocess", "predictor_http", "e2e_http", "predicto
          "dashboard_refresh",
          "overload", "soak", "scale", "scale_predictor", "access"]
 SHARED = {"predictor_inprocess", "predictor_http", "e2e_http", "predictor_coldstart", "overload", "soak", "scale",
-          "scale_predictor"}
+          "scale_predictor", "access"}
 
 
 def main() -> None:
