@@ -151,8 +151,14 @@ def test_store_without_data_fails_and_moves_no_alias(world: dict) -> None:
     assert r.status_code == 202
     job = wait_job(world["url"], r.json()["job_id"])
     assert job["status"] == "failed" and "9999" in job["error"]
-    failed = [e for e in world["sink"].events() if e["type"] == "com.storecast.retrain.failed"]
-    assert failed and failed[-1]["data"]["store_ids"] == ["9999"]
+    deadline = time.monotonic() + 30  # the result event is sent after the job is marked failed
+    while True:
+        failed = [e for e in world["sink"].events() if e["type"] == "com.storecast.retrain.failed"
+                  and e["data"].get("store_ids") == ["9999"]]
+        if failed or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert failed, world["sink"].events()
     assert champion(world["uri"]) == before_champion and versions(world["uri"]) == before
 
 
