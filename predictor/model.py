@@ -76,9 +76,13 @@ class StorecastModel(Model):
         self.meter = meter
         for _ in self.loader.refused:  # refused before the server was built (the first version)
             meter.refused()
-        self.loader.on_refused(lambda version, reason: meter.refused())
+        self.loader.on_refused(self._on_refused)
         if self.loader.current is not None:
             self._on_swap(self.loader.current)
+
+    def _on_refused(self, version: str, reason: str) -> None:
+        if self.meter is not None:
+            self.meter.refused()
 
     @property
     def version(self) -> str | None:
