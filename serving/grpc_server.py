@@ -27,7 +27,7 @@ from kserve.protocol.grpc.servicer import InferenceServicer
 from kserve.utils.utils import to_headers
 
 from serving import door as doors_
-from serving import tensors
+from serving import grpc_tensors, tensors
 from serving.errors import Unavailable, failure_of
 from serving.http import log_access
 from serving.metrics import Meter
@@ -145,10 +145,10 @@ class Servicer(InferenceServicer):
         version = dp.check_version(name, request.model_version, infer=True)
         if not await dp.model_ready(name, True):
             raise Unavailable(_not_ready(model, name))
-        checked = tensors.decode_grpc(request)
+        checked = grpc_tensors.decode_grpc(request)
         checked.model_version = version
         response, _ = await dp.infer(name, tensors.to_kserve(checked, name), to_headers(context))
-        return tensors.encode_grpc(response)
+        return grpc_tensors.encode_grpc(response)
 
 
 class GrpcServer(GRPCServer):

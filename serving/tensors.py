@@ -8,7 +8,7 @@ tensor here is ``[n]``), elements of the wrong type, binary sections that are tr
 wrong size, a bad ``Inference-Header-Content-Length``. One encoder per wire form writes a response:
 JSON with optional fields omitted (never ``null``), binary outputs when asked (per output
 ``binary_data`` or the request's ``binary_data_output``), gRPC always as ``raw_output_contents``
-(what Triton does and ``tritonclient.grpc`` reads).
+(what Triton does and ``tritonclient.grpc`` reads; the gRPC forms are in ``serving.grpc_tensors``).
 """
 
 from __future__ import annotations
@@ -206,67 +206,6 @@ def encode_rest(response: Any, request: Request) -> tuple[bytes, dict[str, str]]
     return body + b"".join(raws), {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(body))}
 
 
-# ---- gRPC -------------------------------------------------------------------------------------
-def decode_grpc(message: Any) -> Request:
-    """A ``ModelInferRequest`` (contents or ``raw_input_contents``), checked as strictly as REST."""
-    from kserve.protocol.infer_type import to_http_parameters
-
-    raw = list(message.raw_input_contents)
-    if raw and len(raw) != len(message.inputs):
-        raise ClientError(f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs")
-    if len(message.id) > MAX_ID:
-        raise ClientError(f"id must be at most {MAX_ID} characters")
-    inputs = []
-    for i, tensor in enumerate(message.inputs):
-        name = _name(tensor.name, f"inputs[{i}]")
-        where = f"input {name!r}"
-        datatype = _datatype(tensor.datatype, where)
-        shape = _shape(list(tensor.shape), where)
-        count = prod(shape)
-        if raw:
-            if tensor.HasField("contents"):
-                raise ClientError(f"{where}: contents must be empty when raw_input_contents is used")
-            data = _raw_values(raw[i], datatype, count, where)
-        else:
-            data = _contents(tensor, datatype, where)
-            _check_count(where, shape, len(data))
-        params = to_http_parameters(tensor.parameters) if tensor.parameters else {}
-        inputs.append(Input(name, datatype, shape, data, params))
-    _unique(inputs, "input")
-    outputs = []
-    for i, out in enumerate(message.outputs):
-        params = to_http_parameters(out.parameters) if out.parameters else {}
-        outputs.append(Output(_name(out.name, f"outputs[{i}]"), None, params))
-    _unique(outputs, "output")
-    parameters = to_http_parameters(message.parameters) if message.parameters else {}
-    return Request(inputs, outputs, message.id or None, parameters, message.model_version or None, True)
-
-
-def encode_grpc(response: Any) -> Any:
-    """A ``ModelInferResponse`` with every output in ``raw_output_contents``."""
-    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
-    from kserve.protocol.infer_type import to_grpc_parameters
-
-    outputs, raws = [], []
-    for out in response.outputs:
-        tensor = pb.ModelInferResponse.InferOutputTensor(name=out.name, datatype=out.datatype, shape=list(out.shape))
-        params = _plain(out.parameters)
-        if params:
-            for k, v in to_grpc_parameters(params).items():
-                tensor.parameters[k].CopyFrom(v)
-        outputs.append(tensor)
-        raws.append(to_bytes(out.data, out.datatype))
-    message = pb.ModelInferResponse(model_name=response.model_name, id=response.id or "", outputs=outputs,
-                                    raw_output_contents=raws)
-    if response.model_version is not None:
-        message.model_version = str(response.model_version)
-    params = _plain(response.parameters)
-    if params:
-        for k, v in to_grpc_parameters(params).items():
-            message.parameters[k].CopyFrom(v)
-    return message
-
-
 # ---- values -----------------------------------------------------------------------------------
 def to_bytes(values: Any, datatype: str) -> bytes:
     """The binary form of a tensor: little-endian numbers, or length-prefixed BYTES elements."""
@@ -315,17 +254,6 @@ def _raw_values(blob: bytes, datatype: str, count: int, where: str) -> list[Any]
         raise ClientError(f"{where}: binary data is {len(blob)} bytes; shape and datatype {datatype} "
                           f"need {count * size}")
     return np.frombuffer(blob, dtype=DTYPES[datatype]).tolist()
-
-
-def _contents(tensor: Any, datatype: str, where: str) -> list[Any]:
-    if datatype not in GRPC_FIELDS:
-        raise ClientError(f"{where}: datatype {datatype} can only be sent as raw_input_contents")
-    wanted = GRPC_FIELDS[datatype]
-    contents = tensor.contents
-    for f, value in contents.ListFields():
-        if f.name != wanted and len(value):
-            raise ClientError(f"{where}: datatype {datatype} data goes in {wanted}, not {f.name}")
-    return list(getattr(contents, wanted))
 
 
 def _json_values(data: list[Any], datatype: str, where: str) -> list[Any]:
