@@ -152,8 +152,9 @@ def cmd_loadtest(args: Any) -> int:
         if args.host:
             host, predictor = args.host, args.predictor_url
         else:
+            far = ["--max-days-ahead", "10000"]  # Locust asks for today's window, whatever the version's data end
             stack = LocalStack(args.model_uri, tracking_uri(args.tracking_uri), log_dir=out / "logs",
-                               http_port=0, grpc_port=0).start()
+                               http_port=0, grpc_port=0, predictor_args=far, transformer_args=far).start()
             host, predictor = stack.transformer.url, stack.predictors[0].url
         if predictor:
             env["STORECAST_PREDICTOR_URL"] = predictor
