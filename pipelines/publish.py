@@ -175,9 +175,12 @@ def publish(sales: Sales, registry: Registry, *, stores: list[str] | None = None
             calendar: pd.DataFrame | None = None, backend: str = "local", ray_address: str | None = None,
             params: dict[str, Any] | None = None, tags: dict[str, str] | None = None,
             on_run: Callable[[str], None] | None = None, on_version: Callable[[str], None] | None = None,
-            while_fitting: Callable[[], None] | None = None) -> Published:
+            while_fitting: Callable[[], None] | None = None, parent_alias: str | None = None) -> Published:
     """Build, gate, register and alias one version (see the module docstring).
 
+    ``parent_alias``: the alias the parent was found by; if it moved while the stores were fitted (a
+    calendar push, another job), the refits are derived from the version it points at now instead, so
+    nothing that version brought is lost.
     ``stores``: the stores to fit (None: every store with data). ``config``: the configuration of a
     version without a parent (with a parent it is inherited). ``champion``: the table of the version
     an alias move would replace, when it is not the parent (its stores must not be dropped unlisted).
@@ -210,7 +213,12 @@ def publish(sales: Sales, registry: Registry, *, stores: list[str] | None = None
     t_fit = time.perf_counter() - t0
     snap = Snapshot.from_result(result)
     if parent:
-        snap = snap.derived_from(parent.folder)
+        with tempfile.TemporaryDirectory() as tmp:
+            mv = registry.alias(parent_alias) if parent_alias else None
+            if mv is not None and str(mv.version) != parent.version:  # it moved while we fitted
+                parent = resolve_parent(registry, str(mv.version), Path(tmp)) or parent
+                base_version = parent.version
+            snap = snap.derived_from(parent.folder)
         snap.table = snap.table.with_meta(fit_config=cfg.to_dict(), parent_version=parent.version)
     report = check_gate(snap, result, frame, gate, reference=parent.table if parent else champion,
                         also=champion if parent else None, drop=drop)

@@ -254,7 +254,9 @@ class RetrainManager:
                           champion=champion_table, workers=self.s.workers, start_method="spawn",
                           params={"retrain_job": job.id, "reason": job.reason[:250]},
                           tags={"retrain_job": job.id}, on_run=lambda r: self._phase(job, "registering", run_id=r),
-                          on_version=lambda v: self._phase(job, "registered", version=v))
+                          on_version=lambda v: self._phase(job, "registered", version=v),
+                          parent_alias=None if base is None else "champion" if champion is not None and
+                          base == str(champion.version) else "challenger")
         finally:
             if tmp is not None:
                 tmp.cleanup()

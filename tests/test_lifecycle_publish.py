@@ -92,6 +92,21 @@ def test_a_version_that_would_drop_stores_fails_unless_they_are_listed(world: di
     assert listed.gate.passed and listed.alias == "challenger"
 
 
+def test_a_champion_moved_while_fitting_is_built_on(world: dict) -> None:
+    """A calendar push (or another job) moved champion during the fit: the refit lands on that version."""
+    reg = world["registry"]
+    parent, tmp = download_parent(reg, "@champion")
+    moved_to = world["first"].version
+    assert parent.version != moved_to
+    try:
+        pub = publish(world["latest"], reg, parent=parent, stores=["3"], force=True, workers=1, alias="champion",
+                      parent_alias="champion", while_fitting=lambda: reg.set_alias("champion", moved_to))
+    finally:
+        tmp.cleanup()
+    assert pub.parent_version == moved_to and alias(reg.uri, MODEL) == pub.version
+    assert MlflowClient(reg.uri).get_model_version(MODEL, pub.version).tags["parent_version"] == moved_to
+
+
 def test_a_missing_parent_fails_clearly_an_unreachable_one_is_retried(world: dict, monkeypatch) -> None:
     with pytest.raises(ParentMissing, match=r"parent version 99 .* does not exist"):
         resolve_parent(world["registry"], "99", world["root"] / "p99")
@@ -100,7 +115,7 @@ def test_a_missing_parent_fails_clearly_an_unreachable_one_is_retried(world: dic
     with pytest.raises(RegistryUnavailable):
         Registry("http://127.0.0.1:9", MODEL).alias("champion")  # down is not "no champion"
     out = run_cli("train", "--data", str(world["root"] / "latest.csv.gz"), "--tracking-uri", world["registry"].uri,
-                  "--parent", "@champion", "--stores", "3", "--json", "--workers", "1", "--no-progress",
+                  "--parent", "@champion", "--stores", "3", "--force", "--json", "--workers", "1", "--no-progress",
                   "--alias", "", cwd=world["root"])
     answer = json.loads(out.stdout.strip().splitlines()[-1])
     assert answer["refitted"] == 1 and answer["parent_version"] == alias(world["registry"].uri, MODEL)
