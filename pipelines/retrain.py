@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import os
+import sqlite3
 import sys
 from typing import Any
 
@@ -289,7 +290,10 @@ def main(argv: list[str] | None = None) -> None:
     quiet()
     import prophet  # noqa: F401 - imported once at start, not on the first job
 
-    manager = RetrainManager(settings_from(args), start=False)
+    try:
+        manager = RetrainManager(settings_from(args), start=False)
+    except (OSError, sqlite3.Error) as exc:  # the state volume: say which file and why, not a traceback
+        raise SystemExit(f"python -m pipelines.retrain: --state {args.state}: {type(exc).__name__}: {exc}") from None
     manager.rollout = build_rollout(args, manager)
     manager.start()
     watch = None

@@ -355,8 +355,12 @@ class RetrainManager:
     def _run_rollouts(self) -> None:
         while (item := self._rollouts.get()) is not None:
             version, job_id = item
-            doc = self.rollout.run(version, job_id)
-            if doc["status"] in ("promoted", "rolledback", "superseded"):
+            try:
+                doc = self.rollout.run(version, job_id)
+            except Exception:  # never let the rollout thread die; the document says where it stopped
+                log.exception("rollout of version %s failed", version)
+                continue
+            if doc["status"] in ("promoted", "rolledback", "superseded", "error"):
                 self.metrics.rollouts.labels(doc["status"]).inc()
             if job_id and (job := self.store.get(job_id)) is not None and job.result:
                 job.result["rollout"] = {k: doc.get(k) for k in ("status", "reason", "promoted_version")}

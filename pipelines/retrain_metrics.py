@@ -5,7 +5,7 @@
 - ``storecast_retrain_fit_seconds``: fit time of each job (histogram);
 - ``storecast_retrain_queue``: jobs queued or running;
 - ``storecast_sales_source_up``: 1 when the sales store could be read the last time, else 0;
-- ``storecast_rollouts_total{outcome}``: promoted, rolledback, superseded;
+- ``storecast_rollouts_total{outcome}``: promoted, rolledback, superseded, error (could not finish);
 - ``storecast_drift_wape{group}``: the champion's rolling WAPE on the days after its data, per store group;
 - ``storecast_drift_worst_wape{store, rank}``: the worst stores by that WAPE (rank 1 the worst);
 - ``storecast_drift_stores{state}``: stores scored, and drifting (refitted automatically).
@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from pipelines.drift import DriftReport
 
 JOB_OUTCOMES = ("done", "failed", "up_to_date", "retried", "interrupted")
-ROLLOUT_OUTCOMES = ("promoted", "rolledback", "superseded")
+ROLLOUT_OUTCOMES = ("promoted", "rolledback", "superseded", "error")
 
 
 class ServiceMetrics:

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from pipelines.drift import DriftPolicy, DriftReport, holdout_wape, score
+from pipelines.registry import VersionMissing
 from pipelines.sales_store import BadSales, SalesUnavailable, read_file
 
 DRIFT_SOURCE = "storecast.drift"
@@ -66,8 +67,11 @@ class Watch:
         if champion is None:
             return {"drift": None, "note": "no champion to score"}
         v = str(champion.version)
-        report = score(v, m.registry.table(v), holdout_wape(m.registry.store_metrics(v)), sales.frame, self.policy,
-                       self.groups)
+        try:
+            holdout = holdout_wape(m.registry.store_metrics(v))
+        except VersionMissing:  # a version without store_metrics.csv: scored, nothing judged
+            holdout = {}
+        report = score(v, m.registry.table(v), holdout, sales.frame, self.policy, self.groups)
         self.last = report
         m.metrics.drift(report)
         out: dict[str, Any] = {"drift": report.to_dict(self.policy.worst)}

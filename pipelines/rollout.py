@@ -211,27 +211,32 @@ class Rollout:
             doc["status"] = "superseded"
             note("superseded", reason="the challenger alias moved to a newer version")
             return doc
-        if reason is None:
-            promoted = self.before_promote(version) if self.before_promote else version
-            self.registry.set_alias("champion", promoted)
-            self.target.promote(promoted)
-            self.registry.delete_alias("challenger")
-            self._tag(version, "promoted", f"promoted after {len(self.policy.steps)} canary step(s)")
-            doc.update(status="promoted", promoted_version=promoted)
-            note("promoted", version=promoted)
-            events.emit(self.sink, events.event(events.ROLLOUT_PROMOTED, {"version": promoted, "canary": version,
-                                                                          "job_id": job_id,
-                                                                          "timeline": doc["timeline"]}))
-        else:
-            self.target.rollback(version)
-            self._tag(version, "rolledback", reason)
-            if self._challenger() == version:
-                self.registry.delete_alias("challenger")
-            doc.update(status="rolledback", reason=reason)
-            note("rolledback", reason=reason)
-            events.emit(self.sink, events.event(events.ROLLOUT_ROLLEDBACK, {"version": version, "reason": reason,
-                                                                            "job_id": job_id,
-                                                                            "timeline": doc["timeline"]}))
+        try:
+            if reason is None:
+                promoted = self._retrying(lambda: self.before_promote(version) if self.before_promote else version)
+                self._retrying(lambda: self.registry.set_alias("champion", promoted))
+                self._retrying(lambda: self.target.promote(promoted))
+                self._retrying(lambda: self.registry.delete_alias("challenger"))
+                self._tag(version, "promoted", f"promoted after {len(self.policy.steps)} canary step(s)")
+                doc.update(status="promoted", promoted_version=promoted)
+                note("promoted", version=promoted)
+                events.emit(self.sink, events.event(events.ROLLOUT_PROMOTED, {
+                    "version": promoted, "canary": version, "job_id": job_id, "timeline": doc["timeline"]}))
+            else:
+                self._retrying(lambda: self.target.rollback(version))
+                self._tag(version, "rolledback", reason)
+                if self._retrying(self._challenger) == version:
+                    self._retrying(lambda: self.registry.delete_alias("challenger"))
+                doc.update(status="rolledback", reason=reason)
+                note("rolledback", reason=reason)
+                events.emit(self.sink, events.event(events.ROLLOUT_ROLLEDBACK, {
+                    "version": version, "reason": reason, "job_id": job_id, "timeline": doc["timeline"]}))
+        except Exception as exc:  # the cluster or registry kept failing: recorded, for a person (GET /rollouts)
+            log.exception("rollout of %s could not finish", version)
+            doc.update(status="error", reason=f"{'promote' if reason is None else 'roll back'} failed: "
+                       f"{type(exc).__name__}: {exc}" + (f" (rolling back because: {reason})" if reason else ""))
+            note("error", reason=doc["reason"])
+            self._tag(version, "error", doc["reason"])
         doc["finished"] = time.time()
         self.record(version, doc["status"], doc)
         return doc
@@ -267,6 +272,18 @@ class Rollout:
                     break
                 if self._wait(min(p.poll_seconds, max(0.05, end - time.monotonic()))):
                     return "rollout stopped: the service is shutting down"
+        return None
+
+    def _retrying(self, fn: Callable[[], Any], attempts: int = 5) -> Any:
+        """``fn()``, tried again after 1, 2, 4, 8 s when the cluster or registry fails."""
+        for attempt in range(attempts):
+            try:
+                return fn()
+            except Exception:
+                if attempt == attempts - 1 or self.stopping.is_set():
+                    raise
+                log.warning("rollout step failed (attempt %d), retrying", attempt + 1, exc_info=True)
+                self.stopping.wait(2**attempt)
         return None
 
     def _challenger(self) -> str | None:

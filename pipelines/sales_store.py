@@ -208,11 +208,15 @@ class SalesStore:
             local = write_sales(rows, Path(tmp) / name)
             if not self.remote:
                 folder = Path(self.location + PARTS)
-                folder.mkdir(parents=True, exist_ok=True)
                 target = folder / name
                 tmp_target = folder / f".{name}.tmp"
-                tmp_target.write_bytes(local.read_bytes())
-                tmp_target.replace(target)  # atomic: a reader sees the whole part or none
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                    tmp_target.write_bytes(local.read_bytes())
+                    tmp_target.replace(target)  # atomic: a reader sees the whole part or none
+                except OSError as exc:  # full disk, read-only volume, ...
+                    tmp_target.unlink(missing_ok=True)
+                    raise SalesUnavailable(f"sales store {folder}: cannot write {name}: {describe(exc)}") from None
                 return str(target)
             import httpx
 

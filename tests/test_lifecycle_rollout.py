@@ -174,3 +174,22 @@ def test_a_failing_canary_is_rolled_back_with_the_reason(world: dict) -> None:
     metrics = httpx.get(f"{svc.url}/metrics", timeout=10).text
     assert 'storecast_rollouts_total{outcome="promoted"} 1.0' in metrics
     assert 'storecast_rollouts_total{outcome="rolledback"} 1.0' in metrics
+
+
+def test_a_canary_that_never_turns_ready_is_rolled_back(tmp_path) -> None:
+    from pipelines.registry import Registry
+    from pipelines.rollout import LocalTarget, Rollout, RolloutPolicy
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    client.create_registered_model("storecast")
+    for _ in range(2):
+        client.create_model_version("storecast", source=str(tmp_path))
+    client.set_registered_model_alias("storecast", "champion", "1")
+    client.set_registered_model_alias("storecast", "challenger", "2")
+    policy = RolloutPolicy(steps=(10,), ready_timeout=1, poll_seconds=0.2, watch_seconds=1)
+    doc = Rollout(Registry(uri), LocalTarget("http://127.0.0.1:9"), policy).run("2")
+    assert doc["status"] == "rolledback" and doc["reason"].startswith("canary not ready after 1 s: canary predictor")
+    assert "unreachable" in doc["reason"]
+    assert str(client.get_model_version_by_alias("storecast", "champion").version) == "1"
+    assert client.get_model_version("storecast", "2").tags["rollout"] == "rolledback"
