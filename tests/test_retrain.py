@@ -145,6 +145,20 @@ def test_redelivered_event_does_nothing_new(world: dict) -> None:
     assert versions(world["uri"]) == before and len(world["sink"].requests) == events_before
 
 
+def test_dedupe_is_by_source_and_id_and_an_empty_id_is_refused(world: dict) -> None:
+    first = send(world["url"], ["4"], "four-0").json()["job_id"]  # the first test's event, redelivered
+    other = CloudEvent({"type": "com.storecast.retrain.requested", "source": "another-source", "id": "four-0"},
+                       {"store_ids": ["4"]})
+    headers, body = to_binary(other)
+    r = httpx.post(world["url"], headers=headers, content=body, timeout=30)
+    assert r.json()["job_id"] != first and r.json()["status"] == "up_to_date"  # its own answer, not the other's
+    for attr in ("id", "source"):
+        headers = {"ce-specversion": "1.0", "ce-id": "x", "ce-source": "tests",
+                   "ce-type": "com.storecast.retrain.requested", "content-type": "application/json", f"ce-{attr}": ""}
+        r = httpx.post(world["url"], headers=headers, content=b'{"store_ids": ["4"]}', timeout=30)
+        assert r.status_code == 400 and f"'{attr}' is empty" in r.json()["error"], r.text
+
+
 def test_store_without_data_fails_and_moves_no_alias(world: dict) -> None:
     before_champion, before = champion(world["uri"]), versions(world["uri"])
     r = send(world["url"], ["9999"], "no-data")
