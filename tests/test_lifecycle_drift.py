@@ -37,6 +37,8 @@ def test_shifted_stores_and_only_those_are_refitted(mlflow_server: str, tmp_path
         answer = json.loads(out.stdout)
         assert answer["appended"] == len(new)
         report = answer["drift"]
+        for w in report["worst"]:
+            print(f"store {w['store_id']}: {w['days']} days, WAPE {w['wape']:.3f} vs holdout {w['holdout_wape']:.3f}")
         assert sorted(report["drifting"]) == list(SHIFTED), report
         assert {w["store_id"] for w in report["worst"][:2]} == set(SHIFTED)
         assert all(w["days"] == 24 for w in report["worst"])  # open days of the 4 weeks after the champion
