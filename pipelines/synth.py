@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.data import COLUMNS
+from serving.contract import HOLIDAY_CODES as CODES
 
 GAP_START = dt.date(2014, 7, 1)
 GAP_END = dt.date(2014, 12, 31)
@@ -22,7 +23,7 @@ GAP_SHARE = 180 / 1115  # stores without rows for GAP_START..GAP_END, as in Ross
 SUNDAY_SHARE = 0.03  # stores open on Sundays
 REFURB_SHARE = 0.04  # stores with a 14..120 day refurbishment closure
 REFURB_DAYS = (14, 120)
-HOLIDAY_CODES = np.array(["0", "a", "b", "c"], dtype=object)
+HOLIDAY_CODES = np.array(CODES, dtype=object)
 
 # Synthetic German states: (name, share of stores, regional public holidays).
 _STATES: tuple[tuple[str, float, frozenset[str]], ...] = (

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from serving.contract import HOLIDAY_CODES
+
 FIELDS = ("open", "promo", "holiday", "school")
 OPEN, PROMO, HOLIDAY, SCHOOL = range(4)
-HOLIDAY_CODES = ("0", "a", "b", "c")
 UNKNOWN = -1
 OPEN_THRESHOLD = 0.5
 SUNDAY = 6

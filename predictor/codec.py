@@ -23,11 +23,20 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 
-from serving.contract import MAX_DAY, MIN_DAY, PREDICTOR_INPUTS, PREDICTOR_OUTPUTS, iso, names, store_id_problem
+from serving.contract import (
+    MAX_DAY,
+    MIN_DAY,
+    PREDICTOR_INPUTS,
+    PREDICTOR_OUTPUTS,
+    WINDOW_INPUTS,
+    iso,
+    names,
+    store_id_problem,
+)
 from serving.contract import short as _short
 
 INPUTS = names(PREDICTOR_INPUTS, required=True)  # store_id, ds
-OPTIONAL_INPUTS = tuple(t.name for t in PREDICTOR_INPUTS if not t.required)  # promo, open
+OPTIONAL_INPUTS = tuple(t.name for t in PREDICTOR_INPUTS if not t.required and t.name not in WINDOW_INPUTS)
 INPUT_TYPES = {t.name: t.datatypes for t in PREDICTOR_INPUTS}
 OUTPUTS = names(PREDICTOR_OUTPUTS, default=True)  # yhat, yhat_lower, yhat_upper
 OPEN_RATE = "open_rate"  # on request: the share of that weekday the store was open in its last 52 weeks
@@ -67,13 +76,20 @@ class TensorInput(Protocol):
 class Rows:
     """Decoded request rows."""
 
-    store_id: list[str]
-    days: np.ndarray  # int64 days since 1970-01-01
+    store_id: list[str]  # per row; the windows form: per window (``repeat`` rows each)
+    days: np.ndarray  # int64 days since 1970-01-01, per row
     promo: np.ndarray | None = None  # int8 per row: 1, 0, or -1 (as the calendar says)
     open: np.ndarray | None = None
+    repeat: np.ndarray | None = None  # the windows form: rows of each store_id (int64)
 
     def __len__(self) -> int:
         return len(self.days)
+
+    def store_of(self, row: int) -> str:
+        """The store id of one row."""
+        if self.repeat is None:
+            return self.store_id[row]
+        return self.store_id[int(np.searchsorted(np.cumsum(self.repeat), row, side="right"))]
 
 
 # ---- V1 ----------------------------------------------------------------------------------------
@@ -151,6 +167,8 @@ def decode_v2(inputs: Sequence[TensorInput], max_rows: int) -> Rows:
         if tensor.name in by_name:
             raise RequestError(f"input {tensor.name!r} is given twice")
         by_name[tensor.name] = tensor
+    if any(name in by_name for name in WINDOW_INPUTS):
+        return _decode_windows(by_name, max_rows)
     missing = [name for name in INPUTS if name not in by_name]
     if missing:
         given = ", ".join(by_name) or "none"
@@ -166,7 +184,50 @@ def decode_v2(inputs: Sequence[TensorInput], max_rows: int) -> Rows:
     return Rows(ids, days, what_if.get("promo"), what_if.get("open"))
 
 
-_INPUTS_HELP = ("the inputs are store_id and ds (BYTES) and, for a what-if, promo and open (INT32 1/0/-1 or BOOL)")
+def _decode_windows(by_name: dict[str, TensorInput], max_rows: int) -> Rows:
+    """The windows form: ``store_id``, ``begin_day``, ``days`` per window (``serving.contract``)."""
+    if "ds" in by_name:
+        raise RequestError("give either ds (long format) or begin_day and days (windows form), not both")
+    missing = [name for name in ("store_id", *WINDOW_INPUTS) if name not in by_name]
+    if missing:
+        raise RequestError(f"missing input {' and '.join(repr(m) for m in missing)}: the windows form is store_id, "
+                           "begin_day and days, one element per window")
+    m_max = max_rows  # a window has at least one row
+    values = {name: _tensor_values(by_name[name], m_max) for name in ("store_id", *WINDOW_INPUTS)}
+    m = len(values["store_id"])
+    for name in WINDOW_INPUTS:
+        if len(values[name]) != m:
+            raise RequestError(f"inputs have different lengths: store_id has {m} windows, {name} has "
+                               f"{len(values[name])}")
+    ids = store_ids_of(values["store_id"], lambda i: f"input 'store_id' window {i}")
+    begin = np.asarray(values["begin_day"], dtype=np.int64).reshape(m)
+    length = np.asarray(values["days"], dtype=np.int64).reshape(m)
+    for bad, problem in (((length < 1), "must be at least 1"),
+                         ((begin < MIN_DAY) | (begin > MAX_DAY), f"is outside {iso(MIN_DAY)} .. {iso(MAX_DAY)}"),
+                         ((begin + length - 1 > MAX_DAY), f"runs past {iso(MAX_DAY)}")):
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            name = "days" if problem.startswith(("must", "runs")) else "begin_day"
+            shown = int(values[name][i])
+            raise RequestError(f"input {name!r} window {i}: {shown} {problem}"
+                               + (" (days since 1970-01-01)" if name == "begin_day" else ""))
+    total = int(length.sum())
+    _check_rows(total, max_rows)
+    starts = np.cumsum(length) - length
+    days = np.repeat(begin - starts, length) + np.arange(total, dtype=np.int64)
+    what_if = {}
+    for k in OPTIONAL_INPUTS:
+        if k in by_name:
+            vals = _tensor_values(by_name[k], max_rows)
+            if len(vals) != total:
+                raise RequestError(f"input {k!r} has {len(vals)} elements; the windows add up to {total} rows "
+                                   "(one per answered row)")
+            what_if[k] = flags(vals, lambda i, k=k: f"input {k!r} row {i}")
+    return Rows(ids, days, what_if.get("promo"), what_if.get("open"), length)
+
+
+_INPUTS_HELP = ("the inputs are store_id and ds (BYTES), or store_id, begin_day and days (the windows form), and, for "
+                "a what-if, promo and open (INT32 1/0/-1 or BOOL)")
 
 
 def _tensor_values(tensor: TensorInput, max_rows: int) -> list[Any]:
@@ -192,6 +253,10 @@ def _tensor_values(tensor: TensorInput, max_rows: int) -> list[Any]:
 
 def flags(values: list[Any], where: Callable[[int], str]) -> np.ndarray:
     """A what-if column as int8: 1, 0 or -1 (none); booleans are 1/0."""
+    if len(values) > _SMALL:
+        arr = np.asarray(values)
+        if arr.dtype.kind in "bi" and arr.ndim == 1 and ((arr >= -1) & (arr <= 1)).all():
+            return arr.astype(np.int8)
     out = np.empty(len(values), dtype=np.int8)
     for i, v in enumerate(values):
         if v is True or v is False:

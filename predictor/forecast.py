@@ -15,6 +15,7 @@ import numpy as np
 
 from predictor import calendar as cal
 from predictor.table import ParamTable
+from serving.contract import CALENDAR_SOURCES, HOLIDAY_CODES, pack_day_flags
 
 SECONDS_PER_DAY = 86400.0
 
@@ -120,14 +121,26 @@ def _lerp(values: np.ndarray, rows: np.ndarray, lo_i: np.ndarray, hi_i: np.ndarr
     return low + w * (values[rows, hi_i] - low)
 
 
-CALENDAR_OUTPUTS = ("open", "promo", "holiday", "calendar")  # the V2 outputs a request may name
+CALENDAR_OUTPUTS = ("open", "promo", "holiday", "calendar", "day_flags")  # the V2 outputs a request may name
 
 
 def calendar_outputs(table: ParamTable, rows: np.ndarray, days: np.ndarray, promo: np.ndarray | None = None,
-                     open_: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """The calendar of each row as V2 outputs: ``open``, ``promo`` (int32 0/1), ``holiday`` (code) and
-    ``calendar`` (where the day came from: ``calendar``, ``default`` or ``what-if``)."""
+                     open_: np.ndarray | None = None, names: tuple[str, ...] = CALENDAR_OUTPUTS
+                     ) -> dict[str, np.ndarray]:
+    """The calendar of each row as the V2 outputs ``names``: ``open``, ``promo`` (int32 0/1), ``holiday``
+    (code), ``calendar`` (where the day came from: ``calendar``, ``default`` or ``what-if``) and
+    ``day_flags`` (all four packed, ``serving.contract.pack_day_flags``)."""
     d = calendar_days(table, rows, days, promo, open_)
-    source = np.where(d.what_if, "what-if", np.where(d.known, "calendar", "default")).astype(object)
-    return {"open": d.open.astype(np.int32), "promo": d.promo.astype(np.int32),
-            "holiday": np.asarray(cal.HOLIDAY_CODES, dtype=object)[d.holiday], "calendar": source}
+    source = np.where(d.what_if, 2, np.where(d.known, 0, 1)).astype(np.int8)  # CALENDAR_SOURCES' order
+    out: dict[str, np.ndarray] = {}
+    if "open" in names:
+        out["open"] = d.open.astype(np.int32)
+    if "promo" in names:
+        out["promo"] = d.promo.astype(np.int32)
+    if "holiday" in names:
+        out["holiday"] = np.asarray(HOLIDAY_CODES, dtype=object)[d.holiday]
+    if "calendar" in names:
+        out["calendar"] = np.asarray(CALENDAR_SOURCES, dtype=object)[source]
+    if "day_flags" in names:
+        out["day_flags"] = pack_day_flags(d.open, d.promo, d.holiday, source)
+    return out

@@ -46,6 +46,7 @@ from predictor.codec import (
 from predictor.loader import Loader
 from predictor.snapshot import Snapshot
 from predictor.table import UnknownStoresError
+from serving.budget import RowBudget
 from serving.contract import LIST_STORES, MAX_DAYS_AHEAD, PREDICTOR_INPUTS, PREDICTOR_OUTPUTS, iso
 from serving.errors import ClientError
 
@@ -57,9 +58,10 @@ class StorecastModel(Model):
     """Per-store Prophet forecasts of one model version, evaluated vectorized from its parameter table."""
 
     def __init__(self, name: str, loader: Loader, max_rows: int = 100_000,
-                 max_days_ahead: int = MAX_DAYS_AHEAD) -> None:
+                 max_days_ahead: int = MAX_DAYS_AHEAD, budget: RowBudget | None = None) -> None:
         super().__init__(name)
         self.loader = loader
+        self.budget = budget or RowBudget(0)
         self.max_rows = int(max_rows)
         self.max_days_ahead = int(max_days_ahead)
         self.meter: Any = None
@@ -168,9 +170,10 @@ class StorecastModel(Model):
                              from_grpc=request.from_grpc)
 
     async def _forecast(self, rows: Rows, snapshot: Snapshot, names: Any) -> dict[str, np.ndarray]:
-        if len(rows) > INLINE_ROWS:
-            return await asyncio.get_running_loop().run_in_executor(
-                None, evaluate, rows, snapshot, tuple(names), self.max_days_ahead)
+        if len(rows) > INLINE_ROWS:  # off the event loop, within the row budget
+            async with self.budget.hold(len(rows)):
+                return await asyncio.get_running_loop().run_in_executor(
+                    None, evaluate, rows, snapshot, tuple(names), self.max_days_ahead)
         return evaluate(rows, snapshot, tuple(names), self.max_days_ahead)
 
 
@@ -179,6 +182,8 @@ def evaluate(rows: Rows, snapshot: Snapshot, names: tuple[str, ...] = OUTPUTS,
     """The named outputs of every row, in one vectorized evaluation."""
     try:
         index = snapshot.rows(rows.store_id)
+        if rows.repeat is not None:
+            index = np.repeat(index, rows.repeat)
     except UnknownStoresError as exc:
         shard = f", shard {snapshot.shard}" if snapshot.shard else ""
         raise RequestError(f"{exc} (not among the {len(snapshot.table)} stores of model version "
@@ -189,7 +194,7 @@ def evaluate(rows: Rows, snapshot: Snapshot, names: tuple[str, ...] = OUTPUTS,
         if len(far):
             i = int(far[0])
             raise RequestError(f"input 'ds' row {i}: {iso(rows.days[i])} is {int(ahead[i])} days after the last day "
-                               f"of data of store {rows.store_id[i]!r} ({iso(snapshot.table.last_day[index[i]])}); "
+                               f"of data of store {rows.store_of(i)!r} ({iso(snapshot.table.last_day[index[i]])}); "
                                f"the limit is {max_days_ahead} (--max-days-ahead)")
     return snapshot.outputs(rows.store_id, rows.days, names, rows.promo, rows.open, index)
 

@@ -101,7 +101,7 @@ class Snapshot:
         if "open_rate" in names:
             out["open_rate"] = self.table.open_rate[rows, cal.weekday(days)]
         if set(CALENDAR_OUTPUTS) & set(names):
-            out.update(calendar_outputs(self.table, rows, days, promo, open_))
+            out.update(calendar_outputs(self.table, rows, days, promo, open_, tuple(names)))
         return out
 
     def _forecast(self, rows: np.ndarray, days: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -171,13 +171,19 @@ def names(tensors: Sequence[Tensor], *, required: bool = False, default: bool = 
     return tuple(t.name for t in tensors if (not required or t.required) and (not default or t.default))
 
 
-# The predictor: long format, one row per store-day.
+# The predictor: long format, one row per store-day (``store_id`` and ``ds``, shape [n]), or the windows
+# form, one element per store window (``store_id``, ``begin_day``, ``days``, shape [m]; the transformer's
+# bulk path). Either way the answer is one row per store-day: the windows form answers window by
+# window, day by day, sum(days) rows; ``promo`` / ``open`` have one element per answered row.
 PREDICTOR_INPUTS = (
-    Tensor("store_id", ("BYTES",), required=True, help="store id per row"),
-    Tensor("ds", ("BYTES",), required=True, help="ISO date per row"),
+    Tensor("store_id", ("BYTES",), required=True, help="store id per row (windows form: per window)"),
+    Tensor("ds", ("BYTES",), required=True, help="ISO date per row (long format)"),
+    Tensor("begin_day", ("INT32", "INT64"), help="windows form, instead of ds: first day, days since 1970-01-01"),
+    Tensor("days", ("INT32", "INT64"), help="windows form: length of the window in days, from 1"),
     Tensor("promo", ("INT32", "BOOL"), help="what-if: 1 promotion, 0 none, -1 as the calendar says"),
     Tensor("open", ("INT32", "BOOL"), help="what-if: 1 open, 0 closed, -1 as the calendar says"),
 )
+WINDOW_INPUTS = ("begin_day", "days")  # given together, they replace ds
 PREDICTOR_OUTPUTS = (
     Tensor("yhat", ("FP64",), default=True),
     Tensor("yhat_lower", ("FP64",), default=True),
@@ -187,6 +193,8 @@ PREDICTOR_OUTPUTS = (
     Tensor("promo", ("INT32",), help="1 when a promotion runs"),
     Tensor("holiday", ("BYTES",), help="state holiday code: 0, a, b or c"),
     Tensor("calendar", ("BYTES",), help="where open/promo/holiday came from: calendar, default or what-if"),
+    Tensor("day_flags", ("INT32",), help="open, promo, holiday and calendar packed in one number (bulk path): "
+           "bit 0 open, bit 1 promo, bits 2-3 the holiday code's index, bits 4-5 the calendar source's index"),
 )
 # The transformer's V2: one element per store, answered in the long format.
 TRANSFORMER_INPUTS = (
@@ -207,6 +215,25 @@ TRANSFORMER_OUTPUTS = (
     Tensor("calendar", ("BYTES",)),
 )
 CALENDAR_SOURCES = ("calendar", "default", "what-if")
+HOLIDAY_CODES = ("0", "a", "b", "c")  # state holiday: none, public, Easter, Christmas
+
+
+def pack_day_flags(open_: np.ndarray, promo: np.ndarray, holiday: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """``day_flags`` (int32) of 0/1 ``open_`` and ``promo``, the index of each day's holiday code in
+    ``HOLIDAY_CODES`` and of its source in ``CALENDAR_SOURCES``."""
+    import numpy as np
+
+    return (np.asarray(open_, np.int32) | np.asarray(promo, np.int32) << 1 | np.asarray(holiday, np.int32) << 2
+            | np.asarray(source, np.int32) << 4)
+
+
+def unpack_day_flags(flags: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """open (0/1), promo (0/1), holiday index, source index of ``day_flags``: the inverse of ``pack_day_flags``."""
+    import numpy as np
+
+    f = np.asarray(flags, dtype=np.int32)
+    return f & 1, f >> 1 & 1, f >> 2 & 3, f >> 4 & 3
+
 LIST_STORES = "list_stores"  # V2 parameter (V1 key): answer the stores served instead of a forecast
 
 # Business API (transformer V1): the keys of one instance, camelCase first.

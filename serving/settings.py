@@ -54,6 +54,11 @@ class ServerSettings:
                         "interface); 127.0.0.1 for loopback only")
     max_inflight: int = setting(64, "inference requests served at once (REST and gRPC together); more are "
                                 "refused at once with 503 + Retry-After / UNAVAILABLE (0: unbounded)", int)
+    max_inflight_rows: int = setting(1_000_000, "rows (store-days) of large requests (over 4,096 rows) evaluated and "
+                                     "encoded at once; more wait their turn, a request larger than this runs "
+                                     "alone; small requests never wait (0: unbounded)", int)
+    row_wait_seconds: float = setting(30.0, "longest a large request waits for --max-inflight-rows before a "
+                                      "503 + Retry-After", float)
     max_body_bytes: int = setting(32 << 20, "largest request body (after gzip decoding) and gRPC message", int)
     max_days_ahead: int = setting(MAX_DAYS_AHEAD, "furthest a request may reach past the version's last day "
                                   "of data, in days", int)

@@ -223,6 +223,48 @@ def to_bytes(values: Any, datatype: str) -> bytes:
     return np.ascontiguousarray(np.asarray(values, dtype=DTYPES[datatype])).tobytes()
 
 
+def from_bytes(blob: bytes, datatype: str) -> np.ndarray:
+    """The array of a binary tensor (numbers without a copy; BYTES as an object array of ``str``)."""
+    if datatype == "BYTES":
+        return np.array([b.decode("utf-8", "replace") for b in bytes_elements(blob)], dtype=object)
+    size = np.dtype(DTYPES[datatype]).itemsize
+    if len(blob) % size:
+        raise ClientError(f"binary {datatype} data of {len(blob)} bytes is not a whole number of elements")
+    return np.frombuffer(blob, dtype=DTYPES[datatype])
+
+
+def binary_request(inputs: Sequence[tuple[str, str, list[int], bytes]], outputs: Sequence[str],
+                   request_id: str | None = None) -> tuple[bytes, dict[str, str]]:
+    """A REST V2 request body with every input and output binary (name, datatype, shape, bytes per input),
+    and its headers: what a client of the binary tensor extension sends."""
+    doc: dict[str, Any] = {
+        "inputs": [{"name": name, "datatype": datatype, "shape": shape, "parameters": {"binary_data_size": len(blob)}}
+                   for name, datatype, shape, blob in inputs],
+        "outputs": [{"name": name, "parameters": {"binary_data": True}} for name in outputs]}
+    if request_id:
+        doc["id"] = request_id
+    head = orjson.dumps(doc)
+    return head + b"".join(blob for *_, blob in inputs), {"content-type": "application/octet-stream",
+                                                           HEADER_LENGTH: str(len(head))}
+
+
+def read_rest_response(body: bytes, header_length: str | None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """A REST V2 answer (JSON, or JSON + binary sections): its JSON document and each output as an array."""
+    size = int(header_length) if header_length else len(body)
+    doc = orjson.loads(body[:size])
+    arrays, offset = {}, size
+    for out in doc.get("outputs", []):
+        length = (out.get("parameters") or {}).get("binary_data_size")
+        if length is None:
+            arrays[out["name"]] = np.asarray(out["data"], dtype=object if out["datatype"] == "BYTES" else None)
+            continue
+        if offset + length > len(body):
+            raise ClientError(f"output {out['name']!r}: binary section runs past the end of the answer")
+        arrays[out["name"]] = from_bytes(body[offset: offset + length], out["datatype"])
+        offset += length
+    return doc, arrays
+
+
 def bytes_elements(blob: bytes, limit: int | None = None, where: str = "BYTES tensor") -> list[bytes]:
     """The elements of a length-prefixed BYTES tensor (at most ``limit + 1`` are read)."""
     out, offset, n = [], 0, len(blob)

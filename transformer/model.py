@@ -11,24 +11,30 @@ fitted on open days, so on a usually closed day the value is an extrapolation). 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 from kserve import InferOutput, InferRequest, InferResponse, Model
 
+from serving import cloudevents
+from serving.budget import RowBudget
 from serving.contract import TRANSFORMER_INPUTS, TRANSFORMER_OUTPUTS, names, to_day
 from serving.errors import ClientError
-from transformer.request import Limits, RequestError, StoreWindow, expand, parse_columns, parse_v1, what_if
-from transformer.shards import CALENDAR, FP64, OUTPUTS, Forecast, ShardRouter, ShardState, ShardWatch
+from transformer.answer import v1_body, v2_columns
+from transformer.request import Limits, RequestError, StoreWindow, parse_columns, parse_v1, what_if
+from transformer.shards import FLAGS, FP64, OUTPUTS, Forecast, ShardRouter, ShardState, ShardWatch
 
 V2_INPUTS = tuple(t.name for t in TRANSFORMER_INPUTS)
 V2_OUTPUTS = {t.name: t.datatype for t in TRANSFORMER_OUTPUTS}
 V2_DEFAULT = names(TRANSFORMER_OUTPUTS, default=True)
+V2_CALENDAR = ("open", "promo", "holiday", "calendar")  # V2 outputs unpacked from the predictor's day_flags
 PLATFORM = "storecast_business_api"
-CLOSED_SOURCES = ("calendar", "what-if")  # a closed day from these is answered with 0 sales
+INLINE_ROWS = 4096  # larger answers are built in a worker thread, off the event loop
+INLINE_STORES = 64  # larger requests are parsed in a worker thread
 
 
 @dataclass
@@ -40,17 +46,23 @@ class Job:
     request_id: str
     outputs: tuple[str, ...] = ()  # V2: the outputs to answer, in order
     version: str | None = None  # the predictor version asked for (None: whatever it serves)
-    store_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
-    ds: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype="<U10"))
+    event: bool = False  # V1 asked as a CloudEvent (KServe wraps the answer: a dict, not bytes)
     forecast: Forecast | None = None
+    answer: Any = None
+
+    @property
+    def rows(self) -> int:
+        return sum(w.days for w in self.windows)
 
 
 class ForecastTransformer(Model):
     """Business forecast API in front of one or more predictor shards."""
 
-    def __init__(self, name: str, router: ShardRouter, limits: Limits, watch: ShardWatch | None = None) -> None:
-        super().__init__(name)
+    def __init__(self, name: str, router: ShardRouter, limits: Limits, watch: ShardWatch | None = None,
+                 budget: RowBudget | None = None) -> None:
+        super().__init__(name, return_response_headers=True)
         self.router, self.limits, self.watch = router, limits, watch
+        self.budget = budget or RowBudget(0)
         self.data_end: int | None = None
         self.ready = False
         if watch is not None:
@@ -108,53 +120,65 @@ class ForecastTransformer(Model):
             if isinstance(payload, InferRequest):
                 cols = _columns(payload)
                 outputs = _outputs(payload)
-                windows = parse_columns(cols["store_id"], cols.get("begin_date"), cols.get("end_date"), limits)
+                windows = await _off_loop(len(cols["store_id"]) > INLINE_STORES, parse_columns, cols["store_id"],
+                                          cols.get("begin_date"), cols.get("end_date"), limits)
                 return Job(windows, True, payload.id or str(uuid.uuid4()), outputs, payload.model_version or None)
-            return Job(parse_v1(payload, limits), False, _request_id(headers))
+            instances = payload.get("instances") if isinstance(payload, dict) else None
+            many = isinstance(instances, list) and len(instances) > INLINE_STORES
+            windows = await _off_loop(many, parse_v1, payload, limits)
+            event = bool(headers) and (cloudevents.is_binary(headers) or cloudevents.is_structured(headers))
+            return Job(windows, False, _request_id(headers), event=event)
         except RequestError as err:
             raise ClientError(str(err)) from None
 
     def validate(self, payload: Job) -> Job:  # the base class checks dict payloads; ours is already checked
         return payload
 
-    async def predict(self, job: Job, headers: dict[str, str] | None = None, response_headers: Any = None) -> Job:
-        job.store_ids, days = expand(job.windows)
-        job.ds = np.datetime_as_string(days.astype("datetime64[D]"), unit="D")
-        asked = OUTPUTS if not job.v2 else tuple(o for o in (*FP64, *CALENDAR) if o in job.outputs) or FP64[:1]
-        job.forecast = await self.router.infer(job.store_ids, job.ds, job.request_id, asked, job.version,
-                                               what_if(job.windows))
+    async def predict(self, job: Job, headers: dict[str, str] | None = None,
+                      response_headers: dict[str, str] | None = None) -> Job:
+        """Ask the predictors for every window and build the answer, within the row budget."""
+        if job.v2:
+            asked = tuple(o for o in FP64 if o in job.outputs)
+            if any(o in V2_CALENDAR for o in job.outputs):
+                asked += (FLAGS,)
+            asked = asked or FP64[:1]
+        else:
+            asked = OUTPUTS
+        ids = np.array([w.store_id for w in job.windows], dtype=object)
+        begin = np.array([w.begin for w in job.windows], dtype=np.int64)
+        days = np.array([w.days for w in job.windows], dtype=np.int64)
+        async with self.budget.hold(job.rows):
+            job.forecast = fc = await self.router.infer(ids, begin, days, job.request_id, asked, job.version,
+                                                        what_if(job.windows))
+            if job.v2:
+                job.answer = await _off_loop(job.rows > INLINE_ROWS, v2_columns, job.windows, fc.values, job.outputs)
+            else:
+                job.answer = await _off_loop(job.rows > INLINE_ROWS, v1_body, job.windows, fc.values, fc.version)
+        if not job.v2 and not job.event and response_headers is not None:
+            response_headers["content-type"] = "application/json"
         return job
 
     async def postprocess(self, job: Job, headers: dict[str, str] | None = None,
-                          response_headers: Any = None) -> dict | InferResponse:
+                          response_headers: Any = None) -> dict | bytes | InferResponse:
         fc = job.forecast
         assert fc is not None
         if job.v2:
-            n = len(job.store_ids)
-            local = {"store_id": job.store_ids, "ds": job.ds.astype(object)}
-            outputs = [InferOutput(name, [n], V2_OUTPUTS[name], local[name] if name in local else fc.values[name])
-                       for name in job.outputs]
+            n = job.rows
+            outputs = [InferOutput(name, [n], V2_OUTPUTS[name], job.answer[name]) for name in job.outputs]
             return InferResponse(response_id=job.request_id, model_name=self.name, model_version=fc.version,
                                  infer_outputs=outputs)
-        stamps = np.char.add(job.ds.astype("<U10"), "T00:00:00").tolist()
-        closed = (fc.values["open"] == 0) & np.isin(fc.values["calendar"], CLOSED_SOURCES)
-        yhat, lower, upper = (np.where(closed, 0.0, fc.values[k]).tolist()
-                              for k in ("yhat", "yhat_lower", "yhat_upper"))
-        is_open = (fc.values["open"] != 0).tolist()
-        promo = (fc.values["promo"] != 0).tolist()
-        holiday, source = fc.values["holiday"].tolist(), fc.values["calendar"].tolist()
-        predictions, start = [], 0
-        for w in job.windows:
-            stop = start + w.days
-            rows = [{"timestamp": stamps[i], "value": yhat[i], "lower": lower[i], "upper": upper[i],
-                     "open": is_open[i], "promo": promo[i], "holiday": holiday[i], "calendar": source[i]}
-                    for i in range(start, stop)]
-            predictions.append({"request": w.echo(), "forecast": rows})
-            start = stop
-        answer: dict[str, Any] = {"predictions": predictions}
-        if fc.version:
-            answer["model_version"] = fc.version
-        return answer
+        if job.event:  # KServe wraps a CloudEvent answer around a document
+            import orjson
+
+            return orjson.loads(job.answer)
+        return job.answer
+
+
+async def _off_loop(large: bool, fn: Any, *args: Any) -> Any:
+    """``fn(*args)``: in a worker thread when the work is ``large``, else here on the event loop."""
+    if large:
+        return await asyncio.to_thread(fn, *args)
+    return fn(*args)
 
 
 def _columns(request: InferRequest) -> dict[str, list[Any]]:

@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     os.environ.setdefault("CE_TYPE", FORECAST_COMPLETED)  # KServe types its CloudEvent answers from these
     os.environ.setdefault("CE_SOURCE", "storecast.transformer")
+    from serving.budget import RowBudget
     from serving.server import parse, serve
     from transformer.model import ForecastTransformer
     from transformer.shards import ShardRouter, ShardWatch
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     router = ShardRouter(hosts, k["predictor_protocol"], k["model_name"], k["predictor_request_timeout_seconds"],
                          settings.batch_rows)
     limits = Limits(settings.max_days, settings.max_stores, settings.max_days_ahead)
-    model = ForecastTransformer(k["model_name"], router, limits, ShardWatch(router, settings.watch_seconds))
+    budget = RowBudget(settings.max_inflight_rows, wait=settings.row_wait_seconds)
+    model = ForecastTransformer(k["model_name"], router, limits, ShardWatch(router, settings.watch_seconds), budget)
     model.load()
     serve(COMPONENT, settings, [model])

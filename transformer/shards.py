@@ -1,12 +1,16 @@
-"""Calling the predictor shards: one long-lived client per shard, rows routed by crc32, merged in order.
+"""Calling the predictor shards: one long-lived client per shard, windows routed by crc32, merged in order.
 
-gRPC V2 (default) builds ``ModelInferRequest`` protobufs directly on one ``grpc.aio`` channel per
-shard (reconnect backoff at most 1 s, so a shard that comes back is used again within about a
-second); REST V2 posts Open Inference Protocol JSON on one keep-alive ``httpx`` client per shard.
-A shard that is down, slow or broken is named in a ``ShardUnavailable`` (503 / UNAVAILABLE); a 4xx
-from a predictor (unknown store, another version) comes back as ``PredictorRejected`` with its status
-and message. :class:`ShardWatch` asks every shard now and then which version it serves, its data end
-and its stores (for metadata, metrics and the horizon check).
+The transformer sends the predictor's windows form (``serving.contract``: ``store_id``, INT32
+``begin_day`` and ``days``, one element per store window) and asks FP64 / INT32 outputs, so a
+42-day window is one element on the wire, not 42 pairs of strings, and answers come back as
+arrays without Python lists. gRPC V2 (default) builds ``ModelInferRequest`` protobufs with
+``raw_input_contents`` directly on one ``grpc.aio`` channel per shard (reconnect backoff at most
+1 s, so a shard that comes back is used again within about a second), the answer read from
+``raw_output_contents``; REST V2 posts the binary tensor extension on one keep-alive ``httpx``
+client per shard. A shard that is down, slow or broken is named in a ``ShardUnavailable`` (503 /
+UNAVAILABLE); a 4xx from a predictor (unknown store, another version) comes back as
+``PredictorRejected`` with its status and message. :class:`ShardWatch` asks every shard now and
+then which version it serves, its data end and its stores (for metadata, metrics and the horizon check).
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ from typing import Any
 import grpc
 import httpx
 import numpy as np
-import orjson
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 
@@ -30,9 +33,9 @@ from serving.contract import LIST_STORES, shard_of
 from serving.errors import ServingError, Unavailable
 
 FP64 = ("yhat", "yhat_lower", "yhat_upper", "open_rate")
-CALENDAR = ("open", "promo", "holiday", "calendar")
-OUTPUTS = (*FP64, *CALENDAR)  # asked of the predictor
-TYPES = {**dict.fromkeys(FP64, "FP64"), "open": "INT32", "promo": "INT32", "holiday": "BYTES", "calendar": "BYTES"}
+FLAGS = "day_flags"  # open, promo, holiday, calendar source in one INT32 (serving.contract.pack_day_flags)
+OUTPUTS = (*FP64[:3], FLAGS)  # asked of the predictor for a business (V1) answer
+TYPES = {**dict.fromkeys(FP64, "FP64"), FLAGS: "INT32"}
 GRPC_OPTIONS = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20),
                 ("grpc.enable_retries", 0), ("grpc.initial_reconnect_backoff_ms", 100),
                 ("grpc.min_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000)]
@@ -63,20 +66,38 @@ class Forecast:
     values: dict[str, np.ndarray]
     versions: set[str] = field(default_factory=set)
 
-    def __getattr__(self, name: str) -> np.ndarray:
-        aliases = {"lower": "yhat_lower", "upper": "yhat_upper"}
-        try:
-            return self.values[aliases.get(name, name)]
-        except KeyError:
-            raise AttributeError(name) from None
-
     @property
     def version(self) -> str | None:
         return ",".join(sorted(self.versions)) or None
 
 
+@dataclass(frozen=True)
+class Batch:
+    """Windows for one predictor call: store ids, first days, lengths and, for a what-if, per-row flags."""
+
+    ids: list[str]
+    begin: np.ndarray  # int days since 1970-01-01
+    days: np.ndarray
+    what_if: tuple[np.ndarray, np.ndarray] | None = None  # promo, open per row (int8, -1: as the calendar says)
+
+    def tensors(self) -> list[tuple[str, str, bytes]]:
+        """(name, datatype, little-endian bytes) of each input of the windows form."""
+        out = [("store_id", "BYTES", tensors.to_bytes(self.ids, "BYTES")),
+               ("begin_day", "INT32", self.begin.astype("<i4").tobytes()),
+               ("days", "INT32", self.days.astype("<i4").tobytes())]
+        if self.what_if is not None:
+            out += [(name, "INT32", values.astype("<i4").tobytes())
+                    for name, values in zip(("promo", "open"), self.what_if, strict=True)]
+        return out
+
+    def shapes(self) -> dict[str, int]:
+        rows = int(self.days.sum())
+        return {"store_id": len(self.ids), "begin_day": len(self.ids), "days": len(self.ids), "promo": rows,
+                "open": rows}
+
+
 class GrpcShard:
-    """One predictor over gRPC V2."""
+    """One predictor over gRPC V2 (raw contents both ways)."""
 
     def __init__(self, host: str, model: str, timeout: float) -> None:
         # a Knative service host without a port is reached on 80 (gRPC would otherwise assume 443)
@@ -91,24 +112,16 @@ class GrpcShard:
             self._stub = GRPCInferenceServiceStub(self._channel)
         return self._stub
 
-    async def infer(self, ids: list[bytes], ds: list[bytes], request_id: str, outputs: tuple[str, ...],
-                    version: str | None = None, what_if: tuple[np.ndarray, np.ndarray] | None = None
+    async def infer(self, batch: Batch, request_id: str, outputs: tuple[str, ...], version: str | None = None
                     ) -> tuple[dict[str, np.ndarray], str]:
-        n = len(ids)
-        inputs = [
-            pb.ModelInferRequest.InferInputTensor(name="store_id", datatype="BYTES", shape=[n],
-                                                  contents=pb.InferTensorContents(bytes_contents=ids)),
-            pb.ModelInferRequest.InferInputTensor(name="ds", datatype="BYTES", shape=[n],
-                                                  contents=pb.InferTensorContents(bytes_contents=ds)),
-        ]
-        if what_if is not None:
-            for name, values in zip(("promo", "open"), what_if, strict=True):
-                inputs.append(pb.ModelInferRequest.InferInputTensor(
-                    name=name, datatype="INT32", shape=[n],
-                    contents=pb.InferTensorContents(int_contents=values.astype(np.int32).tolist())))
-        request = pb.ModelInferRequest(model_name=self.model, model_version=version or "", id=request_id,
-                                       inputs=inputs, outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(
-                                           name=name) for name in outputs])
+        shapes = batch.shapes()
+        parts = batch.tensors()
+        request = pb.ModelInferRequest(
+            model_name=self.model, model_version=version or "", id=request_id,
+            inputs=[pb.ModelInferRequest.InferInputTensor(name=name, datatype=datatype, shape=[shapes[name]])
+                    for name, datatype, _ in parts],
+            raw_input_contents=[blob for _, _, blob in parts],
+            outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name=name) for name in outputs])
         response = await self._client().ModelInfer(request, timeout=self.timeout)
         return read_grpc(response), response.model_version
 
@@ -122,11 +135,7 @@ def read_grpc(response: Any) -> dict[str, np.ndarray]:
     arrays = {}
     for i, out in enumerate(response.outputs):
         if response.raw_output_contents:
-            blob = response.raw_output_contents[i]
-            if out.datatype == "BYTES":
-                arrays[out.name] = np.array([b.decode() for b in tensors.bytes_elements(blob)], dtype=object)
-            else:
-                arrays[out.name] = np.frombuffer(blob, dtype=tensors.DTYPES[out.datatype])
+            arrays[out.name] = tensors.from_bytes(response.raw_output_contents[i], out.datatype)
         elif out.datatype == "BYTES":
             arrays[out.name] = np.array([b.decode() for b in out.contents.bytes_contents], dtype=object)
         else:
@@ -135,33 +144,26 @@ def read_grpc(response: Any) -> dict[str, np.ndarray]:
 
 
 class RestShard:
-    """One predictor over REST V2 (Open Inference Protocol JSON)."""
+    """One predictor over REST V2 with the binary tensor extension both ways."""
 
     def __init__(self, host: str, model: str, timeout: float) -> None:
         base = host if host.startswith(("http://", "https://")) else f"http://{host}"
         self.host, self.base, self.model, self.timeout = host, base, model, timeout
         self._http: httpx.AsyncClient | None = None
 
-    async def infer(self, ids: list[bytes], ds: list[bytes], request_id: str, outputs: tuple[str, ...],
-                    version: str | None = None, what_if: tuple[np.ndarray, np.ndarray] | None = None
+    async def infer(self, batch: Batch, request_id: str, outputs: tuple[str, ...], version: str | None = None
                     ) -> tuple[dict[str, np.ndarray], str]:
         if self._http is None:
             self._http = httpx.AsyncClient(timeout=self.timeout, limits=httpx.Limits(max_keepalive_connections=64))
-        n = len(ids)
-        inputs = [{"name": "store_id", "datatype": "BYTES", "shape": [n], "data": [s.decode() for s in ids]},
-                  {"name": "ds", "datatype": "BYTES", "shape": [n], "data": [d.decode() for d in ds]}]
-        if what_if is not None:
-            inputs += [{"name": name, "datatype": "INT32", "shape": [n], "data": values.tolist()}
-                       for name, values in zip(("promo", "open"), what_if, strict=True)]
-        body = {"id": request_id, "inputs": inputs, "outputs": [{"name": name} for name in outputs]}
+        shapes = batch.shapes()
+        body, headers = tensors.binary_request([(name, datatype, [shapes[name]], blob)
+                                                for name, datatype, blob in batch.tensors()], outputs, request_id)
         path = f"/v2/models/{self.model}" + (f"/versions/{version}" if version else "") + "/infer"
-        response = await self._http.post(self.base + path, content=orjson.dumps(body),
-                                          headers={"content-type": "application/json"})
+        response = await self._http.post(self.base + path, content=body, headers=headers)
         if response.status_code >= 400:
             raise _HttpStatus(response.status_code, _error_text(response))
-        doc = response.json()
-        arrays = {o["name"]: np.asarray(o["data"], dtype=object if o["datatype"] == "BYTES" else None)
-                  for o in doc["outputs"]}
+        doc, arrays = tensors.read_rest_response(response.content,
+                                                 response.headers.get(tensors.HEADER_LENGTH))
         return arrays, str(doc.get("model_version", ""))
 
     async def close(self) -> None:
@@ -176,7 +178,8 @@ class _HttpStatus(Exception):
 
 
 class ShardRouter:
-    """Splits long-format rows by shard (and into batches), calls shards concurrently, merges in order."""
+    """Splits store windows by shard (and into batches of at most ``batch_rows`` rows), calls the shards
+    concurrently, merges the rows in request order."""
 
     def __init__(self, hosts: list[str], protocol: str, model: str, timeout: float, batch_rows: int = 50_000):
         if protocol not in ("grpc-v2", "v2"):
@@ -187,41 +190,45 @@ class ShardRouter:
         self.clients = [kind(h, model, timeout) for h in hosts]
         self.versions: dict[int, str] = {}  # the version each shard answered with last
 
-    async def infer(self, store_ids: np.ndarray, ds: np.ndarray, request_id: str | None = None,
+    async def infer(self, store_ids: np.ndarray, begin: np.ndarray, days: np.ndarray, request_id: str | None = None,
                     outputs: tuple[str, ...] = OUTPUTS, version: str | None = None,
                     what_if: tuple[np.ndarray, np.ndarray] | None = None) -> Forecast:
-        """Forecast every (store_id, ds) row; ``ds`` are ISO date strings."""
-        n = len(store_ids)
+        """Every day of every window: ``store_ids`` (str), ``begin`` (days since 1970-01-01) and ``days`` per
+        window; ``what_if``: promo and open per row. The rows come back window by window, day by day."""
+        days = np.asarray(days, dtype=np.int64)
+        begin = np.asarray(begin, dtype=np.int64)
+        n = int(days.sum())
+        first = np.cumsum(days) - days  # each window's first row
         shard = shard_of(store_ids, len(self.clients))
-        ids_b = [s.encode() for s in store_ids.tolist()]
-        ds_b = [d.encode() for d in ds.tolist()]
         request_id = request_id or f"storecast-{next(_ids)}"
         calls, places = [], []
         for k in np.unique(shard).tolist():
-            rows = np.flatnonzero(shard == k)
-            for start in range(0, len(rows), self.batch_rows):
-                part = rows[start: start + self.batch_rows]
-                part_what_if = None if what_if is None else (what_if[0][part], what_if[1][part])
-                calls.append(self._call(k, [ids_b[i] for i in part], [ds_b[i] for i in part], request_id, outputs,
-                                        version, part_what_if))
-                places.append((k, part))
+            for part in _batches(np.flatnonzero(shard == k), days, self.batch_rows):
+                rows = _rows(first[part], days[part])
+                part_what_if = None if what_if is None else (what_if[0][rows], what_if[1][rows])
+                batch = Batch(store_ids[part].tolist(), begin[part], days[part], part_what_if)
+                calls.append(self._call(k, batch, request_id, outputs, version))
+                places.append((k, rows))
         parts = await asyncio.gather(*calls)
-        out = Forecast({name: np.empty(n, dtype=object if TYPES[name] == "BYTES" else tensors.DTYPES[TYPES[name]])
-                        for name in outputs})
-        for (k, part), (values, answered) in zip(places, parts, strict=True):
-            if any(len(values.get(name, ())) != len(part) for name in outputs):
+        whole = len(places) == 1  # one call answered every row, in order
+        out = Forecast({} if whole else {name: np.empty(n, dtype=tensors.DTYPES[TYPES[name]]) for name in outputs})
+        for (k, rows), (values, answered) in zip(places, parts, strict=True):
+            if any(len(values.get(name, ())) != len(rows) for name in outputs):
                 raise ShardUnavailable(k, self.hosts[k], f"answered {len(values.get(outputs[0], ()))} rows for "
-                                       f"{len(part)} (or left out an output)")
+                                       f"{len(rows)} (or left out an output)")
             for name in outputs:
-                out.values[name][part] = values[name]
+                if whole:
+                    out.values[name] = values[name]
+                else:
+                    out.values[name][rows] = values[name]
             self.versions[k] = answered
             out.versions.add(answered)
         return out
 
-    async def _call(self, k: int, ids: list[bytes], ds: list[bytes], request_id: str, outputs: tuple[str, ...],
-                    version: str | None, what_if: Any) -> tuple[dict[str, np.ndarray], str]:
+    async def _call(self, k: int, batch: Batch, request_id: str, outputs: tuple[str, ...],
+                    version: str | None) -> tuple[dict[str, np.ndarray], str]:
         try:
-            return await self.clients[k].infer(ids, ds, request_id, outputs, version, what_if)
+            return await self.clients[k].infer(batch, request_id, outputs, version)
         except grpc.aio.AioRpcError as err:
             code = err.code()
             if code == grpc.StatusCode.INVALID_ARGUMENT:
@@ -233,11 +240,29 @@ class ShardRouter:
             if 400 <= err.status < 500:
                 raise PredictorRejected(err.status, str(err)) from None
             raise ShardUnavailable(k, self.hosts[k], f"HTTP {err.status}: {str(err)[:300]}") from None
-        except (httpx.HTTPError, OSError, KeyError, ValueError) as err:
+        except (httpx.HTTPError, OSError, KeyError, ValueError, ServingError) as err:
             raise ShardUnavailable(k, self.hosts[k], f"{type(err).__name__}: {str(err)[:300]}") from None
 
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self.clients))
+
+
+def _batches(windows: np.ndarray, days: np.ndarray, limit: int) -> list[np.ndarray]:
+    """``windows`` (indices) cut into runs of at most ``limit`` rows (a longer window goes alone)."""
+    out, start, rows = [], 0, 0
+    for i, n in enumerate(days[windows].tolist()):
+        if rows and rows + n > limit:
+            out.append(windows[start:i])
+            start, rows = i, 0
+        rows += n
+    out.append(windows[start:])
+    return out
+
+
+def _rows(first: np.ndarray, days: np.ndarray) -> np.ndarray:
+    """The request rows of windows starting at rows ``first``, ``days`` long, in order."""
+    local = np.cumsum(days) - days
+    return np.repeat(first - local, days) + np.arange(int(days.sum()), dtype=np.int64)
 
 
 @dataclass

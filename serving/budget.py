@@ -1,0 +1,83 @@
+"""The work in flight bounded by its size: a budget of rows shared by the large requests of one server.
+
+``--max-inflight`` bounds how many requests are served at once; one request for 2,000 stores x 366
+days is 732,000 rows, ten thousand times a one-store request, so a count alone lets a few of them
+take every core and starve the small ones. :class:`RowBudget` holds the rows of every request larger
+than ``small`` while it is evaluated and encoded: at most ``limit`` such rows at once (a request
+larger than the limit runs alone), the others wait their turn in arrival order, for at most
+``wait`` seconds, then are refused with 503 + ``Retry-After`` (``serving.errors.Unavailable``).
+Requests of at most ``small`` rows never wait: they are what the budget protects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections import deque
+from collections.abc import AsyncIterator
+
+from serving.errors import Unavailable
+
+
+class RowBudget:
+    """At most ``limit`` rows of large requests in flight (``limit`` 0: unbounded)."""
+
+    def __init__(self, limit: int, small: int = 4096, wait: float = 30.0) -> None:
+        self.limit, self.small, self.wait = int(limit), int(small), float(wait)
+        self.used = 0  # rows held now
+        self.peak = 0  # most rows ever held at once (tests, metrics)
+        self._queue: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, rows: int) -> AsyncIterator[None]:
+        """Hold ``rows`` while the block runs (at once when small, else in turn)."""
+        if self.limit <= 0 or rows <= self.small:
+            yield
+            return
+        await self._acquire(rows)
+        try:
+            yield
+        finally:
+            self._release(rows)
+
+    async def _acquire(self, rows: int) -> None:
+        if not self._queue and self._fits(rows):
+            self._take(rows)
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (rows, future)
+        self._queue.append(entry)
+        try:
+            await asyncio.wait_for(asyncio.shield(future), self.wait)
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            if future.done() and not future.cancelled():
+                self._release(rows)  # granted just as the wait ended: hand the rows on
+            else:
+                future.cancel()
+                with contextlib.suppress(ValueError):
+                    self._queue.remove(entry)
+                self._grant()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise Unavailable(f"busy: {self.used:,} rows of large requests in flight (--max-inflight-rows "
+                              f"{self.limit:,}); this one has {rows:,} rows and waited {self.wait:g} s",
+                              retry_after=max(1, math.ceil(self.wait / 10))) from None
+
+    def _fits(self, rows: int) -> bool:
+        return self.used == 0 or self.used + rows <= self.limit
+
+    def _take(self, rows: int) -> None:
+        self.used += rows
+        self.peak = max(self.peak, self.used)
+
+    def _release(self, rows: int) -> None:
+        self.used -= rows
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._queue and self._fits(self._queue[0][0]):
+            rows, future = self._queue.popleft()
+            if not future.done():
+                self._take(rows)
+                future.set_result(None)

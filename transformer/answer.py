@@ -1,0 +1,91 @@
+"""Business answers from the predictor's arrays: the V1 JSON body and the V2 output columns.
+
+The predictor answers FP64 ``yhat``/``yhat_lower``/``yhat_upper`` and the INT32 ``day_flags`` per
+row (``serving.contract``); the day's calendar columns come from unpacking the flags once per
+request, strings (timestamps, holiday codes, sources) are made once per distinct value and picked
+per row. The V1 body is built and encoded in chunks of about :data:`CHUNK_ROWS` rows, so a
+732,000-row answer never holds the GIL in one long call: encoded in a worker thread, small
+requests on the event loop keep being served meanwhile.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+
+from serving.contract import CALENDAR_SOURCES, HOLIDAY_CODES, iso, unpack_day_flags
+from transformer.request import StoreWindow
+
+CHUNK_ROWS = 4096
+DEFAULT = CALENDAR_SOURCES.index("default")  # a closed day from any other source is answered with 0 sales
+_BOOLS = np.array([False, True], dtype=object)
+_HOLIDAYS = np.array(HOLIDAY_CODES, dtype=object)
+_SOURCES = np.array(CALENDAR_SOURCES, dtype=object)
+
+
+def row_days(windows: list[StoreWindow]) -> np.ndarray:
+    """The day (since 1970-01-01) of every answered row, window by window."""
+    lengths = np.array([w.days for w in windows], dtype=np.int64)
+    begins = np.array([w.begin for w in windows], dtype=np.int64)
+    return np.repeat(begins - (np.cumsum(lengths) - lengths), lengths) + np.arange(int(lengths.sum()))
+
+
+def day_strings(days: np.ndarray, suffix: str = "") -> np.ndarray:
+    """``YYYY-MM-DD`` + ``suffix`` of each day, as an object array (each distinct day formatted once)."""
+    if not len(days):
+        return np.zeros(0, dtype=object)
+    lo, hi = int(days.min()), int(days.max())
+    table = np.array([iso(d) + suffix for d in range(lo, hi + 1)], dtype=object)
+    return table[days - lo]
+
+
+def calendar_columns(flags: np.ndarray) -> dict[str, np.ndarray]:
+    """``open``/``promo`` (int32 0/1), ``holiday`` and ``calendar`` (object str) of each row's ``day_flags``."""
+    open_, promo, holiday, source = unpack_day_flags(flags)
+    return {"open": open_, "promo": promo, "holiday": _HOLIDAYS[holiday], "calendar": _SOURCES[source]}
+
+
+def v1_body(windows: list[StoreWindow], values: dict[str, np.ndarray], version: str | None) -> bytes:
+    """``{"predictions": [{"request", "forecast": [{timestamp, value, lower, upper, open, promo, holiday,
+    calendar}]}], "model_version"}`` as JSON bytes; a closed day (calendar or what-if) is 0/0/0."""
+    open_, promo, holiday, source = unpack_day_flags(values["day_flags"])
+    closed = (open_ == 0) & (source != DEFAULT)
+    yhat, lower, upper = (np.where(closed, 0.0, values[k]) for k in ("yhat", "yhat_lower", "yhat_upper"))
+    stamps = day_strings(row_days(windows), "T00:00:00")
+    parts, w, row = [], 0, 0
+    while w < len(windows):
+        first_window, first_row = w, row
+        while w < len(windows) and (w == first_window or row - first_row + windows[w].days <= CHUNK_ROWS):
+            row += windows[w].days
+            w += 1
+        cut = slice(first_row, row)
+        rows = [{"timestamp": t, "value": v, "lower": lo, "upper": up, "open": o, "promo": p, "holiday": h,
+                 "calendar": c}
+                for t, v, lo, up, o, p, h, c in zip(
+                    stamps[cut].tolist(), yhat[cut].tolist(), lower[cut].tolist(), upper[cut].tolist(),
+                    _BOOLS[open_[cut]].tolist(), _BOOLS[promo[cut]].tolist(), _HOLIDAYS[holiday[cut]].tolist(),
+                    _SOURCES[source[cut]].tolist(), strict=True)]
+        chunk, start = [], 0
+        for win in windows[first_window:w]:
+            chunk.append({"request": win.echo(), "forecast": rows[start: start + win.days]})
+            start += win.days
+        parts.append(orjson.dumps(chunk)[1:-1])
+    tail = b',"model_version":' + orjson.dumps(version) if version else b""
+    return b'{"predictions":[' + b",".join(parts) + b"]" + tail + b"}"
+
+
+def v2_columns(windows: list[StoreWindow], values: dict[str, np.ndarray], names: tuple[str, ...]
+               ) -> dict[str, Any]:
+    """The V2 outputs ``names`` of every row (``serving.contract.TRANSFORMER_OUTPUTS``)."""
+    out: dict[str, Any] = {}
+    if "store_id" in names:
+        ids = np.array([w.store_id for w in windows], dtype=object)
+        out["store_id"] = np.repeat(ids, [w.days for w in windows])
+    if "ds" in names:
+        out["ds"] = day_strings(row_days(windows))
+    if "day_flags" in values:
+        out.update(calendar_columns(values["day_flags"]))
+    out.update({k: v for k, v in values.items() if k != "day_flags"})
+    return {name: out[name] for name in names}
