@@ -21,7 +21,6 @@ the problem (unknown stores are listed by id); no version loaded -> 503 saying w
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from typing import Any
 
@@ -46,7 +45,7 @@ from predictor.codec import (
 from predictor.loader import Loader
 from predictor.snapshot import Snapshot
 from predictor.table import UnknownStoresError
-from serving.budget import RowBudget
+from serving.budget import RowBudget, offload
 from serving.contract import LIST_STORES, MAX_DAYS_AHEAD, PREDICTOR_INPUTS, PREDICTOR_OUTPUTS, iso
 from serving.errors import ClientError
 
@@ -170,11 +169,9 @@ class StorecastModel(Model):
                              from_grpc=request.from_grpc)
 
     async def _forecast(self, rows: Rows, snapshot: Snapshot, names: Any) -> dict[str, np.ndarray]:
-        if len(rows) > INLINE_ROWS:  # off the event loop, within the row budget
-            async with self.budget.hold(len(rows)):
-                return await asyncio.get_running_loop().run_in_executor(
-                    None, evaluate, rows, snapshot, tuple(names), self.max_days_ahead)
-        return evaluate(rows, snapshot, tuple(names), self.max_days_ahead)
+        async with self.budget.hold(len(rows)):  # large requests: in the bulk thread, in turn
+            return await offload(len(rows) > INLINE_ROWS, evaluate, rows, snapshot, tuple(names),
+                                 self.max_days_ahead)
 
 
 def evaluate(rows: Rows, snapshot: Snapshot, names: tuple[str, ...] = OUTPUTS,

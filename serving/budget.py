@@ -7,6 +7,11 @@ than ``small`` while it is evaluated and encoded: at most ``limit`` such rows at
 larger than the limit runs alone), the others wait their turn in arrival order, for at most
 ``wait`` seconds, then are refused with 503 + ``Retry-After`` (``serving.errors.Unavailable``).
 Requests of at most ``small`` rows never wait: they are what the budget protects.
+
+The CPU work of a large request (parsing thousands of stores, evaluating, building a 100 MB answer)
+runs in the one bulk thread (:func:`offload`), never on the event loop: large requests take turns
+there, and the event loop shares the GIL with that one thread only, handed over every
+:data:`SWITCH_SECONDS` (``serving.server`` sets it), so one-store requests keep their latency.
 """
 
 from __future__ import annotations
@@ -15,9 +20,22 @@ import asyncio
 import contextlib
 import math
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from serving.errors import Unavailable
+
+SWITCH_SECONDS = 0.0005  # sys.setswitchinterval of a server: the GIL is offered to the event loop this often
+T = TypeVar("T")
+_BULK = ThreadPoolExecutor(max_workers=1, thread_name_prefix="storecast-bulk")
+
+
+async def offload(large: bool, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)``: in the bulk thread when the work is ``large``, else at once on the event loop."""
+    if large:
+        return await asyncio.get_running_loop().run_in_executor(_BULK, fn, *args)
+    return fn(*args)
 
 
 class RowBudget:

@@ -70,12 +70,14 @@ def serve(component: Component, settings: ServerSettings, models: Sequence[Any],
           start: Sequence[Any] = ()) -> None:
     """Build the server, register ``models`` (ready or not: readiness is per model) and serve until stopped."""
     from serving import eventloop
+    from serving.budget import SWITCH_SECONDS
     from serving.door import build_doors
     from serving.metrics import Meter
     from serving.shedding import LoadShedder
 
     configure_logging()
     _quiet_warnings()
+    sys.setswitchinterval(SWITCH_SECONDS)  # large requests' work runs in the bulk thread (serving.budget)
     meter = Meter(component.name)
     doors = build_doors(settings.doors, settings)
     shedder = LoadShedder(None, settings.max_inflight) if settings.max_inflight > 0 else None

@@ -90,10 +90,11 @@ def test_ready_and_metadata(server: Predictor, registry: Registry) -> None:
     meta = server.http.get(f"/v2/models/{MODEL}").json()
     assert meta["versions"] == [registry.version]
     assert [(t["name"], t["datatype"]) for t in meta["inputs"]] == [
-        ("store_id", "BYTES"), ("ds", "BYTES"), ("promo", "INT32"), ("open", "INT32")]
+        ("store_id", "BYTES"), ("ds", "BYTES"), ("begin_day", "INT32"), ("days", "INT32"), ("promo", "INT32"),
+        ("open", "INT32")]
     assert [(t["name"], t["datatype"]) for t in meta["outputs"]] == [
         ("yhat", "FP64"), ("yhat_lower", "FP64"), ("yhat_upper", "FP64"), ("open_rate", "FP64"), ("open", "INT32"),
-        ("promo", "INT32"), ("holiday", "BYTES"), ("calendar", "BYTES")]
+        ("promo", "INT32"), ("holiday", "BYTES"), ("calendar", "BYTES"), ("day_flags", "INT32")]
     assert meta["platform"]
     assert f"serving version {registry.version} of models:/storecast@champion: 8 stores" in server.output()
 

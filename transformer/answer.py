@@ -54,7 +54,7 @@ def v1_body(windows: list[StoreWindow], values: dict[str, np.ndarray], version: 
     closed = (open_ == 0) & (source != DEFAULT)
     yhat, lower, upper = (np.where(closed, 0.0, values[k]) for k in ("yhat", "yhat_lower", "yhat_upper"))
     stamps = day_strings(row_days(windows), "T00:00:00")
-    parts, w, row = [], 0, 0
+    parts, w, row = [b'{"predictions":['], 0, 0
     while w < len(windows):
         first_window, first_row = w, row
         while w < len(windows) and (w == first_window or row - first_row + windows[w].days <= CHUNK_ROWS):
@@ -71,9 +71,11 @@ def v1_body(windows: list[StoreWindow], values: dict[str, np.ndarray], version: 
         for win in windows[first_window:w]:
             chunk.append({"request": win.echo(), "forecast": rows[start: start + win.days]})
             start += win.days
+        if len(parts) > 1:
+            parts.append(b",")
         parts.append(orjson.dumps(chunk)[1:-1])
-    tail = b',"model_version":' + orjson.dumps(version) if version else b""
-    return b'{"predictions":[' + b",".join(parts) + b"]" + tail + b"}"
+    parts.append(b"]" + (b',"model_version":' + orjson.dumps(version) if version else b"") + b"}")
+    return b"".join(parts)  # one copy of the whole answer
 
 
 def v2_columns(windows: list[StoreWindow], values: dict[str, np.ndarray], names: tuple[str, ...]

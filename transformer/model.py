@@ -11,7 +11,6 @@ fitted on open days, so on a usually closed day the value is an extrapolation). 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import uuid
 from dataclasses import dataclass, replace
@@ -21,7 +20,7 @@ import numpy as np
 from kserve import InferOutput, InferRequest, InferResponse, Model
 
 from serving import cloudevents
-from serving.budget import RowBudget
+from serving.budget import RowBudget, offload
 from serving.contract import TRANSFORMER_INPUTS, TRANSFORMER_OUTPUTS, names, to_day
 from serving.errors import ClientError
 from transformer.answer import v1_body, v2_columns
@@ -120,12 +119,12 @@ class ForecastTransformer(Model):
             if isinstance(payload, InferRequest):
                 cols = _columns(payload)
                 outputs = _outputs(payload)
-                windows = await _off_loop(len(cols["store_id"]) > INLINE_STORES, parse_columns, cols["store_id"],
+                windows = await offload(len(cols["store_id"]) > INLINE_STORES, parse_columns, cols["store_id"],
                                           cols.get("begin_date"), cols.get("end_date"), limits)
                 return Job(windows, True, payload.id or str(uuid.uuid4()), outputs, payload.model_version or None)
             instances = payload.get("instances") if isinstance(payload, dict) else None
             many = isinstance(instances, list) and len(instances) > INLINE_STORES
-            windows = await _off_loop(many, parse_v1, payload, limits)
+            windows = await offload(many, parse_v1, payload, limits)
             event = bool(headers) and (cloudevents.is_binary(headers) or cloudevents.is_structured(headers))
             return Job(windows, False, _request_id(headers), event=event)
         except RequestError as err:
@@ -151,9 +150,9 @@ class ForecastTransformer(Model):
             job.forecast = fc = await self.router.infer(ids, begin, days, job.request_id, asked, job.version,
                                                         what_if(job.windows))
             if job.v2:
-                job.answer = await _off_loop(job.rows > INLINE_ROWS, v2_columns, job.windows, fc.values, job.outputs)
+                job.answer = await offload(job.rows > INLINE_ROWS, v2_columns, job.windows, fc.values, job.outputs)
             else:
-                job.answer = await _off_loop(job.rows > INLINE_ROWS, v1_body, job.windows, fc.values, fc.version)
+                job.answer = await offload(job.rows > INLINE_ROWS, v1_body, job.windows, fc.values, fc.version)
         if not job.v2 and not job.event and response_headers is not None:
             response_headers["content-type"] = "application/json"
         return job
@@ -172,13 +171,6 @@ class ForecastTransformer(Model):
 
             return orjson.loads(job.answer)
         return job.answer
-
-
-async def _off_loop(large: bool, fn: Any, *args: Any) -> Any:
-    """``fn(*args)``: in a worker thread when the work is ``large``, else here on the event loop."""
-    if large:
-        return await asyncio.to_thread(fn, *args)
-    return fn(*args)
 
 
 def _columns(request: InferRequest) -> dict[str, list[Any]]:
