@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
+import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +30,16 @@ from serving.errors import Unavailable
 
 SWITCH_SECONDS = 0.0005  # sys.setswitchinterval of a server: the GIL is offered to the event loop this often
 T = TypeVar("T")
-_BULK = ThreadPoolExecutor(max_workers=1, thread_name_prefix="storecast-bulk")
+BULK_NICE = 10  # the bulk thread's scheduling priority below the event loop's (Linux: per thread)
+
+
+def _lower_priority() -> None:
+    """Make the bulk thread yield the CPU to the event loops of this machine (where the OS allows)."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BULK_NICE)
+
+
+_BULK = ThreadPoolExecutor(max_workers=1, thread_name_prefix="storecast-bulk", initializer=_lower_priority)
 
 
 async def offload(large: bool, fn: Callable[..., T], *args: Any) -> T:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import gc
 import logging
 import sys
 from collections.abc import Sequence
@@ -90,6 +91,8 @@ def serve(component: Component, settings: ServerSettings, models: Sequence[Any],
     for thing in (*models, *start):
         thing.start()
     eventloop.install(settings.kserve.get("event_loop", "auto"))
+    gc.collect()
+    gc.freeze()  # what start-up made is never collected: a large answer's collections scan only new objects
     server.run()
 
 

@@ -10,6 +10,7 @@ requests on the event loop keep being served meanwhile.
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import numpy as np
@@ -49,7 +50,20 @@ def calendar_columns(flags: np.ndarray) -> dict[str, np.ndarray]:
 
 def v1_body(windows: list[StoreWindow], values: dict[str, np.ndarray], version: str | None) -> bytes:
     """``{"predictions": [{"request", "forecast": [{timestamp, value, lower, upper, open, promo, holiday,
-    calendar}]}], "model_version"}`` as JSON bytes; a closed day (calendar or what-if) is 0/0/0."""
+    calendar}]}], "model_version"}`` as JSON bytes; a closed day (calendar or what-if) is 0/0/0.
+
+    The rows are short-lived dicts without cycles: the cyclic collector is paused while they are made
+    (a collection in the middle holds the GIL for long and the event loop with it)."""
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        return _v1_body(windows, values, version)
+    finally:
+        if paused:
+            gc.enable()
+
+
+def _v1_body(windows: list[StoreWindow], values: dict[str, np.ndarray], version: str | None) -> bytes:
     open_, promo, holiday, source = unpack_day_flags(values["day_flags"])
     closed = (open_ == 0) & (source != DEFAULT)
     yhat, lower, upper = (np.where(closed, 0.0, values[k]) for k in ("yhat", "yhat_lower", "yhat_upper"))
