@@ -9,7 +9,9 @@ errors without a traceback), and the V2 routes below registered ahead of KServe'
   content type, the binary extension), checked by ``serving.tensors``, answered with optional
   fields omitted and binary outputs when asked;
 - ``GET /v2/models/{name}[/versions/{v}]`` and ``.../ready``: versions checked (404 naming the served one);
-- ``GET /v2``: server metadata with the extensions served.
+- ``GET /v2``: server metadata with the extensions served;
+- ``POST /v1/models/{name}:predict``: KServe's V1 predict, which may also send a model's ready JSON
+  buffer as it is (the transformer's large answers, built without one more copy).
 """
 
 from __future__ import annotations
@@ -89,7 +91,31 @@ class V2:
         return Response(payload, headers={**{k: v for k, v in (response_headers or {}).items()
                                              if k.lower() not in ("content-length", "content-type")}, **out_headers})
 
+    async def v1_predict(self, raw: Request, model_name: str) -> Response:
+        """KServe's V1 ``:predict`` (CloudEvents included), where a model may also answer a ready JSON
+        buffer (``bytes``, ``bytearray``, ``memoryview``): sent as it is, never copied or re-encoded."""
+        if not await self.dataplane.model_ready(model_name, True):
+            raise kerrors.ModelNotReady(model_name)
+        headers = dict(raw.headers.items())
+        request, attributes = self.dataplane.decode(body=await raw.body(), headers=headers)
+        response, response_headers = await self.dataplane.infer(model_name=model_name, request=request,
+                                                                headers=headers)
+        response, encoded_headers = self.dataplane.encode(model_name=model_name, response=response,
+                                                          headers=headers, req_attributes=attributes)
+        response_headers = {**response_headers, **encoded_headers}
+        response_headers.pop("content-length", None)
+        if isinstance(response, bytearray | memoryview):
+            response = memoryview(response)
+        if isinstance(response, bytes | str | memoryview):
+            return Response(content=response, headers=response_headers)
+        import orjson
+
+        response_headers.setdefault("content-type", "application/json")
+        return Response(orjson.dumps(response, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY),
+                        headers=response_headers)
+
     def register(self, app: FastAPI) -> None:
+        app.add_api_route("/v1/models/{model_name}:predict", self.v1_predict, methods=["POST"], response_model=None)
         router = APIRouter(prefix="/v2")
         router.add_api_route("", self.server_metadata, methods=["GET"], include_in_schema=False)
         router.add_api_route("/repository/index", self.repository_index, methods=["POST"])

@@ -48,7 +48,7 @@ def calendar_columns(flags: np.ndarray) -> dict[str, np.ndarray]:
     return {"open": open_, "promo": promo, "holiday": _HOLIDAYS[holiday], "calendar": _SOURCES[source]}
 
 
-def v1_body(windows: list[StoreWindow], values: dict[str, np.ndarray], version: str | None) -> bytes:
+def v1_body(windows: list[StoreWindow], values: dict[str, np.ndarray], version: str | None) -> bytearray:
     """``{"predictions": [{"request", "forecast": [{timestamp, value, lower, upper, open, promo, holiday,
     calendar}]}], "model_version"}`` as JSON bytes; a closed day (calendar or what-if) is 0/0/0.
 
@@ -63,12 +63,14 @@ def v1_body(windows: list[StoreWindow], values: dict[str, np.ndarray], version: 
             gc.enable()
 
 
-def _v1_body(windows: list[StoreWindow], values: dict[str, np.ndarray], version: str | None) -> bytes:
+def _v1_body(windows: list[StoreWindow], values: dict[str, np.ndarray], version: str | None) -> bytearray:
     open_, promo, holiday, source = unpack_day_flags(values["day_flags"])
     closed = (open_ == 0) & (source != DEFAULT)
     yhat, lower, upper = (np.where(closed, 0.0, values[k]) for k in ("yhat", "yhat_lower", "yhat_upper"))
-    stamps = day_strings(row_days(windows), "T00:00:00")
-    parts, w, row = [b'{"predictions":['], 0, 0
+    days = row_days(windows)
+    lo = int(days.min())
+    stamps = np.array([iso(d) + "T00:00:00" for d in range(lo, int(days.max()) + 1)], dtype=object)
+    body, w, row = bytearray(b'{"predictions":['), 0, 0  # grown chunk by chunk: never one long copy
     while w < len(windows):
         first_window, first_row = w, row
         while w < len(windows) and (w == first_window or row - first_row + windows[w].days <= CHUNK_ROWS):
@@ -78,18 +80,18 @@ def _v1_body(windows: list[StoreWindow], values: dict[str, np.ndarray], version:
         rows = [{"timestamp": t, "value": v, "lower": lo, "upper": up, "open": o, "promo": p, "holiday": h,
                  "calendar": c}
                 for t, v, lo, up, o, p, h, c in zip(
-                    stamps[cut].tolist(), yhat[cut].tolist(), lower[cut].tolist(), upper[cut].tolist(),
+                    stamps[days[cut] - lo].tolist(), yhat[cut].tolist(), lower[cut].tolist(), upper[cut].tolist(),
                     _BOOLS[open_[cut]].tolist(), _BOOLS[promo[cut]].tolist(), _HOLIDAYS[holiday[cut]].tolist(),
                     _SOURCES[source[cut]].tolist(), strict=True)]
         chunk, start = [], 0
         for win in windows[first_window:w]:
             chunk.append({"request": win.echo(), "forecast": rows[start: start + win.days]})
             start += win.days
-        if len(parts) > 1:
-            parts.append(b",")
-        parts.append(orjson.dumps(chunk)[1:-1])
-    parts.append(b"]" + (b',"model_version":' + orjson.dumps(version) if version else b"") + b"}")
-    return b"".join(parts)  # one copy of the whole answer
+        if first_window:
+            body += b","
+        body += memoryview(orjson.dumps(chunk))[1:-1]
+    body += b"]" + (b',"model_version":' + orjson.dumps(version) if version else b"") + b"}"
+    return body
 
 
 def v2_columns(windows: list[StoreWindow], values: dict[str, np.ndarray], names: tuple[str, ...]

@@ -158,7 +158,7 @@ class ForecastTransformer(Model):
         return job
 
     async def postprocess(self, job: Job, headers: dict[str, str] | None = None,
-                          response_headers: Any = None) -> dict | bytes | InferResponse:
+                          response_headers: Any = None) -> dict | bytearray | InferResponse:
         fc = job.forecast
         assert fc is not None
         if job.v2:
@@ -170,7 +170,7 @@ class ForecastTransformer(Model):
             import orjson
 
             return orjson.loads(job.answer)
-        return job.answer
+        return job.answer  # a ready JSON buffer, sent as it is (serving.rest)
 
 
 def _columns(request: InferRequest) -> dict[str, list[Any]]:
