@@ -96,7 +96,8 @@ def _fill(cells: np.ndarray, open_rate: np.ndarray, rows: np.ndarray, days: np.n
 
 def _override(cells: np.ndarray, rows: np.ndarray, days: np.ndarray, field: int, values: np.ndarray | None,
               hit: np.ndarray) -> None:
-    """Apply per-row overrides (-1: none) of one field to the rows and to neighbours that are rows too."""
+    """Apply per-row overrides (-1: none) of one field to the rows and to neighbours that are rows too
+    (``rows``: the group of each row, which a what-if never leaves)."""
     if values is None:
         return
     values = np.asarray(values, dtype=np.int8)
@@ -116,8 +117,12 @@ def _override(cells: np.ndarray, rows: np.ndarray, days: np.ndarray, field: int,
 
 
 def resolve(calendar: np.ndarray, cal_start: int, open_rate: np.ndarray, rows: np.ndarray, days: np.ndarray,
-            promo: np.ndarray | None = None, open_: np.ndarray | None = None) -> tuple[np.ndarray, Days]:
-    """Cells of each row and its neighbours, (n, 5, 4) with defaults filled and what-ifs applied."""
+            promo: np.ndarray | None = None, open_: np.ndarray | None = None, group: np.ndarray | None = None
+            ) -> tuple[np.ndarray, Days]:
+    """Cells of each row and its neighbours, (n, 5, 4) with defaults filled and what-ifs applied.
+
+    A what-if on a day reaches the rows of the same ``group`` (default: the same store) on that day and
+    its neighbours; the windows form groups by window, so two windows of one store never share one."""
     rows = np.asarray(rows, dtype=np.int64)
     days = np.asarray(days, dtype=np.int64)
     near = days[:, None] + OFFSETS[None, :]
@@ -125,8 +130,9 @@ def resolve(calendar: np.ndarray, cal_start: int, open_rate: np.ndarray, rows: n
     known = (raw[:, CENTER] >= 0).any(axis=1)
     cells = _fill(raw, open_rate, rows[:, None], near)
     hit = np.zeros(len(rows), dtype=bool)
-    _override(cells, rows, days, PROMO, promo, hit)
-    _override(cells, rows, days, OPEN, open_, hit)
+    key = rows if group is None else np.asarray(group, dtype=np.int64)
+    _override(cells, key, days, PROMO, promo, hit)
+    _override(cells, key, days, OPEN, open_, hit)
     c = cells[:, CENTER]
     return cells, Days(open=c[:, OPEN] > 0, promo=c[:, PROMO] > 0, holiday=c[:, HOLIDAY], school=c[:, SCHOOL] > 0,
                        known=known, what_if=hit)

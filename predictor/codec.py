@@ -85,11 +85,16 @@ class Rows:
     def __len__(self) -> int:
         return len(self.days)
 
-    def store_of(self, row: int) -> str:
-        """The store id of one row."""
+    def group(self) -> np.ndarray | None:
+        """The windows form: each row's window (a what-if never reaches another window); else None."""
+        return None if self.repeat is None else np.repeat(np.arange(len(self.repeat)), self.repeat)
+
+    def where(self, row: int) -> tuple[str, str]:
+        """Where a row came from, for an error message: (the input and place, its store id)."""
         if self.repeat is None:
-            return self.store_id[row]
-        return self.store_id[int(np.searchsorted(np.cumsum(self.repeat), row, side="right"))]
+            return f"input 'ds' row {row}", self.store_id[row]
+        w = int(np.searchsorted(np.cumsum(self.repeat), row, side="right"))
+        return f"inputs 'begin_day'/'days' window {w}", self.store_id[w]
 
 
 # ---- V1 ----------------------------------------------------------------------------------------
@@ -192,8 +197,7 @@ def _decode_windows(by_name: dict[str, TensorInput], max_rows: int) -> Rows:
     if missing:
         raise RequestError(f"missing input {' and '.join(repr(m) for m in missing)}: the windows form is store_id, "
                            "begin_day and days, one element per window")
-    m_max = max_rows  # a window has at least one row
-    values = {name: _tensor_values(by_name[name], m_max) for name in ("store_id", *WINDOW_INPUTS)}
+    values = {name: _tensor_values(by_name[name], max_rows) for name in ("store_id", *WINDOW_INPUTS)}
     m = len(values["store_id"])
     for name in WINDOW_INPUTS:
         if len(values[name]) != m:
@@ -202,15 +206,15 @@ def _decode_windows(by_name: dict[str, TensorInput], max_rows: int) -> Rows:
     ids = store_ids_of(values["store_id"], lambda i: f"input 'store_id' window {i}")
     begin = np.asarray(values["begin_day"], dtype=np.int64).reshape(m)
     length = np.asarray(values["days"], dtype=np.int64).reshape(m)
-    for bad, problem in (((length < 1), "must be at least 1"),
-                         ((begin < MIN_DAY) | (begin > MAX_DAY), f"is outside {iso(MIN_DAY)} .. {iso(MAX_DAY)}"),
-                         ((begin + length - 1 > MAX_DAY), f"runs past {iso(MAX_DAY)}")):
+    checks = (("days", length < 1, "must be at least 1"),  # in this order: no sum below can overflow
+              ("days", length > max_rows, f"is over the limit of {max_rows} rows (--max-rows)"),
+              ("begin_day", (begin < MIN_DAY) | (begin > MAX_DAY),
+               f"is outside {iso(MIN_DAY)} .. {iso(MAX_DAY)} (days since 1970-01-01: {MIN_DAY} .. {MAX_DAY})"),
+              ("days", begin + length - 1 > MAX_DAY, f"makes the window run past {iso(MAX_DAY)}"))
+    for name, bad, problem in checks:
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            name = "days" if problem.startswith(("must", "runs")) else "begin_day"
-            shown = int(values[name][i])
-            raise RequestError(f"input {name!r} window {i}: {shown} {problem}"
-                               + (" (days since 1970-01-01)" if name == "begin_day" else ""))
+            raise RequestError(f"input {name!r} window {i}: {int(values[name][i])} {problem}")
     total = int(length.sum())
     _check_rows(total, max_rows)
     starts = np.cumsum(length) - length

@@ -21,9 +21,11 @@ SECONDS_PER_DAY = 86400.0
 
 
 def forecast(table: ParamTable, rows: np.ndarray, days: np.ndarray, promo: np.ndarray | None = None,
-             open_: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """yhat, yhat_lower, yhat_upper for store rows ``rows`` on ``days`` (int days since 1970-01-01)."""
-    yhat, lower, upper = fitted_scale(table, rows, days, promo, open_)
+             open_: np.ndarray | None = None, group: np.ndarray | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """yhat, yhat_lower, yhat_upper for store rows ``rows`` on ``days`` (int days since 1970-01-01);
+    ``group``: which rows a what-if reaches (``predictor.calendar.resolve``)."""
+    yhat, lower, upper = fitted_scale(table, rows, days, promo, open_, group)
     lower, upper = lower * table.iv_scale[rows], upper * table.iv_scale[rows]
     if table.transform == "log1p":
         with np.errstate(over="ignore"):
@@ -32,28 +34,29 @@ def forecast(table: ParamTable, rows: np.ndarray, days: np.ndarray, promo: np.nd
 
 
 def fitted_scale(table: ParamTable, rows: np.ndarray, days: np.ndarray, promo: np.ndarray | None = None,
-                 open_: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 open_: np.ndarray | None = None, group: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Prophet's own yhat (on the fitted scale) and the uncalibrated interval offsets from it."""
     rows = np.asarray(rows, dtype=np.int64)
     days = np.asarray(days, dtype=np.int64)
     yhat = trend(table, rows, days) + seasonality(table, rows, days)
     if table.reg_beta.shape[1]:
-        yhat = yhat + regressors(table, rows, days, promo, open_)
+        yhat = yhat + regressors(table, rows, days, promo, open_, group)
     lower, upper = interval_offsets(table, rows, days)
     return yhat, lower, upper
 
 
 def regressors(table: ParamTable, rows: np.ndarray, days: np.ndarray, promo: np.ndarray | None = None,
-               open_: np.ndarray | None = None) -> np.ndarray:
+               open_: np.ndarray | None = None, group: np.ndarray | None = None) -> np.ndarray:
     """The additive extra-regressor terms, from the calendar (and a what-if) of each row."""
-    x = regressor_matrix(table, rows, days, promo, open_)
+    x = regressor_matrix(table, rows, days, promo, open_, group)
     return np.einsum("ij,ij->i", x, table.reg_beta[rows]) * table.y_scale[rows]
 
 
 def regressor_matrix(table: ParamTable, rows: np.ndarray, days: np.ndarray, promo: np.ndarray | None = None,
-                     open_: np.ndarray | None = None) -> np.ndarray:
+                     open_: np.ndarray | None = None, group: np.ndarray | None = None) -> np.ndarray:
     """Each row's regressor values, in the table's ``reg_names`` order (the columns of the export frame)."""
-    cells, _ = cal.resolve(table.calendar, table.cal_start, table.open_rate, rows, days, promo, open_)
+    cells, _ = cal.resolve(table.calendar, table.cal_start, table.open_rate, rows, days, promo, open_, group)
     x = cal.features(cells, days)
     if tuple(table.reg_names.tolist()) == cal.REGRESSORS:
         return x
@@ -65,10 +68,10 @@ def regressor_matrix(table: ParamTable, rows: np.ndarray, days: np.ndarray, prom
 
 
 def calendar_days(table: ParamTable, rows: np.ndarray, days: np.ndarray, promo: np.ndarray | None = None,
-                  open_: np.ndarray | None = None) -> cal.Days:
+                  open_: np.ndarray | None = None, group: np.ndarray | None = None) -> cal.Days:
     """The resolved calendar of each row: open, promo, holiday, and whether it came from the calendar."""
     _, resolved = cal.resolve(table.calendar, table.cal_start, table.open_rate, np.asarray(rows, dtype=np.int64),
-                              np.asarray(days, dtype=np.int64), promo, open_)
+                              np.asarray(days, dtype=np.int64), promo, open_, group)
     return resolved
 
 
@@ -125,12 +128,12 @@ CALENDAR_OUTPUTS = ("open", "promo", "holiday", "calendar", "day_flags")  # the 
 
 
 def calendar_outputs(table: ParamTable, rows: np.ndarray, days: np.ndarray, promo: np.ndarray | None = None,
-                     open_: np.ndarray | None = None, names: tuple[str, ...] = CALENDAR_OUTPUTS
-                     ) -> dict[str, np.ndarray]:
+                     open_: np.ndarray | None = None, names: tuple[str, ...] = CALENDAR_OUTPUTS,
+                     group: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The calendar of each row as the V2 outputs ``names``: ``open``, ``promo`` (int32 0/1), ``holiday``
     (code), ``calendar`` (where the day came from: ``calendar``, ``default`` or ``what-if``) and
     ``day_flags`` (all four packed, ``serving.contract.pack_day_flags``)."""
-    d = calendar_days(table, rows, days, promo, open_)
+    d = calendar_days(table, rows, days, promo, open_, group)
     source = np.where(d.what_if, 2, np.where(d.known, 0, 1)).astype(np.int8)  # CALENDAR_SOURCES' order
     out: dict[str, np.ndarray] = {}
     if "open" in names:

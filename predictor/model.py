@@ -190,10 +190,11 @@ def evaluate(rows: Rows, snapshot: Snapshot, names: tuple[str, ...] = OUTPUTS,
         far = np.flatnonzero(ahead > max_days_ahead)
         if len(far):
             i = int(far[0])
-            raise RequestError(f"input 'ds' row {i}: {iso(rows.days[i])} is {int(ahead[i])} days after the last day "
-                               f"of data of store {rows.store_of(i)!r} ({iso(snapshot.table.last_day[index[i]])}); "
+            where, store = rows.where(i)
+            raise RequestError(f"{where}: {iso(rows.days[i])} is {int(ahead[i])} days after the last day "
+                               f"of data of store {store!r} ({iso(snapshot.table.last_day[index[i]])}); "
                                f"the limit is {max_days_ahead} (--max-days-ahead)")
-    return snapshot.outputs(rows.store_id, rows.days, names, rows.promo, rows.open, index)
+    return snapshot.outputs(rows.store_id, rows.days, names, rows.promo, rows.open, index, rows.group())
 
 
 __all__ = ["INPUTS", "StorecastModel", "evaluate"]

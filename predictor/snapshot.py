@@ -88,20 +88,20 @@ class Snapshot:
 
     def outputs(self, store_ids: list[str], days: np.ndarray, names: Sequence[str],
                 promo: np.ndarray | None = None, open_: np.ndarray | None = None,
-                rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                rows: np.ndarray | None = None, group: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """The named outputs of every (store, day) row (``serving.contract.PREDICTOR_OUTPUTS``); ``promo`` /
         ``open_`` (int8 per row, -1: as the calendar says) evaluate a what-if; ``rows``: the table rows of
-        ``store_ids`` if already looked up."""
+        ``store_ids`` if already looked up; ``group``: which rows a what-if reaches (default: the store's)."""
         rows = self.rows(store_ids) if rows is None else rows
         what_if = any(v is not None and bool((v >= 0).any()) for v in (promo, open_))
         out: dict[str, np.ndarray] = {}
         if {"yhat", "yhat_lower", "yhat_upper"} & set(names):
             out["yhat"], out["yhat_lower"], out["yhat_upper"] = (
-                forecast(self.table, rows, days, promo, open_) if what_if else self._forecast(rows, days))
+                forecast(self.table, rows, days, promo, open_, group) if what_if else self._forecast(rows, days))
         if "open_rate" in names:
             out["open_rate"] = self.table.open_rate[rows, cal.weekday(days)]
         if set(CALENDAR_OUTPUTS) & set(names):
-            out.update(calendar_outputs(self.table, rows, days, promo, open_, tuple(names)))
+            out.update(calendar_outputs(self.table, rows, days, promo, open_, tuple(names), group))
         return out
 
     def _forecast(self, rows: np.ndarray, days: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -78,20 +78,26 @@ class RowBudget:
         entry = (rows, future)
         self._queue.append(entry)
         try:
-            await asyncio.wait_for(asyncio.shield(future), self.wait)
-        except (TimeoutError, asyncio.CancelledError) as exc:
-            if future.done() and not future.cancelled():
-                self._release(rows)  # granted just as the wait ended: hand the rows on
-            else:
-                future.cancel()
-                with contextlib.suppress(ValueError):
-                    self._queue.remove(entry)
-                self._grant()
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+            done, _ = await asyncio.wait({future}, timeout=self.wait)  # a cancellation propagates
+        except asyncio.CancelledError:
+            self._abandon(entry)
+            raise
+        if not done:
+            self._abandon(entry)
             raise Unavailable(f"busy: {self.used:,} rows of large requests in flight (--max-inflight-rows "
                               f"{self.limit:,}); this one has {rows:,} rows and waited {self.wait:g} s",
-                              retry_after=max(1, math.ceil(self.wait / 10))) from None
+                              retry_after=max(1, math.ceil(self.wait / 10)))
+
+    def _abandon(self, entry: tuple[int, asyncio.Future[None]]) -> None:
+        """A waiter that gives up: its rows handed on if granted meanwhile, else its place freed."""
+        rows, future = entry
+        if future.done() and not future.cancelled():
+            self._release(rows)
+            return
+        future.cancel()
+        with contextlib.suppress(ValueError):
+            self._queue.remove(entry)
+        self._grant()
 
     def _fits(self, rows: int) -> bool:
         return self.used == 0 or self.used + rows <= self.limit
