@@ -118,11 +118,11 @@ def main() -> None:
     if args.naive_stores > 0:
         import mlflow.artifacts
 
-        models = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{source.name}/{source.resolve()}/artifacts/prophet_models.zip",
-            dst_path=str(version.workdir / "naive"))
+        models, params = (mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{source.name}/{source.resolve()}/artifacts/{name}",
+            dst_path=str(version.workdir / "naive")) for name in ("prophet_models.zip", "params.npz"))
         naive_ids = sorted(ids, key=lambda s: (len(s), s))[: args.naive_stores]
-        kinds["naive"] = ([*NAIVE, "--models", models, "--stores", str(args.naive_stores)],
+        kinds["naive"] = ([*NAIVE, "--models", models, "--params", params, "--stores", str(args.naive_stores)],
                           [request_bytes(sid, first[sid]) for sid in naive_ids])
     results: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
     for r in range(args.rounds):
