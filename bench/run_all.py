@@ -21,10 +21,12 @@ BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH.parent / "results"
 README = BENCH.parent / "README.md"
 MARKERS = ("<!-- bench:start -->", "<!-- bench:end -->")
-ORDER = ["train", "predictor_inprocess", "predictor_http", "e2e_http", "bulk", "predictor_coldstart", "retrain_served",
+ORDER = ["train", "predictor_inprocess", "predictor_http", "e2e_http", "bulk", "batch_fleet", "predictor_coldstart",
+         "retrain_served",
          "dashboard_refresh",
          "overload", "soak", "scale", "scale_predictor", "access"]
-SHARED = {"predictor_inprocess", "predictor_http", "e2e_http", "bulk", "predictor_coldstart", "overload", "soak",
+SHARED = {"predictor_inprocess", "predictor_http", "e2e_http", "bulk", "batch_fleet", "predictor_coldstart", "overload",
+          "soak",
           "scale",
           "scale_predictor", "access"}
 
