@@ -21,7 +21,6 @@ from transformer.request import StoreWindow
 
 CHUNK_ROWS = 4096
 DEFAULT = CALENDAR_SOURCES.index("default")  # a closed day from any other source is answered with 0 sales
-_BOOLS = np.array([False, True], dtype=object)
 _HOLIDAYS = np.array(HOLIDAY_CODES, dtype=object)
 _SOURCES = np.array(CALENDAR_SOURCES, dtype=object)
 
@@ -66,10 +65,11 @@ def v1_body(windows: list[StoreWindow], values: dict[str, np.ndarray], version: 
 def _v1_body(windows: list[StoreWindow], values: dict[str, np.ndarray], version: str | None) -> bytearray:
     open_, promo, holiday, source = unpack_day_flags(values["day_flags"])
     closed = (open_ == 0) & (source != DEFAULT)
+    is_open, is_promo = open_.astype(bool), promo.astype(bool)  # tolist() gives Python booleans
     yhat, lower, upper = (np.where(closed, 0.0, values[k]) for k in ("yhat", "yhat_lower", "yhat_upper"))
     days = row_days(windows)
-    lo = int(days.min())
-    stamps = np.array([iso(d) + "T00:00:00" for d in range(lo, int(days.max()) + 1)], dtype=object)
+    first_day = int(days.min())
+    stamps = np.array([iso(d) + "T00:00:00" for d in range(first_day, int(days.max()) + 1)], dtype=object)
     body, w, row = bytearray(b'{"predictions":['), 0, 0  # grown chunk by chunk: never one long copy
     while w < len(windows):
         first_window, first_row = w, row
@@ -80,9 +80,9 @@ def _v1_body(windows: list[StoreWindow], values: dict[str, np.ndarray], version:
         rows = [{"timestamp": t, "value": v, "lower": lo, "upper": up, "open": o, "promo": p, "holiday": h,
                  "calendar": c}
                 for t, v, lo, up, o, p, h, c in zip(
-                    stamps[days[cut] - lo].tolist(), yhat[cut].tolist(), lower[cut].tolist(), upper[cut].tolist(),
-                    _BOOLS[open_[cut]].tolist(), _BOOLS[promo[cut]].tolist(), _HOLIDAYS[holiday[cut]].tolist(),
-                    _SOURCES[source[cut]].tolist(), strict=True)]
+                    stamps[days[cut] - first_day].tolist(), yhat[cut].tolist(), lower[cut].tolist(),
+                    upper[cut].tolist(), is_open[cut].tolist(), is_promo[cut].tolist(),
+                    _HOLIDAYS[holiday[cut]].tolist(), _SOURCES[source[cut]].tolist(), strict=True)]
         chunk, start = [], 0
         for win in windows[first_window:w]:
             chunk.append({"request": win.echo(), "forecast": rows[start: start + win.days]})
