@@ -18,9 +18,8 @@ import sys
 import time
 
 import orjson
-from predictor_common import PREDICTOR, add_common_arguments, prepare_version, start
+from predictor_common import add_common_arguments, prepare_version, stack
 
-TRANSFORMER = [sys.executable, "-m", "transformer"]
 BEGIN, END = "2015-08-01", "2015-09-11"
 
 
@@ -46,13 +45,7 @@ def main() -> None:
     args = p.parse_args()
     version = prepare_version(args)
     env = {"MLFLOW_TRACKING_URI": version.tracking_uri}
-    pred = start(PREDICTOR, version.workdir / "batch-predictor.log", env)
-    front = None
-    try:
-        pred.wait_ready(600)
-        front = start(TRANSFORMER, version.workdir / "batch-transformer.log", env,
-                      ["--predictor_host", f"127.0.0.1:{pred.grpc_port}", "--predictor_protocol", "grpc-v2"])
-        front.wait_ready(120)
+    with stack(version, "batch") as (pred, front):
         out = version.workdir / "fleet.parquet"
         t0 = time.perf_counter()
         proc = subprocess.run(
@@ -75,10 +68,6 @@ def main() -> None:
         print(f"RESULT | batch client, every store x 42 days ({len(table)} rows, --batch-size {args.batch_size}, "
               f"--concurrency {args.concurrency}) | {seconds:.2f} s | one store a request, serially {alone:.2f} s | "
               f"{alone / seconds:.1f}x |")
-    finally:
-        for s in (front, pred):
-            if s is not None:
-                s.stop()
 
 
 if __name__ == "__main__":

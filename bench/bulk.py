@@ -21,15 +21,13 @@ import asyncio
 import http.client
 import multiprocessing
 import statistics
-import sys
 import time
 from typing import Any
 
 import loadgen
 import orjson
-from predictor_common import PREDICTOR, add_common_arguments, prepare_version, start
+from predictor_common import add_common_arguments, prepare_version, stack
 
-TRANSFORMER = [sys.executable, "-m", "transformer"]
 V1 = "/v1/models/storecast:predict"
 V2 = "/v2/models/storecast/infer"
 BEGIN, END, DAYS = "2015-08-01", "2015-09-11", 42  # the known-ahead calendar of the Rossmann data
@@ -177,14 +175,7 @@ def main() -> None:
     n = version.stores if version.stores > 0 else 1115
     stores = [str(s) for s in range(1, n + 1)]
     days = [f"2015-{m:02d}-{d:02d}" for m, d in [(8, i) for i in range(1, 32)] + [(9, i) for i in range(1, 12)]]
-    env = {"MLFLOW_TRACKING_URI": version.tracking_uri}
-    pred = start(PREDICTOR, version.workdir / "bulk-predictor.log", env)
-    front = None
-    try:
-        pred.wait_ready(600)
-        front = start(TRANSFORMER, version.workdir / "bulk-transformer.log", env,
-                      ["--predictor_host", f"127.0.0.1:{pred.grpc_port}", "--predictor_protocol", "grpc-v2"])
-        front.wait_ready(120)
+    with stack(version, "bulk") as (pred, front):
         json_h = {"content-type": "application/json"}
         body = v1_body(stores, BEGIN, END)
         answer = fetch(front.http_port, V1, body, json_h)
@@ -232,10 +223,6 @@ def main() -> None:
                   f"{'' if goal is None else f', goal <= {goal:g}x'} |")
         print(f"RESULT | one-store p99 while fleet requests run | {busy['p99_ms']:.1f} ms | alone "
               f"{alone['p99_ms']:.1f} ms | {busy['p99_ms'] / alone['p99_ms']:.1f}x (goal <= 2x) |")
-    finally:
-        for s in (front, pred):
-            if s is not None:
-                s.stop()
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ synthetic stores; it is trained once into a work folder (``--workdir`` keeps it 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 PREDICTOR = [sys.executable, "-m", "predictor"]
+TRANSFORMER = [sys.executable, "-m", "transformer"]
 TRIVIAL = [sys.executable, str(Path(__file__).with_name("predictor_trivial.py"))]
 MODEL = "storecast"
 
@@ -152,3 +155,23 @@ def start(command: list[str], log: Path, env: dict[str, str] | None = None, extr
         environ = {**os.environ, "STORECAST_MAX_DAYS_AHEAD": "100000", **(env or {})}
         proc = subprocess.Popen(full, cwd=REPO, env=environ, stdout=fh, stderr=subprocess.STDOUT)
     return Server(proc, http_port, grpc_port, started, log)
+
+
+@contextlib.contextmanager
+def stack(version: Version, name: str, protocol: str = "grpc-v2") -> Iterator[tuple[Server, Server]]:
+    """A predictor and a transformer in front of it (``protocol`` between them) serving ``version``,
+    both ready; stopped on leaving. Logs: ``<workdir>/<name>-predictor.log`` and ``-transformer.log``."""
+    env = {"MLFLOW_TRACKING_URI": version.tracking_uri}
+    pred = start(PREDICTOR, version.workdir / f"{name}-predictor.log", env)
+    front = None
+    try:
+        pred.wait_ready(600)
+        port = pred.grpc_port if protocol == "grpc-v2" else pred.http_port
+        front = start(TRANSFORMER, version.workdir / f"{name}-transformer.log", env,
+                      ["--predictor_host", f"127.0.0.1:{port}", "--predictor_protocol", protocol])
+        front.wait_ready(120)
+        yield pred, front
+    finally:
+        for s in (front, pred):
+            if s is not None:
+                s.stop()
