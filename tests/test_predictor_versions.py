@@ -145,9 +145,14 @@ def test_client_mistakes_log_one_line_and_no_traceback(good: ParamTable, tmp_pat
         p.wait_ready()
         for body in (b"{nope", b'{"inputs": 3}', b'{"inputs": [{"name": "ds", "datatype": "X", "shape": [1]}]}'):
             assert p.http.post(f"/v2/models/{MODEL}/infer", content=body).status_code == 400
-        log = p.output()
+        deadline = time.monotonic() + 10  # the access line is written once the answer is sent: wait for the last
+        while True:
+            log = p.output()
+            lines = [line for line in log.splitlines() if "storecast.access INFO http POST" in line and " 400 " in line]
+            if len(lines) >= 3 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         assert "Traceback" not in log and " ERROR " not in log
-        lines = [line for line in log.splitlines() if "storecast.access INFO http POST" in line and " 400 " in line]
         assert len(lines) == 3
     finally:
         p.stop()
