@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from kserve import errors as kerrors
@@ -33,8 +34,6 @@ log = logging.getLogger("storecast.errors")
 
 
 def json_response(doc: Any, status: int = 200) -> Response:
-    import orjson
-
     return Response(orjson.dumps(doc), status_code=status, media_type="application/json")
 
 
@@ -108,8 +107,6 @@ class V2:
             response = memoryview(response)
         if isinstance(response, bytes | str | memoryview):
             return Response(content=response, headers=response_headers)
-        import orjson
-
         response_headers.setdefault("content-type", "application/json")
         return Response(orjson.dumps(response, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY),
                         headers=response_headers)

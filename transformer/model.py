@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import orjson
 from kserve import InferOutput, InferRequest, InferResponse, Model
 
 from serving import cloudevents
@@ -120,7 +121,7 @@ class ForecastTransformer(Model):
                 cols = _columns(payload)
                 outputs = _outputs(payload)
                 windows = await offload(len(cols["store_id"]) > INLINE_STORES, parse_columns, cols["store_id"],
-                                          cols.get("begin_date"), cols.get("end_date"), limits)
+                                        cols.get("begin_date"), cols.get("end_date"), limits)
                 return Job(windows, True, payload.id or str(uuid.uuid4()), outputs, payload.model_version or None)
             instances = payload.get("instances") if isinstance(payload, dict) else None
             many = isinstance(instances, list) and len(instances) > INLINE_STORES
@@ -167,8 +168,6 @@ class ForecastTransformer(Model):
             return InferResponse(response_id=job.request_id, model_name=self.name, model_version=fc.version,
                                  infer_outputs=outputs)
         if job.event:  # KServe wraps a CloudEvent answer around a document
-            import orjson
-
             return orjson.loads(job.answer)
         return job.answer  # a ready JSON buffer, sent as it is (serving.rest)
 
