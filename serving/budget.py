@@ -30,7 +30,7 @@ from serving.errors import Unavailable
 
 SWITCH_SECONDS = 0.0005  # sys.setswitchinterval of a server: the GIL is offered to the event loop this often
 T = TypeVar("T")
-BULK_NICE = 10  # the bulk thread's scheduling priority below the event loop's (Linux: per thread)
+BULK_NICE = 19  # the bulk thread's scheduling priority below the event loop's (Linux: per thread)
 
 
 def _lower_priority() -> None:
