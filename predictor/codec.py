@@ -32,6 +32,7 @@ from serving.contract import (
     iso,
     names,
     store_id_problem,
+    window_rows,
 )
 from serving.contract import short as _short
 
@@ -217,8 +218,7 @@ def _decode_windows(by_name: dict[str, TensorInput], max_rows: int) -> Rows:
             raise RequestError(f"input {name!r} window {i}: {int(values[name][i])} {problem}")
     total = int(length.sum())
     _check_rows(total, max_rows)
-    starts = np.cumsum(length) - length
-    days = np.repeat(begin - starts, length) + np.arange(total, dtype=np.int64)
+    days = window_rows(begin, length)
     what_if = {}
     for k in OPTIONAL_INPUTS:
         if k in by_name:

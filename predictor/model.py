@@ -45,11 +45,10 @@ from predictor.codec import (
 from predictor.loader import Loader
 from predictor.snapshot import Snapshot
 from predictor.table import UnknownStoresError
-from serving.budget import RowBudget, offload
+from serving.budget import SMALL_ROWS, RowBudget, offload
 from serving.contract import LIST_STORES, MAX_DAYS_AHEAD, PREDICTOR_INPUTS, PREDICTOR_OUTPUTS, iso
 from serving.errors import ClientError
 
-INLINE_ROWS = 4096  # larger requests are evaluated in a worker thread, off the event loop
 PLATFORM = "storecast_prophet_numpy"
 
 
@@ -170,7 +169,7 @@ class StorecastModel(Model):
 
     async def _forecast(self, rows: Rows, snapshot: Snapshot, names: Any) -> dict[str, np.ndarray]:
         async with self.budget.hold(len(rows)):  # large requests: in the bulk thread, in turn
-            return await offload(len(rows) > INLINE_ROWS, evaluate, rows, snapshot, tuple(names),
+            return await offload(len(rows) > SMALL_ROWS, evaluate, rows, snapshot, tuple(names),
                                  self.max_days_ahead)
 
 

@@ -32,15 +32,14 @@ def main(argv: list[str] | None = None) -> None:
         loader = Loader(early.model_uri, early.shard, early.refresh_seconds, prefetch, early.precompute_days)
         loader.start()
 
-    from predictor.model import INLINE_ROWS, StorecastModel
+    from predictor.model import StorecastModel
     from predictor.repository import ReloadingRepository
     from serving.budget import RowBudget
     from serving.server import parse, serve
 
     settings = parse(COMPONENT, argv)
     assert loader is not None  # --help exited in parse
-    budget = RowBudget(settings.max_inflight_rows, small=INLINE_ROWS, wait=settings.row_wait_seconds)
     model = StorecastModel(settings.kserve["model_name"], loader, max_rows=settings.max_rows,
-                           max_days_ahead=settings.max_days_ahead, budget=budget)
+                           max_days_ahead=settings.max_days_ahead, budget=RowBudget.of(settings))
     # Registered before it is ready: the server is up and answers "not ready" while its version loads.
     serve(COMPONENT, settings, [model], repository=ReloadingRepository())

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 from serving.errors import Unavailable
 
+SMALL_ROWS = 4096  # a request of more rows is large: it holds the budget, its work runs in the bulk thread
 SWITCH_SECONDS = 0.0005  # sys.setswitchinterval of a server: the GIL is offered to the event loop this often
 T = TypeVar("T")
 BULK_NICE = 19  # the bulk thread's scheduling priority below the event loop's (Linux: per thread)
@@ -52,11 +53,16 @@ async def offload(large: bool, fn: Callable[..., T], *args: Any) -> T:
 class RowBudget:
     """At most ``limit`` rows of large requests in flight (``limit`` 0: unbounded)."""
 
-    def __init__(self, limit: int, small: int = 4096, wait: float = 30.0) -> None:
+    def __init__(self, limit: int, small: int = SMALL_ROWS, wait: float = 30.0) -> None:
         self.limit, self.small, self.wait = int(limit), int(small), float(wait)
         self.used = 0  # rows held now
         self.peak = 0  # most rows ever held at once (tests, metrics)
         self._queue: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    @classmethod
+    def of(cls, settings: Any) -> RowBudget:
+        """The budget a server's settings ask for (``--max-inflight-rows``, ``--row-wait-seconds``)."""
+        return cls(settings.max_inflight_rows, wait=settings.row_wait_seconds)
 
     @contextlib.asynccontextmanager
     async def hold(self, rows: int) -> AsyncIterator[None]:

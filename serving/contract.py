@@ -184,6 +184,16 @@ PREDICTOR_INPUTS = (
     Tensor("open", ("INT32", "BOOL"), help="what-if: 1 open, 0 closed, -1 as the calendar says"),
 )
 WINDOW_INPUTS = ("begin_day", "days")  # given together, they replace ds
+
+
+def window_rows(begin: Sequence[int] | np.ndarray, days: Sequence[int] | np.ndarray) -> np.ndarray:
+    """The windows form's rows: ``begin[i], begin[i] + 1, ..., begin[i] + days[i] - 1`` for each window in
+    turn (int64; ``days`` >= 1). Of first days it gives each row's day; of first row numbers, the rows."""
+    import numpy as np
+
+    begin, days = np.asarray(begin, dtype=np.int64), np.asarray(days, dtype=np.int64)
+    return np.repeat(begin - (np.cumsum(days) - days), days) + np.arange(int(days.sum()), dtype=np.int64)
+
 PREDICTOR_OUTPUTS = (
     Tensor("yhat", ("FP64",), default=True),
     Tensor("yhat_lower", ("FP64",), default=True),

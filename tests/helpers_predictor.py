@@ -135,6 +135,8 @@ class TcpProxy:
 class Predictor:
     """``python -m predictor`` on free loopback ports; always ``stop()`` it."""
 
+    MODULE = "predictor"
+
     def __init__(self, log: Path, args: list[str] = (), tracking_uri: str | None = None,
                  env: dict[str, str] | None = None, ports: tuple[int, int] | None = None) -> None:
         self.http_port, self.grpc_port = ports or (free_port(), free_port())
@@ -143,7 +145,7 @@ class Predictor:
         if tracking_uri:
             environ["MLFLOW_TRACKING_URI"] = tracking_uri
         environ.update(env or {})
-        command = [sys.executable, "-m", "predictor", "--host", "127.0.0.1", "--http_port", str(self.http_port),
+        command = [sys.executable, "-m", self.MODULE, "--host", "127.0.0.1", "--http_port", str(self.http_port),
                    "--grpc_port", str(self.grpc_port), "--enable_latency_logging", "false", *args]
         with open(log, "wb") as fh:
             self.proc = subprocess.Popen(command, cwd=REPO, env=environ, stdout=fh, stderr=subprocess.STDOUT)
@@ -153,14 +155,14 @@ class Predictor:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"predictor exited with {self.proc.returncode}:\n{self.output()[-3000:]}")
+                raise RuntimeError(f"{self.MODULE} exited with {self.proc.returncode}:\n{self.output()[-3000:]}")
             try:
                 if self.http.get(f"/v2/models/{MODEL}/ready").status_code == 200:
                     return self
             except httpx.TransportError:
                 pass
             time.sleep(0.05)
-        raise TimeoutError(f"predictor not ready after {timeout} s:\n{self.output()[-3000:]}")
+        raise TimeoutError(f"{self.MODULE} not ready after {timeout} s:\n{self.output()[-3000:]}")
 
     def wait_live(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -194,6 +196,22 @@ class Predictor:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class Transformer(Predictor):
+    """``python -m transformer`` on free loopback ports, its shard watch off (``--watch-seconds 0``)."""
+
+    MODULE = "transformer"
+
+    def __init__(self, log: Path, args: list[str] = ()) -> None:
+        super().__init__(log, ["--watch-seconds", "0", *args])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def v1(self, body: Any, timeout: float = 60) -> httpx.Response:
+        return self.http.post(f"/v1/models/{MODEL}:predict", json=body, timeout=timeout)
 
 
 def v2_body(store_ids: list[str], dates: list[str], **extra: Any) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -25,10 +24,9 @@ import httpx
 import numpy as np
 import pytest
 
-from pipelines.stack import free_port
 from predictor import calendar as cal
 from serving.contract import CALENDAR_SOURCES, HOLIDAY_CODES, MAX_DAY, iso, unpack_day_flags
-from tests.helpers_predictor import MODEL, REPO, Predictor
+from tests.helpers_predictor import MODEL, REPO, Predictor, Transformer
 
 STORES = 8
 MAX_ROWS = 2000  # --max-rows of the predictor of every store
@@ -71,50 +69,6 @@ def calendar_table(seed: int = 21) -> Any:
 
 
 # ---- processes ---------------------------------------------------------------------------------------------
-class Transformer:
-    """``python -m transformer`` on free loopback ports; always ``stop()`` it."""
-
-    def __init__(self, log: Path, args: list[str]) -> None:
-        self.http_port, self.grpc_port, self.log = free_port(), free_port(), log
-        command = [sys.executable, "-m", "transformer", "--host", "127.0.0.1", "--http_port", str(self.http_port),
-                   "--grpc_port", str(self.grpc_port), "--enable_latency_logging", "false", "--watch-seconds", "0",
-                   *args]
-        with open(log, "wb") as fh:
-            self.proc = subprocess.Popen(command, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    def wait_ready(self, timeout: float = 90.0) -> Transformer:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"transformer exited with {self.proc.returncode}:\n{self.output()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/v2/models/{MODEL}/ready", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise TimeoutError(f"transformer not ready after {timeout} s:\n{self.output()[-3000:]}")
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def v1(self, body: Any, timeout: float = 60) -> httpx.Response:
-        return httpx.post(f"{self.url}/v1/models/{MODEL}:predict", json=body, timeout=timeout)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 @dataclass
 class Cluster:
     table: Any

@@ -17,7 +17,7 @@ import numpy as np
 import orjson
 
 from serving.contract import CALENDAR_SOURCES, HOLIDAY_CODES, iso, unpack_day_flags
-from transformer.request import StoreWindow
+from transformer.request import StoreWindow, expand, row_days
 
 CHUNK_ROWS = 4096
 DEFAULT = CALENDAR_SOURCES.index("default")  # a closed day from any other source is answered with 0 sales
@@ -25,20 +25,12 @@ _HOLIDAYS = np.array(HOLIDAY_CODES, dtype=object)
 _SOURCES = np.array(CALENDAR_SOURCES, dtype=object)
 
 
-def row_days(windows: list[StoreWindow]) -> np.ndarray:
-    """The day (since 1970-01-01) of every answered row, window by window."""
-    lengths = np.array([w.days for w in windows], dtype=np.int64)
-    begins = np.array([w.begin for w in windows], dtype=np.int64)
-    return np.repeat(begins - (np.cumsum(lengths) - lengths), lengths) + np.arange(int(lengths.sum()))
-
-
-def day_strings(days: np.ndarray, suffix: str = "") -> np.ndarray:
-    """``YYYY-MM-DD`` + ``suffix`` of each day, as an object array (each distinct day formatted once)."""
-    if not len(days):
-        return np.zeros(0, dtype=object)
-    lo, hi = int(days.min()), int(days.max())
-    table = np.array([iso(d) + suffix for d in range(lo, hi + 1)], dtype=object)
-    return table[days - lo]
+def day_table(days: np.ndarray, suffix: str = "") -> tuple[np.ndarray, int]:
+    """``YYYY-MM-DD`` + ``suffix`` of every day from the first of ``days`` to the last (an object array,
+    each day formatted once) and that first day: ``table[day - first]`` is a day's string."""
+    first = int(days.min()) if len(days) else 0
+    last = int(days.max()) if len(days) else -1
+    return np.array([iso(d) + suffix for d in range(first, last + 1)], dtype=object), first
 
 
 def calendar_columns(flags: np.ndarray) -> dict[str, np.ndarray]:
@@ -68,8 +60,7 @@ def _v1_body(windows: list[StoreWindow], values: dict[str, np.ndarray], version:
     is_open, is_promo = open_.astype(bool), promo.astype(bool)  # tolist() gives Python booleans
     yhat, lower, upper = (np.where(closed, 0.0, values[k]) for k in ("yhat", "yhat_lower", "yhat_upper"))
     days = row_days(windows)
-    first_day = int(days.min())
-    stamps = np.array([iso(d) + "T00:00:00" for d in range(first_day, int(days.max()) + 1)], dtype=object)
+    stamps, first_day = day_table(days, "T00:00:00")
     body, w, row = bytearray(b'{"predictions":['), 0, 0  # grown chunk by chunk: never one long copy
     while w < len(windows):
         first_window, first_row = w, row
@@ -98,11 +89,10 @@ def v2_columns(windows: list[StoreWindow], values: dict[str, np.ndarray], names:
                ) -> dict[str, Any]:
     """The V2 outputs ``names`` of every row (``serving.contract.TRANSFORMER_OUTPUTS``)."""
     out: dict[str, Any] = {}
-    if "store_id" in names:
-        ids = np.array([w.store_id for w in windows], dtype=object)
-        out["store_id"] = np.repeat(ids, [w.days for w in windows])
-    if "ds" in names:
-        out["ds"] = day_strings(row_days(windows))
+    if "store_id" in names or "ds" in names:
+        out["store_id"], days = expand(windows)
+        table, first_day = day_table(days)
+        out["ds"] = table[days - first_day]
     if "day_flags" in values:
         out.update(calendar_columns(values["day_flags"]))
     out.update({k: v for k, v in values.items() if k != "day_flags"})

@@ -21,7 +21,7 @@ import orjson
 from kserve import InferOutput, InferRequest, InferResponse, Model
 
 from serving import cloudevents
-from serving.budget import RowBudget, offload
+from serving.budget import SMALL_ROWS, RowBudget, offload
 from serving.contract import TRANSFORMER_INPUTS, TRANSFORMER_OUTPUTS, names, to_day
 from serving.errors import ClientError
 from transformer.answer import v1_body, v2_columns
@@ -33,7 +33,6 @@ V2_OUTPUTS = {t.name: t.datatype for t in TRANSFORMER_OUTPUTS}
 V2_DEFAULT = names(TRANSFORMER_OUTPUTS, default=True)
 V2_CALENDAR = ("open", "promo", "holiday", "calendar")  # V2 outputs unpacked from the predictor's day_flags
 PLATFORM = "storecast_business_api"
-INLINE_ROWS = 4096  # larger answers are built in a worker thread, off the event loop
 INLINE_STORES = 64  # larger requests are parsed in a worker thread
 
 
@@ -151,9 +150,9 @@ class ForecastTransformer(Model):
             job.forecast = fc = await self.router.infer(ids, begin, days, job.request_id, asked, job.version,
                                                         what_if(job.windows))
             if job.v2:
-                job.answer = await offload(job.rows > INLINE_ROWS, v2_columns, job.windows, fc.values, job.outputs)
+                job.answer = await offload(job.rows > SMALL_ROWS, v2_columns, job.windows, fc.values, job.outputs)
             else:
-                job.answer = await offload(job.rows > INLINE_ROWS, v1_body, job.windows, fc.values, fc.version)
+                job.answer = await offload(job.rows > SMALL_ROWS, v1_body, job.windows, fc.values, fc.version)
         if not job.v2 and not job.event and response_headers is not None:
             response_headers["content-type"] = "application/json"
         return job

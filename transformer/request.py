@@ -15,14 +15,25 @@ from typing import Any
 
 import numpy as np
 
-from serving.contract import EPOCH, INSTANCE_KEYS, MAX_DAYS_AHEAD, DateError, iso, short, store_id_problem, to_day
+from serving.contract import (
+    EPOCH,
+    INSTANCE_KEYS,
+    MAX_DAYS_AHEAD,
+    DateError,
+    iso,
+    short,
+    store_id_problem,
+    to_day,
+    window_rows,
+)
 
 DEFAULT_DAYS = 7
 ALIASES = INSTANCE_KEYS
 KNOWN_KEYS = tuple(k for names in INSTANCE_KEYS.values() for k in names)
 BODY_KEYS = ("instances",)
 
-__all__ = ["Limits", "RequestError", "StoreWindow", "expand", "iso", "parse_columns", "parse_day", "parse_v1"]
+__all__ = ["Limits", "RequestError", "StoreWindow", "expand", "iso", "parse_columns", "parse_day", "parse_v1",
+           "row_days"]
 
 
 class RequestError(ValueError):
@@ -179,13 +190,15 @@ def parse_columns(store_ids: Sequence[Any], begins: Sequence[Any] | None, ends: 
                    "", limits, now, labels=V2_LABELS, i=i) for i in range(n)]
 
 
+def row_days(windows: list[StoreWindow]) -> np.ndarray:
+    """The day (since 1970-01-01) of every answered row, window by window (``serving.contract.window_rows``)."""
+    return window_rows([w.begin for w in windows], [w.days for w in windows])
+
+
 def expand(windows: list[StoreWindow]) -> tuple[np.ndarray, np.ndarray]:
     """Long format: one (store_id, day) row per store-day, in request order."""
-    lengths = np.array([w.days for w in windows], dtype=np.int64)
-    starts = np.repeat(np.array([w.begin for w in windows], dtype=np.int64), lengths)
-    offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    ids = np.repeat(np.array([w.store_id for w in windows], dtype=object), lengths)
-    return ids, starts + offsets
+    ids = np.repeat(np.array([w.store_id for w in windows], dtype=object), [w.days for w in windows])
+    return ids, row_days(windows)
 
 
 def what_if(windows: list[StoreWindow]) -> tuple[np.ndarray, np.ndarray] | None:

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     router = ShardRouter(hosts, k["predictor_protocol"], k["model_name"], k["predictor_request_timeout_seconds"],
                          settings.batch_rows)
     limits = Limits(settings.max_days, settings.max_stores, settings.max_days_ahead)
-    budget = RowBudget(settings.max_inflight_rows, wait=settings.row_wait_seconds)
-    model = ForecastTransformer(k["model_name"], router, limits, ShardWatch(router, settings.watch_seconds), budget)
+    model = ForecastTransformer(k["model_name"], router, limits, ShardWatch(router, settings.watch_seconds),
+                                RowBudget.of(settings))
     model.load()
     serve(COMPONENT, settings, [model])

@@ -30,7 +30,7 @@ from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceSt
 
 from serving import tensors
 from serving.budget import offload
-from serving.contract import LIST_STORES, shard_of
+from serving.contract import LIST_STORES, shard_of, window_rows
 from serving.errors import ServingError, Unavailable
 
 FP64 = ("yhat", "yhat_lower", "yhat_upper", "open_rate")
@@ -206,7 +206,7 @@ class ShardRouter:
         calls, places = [], []
         for k in np.unique(shard).tolist():
             for part in _batches(np.flatnonzero(shard == k), days, self.batch_rows):
-                rows = _rows(first[part], days[part])
+                rows = window_rows(first[part], days[part])
                 part_what_if = None if what_if is None else (what_if[0][rows], what_if[1][rows])
                 batch = Batch(store_ids[part].tolist(), begin[part], days[part], part_what_if)
                 calls.append(self._call(k, batch, request_id, outputs, version))
@@ -264,12 +264,6 @@ def _batches(windows: np.ndarray, days: np.ndarray, limit: int) -> list[np.ndarr
         rows += n
     out.append(windows[start:])
     return out
-
-
-def _rows(first: np.ndarray, days: np.ndarray) -> np.ndarray:
-    """The request rows of windows starting at rows ``first``, ``days`` long, in order."""
-    local = np.cumsum(days) - days
-    return np.repeat(first - local, days) + np.arange(int(days.sum()), dtype=np.int64)
 
 
 @dataclass
