@@ -11,9 +11,10 @@ halves until the store at fault is alone (so one unknown store does not fail its
 stores given up are listed on stderr and in ``OUT.failed.txt`` (usable as ``--stores FILE``) and the
 exit status is 1.
 
-The table has one row per store-day, exactly as the API answered it: ``store, date, value, lower,
-upper, open, promo, holiday, model_version`` (``promo``/``holiday`` when the business rows carry them,
-``model_version`` when the answer carries it or ``--predictor-url`` says what is served; else null).
+The table has one row per store-day, exactly as the API answered it (a closed day, ``open`` false, is
+``value``, ``lower`` and ``upper`` 0): ``store, date, value, lower, upper, open, promo, holiday,
+model_version`` (``promo``/``holiday`` when the business rows carry them, ``model_version`` when the
+answer carries it or ``--predictor-url`` says what is served; else null).
 
 Which stores ``all`` means: the business API has no store listing (yet), so ``all`` asks it first
 (``{"list_stores": true}``) and otherwise the predictor's listing (``--predictor-url``, V1

@@ -27,7 +27,8 @@ def request_forecast(url: str, store: str, begin: str | None = None, end: str | 
 
 
 def table(prediction: dict[str, Any]) -> str:
-    """The forecast as an aligned text table, with the calendar of each day (closed, promotion, holiday)."""
+    """The forecast as an aligned text table, with the calendar of each day (closed, promotion, holiday); the
+    numbers are the API's (a closed day is 0)."""
     req = prediction["request"]
     lines = [f"store {req['store_id']}, {req['begin_date']} .. {req['end_date']}",
              f"{'date':<16}{'forecast':>12}{'lower':>12}{'upper':>12}  calendar"]

@@ -49,6 +49,7 @@ SECONDS_PER_DAY = 86400
 _SHOWN = 5  # bad values named in one message
 _SMALL = 64  # rows decoded in plain Python
 _EPOCH = date(1970, 1, 1).toordinal()
+_PYTHON_DAYS = (date.min.toordinal() - _EPOCH, date.max.toordinal() - _EPOCH)  # the days ``iso`` can write
 
 
 class RequestError(ValueError):
@@ -313,9 +314,9 @@ def parse_days(values: list[str], where: Callable[[int], str]) -> np.ndarray:
     days = _parse_days(values, where)
     out = (days < MIN_DAY) | (days > MAX_DAY)
     if out.any():
-        i = int(np.flatnonzero(out)[0])
-        raise RequestError(f"{where(i)}: {iso(days[i]) if abs(days[i]) < 10**6 else _short(values[i])} is outside "
-                           f"{iso(MIN_DAY)} .. {iso(MAX_DAY)}")
+        i = int(np.flatnonzero(out)[0])  # numpy reads years Python's dates cannot hold (0000, -001): quoted as sent
+        shown = iso(days[i]) if _PYTHON_DAYS[0] <= days[i] <= _PYTHON_DAYS[1] else _short(values[i].strip())
+        raise RequestError(f"{where(i)}: {shown} is outside {iso(MIN_DAY)} .. {iso(MAX_DAY)}")
     return days
 
 

@@ -6,7 +6,9 @@ from the version's calendar by ``predictor.calendar``) for any mix of stores and
 the interval bounds from the offsets simulated at training time (``pipelines.intervals``), scaled by
 the version's calibration, so a store's interval for a date is the same whatever window, batch or
 replica it is asked in. A version fitted on ``log1p(sales)`` answers ``expm1`` of all three.
-``promo`` / ``open_`` (int8 per row, -1: as the calendar says) evaluate a what-if.
+``promo`` / ``open_`` (int8 per row, -1: as the calendar says) evaluate a what-if. The numbers are
+model-ready: a closed day keeps Prophet's value beside its open flag (``calendar_outputs``); the
+business API answers it 0 (``serving.contract.closed_days``).
 """
 
 from __future__ import annotations

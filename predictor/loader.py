@@ -11,9 +11,10 @@ every ``refresh_seconds`` and swaps when the version changed. A pinned version o
 reloaded on request (``refresh()``, e.g. KServe's repository load endpoint). Registry outages after
 the first load only produce log lines: serving goes on with the loaded version.
 
-Every version is checked before it serves (``predictor.validate``): a bad one is refused with one log
-line and a metric, never downloaded again, and the loaded version goes on serving (at start the model
-stays not ready and says why).
+Every version is checked before it serves (``predictor.validate``, every store's whole horizon up to
+``ahead_days``, ``--max-days-ahead``): a bad one is refused with one log line (naming the store and the
+day for a forecast that is not finite) and a metric, never downloaded again, and the loaded version
+goes on serving (at start the model stays not ready and says why).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from predictor.prefetch import PrefetchError
 from predictor.source import ModelSource
-from serving.contract import Shard
+from serving.contract import MAX_DAYS_AHEAD, Shard
 from serving.server import configure_logging as _configure_logging
 
 if TYPE_CHECKING:  # numpy is imported with the first table, not before (see predictor.prefetch)
@@ -53,9 +54,10 @@ class Loader:
     """Holds the current snapshot of a source, loads it in the background and follows it."""
 
     def __init__(self, source: ModelSource, shard: Shard | None = None, refresh_seconds: float = 30.0,
-                 prefetch: Prefetch | None = None, horizon_days: int = 366) -> None:
+                 prefetch: Prefetch | None = None, horizon_days: int = 366, ahead_days: int = MAX_DAYS_AHEAD) -> None:
         self.source = source
         self.horizon_days = horizon_days
+        self.ahead_days = ahead_days  # a version must forecast finite values this far ahead (predictor.validate)
         self.prefetch = prefetch
         self.shard = shard
         self.refresh_seconds = float(refresh_seconds)
@@ -131,7 +133,7 @@ class Loader:
         try:
             if self.shard is not None:
                 table = table.shard(self.shard.k, self.shard.n)
-            check(table, self.shard)
+            check(table, self.shard, self.ahead_days)
         except VersionRefused as exc:
             self._refuse(version, str(exc))
             return False

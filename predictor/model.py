@@ -7,7 +7,9 @@ swap never mixes versions. Protocols (``serving.contract`` has the tensors, docs
 - V2 REST / gRPC: inputs ``store_id``, ``ds`` (BYTES, [n]) and, for a what-if, ``promo`` / ``open``
   (INT32 1/0/-1 or BOOL) -> outputs ``yhat``, ``yhat_lower``, ``yhat_upper`` (FP64, [n]), and only
   when named in ``outputs``: ``open_rate`` (FP64), ``open``, ``promo`` (INT32), ``holiday``,
-  ``calendar`` (BYTES); the response's ``model_version`` is the version that answered.
+  ``calendar`` (BYTES), ``day_flags`` (INT32); the response's ``model_version`` is the version that
+  answered. These are model-ready numbers: ``yhat`` and its bounds are Prophet's on every row, closed
+  days included, beside the ``open`` flag; the business API (the transformer) answers closed days 0.
 - V1: ``{"instances": [{"store_id": "4", "ds": "2015-08-01"}]}`` ->
   ``{"predictions": [{"store_id", "ds", "yhat", "yhat_lower", "yhat_upper", "open_rate", "open", ...}],
   "model_version"}``; CloudEvents to V1 are unwrapped and answered with a CloudEvent by KServe.

@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     if not {"-h", "--help"} & set(argv):
         # Fetch the first version in a child process while this one imports KServe (predictor.prefetch).
         prefetch = Prefetch.start(early.model_uri)
-        loader = Loader(early.model_uri, early.shard, early.refresh_seconds, prefetch, early.precompute_days)
+        loader = Loader(early.model_uri, early.shard, early.refresh_seconds, prefetch, early.precompute_days,
+                        early.max_days_ahead)
         loader.start()
 
     from predictor.model import StorecastModel

@@ -1,10 +1,13 @@
 """A version is checked before it serves: format, shapes, finite values, store ids, at least one store.
 
-``check(table, shard)`` raises :class:`VersionRefused` saying what is wrong; the loader then keeps
-the version it serves (at start: stays not ready, saying why). The checks are what a request would
-otherwise trip over: arrays of inconsistent lengths (500s), NaN parameters (``null`` forecasts), no
-stores (every store "unknown"), regressors the predictor cannot derive, and a smoke evaluation of
-every store's first day ahead (finite yhat and bounds).
+``check(table, shard, ahead_days)`` raises :class:`VersionRefused` saying what is wrong; the loader then
+keeps the version it serves (at start: stays not ready, saying why). The checks are what a request
+would otherwise trip over: arrays of inconsistent lengths (500s), NaN parameters (``null`` forecasts),
+no stores (every store "unknown"), regressors the predictor cannot derive, and the forecast of every
+store on every day of its horizon: from the day after its data to ``ahead_days`` later (the furthest a
+request may reach, ``--max-days-ahead``) or the end of its known-ahead calendar, whichever is later;
+yhat and both bounds must be finite, else the version is refused naming the first store and day that
+is not (a forecast that overflows only on a late promotion day is found too).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from serving.contract import Shard, store_id_problem
+from serving.contract import MAX_DAYS_AHEAD, Shard, iso, store_id_problem, window_rows
 
 if TYPE_CHECKING:
     from predictor.table import ParamTable
@@ -23,16 +26,18 @@ PER_STORE_2D = {"delta": None, "cp_t": None, "beta": None, "iv_lower": None, "iv
                 "reg_beta": None}
 FINITE = ("start", "t_scale", "y_scale", "floor", "k", "m", "sigma_obs", "delta", "beta", "iv_lower", "iv_upper",
           "iv_trend_var", "iv_noise_var", "open_rate", "reg_beta", "iv_scale", "feat_period", "feat_harmonic")
+CHUNK_ROWS = 1 << 16  # store-days per forecast call while the horizon is checked
+OUTPUT_NAMES = ("yhat", "yhat_lower", "yhat_upper")
 
 
 class VersionRefused(ValueError):
     """A version that must not be served; the message says why."""
 
 
-def check(table: ParamTable, shard: Shard | None = None) -> None:
-    """Raise ``VersionRefused`` unless ``table`` (already cut to ``shard``) can answer requests."""
+def check(table: ParamTable, shard: Shard | None = None, ahead_days: int = MAX_DAYS_AHEAD) -> None:
+    """Raise ``VersionRefused`` unless ``table`` (already cut to ``shard``) can answer requests up to
+    ``ahead_days`` after each store's data (and on every day of its calendar)."""
     from predictor.calendar import REGRESSORS
-    from predictor.forecast import forecast
 
     n = len(table.store_id)
     if n == 0:
@@ -82,12 +87,51 @@ def check(table: ParamTable, shard: Shard | None = None) -> None:
             raise VersionRefused(f"store id {problem}")
     if len(set(ids)) != n or any(a >= b for a, b in itertools.pairwise(ids)):
         raise VersionRefused("store ids are not unique and sorted")
-    rows = np.arange(n)
-    with np.errstate(all="ignore"):
-        out = np.stack(forecast(table, rows, table.last_day.astype(np.int64) + 1))
-    bad = ~np.isfinite(out).all(axis=0)
-    if bad.any():
-        raise VersionRefused(f"forecasts are not finite{_stores(table, bad)}")
+    check_horizon(table, ahead_days)
+
+
+def horizon(table: ParamTable, ahead_days: int = MAX_DAYS_AHEAD) -> tuple[np.ndarray, np.ndarray]:
+    """Each store's first and last day to check (days since 1970-01-01): the day after its data, and
+    ``ahead_days`` later or its last known calendar day, whichever is later."""
+    first = table.last_day.astype(np.int64) + 1
+    last = first + max(0, int(ahead_days) - 1)
+    cal = np.asarray(table.calendar)
+    if cal.ndim == 3 and cal.shape[1]:
+        known = (cal >= 0).any(axis=2)  # (n, D): the calendar says something that day
+        has = known.any(axis=1)
+        last_known = int(table.cal_start) + cal.shape[1] - 1 - np.argmax(known[:, ::-1], axis=1)
+        last = np.where(has, np.maximum(last, last_known), last)
+    return first, last
+
+
+def check_horizon(table: ParamTable, ahead_days: int = MAX_DAYS_AHEAD) -> None:
+    """Every store's forecast on every day of its :func:`horizon` is finite (yhat and both bounds), or
+    ``VersionRefused`` naming the first store and day that is not."""
+    from predictor.forecast import forecast
+
+    first, last = horizon(table, ahead_days)
+    length = last - first + 1
+    n, a = len(first), 0
+    while a < n:
+        b, size = a, 0
+        while b < n and (b == a or size + int(length[b]) <= CHUNK_ROWS):
+            size += int(length[b])
+            b += 1
+        idx = np.arange(a, b)
+        rows, days = np.repeat(idx, length[idx]), window_rows(first[idx], length[idx])
+        with np.errstate(all="ignore"):
+            out = np.stack(forecast(table, rows, days))
+        bad = ~np.isfinite(out)
+        if bad.any():
+            j = int(np.flatnonzero(bad.any(axis=0))[0])
+            k = int(np.flatnonzero(bad[:, j])[0])
+            stores = len(np.unique(rows[bad.any(axis=0)]))
+            more = f" (at least {stores} stores are)" if stores > 1 else ""
+            raise VersionRefused(f"forecasts are not finite: store {str(table.store_id[rows[j]])!r} on {iso(days[j])} "
+                                 f"({int(days[j] - first[rows[j]]) + 1} days after its data) has {OUTPUT_NAMES[k]} "
+                                 f"{out[k, j]}{more}; every store is checked to {ahead_days} days after its data "
+                                 "(--max-days-ahead) and to the end of its calendar")
+        a = b
 
 
 def _stores(table: ParamTable, bad: np.ndarray) -> str:

@@ -9,7 +9,8 @@ module level (the predictor forks its prefetch child before numpy is imported).
 - **date rule**: ISO ``YYYY-MM-DD`` between 1900-01-01 and 2199-12-31 (a predictor also takes a
   date-time at midnight UTC; the business API takes any date-time and uses its UTC date);
 - **tensors**: the V2 input and output names and datatypes of both servers (tables, so a new
-  optional input or output is one line) and the business instance keys;
+  optional input or output is one line), the packed ``day_flags`` and the one rule of a closed day
+  (``closed_days``: the business API answers it 0), and the business instance keys;
 - **CloudEvents** types of forecast requests and answers.
 """
 
@@ -243,6 +244,15 @@ def unpack_day_flags(flags: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
 
     f = np.asarray(flags, dtype=np.int32)
     return f & 1, f >> 1 & 1, f >> 2 & 3, f >> 4 & 3
+
+
+def closed_days(flags: np.ndarray) -> np.ndarray:
+    """True on each day the business API answers closed, with 0 sales (value, lower and upper 0): the open bit
+    of ``day_flags`` is 0, whatever closed it (the calendar, a what-if, or the store's weekday pattern beyond
+    the calendar). The one rule of "closed"; the predictor's model-ready outputs keep Prophet's numbers.
+    ``flags`` is an integer numpy array (no import here: it runs on every business request)."""
+    return (flags & 1) == 0
+
 
 LIST_STORES = "list_stores"  # V2 parameter (V1 key): answer the stores served instead of a forecast
 

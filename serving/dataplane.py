@@ -5,7 +5,8 @@
 - versions addressable: :meth:`ServingDataPlane.check_version` answers 404 naming the served
   version for any other; a model whose versions live downstream (the transformer) says ``None`` and
   passes the requested version on;
-- readiness: ``/v2/health/ready`` only when every registered model is ready;
+- readiness: a model's probes ask its ``healthy()`` (the transformer's holds only while its predictors
+  answer ready), inference its own ``ready``; ``/v2/health/ready`` only when every registered model is ready;
 - V1 decoding: CloudEvents checked first (``serving.cloudevents``), a structured event without
   ``time`` unwrapped, anything KServe's decoder trips over answered 400, never 500.
 """
@@ -80,6 +81,15 @@ class ServingDataPlane(DataPlane):
         if hasattr(model, "metadata"):
             return model.metadata()
         return await super().model_metadata(model_name)
+
+    async def model_ready(self, model_name: str, disable_predictor_health_check: bool = False) -> bool:
+        """A probe: the model's ``healthy()`` (the transformer's waits for its predictors). Inference
+        (``disable_predictor_health_check``): the model's own ``ready`` only, so a transformer's request still
+        goes to its predictors and one that is down is named in the 503."""
+        model = self.model(model_name)
+        if disable_predictor_health_check:
+            return bool(getattr(model, "ready", False))
+        return bool(await model.healthy())
 
     async def ready(self) -> bool:
         models = self.model_registry.get_models()

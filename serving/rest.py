@@ -72,7 +72,7 @@ class V2:
     async def model_ready(self, model_name: str, model_version: str | None = None) -> Response:
         self.dataplane.check_version(model_name, model_version)
         if not await self.dataplane.model_ready(model_name):
-            raise kerrors.ModelNotReady(model_name)
+            raise Unavailable(_not_ready(self.dataplane.model(model_name), model_name))
         return json_response({"name": model_name, "ready": True})
 
     async def infer(self, raw: Request, model_name: str, model_version: str | None = None) -> Response:

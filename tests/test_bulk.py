@@ -519,8 +519,9 @@ def business_instances(table: Any) -> list[Instance]:
 
 
 def expected_v1(cluster: Cluster, instances: list[Instance]) -> list[dict[str, Any]]:
-    """The business answer of each instance from the predictor's long format (one request per window): a day
-    closed by the calendar or a what-if is 0/0/0, open/promo as booleans, holiday and calendar strings."""
+    """The business answer of each instance from the predictor's long format (one request per window): a closed
+    day (by the calendar, a what-if or the weekday pattern) is 0/0/0, open/promo as booleans, holiday and
+    calendar strings."""
     out = []
     for inst in instances:
         answer = rest_json(cluster.full.http_port, long_inputs([inst.window], inst.what_if()))
@@ -528,7 +529,7 @@ def expected_v1(cluster: Cluster, instances: list[Instance]) -> list[dict[str, A
         o = answer["outputs"]
         rows = []
         for j, (_, day) in enumerate(row_days([inst.window])):
-            closed = o["open"][j] == 0 and o["calendar"][j] != "default"
+            closed = o["open"][j] == 0
             rows.append({"timestamp": iso(day) + "T00:00:00",
                          **{key: 0.0 if closed else o[name][j]
                             for key, name in (("value", "yhat"), ("lower", "yhat_lower"), ("upper", "yhat_upper"))},
@@ -597,7 +598,7 @@ def test_v1_over_both_protocols_and_two_shards_equals_the_predictors(cluster: Cl
     assert any(r["calendar"] == "calendar" and not r["open"] and r["value"] == 0 for r, _ in rows)
     assert any(r["calendar"] == "what-if" and not r["open"] and r["value"] == r["upper"] == 0 for r, _ in rows)
     assert any(r["calendar"] == "what-if" and r["promo"] and r["value"] > 0 for r, _ in rows)
-    assert any(r["calendar"] == "default" and not r["open"] and r["value"] != 0 for r, _ in rows)
+    assert any(r["calendar"] == "default" and not r["open"] and r["value"] == r["lower"] == 0 for r, _ in rows)
     assert {r["holiday"] for r, _ in rows} > {"0"}
     assert min(batches([inst.window for inst in instances])) >= 4  # many predictor calls per shard
 
@@ -623,8 +624,11 @@ def test_v2_over_both_protocols_and_two_shards_equals_the_predictors(cluster: Cl
     assert answers["grpc-v2"]["model_version"] == reference["version"]
     rows = row_days(windows)
     assert got["store_id"] == [sid for sid, _ in rows] and got["ds"] == [iso(d) for _, d in rows]
-    for name in outputs[2:]:  # V2 answers the predictor's numbers as they are (closed days included)
-        assert got[name] == want[name], name
+    closed = [o == 0 for o in want["open"]]
+    assert any(closed) and not all(closed)
+    for name in outputs[2:]:  # V2 answers the predictor's numbers, closed days 0
+        zeroed = name in ("yhat", "yhat_lower", "yhat_upper")
+        assert got[name] == [0.0 if zeroed and c else v for v, c in zip(want[name], closed, strict=True)], name
 
 
 def test_a_bad_store_through_the_shards_is_a_400_naming_it(cluster: Cluster) -> None:

@@ -66,11 +66,12 @@ def test_rows_carry_the_calendar_and_closed_days_are_zero(stack: LocalStack, fil
             assert row["holiday"] == str(cal.loc[day, "StateHoliday"])
         else:
             assert row["calendar"] == "default" and row["promo"] is False
-        if not row["open"] and row["calendar"] == "calendar":
+        if not row["open"]:  # closed by the calendar or, beyond it, by the weekday pattern
             assert row["value"] == row["lower"] == row["upper"] == 0
         if row["open"]:
             assert 0 < row["lower"] < row["value"] < row["upper"]
-    assert any(not r["open"] for r in rows.values())  # Sundays
+    assert any(not r["open"] and r["calendar"] == "calendar" for r in rows.values())  # Sundays
+    assert any(not r["open"] and r["calendar"] == "default" for r in rows.values())
 
 
 def test_what_if_promotion_and_closure(stack: LocalStack) -> None:

@@ -222,18 +222,23 @@ def test_sign_in_three_stores_chart_points_band_table_fleet(planner: Planner, st
         rows, d = expected[s], planner.chart_data(s)
         assert len(d["x"]) == HISTORY + 7 == len(rows)
         future = rows[HISTORY:]
-        is_open = [r["open"] for r in future]
-        assert d["forecast"][HISTORY:] == [r["value"] if r["open"] else None for r in future]
-        assert d["lower"][HISTORY:] == [r["lower"] if r["open"] else None for r in future]
-        assert d["upper"][HISTORY:] == [r["upper"] if r["open"] else None for r in future]
+        closed = [i for i, r in enumerate(future) if not r["open"]]
+        assert closed and all(future[i]["value"] == future[i]["lower"] == future[i]["upper"] == 0 for i in closed)
+        # the API's numbers, a closed day drawn at 0 as it is answered (and shaded)
+        assert d["forecast"][HISTORY:] == [r["value"] for r in future]
+        assert d["lower"][HISTORY:] == [r["lower"] for r in future]
+        assert d["upper"][HISTORY:] == [r["upper"] for r in future]
         assert all(v is None for v in d["forecast"][:HISTORY])  # the past is drawn as "forecast then"
-        assert d["then"][:HISTORY] == [r["value"] if r["open"] else None for r in rows[:HISTORY]]
-        assert sum(v is not None for v in d["actual"]) >= 20  # four weeks of actual sales, closed days aside
+        assert d["then"][:HISTORY] == [r["value"] for r in rows[:HISTORY]]
+        assert sum(v is not None for v in d["actual"]) >= 20  # four weeks of actual sales
         assert d["bands"] == [[5, 4]] and d["labels"][4:] == ["lower", "upper"]
-        assert planner.chart(s).get_attribute("data-band-points") == str(sum(is_open))
+        assert planner.chart(s).get_attribute("data-band-points") == str(len(future))
         assert band_is_painted(planner, s, future)
         table = page.locator(f"[data-testid=forecast-table][data-store='{s}'] tbody tr")
         assert table.count() == HISTORY + 7
+        for i in closed:  # date, day, actual, forecast, lower, upper, notes
+            cells = table.nth(HISTORY + i).locator("td").all_text_contents()  # the table may be folded
+            assert cells[3:6] == ["0", "0", "0"] and "closed" in cells[6], cells
     # the fleet view ranks by the forecast demand of the next days
     demand = {s: sum(r["value"] for r in expected[s][HISTORY:] if r["open"]) for s in expected}
     ranked = page.locator("[data-testid=fleet-demand] li").evaluate_all("els => els.map(e => e.dataset.store)")
@@ -279,8 +284,7 @@ def test_switching_the_window(planner: Planner, stack: SimpleNamespace) -> None:
         planner.page.get_by_test_id("window-select").select_option(str(days))
         planner.wait_points("2", days)
         rows = api_rows(stack, ["2"], days)["2"]
-        assert planner.chart_data("2")["forecast"][HISTORY:] == [r["value"] if r["open"] else None
-                                                                 for r in rows[HISTORY:]]
+        assert planner.chart_data("2")["forecast"][HISTORY:] == [r["value"] for r in rows[HISTORY:]]
         assert planner.page.locator("[data-testid=forecast-table][data-store='2'] tbody tr").count() \
             == HISTORY + days
     assert planner.page.evaluate("localStorage.getItem('storecast.window')") == "42"
@@ -305,8 +309,11 @@ def test_csv_rows_equal_the_api_answer(planner: Planner, stack: SimpleNamespace)
         numbers = (float(row["forecast"]), float(row["lower"]), float(row["upper"]))
         assert numbers == (r["value"], r["lower"], r["upper"])
         assert row["open"] == str(r["open"]).lower()
+        if not r["open"]:  # closed: 0, as the API answers it
+            assert numbers == (0.0, 0.0, 0.0)
         assert row["kind"] == ("past" if row["date"] < str(datetime.now(UTC).date()) else "forecast")
     assert any(row["actual"] for row in got if row["kind"] == "past")
+    assert any(row["open"] == "false" and row["kind"] == "forecast" for row in got)
     assert planner.errors() == []
 
 
@@ -329,7 +336,7 @@ def test_a_refresh_lands_and_then_is_up_to_date(planner: Planner, stack: SimpleN
     assert int(new_version) > int(old_version)
     assert f"version {new_version}" in status.inner_text()
     after, rows = planner.chart_data("1"), api_rows(stack, ["1"], 7)["1"]
-    assert after["forecast"][HISTORY:] == [r["value"] if r["open"] else None for r in rows[HISTORY:]]
+    assert after["forecast"][HISTORY:] == [r["value"] for r in rows[HISTORY:]]
     assert after["forecast"] != before["forecast"]
     assert f"model version {new_version}" in planner.page.get_by_test_id("version-label").inner_text()
     print(f"\nrefresh click -> new forecast drawn: {status.get_attribute('data-seconds')} s (4 stores)")

@@ -162,6 +162,38 @@ def binary_body(kind: str, blob: bytes, header: str | None = None, size: int | N
     return send
 
 
+# years numpy reads and Python's dates cannot hold (0, -1), past 9999, at the end of Python's range, and a
+# date-time: each a 400 naming the field on both servers and every protocol (a year 0 once gave a 500)
+EXTREME_DATES = ("0000-01-01", "-001-01-01", "-0001-01-01", "9999-12-31", "10000-01-01", "0000-01-01T00:00:00Z")
+
+
+def extreme_date(date: str) -> list[Case]:
+    d = date.encode()
+    return [
+        Case(f"ds {date} V2", "predictor", v2("predictor", lambda s: pred([s.stores[0]], [date])),
+             ("input 'ds' row 0",)),
+        Case(f"ds {date} V2, 100 rows", "predictor", v2("predictor", lambda s: pred([s.stores[0]] * 100, [date] * 100)),
+             ("input 'ds' row 0",)),
+        Case(f"ds {date} V1", "predictor", v1("predictor", lambda s: {"instances": [
+            {"store_id": s.stores[0], "ds": date}]}), ("instances[0].ds",)),
+        Case(f"ds {date} CloudEvent", "predictor", ce("predictor", {}, lambda s: {"instances": [
+            {"store_id": s.stores[0], "ds": date}]}), ("instances[0].ds",)),
+        Case(f"ds {date} gRPC", "predictor", grpc_call("predictor", lambda s, pb: grpc_pred(
+            [s.stores[0].encode()], [d])(s, pb)), ("input 'ds' row 0",)),
+        Case(f"beginDate {date}", "transformer", v1("transformer", biz(beginDate=date, endDate=None)),
+             ("instances[0].beginDate",)),
+        Case(f"closedDays {date}", "transformer", v1("transformer", biz(closedDays=[date])),
+             ("instances[0].closedDays[0]",)),
+        Case(f"endDate {date} CloudEvent", "transformer", ce("transformer", {}, biz(endDate=date)),
+             ("instances[0].endDate",)),
+        Case(f"begin_date {date} V2", "transformer", v2("transformer", lambda s: [t("store_id", [s.stores[0]]), t(
+            "begin_date", [date])]), ("begin_date[0]",)),
+        Case(f"begin_date {date} gRPC", "transformer", grpc_call("transformer", lambda s, pb: pb.ModelInferRequest(
+            model_name=MODEL, inputs=[tensor(pb, "store_id", [s.stores[0].encode()]), tensor(pb, "begin_date", [d])])),
+             ("begin_date[0]",)),
+    ]
+
+
 # ---- the table ------------------------------------------------------------------------------------------
 def both(name: str, make: Callable[[str], Callable[[Served], tuple[int, str]]], words: tuple[str, ...] = (),
          statuses: tuple[int, ...] = (400,)) -> list[Case]:
@@ -332,6 +364,7 @@ CASES: list[Case] = [
         model_name=MODEL, inputs=[tensor(pb, "store_id", [s.stores[0].encode()]), tensor(pb, "ds", [
             s.day(1).encode()]), tensor(pb, "promo", [7], "INT32")])), ("promo",)),
     Case("gRPC ds beyond 2199", "predictor", grpc_call("predictor", grpc_pred([b"1"], [b"2999-01-01"])), ("2199",)),
+    *(case for date in EXTREME_DATES for case in extreme_date(date)),
 ]
 
 

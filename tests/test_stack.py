@@ -54,22 +54,25 @@ def test_single_store_window(stack: LocalStack) -> None:
     (p,) = r.json()["predictions"]
     assert p["request"] == {"store_id": "4", "begin_date": "2015-08-01", "end_date": "2015-08-07"}
     assert [row["timestamp"] for row in p["forecast"]] == [f"2015-08-0{d}T00:00:00" for d in range(1, 8)]
-    for row in p["forecast"]:
-        assert row["lower"] < row["value"] < row["upper"]
+    for row in p["forecast"]:  # 2015-08-02 is a Sunday: closed, 0
+        assert row["lower"] < row["value"] < row["upper"] if row["open"] else row["value"] == row["upper"] == 0
 
 
 def test_matches_the_predictor_v2_answer(stack: LocalStack) -> None:
-    """What the transformer returns is exactly what the predictor computes for those rows."""
-    days = ["2015-08-01", "2015-08-02", "2015-08-03"]
+    """What the transformer returns is exactly what the predictor computes for those rows, a closed day 0 (the
+    predictor keeps Prophet's number there, beside its open flag)."""
+    days = ["2015-08-01", "2015-08-02", "2015-08-03"]  # 08-02 is a Sunday: the synthetic stores are closed
     direct = httpx.post(f"{stack.predictors[0].url}/v2/models/storecast/infer", json={"inputs": [
         {"name": "store_id", "datatype": "BYTES", "shape": [3], "data": ["2", "2", "2"]},
-        {"name": "ds", "datatype": "BYTES", "shape": [3], "data": days}]}, timeout=30).json()
+        {"name": "ds", "datatype": "BYTES", "shape": [3], "data": days}], "outputs": [
+        {"name": n} for n in ("yhat", "yhat_lower", "yhat_upper", "open")]}, timeout=30).json()
     out = {o["name"]: o["data"] for o in direct["outputs"]}
+    assert out["open"] == [1, 0, 1] and out["yhat"][1] != 0
     (p,) = predict(stack, {"instances": [{"store_id": "2", "begin_date": days[0], "end_date": days[-1]}]}
                    ).json()["predictions"]
-    assert [r["value"] for r in p["forecast"]] == out["yhat"]
-    assert [r["lower"] for r in p["forecast"]] == out["yhat_lower"]
-    assert [r["upper"] for r in p["forecast"]] == out["yhat_upper"]
+    for key, name in (("value", "yhat"), ("lower", "yhat_lower"), ("upper", "yhat_upper")):
+        assert [r[key] for r in p["forecast"]] == [v if o else 0.0 for v, o in zip(out[name], out["open"],
+                                                                                    strict=True)]
 
 
 def test_days_the_store_is_usually_closed_are_marked(stack: LocalStack, synth_sales) -> None:

@@ -2,11 +2,12 @@
 
 V1 ``{"instances": [{"storeId", "beginDate", "endDate", "promoDays", "closedDays"}]}`` -> per store: the
 request echoed and its forecast rows (``timestamp``, ``value``, ``lower``, ``upper``, ``open``, ``promo``,
-``holiday``, ``calendar``); a day the calendar (or the request's what-if) says is closed is answered
-with 0 sales; ``open`` on a day beyond the calendar follows the store's weekday pattern (Prophet is
-fitted on open days, so on a usually closed day the value is an extrapolation). The answer carries
-``model_version``: the predictor version that answered. V2 inputs ``store_id``, ``begin_date``,
-``end_date`` -> the long-format outputs of ``serving.contract.TRANSFORMER_OUTPUTS`` (those requested).
+``holiday``, ``calendar``); ``open`` on a day beyond the calendar follows the store's weekday pattern.
+A closed day (``open`` false: by the calendar, the request's what-if, or the weekday pattern) is answered
+``value``, ``lower`` and ``upper`` 0 on every path (V1, V2 JSON / binary / gRPC, CloudEvents:
+``transformer.answer.zero_closed``). The answer carries ``model_version``: the predictor version that
+answered. V2 inputs ``store_id``, ``begin_date``, ``end_date`` -> the long-format outputs of
+``serving.contract.TRANSFORMER_OUTPUTS`` (those requested).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from serving import cloudevents
 from serving.budget import SMALL_ROWS, RowBudget, offload
 from serving.contract import TRANSFORMER_INPUTS, TRANSFORMER_OUTPUTS, names, to_day
 from serving.errors import ClientError
-from transformer.answer import v1_body, v2_columns
+from transformer.answer import FORECASTS, v1_body, v2_columns
+from transformer.ready import PredictorsReady
 from transformer.request import Limits, RequestError, StoreWindow, parse_columns, parse_v1, what_if
 from transformer.shards import FLAGS, FP64, OUTPUTS, Forecast, ShardRouter, ShardState, ShardWatch
 
@@ -58,22 +60,35 @@ class ForecastTransformer(Model):
     """Business forecast API in front of one or more predictor shards."""
 
     def __init__(self, name: str, router: ShardRouter, limits: Limits, watch: ShardWatch | None = None,
-                 budget: RowBudget | None = None) -> None:
+                 budget: RowBudget | None = None, predictors: PredictorsReady | None = None) -> None:
         super().__init__(name, return_response_headers=True)
         self.router, self.limits, self.watch = router, limits, watch
         self.budget = budget or RowBudget(0)
+        self.predictors = predictors
         self.data_end: int | None = None
         self.ready = False
         if watch is not None:
             watch.listeners.append(self._on_states)
 
     def load(self) -> bool:
+        """The transformer itself is ready at once; its readiness also waits for the predictors (``healthy``)."""
         self.ready = True
         return self.ready
 
     def start(self) -> None:
-        if self.watch is not None:
-            self.watch.start()
+        for thread in (self.watch, self.predictors):
+            if thread is not None:
+                thread.start()
+
+    async def healthy(self) -> bool:
+        """Model-level readiness (the probes): loaded, and every predictor shard answered ready when last asked
+        (``transformer.ready``); inference does not wait for it (``serving.dataplane``)."""
+        return self.ready and (self.predictors is None or self.predictors.ready)
+
+    def not_ready_reason(self) -> str | None:
+        if self.predictors is not None and not self.predictors.ready:
+            return self.predictors.reason
+        return None
 
     # ---- versions, metadata, metrics -------------------------------------------------------------
     def served_versions(self) -> None:
@@ -138,9 +153,8 @@ class ForecastTransformer(Model):
         """Ask the predictors for every window and build the answer, within the row budget."""
         if job.v2:
             asked = tuple(o for o in FP64 if o in job.outputs)
-            if any(o in V2_CALENDAR for o in job.outputs):
-                asked += (FLAGS,)
-            asked = asked or FP64[:1]
+            if not asked or any(o in V2_CALENDAR or o in FORECASTS for o in job.outputs):
+                asked += (FLAGS,)  # the calendar columns, and which days are closed (answered 0)
         else:
             asked = OUTPUTS
         ids = np.array([w.store_id for w in job.windows], dtype=object)

@@ -4,7 +4,8 @@ KServe's own flags (``--predictor_host``, ``--predictor_protocol``, ``--http_por
 ``--workers``, ...) plus :class:`~transformer.settings.TransformerSettings` (each also a
 ``STORECAST_*`` variable): ``--shards N`` with ``--predictor_host_template`` (``{k}`` = shard) or
 ``--predictor_hosts``, ``--max-days``, ``--max-stores``, ``--batch-rows``, ``--max-inflight``, ...
-gRPC V2 to the predictor is the default.
+gRPC V2 to the predictor is the default. The model is ready (``/v2/models/<name>/ready``, ...) only while
+every predictor shard answers ready (``transformer.ready``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     from serving.budget import RowBudget
     from serving.server import parse, serve
     from transformer.model import ForecastTransformer
+    from transformer.ready import PredictorsReady
     from transformer.shards import ShardRouter, ShardWatch
 
     settings = parse(COMPONENT, argv)
@@ -55,6 +57,6 @@ def main(argv: list[str] | None = None) -> None:
                          settings.batch_rows)
     limits = Limits(settings.max_days, settings.max_stores, settings.max_days_ahead)
     model = ForecastTransformer(k["model_name"], router, limits, ShardWatch(router, settings.watch_seconds),
-                                RowBudget.of(settings))
+                                RowBudget.of(settings), PredictorsReady(router))
     model.load()
     serve(COMPONENT, settings, [model])

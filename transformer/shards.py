@@ -7,8 +7,9 @@ arrays without Python lists. gRPC V2 (default) builds ``ModelInferRequest`` prot
 ``raw_input_contents`` directly on one ``grpc.aio`` channel per shard (reconnect backoff at most
 1 s, so a shard that comes back is used again within about a second), the answer read from
 ``raw_output_contents``; REST V2 posts the binary tensor extension on one keep-alive ``httpx``
-client per shard. A shard that is down, slow or broken is named in a ``ShardUnavailable`` (503 /
-UNAVAILABLE); a 4xx from a predictor (unknown store, another version) comes back as
+client per shard. Each call is bounded in all by the predictor timeout (a deadline over the whole
+call, not per read). A shard that is down, slow or broken is named in a ``ShardUnavailable`` (503 /
+UNAVAILABLE, with ``Retry-After``); a 4xx from a predictor (unknown store, another version) comes back as
 ``PredictorRejected`` with its status and message. :class:`ShardWatch` asks every shard now and
 then which version it serves, its data end and its stores (for metadata, metrics and the horizon check).
 """
@@ -234,21 +235,33 @@ class ShardRouter:
 
     async def _call(self, k: int, batch: Batch, request_id: str, outputs: tuple[str, ...],
                     version: str | None) -> tuple[dict[str, np.ndarray], str]:
+        """One predictor call, bounded in all by ``timeout`` (a predictor trickling its answer byte by byte
+        is cut off too, not only one that stays silent): past it, a 503 naming the shard and the timeout."""
         try:
-            return await self.clients[k].infer(batch, request_id, outputs, version)
+            async with asyncio.timeout(self.timeout):
+                return await self.clients[k].infer(batch, request_id, outputs, version)
+        except TimeoutError:  # before OSError, of which it is one
+            raise ShardUnavailable(k, self.hosts[k], self._late()) from None
         except grpc.aio.AioRpcError as err:
             code = err.code()
             if code == grpc.StatusCode.INVALID_ARGUMENT:
                 raise PredictorRejected(400, err.details() or "invalid input") from None
             if code == grpc.StatusCode.NOT_FOUND:
                 raise PredictorRejected(404, err.details() or "not found") from None
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise ShardUnavailable(k, self.hosts[k], self._late()) from None
             raise ShardUnavailable(k, self.hosts[k], f"{code.name}: {(err.details() or '')[:300]}") from None
+        except httpx.TimeoutException:
+            raise ShardUnavailable(k, self.hosts[k], self._late()) from None
         except _HttpStatus as err:
             if 400 <= err.status < 500:
                 raise PredictorRejected(err.status, str(err)) from None
             raise ShardUnavailable(k, self.hosts[k], f"HTTP {err.status}: {str(err)[:300]}") from None
         except (httpx.HTTPError, OSError, KeyError, ValueError, ServingError) as err:
             raise ShardUnavailable(k, self.hosts[k], f"{type(err).__name__}: {str(err)[:300]}") from None
+
+    def _late(self) -> str:
+        return f"no answer within {self.timeout:g} s (--predictor_request_timeout_seconds)"
 
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self.clients))

@@ -7,17 +7,17 @@ const COLORS = { line: "#1f6fb4", band: "rgba(31, 111, 180, 0.18)", actual: "#22
 const DAY = 86400;
 const fmt = (v) => (v === null || v === undefined ? "–" : Math.round(v).toLocaleString("en-US"));
 
-/** The series arrays of the chart (x in seconds, UTC midnight); nulls where nothing is drawn. */
+/** The series arrays of the chart (x in seconds, UTC midnight); nulls where nothing is drawn. The numbers are
+ * the API's: a closed day (shaded) is drawn at 0, as the API answers it, forecast and band alike. */
 export function series(rows) {
   const x = rows.map((r) => Date.parse(`${r.date}T00:00:00Z`) / 1000);
-  const drawn = (r, v) => (r.open ? v : null);
   return [
     x,
-    rows.map((r) => (r.past && r.actual !== null && r.actualOpen !== false ? r.actual : null)),
-    rows.map((r) => (r.past ? drawn(r, r.value) : null)),
-    rows.map((r) => (!r.past ? drawn(r, r.value) : null)),
-    rows.map((r) => drawn(r, r.lower)),
-    rows.map((r) => drawn(r, r.upper)),
+    rows.map((r) => (r.past && r.actual !== null ? r.actual : null)),
+    rows.map((r) => (r.past ? r.value : null)),
+    rows.map((r) => (!r.past ? r.value : null)),
+    rows.map((r) => r.lower),
+    rows.map((r) => r.upper),
   ];
 }
 
