@@ -52,13 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
                    or os.environ.get("MLFLOW_TRACKING_URI", ""),
                    help="MLflow registry (default $MLFLOW_TRACKING_URI); empty: no version or accuracy panel")
     p.add_argument("--sales", default=_env("sales", d.sales),
-                   help="sales file (Rossmann layout) for the recent actuals; re-read when it changes; empty: none")
+                   help="the sales store for the recent actuals, as the retrain service reads it (a file path or the "
+                        "artifact-proxy URL of its base): base plus appended parts, read again when they change; "
+                        "empty: none")
     p.add_argument("--registry-refresh-seconds", type=float,
                    default=float(_env("registry_refresh_seconds", d.registry_refresh_seconds)),
                    help="how often the alias is re-resolved (a new version's metrics are fetched once)")
     p.add_argument("--sales-check-seconds", type=float, default=float(_env("sales_check_seconds",
                                                                           d.sales_check_seconds)),
-                   help="at most this often the sales file is checked for a change")
+                   help="at most this often the sales store is asked whether it changed (a new part, a new base)")
     p.add_argument("--timeout-seconds", type=float, default=float(_env("timeout_seconds", d.timeout_seconds)),
                    help="upstream request timeout")
     p.add_argument("--key-ttl-seconds", type=float, default=float(_env("key_ttl_seconds", d.key_ttl_seconds)),

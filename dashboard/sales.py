@@ -1,26 +1,26 @@
-"""Recent actual sales per store from a sales file, read once and again only when the file changes.
+"""Recent actual sales per store, from the sales store the retrain service reads (base plus appended parts).
 
-``--sales`` is a path (re-read when its mtime or size changes) or an ``http(s)://`` URL, e.g. the
-sales table behind MLflow's artifact proxy as the retrain service reads it (fetched again at most
-once a minute, with ``If-None-Match``/``If-Modified-Since``, and parsed only when its bytes changed).
+``--sales`` is the store's location as everywhere else (``pipelines.sales_store.SalesStore``): a path,
+or the URL of the base behind MLflow's artifact proxy. Every ``--sales-check-seconds`` at most the store
+is asked whether anything changed (the base's mtime and size, or its ``ETag`` from one HEAD, and the
+listing of the parts: no data moves while nothing did); a new part or a new base is read and merged, so
+actuals appended with ``storecast data append`` or ``com.storecast.sales.appended`` show at the next reload.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 log = logging.getLogger("storecast.dashboard")
 KEEP_DAYS = 84  # the last 12 weeks of each store are kept; the page asks for 4 by default
-URL_CHECK_SECONDS = 60.0
 
 
 @dataclass
@@ -33,90 +33,62 @@ class Recent:
 
 
 class SalesCache:
-    """``--sales FILE``: the last ``KEEP_DAYS`` of each store, re-read when (mtime, size) changes."""
+    """``--sales STORE``: the last ``KEEP_DAYS`` of each store, worked out again when the store changed."""
 
-    def __init__(self, path: str, check_seconds: float = 5.0, keep_days: int = KEEP_DAYS) -> None:
-        self.url = path if path.startswith(("http://", "https://")) else ""
-        self.path = Path(path) if path and not self.url else None
+    def __init__(self, location: str, check_seconds: float = 5.0, keep_days: int = KEEP_DAYS) -> None:
+        from pipelines.sales_store import SalesStore
+
+        self.store = SalesStore(location) if location else None
         self.check_seconds, self.keep_days = check_seconds, keep_days
-        if self.url:
-            self.check_seconds = max(check_seconds, URL_CHECK_SECONDS)
-        self._key: tuple | None = None
-        self._validators: dict[str, str] = {}
-        self._checked = 0.0
+        self._seen: object | None = None  # the store's Sales object the current table came from
+        self._checked = -float("inf")
         self._lock = threading.Lock()
         self.recent = Recent()
 
     @property
     def enabled(self) -> bool:
-        return self.path is not None or bool(self.url)
+        return self.store is not None
 
     def get(self) -> Recent:
-        """The current table, re-read first if the file changed (checked at most every ``check_seconds``)."""
-        if not self.enabled:
+        """The current table, worked out again first if the store changed (asked at most every ``check_seconds``)."""
+        if self.store is None:
             return self.recent
-        now = time.monotonic()
-        if now - self._checked >= self.check_seconds:
+        if time.monotonic() - self._checked >= self.check_seconds:
             with self._lock:
-                if now - self._checked >= self.check_seconds:
+                if time.monotonic() - self._checked >= self.check_seconds:
                     self._refresh()
                     self._checked = time.monotonic()
         return self.recent
 
     def _refresh(self) -> None:
-        if self.url:
-            self._refresh_url()
-            return
-        try:
-            st = self.path.stat()
-        except OSError as exc:
-            self.recent = Recent(error=f"sales file {self.path.name}: {exc.strerror or exc}")
-            self._key = None
-            return
-        key = (st.st_mtime_ns, st.st_size)
-        if key == self._key:
-            return
-        self._key = key
-        self._load(self.path, self.path.name)
+        from pipelines.sales_store import SalesUnavailable
 
-    def _refresh_url(self) -> None:
-        import httpx
-
-        name = Path(self.url.split("?")[0]).name or "sales.csv"
-        try:
-            r = httpx.get(self.url, headers=self._validators, timeout=60, follow_redirects=True)
-            if r.status_code == 304:
-                return
-            r.raise_for_status()
-        except httpx.HTTPError as exc:  # keep the last table; the page shows the error
-            self.recent = Recent(self.recent.data_end, self.recent.stores, f"sales {name}: {exc}")
-            log.warning("cannot fetch %s: %s", name, exc)
-            return
-        self._validators = {h: r.headers[k] for h, k in (("if-none-match", "etag"),
-                                                          ("if-modified-since", "last-modified")) if k in r.headers}
-        key = (hashlib.sha256(r.content).hexdigest(),)
-        if key == self._key:
-            return
-        self._key = key
-        with tempfile.TemporaryDirectory(prefix="storecast-dashboard-") as tmp:
-            path = Path(tmp) / name
-            path.write_bytes(r.content)
-            self._load(path, name)
-
-    def _load(self, path: Path, name: str) -> None:
         t0 = time.perf_counter()
         try:
-            self.recent = self._read(path)
-        except (OSError, ValueError, EOFError) as exc:  # a bad file is reported, the old table is dropped
-            self.recent = Recent(error=f"sales file {name}: {exc}")
-            log.warning("cannot read %s: %s", name, exc)
-        log.info("sales %s read in %.2f s: %d stores up to %s", name, time.perf_counter() - t0,
-                 len(self.recent.stores), self.recent.data_end or "-")
+            sales = self.store.load()
+        except SalesUnavailable as exc:  # keep the last table; the page shows the error
+            self.recent = Recent(self.recent.data_end, self.recent.stores, self._short(str(exc)))
+            log.warning("%s", exc)
+            return
+        if sales is self._seen:
+            if self.recent.error:
+                self.recent = Recent(self.recent.data_end, self.recent.stores)
+            return
+        self.recent, self._seen = self._recent(sales.frame), sales
+        log.info("sales %s read in %.2f s (%d file(s)): %d stores up to %s", self._name(),
+                 time.perf_counter() - t0, len(sales.files), len(self.recent.stores), self.recent.data_end or "-")
 
-    def _read(self, path: Path) -> Recent:
-        from pipelines.data import read_sales
+    def _name(self) -> str:
+        return Path(self.store.location.split("?")[0]).name
 
-        df = read_sales(path)
+    def _short(self, message: str) -> str:
+        """An error without the folders of the server's disk or the store's host (the file name stays)."""
+        where = self.store.location.split("?")[0]
+        return message.replace(where.rpartition("/")[0] + "/", "")
+
+    def _recent(self, df: pd.DataFrame) -> Recent:
+        """The last ``keep_days`` days up to the last day with a sales figure (calendar rows are not actuals)."""
+        df = df[np.isfinite(df["Sales"].to_numpy(dtype=np.float64))]
         if df.empty:
             return Recent()
         end = df["Date"].max()
@@ -132,7 +104,7 @@ class SalesCache:
         return Recent(data_end=end.strftime("%Y-%m-%d"), stores=stores)
 
     def view(self, ids: list[str], days: int) -> dict:
-        """The answer of ``/api/sales``: each known store's last ``days`` days up to the file's end."""
+        """The answer of ``/api/sales``: each known store's last ``days`` days up to the store's end."""
         recent = self.get()
         days = max(1, min(days, self.keep_days))
         out, unknown = {}, []

@@ -1,29 +1,33 @@
-"""The sales store: where daily sales land and how the retrain service reads them.
+"""The sales store: where daily sales and calendars land, and the one reader of both.
 
 A store is one base table (the Rossmann layout, ``pipelines.data``) plus the days appended since,
-each append one immutable part file in ``<base>.parts/`` (``part-<UTC time>-<id>.csv.gz``). Reading
-merges the base and the parts in name order; a later row for the same (Store, Date) wins (a
-correction). The base is one of:
+each append one immutable part file in ``<base>.parts/`` (``part-<UTC time>-<id>.csv.gz``), and the
+calendars uploaded to it (``<base>.calendars/``, ``pipelines.store_objects``). Reading merges the base
+and the parts in name order; a later row for the same (Store, Date) wins (a correction). The base is one of:
 
 - a file path (``/data/sales/train.csv.gz``, e.g. on a PersistentVolumeClaim), parts in a folder beside it;
 - the URL of a file behind MLflow's artifact proxy
   (``http://mlflow:5000/api/2.0/mlflow-artifacts/artifacts/sales/train.csv.gz``): read with GET,
   parts listed with the proxy's list call and written with PUT, so the cluster needs no extra volume.
 
+Everyone who reads sales reads them here: the retrain service (jobs, the drift watch), ``storecast
+train``, ``storecast data append`` and the dashboard. ``load`` is cheap while nothing changed: it
+compares the base's (mtime, size) or, for a URL, its ``ETag``/``Last-Modified`` (one HEAD) and the
+parts' listing; a changed or new file is read alone and merged again, the others come from memory.
+
 Any failure to read is ``SalesUnavailable`` naming the file and the problem (missing, a directory,
 not gzip, truncated gzip, not a table, HTTP status); rows that cannot be trained on are ``BadSales``
-naming the rows (``validate_sales``).
+naming the rows (``validate_sales``); rows of stores the caller does not know are ``UnknownStores``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gzip
+import hashlib
+import stat
 import tempfile
 import threading
 import time
-import uuid
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,21 +35,33 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipelines import store_objects
 from pipelines.data import open_days, read_sales, write_sales
+from pipelines.store_objects import CalendarRefused, Objects, SalesUnavailable, describe, object_name
+from serving.contract import store_sort_key
+
+__all__ = ["BadSales", "CalendarRefused", "Sales", "SalesStore", "SalesUnavailable", "UnknownStores", "read_file",
+           "sales_problems", "validate_sales"]
 
 PARTS = ".parts"
-PROXY = "/api/2.0/mlflow-artifacts/artifacts"
 MAX_SALES = 1e9  # no store sells this much in a day
 ABSURD_FACTOR = 50.0  # a day above this many times the store's median open-day sales is a typo
 SHOW_ROWS = 5
 
 
-class SalesUnavailable(RuntimeError):
-    """The sales store cannot be read right now (answered 503; a job fails with this message)."""
-
-
 class BadSales(ValueError):
     """Sales rows that must not be trained on (negative, not finite, missing on an open day, absurd)."""
+
+
+class UnknownStores(BadSales):
+    """Sales rows naming stores the caller's version does not hold (refused unless kept on purpose)."""
+
+    def __init__(self, stores: list[str]) -> None:
+        self.stores = stores
+        more = f" (and {len(stores) - SHOW_ROWS} more)" if len(stores) > SHOW_ROWS else ""
+        super().__init__(f"sales rejected: {len(stores)} store(s) the version does not hold: "
+                         f"{', '.join(stores[:SHOW_ROWS])}{more}; nothing was written (--keep-unknown-stores "
+                         "keeps their rows for when those stores are trained)")
 
 
 @dataclass
@@ -55,27 +71,6 @@ class Sales:
     frame: pd.DataFrame
     last: dict[str, int]
     files: list[str] = field(default_factory=list)
-
-
-def describe(exc: BaseException) -> str:
-    """What is wrong with a file, in words (the exception types pandas, gzip and the OS raise)."""
-    if isinstance(exc, FileNotFoundError):
-        return "does not exist"
-    if isinstance(exc, IsADirectoryError):
-        return "is a directory, not a sales file"
-    if isinstance(exc, PermissionError):
-        return "permission denied"
-    if isinstance(exc, EOFError):
-        return "truncated gzip (the file ends before the end of its compressed stream)"
-    if isinstance(exc, gzip.BadGzipFile | zlib.error):
-        return f"not a valid gzip file ({exc})"
-    if isinstance(exc, UnicodeDecodeError):
-        return "not a text table (undecodable bytes)"
-    if isinstance(exc, pd.errors.EmptyDataError):
-        return "empty: no table in it"
-    if isinstance(exc, pd.errors.ParserError):
-        return f"not a CSV table ({str(exc).strip()[:200]})"
-    return f"{type(exc).__name__}: {str(exc)[:300]}"
 
 
 def read_file(path: Path, label: str | None = None) -> pd.DataFrame:
@@ -98,15 +93,18 @@ class SalesStore:
         self.location = location.removeprefix("file://")
         self.remote = self.location.startswith(("http://", "https://"))
         self.timeout = timeout
+        self.objects = Objects(self.location, timeout)
         self._lock = threading.Lock()
         self._key: Any = None
+        self._files: dict[str, tuple[Any, str | None, pd.DataFrame]] = {}  # name -> (change key, digest, frame)
+        self._inputs: list[pd.DataFrame] = []
         self._sales: Sales | None = None
         self.error: str | None = None
         self.checked: float | None = None
 
     # ---- reading ------------------------------------------------------------------------
     def load(self) -> Sales:
-        """The merged table (cached while no file changed); ``SalesUnavailable`` when it cannot be read."""
+        """The merged table (the same object while no file changed); ``SalesUnavailable`` when it cannot be read."""
         with self._lock:
             try:
                 sales = self._load()
@@ -119,48 +117,59 @@ class SalesStore:
     def _load(self) -> Sales:
         files = self._listing()
         key = tuple(files)
-        if self._sales is not None and key == self._key and all(k[1] is not None for k in key):
+        if self._sales is not None and key == self._key and all(k is not None for _, k in files):
             return self._sales
-        frames = [self._read(name) for name, _ in files]
-        frame = frames[0] if len(frames) == 1 else _merge(frames)
-        od = open_days(frame)
-        od = od[np.isfinite(od["y"].to_numpy())]
-        last = od.groupby("store_id")["ds"].max()
-        days = last.to_numpy().astype("datetime64[D]").astype(np.int64)
-        self._sales = Sales(frame, dict(zip(last.index, days.tolist(), strict=True)), [n for n, _ in files])
-        self._key = key
+        entries = {}
+        for name, k in files:
+            hit = self._files.get(name)
+            if hit is None or k is None or hit[0] != k:
+                digest, frame = self._read(name, hit)
+                hit = (k, digest, frame)
+            entries[name] = hit
+        inputs = [e[2] for e in entries.values()]
+        if self._sales is None or len(inputs) != len(self._inputs) or \
+                any(a is not b for a, b in zip(inputs, self._inputs, strict=True)):
+            frame = inputs[0] if len(inputs) == 1 else _merge(inputs)
+            od = open_days(frame)
+            od = od[np.isfinite(od["y"].to_numpy())]
+            last = od.groupby("store_id")["ds"].max()
+            days = last.to_numpy().astype("datetime64[D]").astype(np.int64)
+            self._sales = Sales(frame, dict(zip(last.index, days.tolist(), strict=True)), list(entries))
+            self._inputs = inputs
+        self._files, self._key = entries, key
         return self._sales
 
     def _listing(self) -> list[tuple[str, Any]]:
         """(file, change key or None when unknown) of the base and every part, in merge order."""
-        if not self.remote:
-            base = Path(self.location)
-            try:
-                st = base.stat()
-            except OSError as exc:
-                raise SalesUnavailable(f"sales file {base}: {describe(exc)}") from None
-            if base.is_dir():
-                raise SalesUnavailable(f"sales file {base}: is a directory, not a sales file")
-            out = [(str(base), (st.st_mtime_ns, st.st_size))]
-            parts = Path(self.location + PARTS)
-            if parts.is_dir():
-                for p in sorted(parts.glob("part-*")):
-                    s = p.stat()
-                    out.append((str(p), (s.st_mtime_ns, s.st_size)))
-            return out
-        size = self._remote_sizes(self._proxy_path(self.location).rpartition("/")[0]).get(
-            self.location.rpartition("/")[2]) if self._proxy_path(self.location) is not None else None
-        out = [(self.location, size)]
-        parts_path = self._proxy_path(self.location + PARTS)
-        if parts_path is not None:
-            for name, sz in sorted(self._remote_sizes(parts_path).items()):
-                if name.startswith("part-"):
-                    out.append((f"{self.location}{PARTS}/{name}", sz))
-        return out
+        parts = sorted((n, k) for n, k in self.objects.listing(PARTS).items() if n.startswith("part-"))
+        folder = f"{self.location}{PARTS}/" if self.remote else str(Path(self.location + PARTS)) + "/"
+        return [(self.location, self._base_key()), *((folder + n, k) for n, k in parts)]
 
-    def _read(self, name: str) -> pd.DataFrame:
+    def _base_key(self) -> Any:
+        """(mtime, size) of the base file; for a URL its validators from one HEAD (None: the server gives none)."""
         if not self.remote:
-            return read_file(Path(name))
+            try:
+                st = Path(self.location).stat()
+            except OSError as exc:
+                raise SalesUnavailable(f"sales file {self.location}: {describe(exc)}") from None
+            if stat.S_ISDIR(st.st_mode):
+                raise SalesUnavailable(f"sales file {self.location}: is a directory, not a sales file")
+            return st.st_mtime_ns, st.st_size
+        import httpx
+
+        try:
+            r = httpx.head(self.location, timeout=self.timeout, follow_redirects=True)
+        except httpx.HTTPError as exc:
+            raise SalesUnavailable(f"sales file {self.location}: unreachable ({type(exc).__name__}: {exc})") from None
+        if r.status_code == 404:
+            raise SalesUnavailable(f"sales file {self.location}: does not exist (HTTP 404)")
+        found = tuple(r.headers.get(h) for h in ("etag", "last-modified", "content-length"))
+        return found if r.status_code < 400 and (found[0] or found[1]) else None
+
+    def _read(self, name: str, hit: tuple[Any, str | None, pd.DataFrame] | None) -> tuple[str | None, pd.DataFrame]:
+        """(digest, frame) of one file; a URL whose bytes did not change keeps the frame it had."""
+        if not self.remote:
+            return None, read_file(Path(name))
         import httpx
 
         try:
@@ -171,63 +180,51 @@ class SalesStore:
             raise SalesUnavailable(f"sales file {name}: does not exist (HTTP 404)")
         if r.status_code >= 400:
             raise SalesUnavailable(f"sales file {name}: HTTP {r.status_code} {r.text[:200]}")
+        digest = hashlib.sha256(r.content).hexdigest()
+        if hit is not None and hit[1] == digest:
+            return digest, hit[2]
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / (name.split("?")[0].rpartition("/")[2] or "sales.csv")
             path.write_bytes(r.content)
-            return read_file(path, name)
-
-    def _proxy_path(self, url: str) -> str | None:
-        """The artifact path of a URL behind MLflow's artifact proxy (None for another server)."""
-        _, sep, tail = url.partition(PROXY + "/")
-        return tail.strip("/") if sep else None
-
-    def _remote_sizes(self, path: str) -> dict[str, int | None]:
-        """name -> size of the files in an artifact-proxy folder ({} when it does not exist)."""
-        import httpx
-
-        root = self.location.partition(PROXY)[0] + PROXY
-        try:
-            r = httpx.get(root, params={"path": path}, timeout=self.timeout)
-        except httpx.HTTPError as exc:
-            raise SalesUnavailable(f"sales store {self.location}: unreachable ({type(exc).__name__}: {exc})") from None
-        if r.status_code >= 400:
-            raise SalesUnavailable(f"sales store {root}?path={path}: HTTP {r.status_code} {r.text[:200]}")
-        files = r.json().get("files", []) if r.content else []
-        return {f["path"].rpartition("/")[2]: f.get("file_size") for f in files if not f.get("is_dir")}
+            return digest, read_file(path, name)
 
     # ---- writing ------------------------------------------------------------------------
-    def append(self, rows: pd.DataFrame, tag: str | None = None) -> str:
-        """Validate ``rows`` (against the store's history) and write them as a new part; returns its name."""
-        current = self.load()
-        validate_sales(rows, reference=current.frame)
-        now = time.time()
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{int(now * 1e6) % 1_000_000:06d}Z"
-        safe = "".join(c for c in (tag or uuid.uuid4().hex) if c.isalnum())[:16] or uuid.uuid4().hex[:16]
-        name = f"part-{stamp}-{safe}.csv.gz"
-        with tempfile.TemporaryDirectory() as tmp:
-            local = write_sales(rows, Path(tmp) / name)
-            if not self.remote:
-                folder = Path(self.location + PARTS)
-                target = folder / name
-                tmp_target = folder / f".{name}.tmp"
-                try:
-                    folder.mkdir(parents=True, exist_ok=True)
-                    tmp_target.write_bytes(local.read_bytes())
-                    tmp_target.replace(target)  # atomic: a reader sees the whole part or none
-                except OSError as exc:  # full disk, read-only volume, ...
-                    tmp_target.unlink(missing_ok=True)
-                    raise SalesUnavailable(f"sales store {folder}: cannot write {name}: {describe(exc)}") from None
-                return str(target)
-            import httpx
+    def append(self, rows: pd.DataFrame, known: Any = None, keep_unknown: bool = False, tag: str | None = None) -> str:
+        """Validate ``rows`` and write them as a new part; returns its path or URL.
 
-            url = f"{self.location}{PARTS}/{name}"
-            try:
-                r = httpx.put(url, content=local.read_bytes(), timeout=self.timeout)
-            except httpx.HTTPError as exc:
-                raise SalesUnavailable(f"sales store {url}: unreachable ({exc})") from None
-            if r.status_code >= 400:
-                raise SalesUnavailable(f"sales store {url}: upload failed, HTTP {r.status_code} {r.text[:200]}")
-            return url
+        ``known``: the stores of the caller's version (None: not checked). Rows of a store neither in it
+        nor already in this store's history are refused with ``UnknownStores`` and nothing is written;
+        ``keep_unknown=True`` stores them anyway (they are trained when those stores first are). Every
+        row is checked against the store's history (``validate_sales``).
+        """
+        current = self.load()
+        if known is not None and not keep_unknown:
+            have = {str(s) for s in known} | set(current.frame["Store"].unique().tolist())
+            unknown = sorted(set(rows["Store"].astype(str).unique().tolist()) - have, key=store_sort_key)
+            if unknown:
+                raise UnknownStores(unknown)
+        validate_sales(rows, reference=current.frame)
+        name = object_name("part", tag)
+        with tempfile.TemporaryDirectory() as tmp:
+            data = write_sales(rows, Path(tmp) / name).read_bytes()
+        return self.objects.put(PARTS, name, data)
+
+    # ---- calendars (pipelines.store_objects) -----------------------------------------------
+    def put_calendar(self, frame: pd.DataFrame) -> str:
+        """Store a calendar (``pipelines.calendar.read_calendar``'s frame) as a new object; returns its ref."""
+        return store_objects.put_calendar(self.objects, frame)
+
+    def read_calendar(self, ref: str) -> pd.DataFrame:
+        """The calendar ``ref`` through the bounded reader: ``CalendarRefused`` (400) or ``SalesUnavailable`` (503)."""
+        return store_objects.read_calendar(self.objects, ref)
+
+    def calendar_refs(self) -> list[str]:
+        """The refs of the store's calendars, oldest first."""
+        return store_objects.calendar_refs(self.objects)
+
+    def read_calendars(self, refs: list[str] | None = None) -> pd.DataFrame | None:
+        """Calendars ``refs`` (default: all, oldest first) as one, a later upload winning on a store-day; None: none."""
+        return store_objects.read_calendars(self.objects, refs)
 
     def health(self) -> dict[str, Any]:
         """Whether the store could be read the last time (re-checked now when it never was)."""

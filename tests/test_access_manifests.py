@@ -39,6 +39,7 @@ EXAMPLE = ROOT / "config" / "auth.example.yaml"
 # What each Trigger delivers and the permission it needs at the subscriber.
 NEEDS = {"com.storecast.forecast.requested": {"forecast"}, "dev.knative.kafka.event": {"forecast"},
          "com.storecast.sales.appended": {"retrain"},  # new actual sales (issue 14)
+         "com.storecast.calendar.updated": {"retrain"},  # a calendar of the sales store pushed (issue 21)
          "com.storecast.retrain.requested": {retrain_permission(["4"])}, "dev.knative.sources.ping": {"retrain"}}
 
 
@@ -61,30 +62,71 @@ def oidc_subject(trigger: dict) -> str:
     return f"system:serviceaccount:{trigger['metadata']['namespace']}:{name.lower()}"
 
 
+UPLOADER = "storecast-uploader"
+UPLOADS = ("com.storecast.sales.appended", "com.storecast.calendar.updated")
+
+
+def policies(docs: list[dict]) -> dict[str, dict]:
+    return {p["metadata"]["name"]: p for p in find(docs, POLICY)}
+
+
+def passes(filters: list[dict], attributes: dict[str, str]) -> bool:
+    """Knative's SubscriptionsAPI filters (the dialects used here: exact, any); all of them must pass."""
+    def one(f: dict) -> bool:
+        assert set(f) <= {"exact", "any"}, f"a dialect this test cannot evaluate: {set(f)}"
+        ok = all(attributes.get(k) == v for k, v in f.get("exact", {}).items())
+        return ok and (any(one(g) for g in f["any"]) if "any" in f else True)
+    return all(one(f) for f in filters)
+
+
 @by_target
 def test_event_policy_validates_and_admits_only_senders_of_the_rendered_set(target):
     docs = render(target)
-    [policy] = find(docs, POLICY)
-    assert not schema_errors(policy)
-    spec = policy["spec"]
-    assert [gk({"apiVersion": t["ref"]["apiVersion"], "kind": t["ref"]["kind"]}) for t in spec["to"]] == \
-        [("eventing.knative.dev", "Broker")]
-    assert resolves(docs, spec["to"][0]["ref"], NAMESPACE)
+    found = policies(docs)
+    assert set(found) == {"storecast-broker", "storecast-broker-uploads"}
+    for policy in found.values():
+        assert not schema_errors(policy)
+        spec = policy["spec"]
+        assert [gk({"apiVersion": t["ref"]["apiVersion"], "kind": t["ref"]["kind"]}) for t in spec["to"]] == \
+            [("eventing.knative.dev", "Broker")]
+        assert resolves(docs, spec["to"][0]["ref"], NAMESPACE)
+    spec = found["storecast-broker"]["spec"]
     senders = {(f["ref"]["kind"], f["ref"]["name"]) for f in spec["from"]}
     assert senders == {("PingSource", "storecast-nightly"), ("SinkBinding", "storecast-retrain"),
                        ("Trigger", "storecast-forecast-requested")}
     assert all("sub" not in f for f in spec["from"]), "no free-form subjects: only objects of these manifests"
     for f in spec["from"]:
         assert resolves(docs, f["ref"], NAMESPACE), f["ref"]
+    assert "filters" not in spec
+
+
+@by_target
+def test_uploaders_may_announce_sales_and_calendars_and_nothing_else(target):
+    """The second policy admits one identity, a ServiceAccount of these manifests, for the two upload types."""
+    docs = render(target)
+    spec = policies(docs)["storecast-broker-uploads"]["spec"]
+    assert spec["from"] == [{"sub": f"system:serviceaccount:{NAMESPACE}:{UPLOADER}"}]
+    [account] = [a for a in find(docs, ("", "ServiceAccount")) if a["metadata"]["name"] == UPLOADER]
+    assert account["automountServiceAccountToken"] is False
+    for kind in UPLOADS:
+        assert passes(spec["filters"], {"type": kind, "source": "storecast.cli"}), kind
+    for kind in ("com.storecast.retrain.requested", "dev.knative.sources.ping", "com.storecast.forecast.requested",
+                 "com.storecast.model.registered", "com.storecast.rollout.promoted", "com.storecast.sales.appended.x"):
+        assert not passes(spec["filters"], {"type": kind}), kind
+    routed = {t["spec"]["filter"]["attributes"]["type"] for t in find(docs, TRIGGER)}
+    assert set(UPLOADS) <= routed, "an upload the uploader may announce must reach the retrain service"
 
 
 def test_event_policy_schema_is_strict():
-    [policy] = find(render("base"), POLICY)
+    policy = policies(render("base"))["storecast-broker"]
     policy["spec"]["form"] = policy["spec"].pop("from")  # misspelt
     assert schema_errors(policy)
-    [policy] = find(render("base"), POLICY)
+    policy = policies(render("base"))["storecast-broker"]
     policy["spec"]["from"][0]["ref"]["nmae"] = "x"
     assert schema_errors(policy)
+    uploads = policies(render("base"))["storecast-broker-uploads"]
+    uploads["spec"]["filters"][0]["anyy"] = uploads["spec"]["filters"][0].pop("any")
+    assert schema_errors(uploads)
 
 
 @by_target

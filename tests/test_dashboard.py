@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
+import pandas as pd
 import psutil
 import pytest
 import yaml
@@ -21,6 +23,7 @@ from dashboard.config import parse
 from pipelines.data import write_sales
 from pipelines.stack import Service, free_port
 from pipelines.synth import synthesize
+from tests.conftest import run_cli
 from tests.helpers_dashboard import ROOT, FakeUpstream, start_dashboard, stop_service
 
 TESTIDS = ("login-key", "login-submit", "store-search", "store-list", "forecast-chart", "forecast-table",
@@ -197,6 +200,34 @@ def test_a_changed_sales_file_is_read_again(dash: Service, sales_file: Path) -> 
     assert httpx.get(url, headers={"x-api-key": "fresh"}).json()["data_end"] == "2015-04-30"
     write_sales(synthesize(3, seed=5, start="2015-01-01", end="2015-05-03"), sales_file)
     assert httpx.get(url, headers={"x-api-key": "fresh"}).json()["data_end"] == "2015-05-03"
+
+
+def test_appended_actuals_show_at_the_next_reload(dash: Service, sales_file: Path, tmp_path: Path) -> None:
+    """Days appended with `storecast data append` (parts beside the base) reach /api/sales: the chart's actuals
+    and the last seven days the page's "change against last week" is worked out from."""
+    httpx.post(f"{dash.url}/api/session", headers={"x-api-key": "fresh"})
+    url = f"{dash.url}/api/sales?stores=1,2,3&days=7"
+    before = httpx.get(url, headers={"x-api-key": "fresh"}).json()
+    end = np.datetime64(before["data_end"])
+    new = pd.DataFrame({"Store": ["1", "2", "3"] * 2, "Date": [str(end + 1)] * 3 + [str(end + 2)] * 3,
+                        "Sales": [4001.0, 4002.0, 4003.0, 4101.0, 4102.0, 4103.0], "Open": 1})
+    correction = pd.DataFrame({"Store": ["1"], "Date": [str(end)], "Sales": [3999.0], "Open": [1]})
+    base = sales_file.read_bytes()
+    for i, rows in enumerate((new, correction)):
+        write_sales(rows.assign(Date=pd.to_datetime(rows["Date"])), tmp_path / f"day{i}.csv")
+        run_cli("data", "append", "--data", str(tmp_path / f"day{i}.csv"), "--sales", str(sales_file), cwd=tmp_path)
+    assert len(list(Path(f"{sales_file}.parts").glob("part-*.csv.gz"))) == 2 and sales_file.read_bytes() == base
+    after = httpx.get(url, headers={"x-api-key": "fresh"}).json()
+    assert after["data_end"] == str(end + 2) and "error" not in after, after
+    for k, store in enumerate(("1", "2", "3")):
+        got, old = after["stores"][store], before["stores"][store]
+        assert got["dates"][-2:] == [str(end + 1), str(end + 2)]
+        assert got["sales"][-2:] == [4001.0 + k, 4101.0 + k]
+        # the last week the page compares against: the five old days still there, then the two appended
+        expected = [*old["sales"][2:], 4001.0 + k, 4101.0 + k]
+        if store == "1":
+            expected[-3] = 3999.0  # the correction, a later part, wins
+        assert got["sales"] == expected and sum(got["sales"]) != sum(old["sales"])
 
 
 def test_the_page_its_headers_and_the_vendored_chart_library(dash: Service) -> None:

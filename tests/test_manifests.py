@@ -359,8 +359,11 @@ def test_triggers_route_each_event_type(target):
                                                            if k != "audience"}  # test_access_manifests.py
               for t in find(docs, TRIGGER)}
     retrain = {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "storecast-retrain"}
-    assert routes["com.storecast.retrain.requested"] == {"ref": retrain}
-    assert routes["dev.knative.sources.ping"] == {"ref": retrain}
+    from pipelines import events
+
+    # every type the retrain service acts on reaches it: a new calendar is announced like new sales
+    for kind in (events.RETRAIN_REQUESTED, events.PING, events.SALES_APPENDED, events.CALENDAR_UPDATED):
+        assert routes[kind] == {"ref": retrain}, kind
     assert routes["com.storecast.forecast.requested"] == {
         "ref": {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "name": "storecast"},
         "uri": PREDICT_URI}
@@ -404,9 +407,13 @@ def test_rbac_is_least_privilege(target):
     [binding] = find(docs, ("rbac.authorization.k8s.io", "RoleBinding"))
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                                   "name": role["metadata"]["name"]}
-    [account] = find(docs, ("", "ServiceAccount"))
+    accounts = {a["metadata"]["name"]: a for a in find(docs, ("", "ServiceAccount"))}
+    account = accounts.pop("storecast-retrain")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"],
                                     "namespace": NAMESPACE}]
+    # The other account is the uploaders' identity for the Broker (components/auth): bound to nothing, no token
+    assert list(accounts) == ["storecast-uploader"] and accounts["storecast-uploader"][
+        "automountServiceAccountToken"] is False
     # Only the retrain service runs as that account; no other pod even mounts a token.
     for label, spec, container in workloads(docs):
         if container["args"][0] == "retrain":

@@ -2,7 +2,8 @@
 
 The overlay renders with ``kubectl kustomize``; its RayJob validates against the KubeRay v1.7.0
 CRD schema (schemas/ray.io), is the document ``pipelines.rayjob.build_rayjob`` writes, runs a
-``storecast train`` that the CLI accepts against the in-cluster MLflow on an ephemeral cluster, with
+``storecast train`` that the CLI accepts against the in-cluster MLflow on an ephemeral cluster (with
+the calendars uploaded to the sales store, issue 21), with
 sized, non-root pods that the NetworkPolicies cover; the rest of the overlay is base unchanged.
 The general checks of tests/test_manifests.py (namespace, RBAC, secrets, ...) run on it too.
 """
@@ -19,6 +20,7 @@ from pipelines.cli import build_parser
 from tests.test_manifests import NAMESPACE, _quantity, _selects, find, gk, one, render, schema_errors, workloads
 
 TARGET = "overlays/ray"
+FIRST_CALENDAR = ("--calendar-ref", "all")  # every calendar uploaded to the sales store (issue 21)
 RAYJOB = ("ray.io", "RayJob")
 
 
@@ -55,8 +57,8 @@ def test_rayjob_validates_and_validation_is_strict():
 def test_rayjob_is_what_the_builder_writes():
     job = the_rayjob()
     image = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]
-    assert job == rayjob.build_rayjob("storecast-train", image=image, command=rayjob.entrypoint(alias="champion"),
-                                      namespace=NAMESPACE)
+    command = rayjob.entrypoint(alias="champion", extra=FIRST_CALENDAR)
+    assert job == rayjob.build_rayjob("storecast-train", image=image, command=command, namespace=NAMESPACE)
 
 
 def test_rayjob_trains_against_the_in_cluster_mlflow():
@@ -71,6 +73,8 @@ def test_rayjob_trains_against_the_in_cluster_mlflow():
     assert args.tracking_uri == mlflow
     [retrain] = [c for _, _, c in workloads(docs) if c["args"][0] == "retrain"]
     assert args.data == retrain["args"][retrain["args"].index("--data") + 1], "not the retrain service's sales table"
+    # the first version takes the calendars uploaded to that sales store (`storecast calendar upload --sales`)
+    assert args.calendar_ref == "all" and args.calendar is None
 
 
 def test_cluster_is_deleted_when_the_job_ends():
