@@ -1,4 +1,5 @@
-"""``storecast calendar push``: a new calendar served without a refit; and ``export --begin/--end``."""
+"""``storecast calendar push`` (a new calendar served without a refit), ``calendar upload`` (a calendar into the
+sales store), and ``export --begin/--end``."""
 
 from __future__ import annotations
 
@@ -16,14 +17,19 @@ def cmd_push(args: argparse.Namespace) -> int:
     from pipelines.calendar_push import main_push
 
     out = main_push(args.calendar, tracking_uri=args.tracking_uri, model_name=args.model_name, alias=args.alias,
-                    version=args.version, move_alias=not args.no_alias)
+                    version=args.version, move_alias=not args.no_alias, keep_unknown=args.keep_unknown_stores)
     if args.json:
         print(json.dumps(out))
     else:
         moved = "" if args.no_alias else f", alias {args.alias} moved"
+        again = f" (laid over version {out['parent_version']} after {out['retries']} retries: another writer moved " \
+                "the alias)" if out["retries"] else ""
         print(f"registered {out['model_uri']} from version {out['parent_version']}: {out['days']} calendar days "
               f"for {out['stores_changed']} of {out['stores']} stores (calendar to {out['calendar_end']}){moved} "
-              f"in {out['seconds']} s")
+              f"in {out['seconds']} s{again}")
+        if out["pending"]:
+            print(f"kept the rows of {len(out['pending'])} store(s) the version does not hold, for when they are "
+                  f"trained: {', '.join(out['pending'][:10])}")
     return 0
 
 
@@ -61,6 +67,32 @@ def export_window_cmd(args: argparse.Namespace, model_json: str) -> int:
     return 0
 
 
+def cmd_upload(args: argparse.Namespace) -> int:
+    """``calendar upload FILE --sales STORE``: the calendar stored in the sales store, its ref on stdout."""
+    from pipelines import events
+    from pipelines.calendar import read_calendar
+    from pipelines.cli_data import send_event
+    from pipelines.sales_store import SalesStore, SalesUnavailable
+
+    try:
+        frame = read_calendar(args.file)
+        ref = SalesStore(args.sales).put_calendar(frame)
+    except SalesUnavailable as exc:
+        print(f"calendar upload: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # not a calendar, no rows, over the size limit: named, nothing stored
+        print(f"calendar upload: {exc}", file=sys.stderr)
+        return 2
+    first, last = f"{frame['Date'].min():%Y-%m-%d}", f"{frame['Date'].max():%Y-%m-%d}"
+    out = {"calendar": ref, "rows": len(frame), "stores": int(frame["Store"].nunique()), "first": first, "last": last}
+    print(json.dumps(out) if args.json else ref)
+    print(f"stored {out['rows']} calendar rows of {out['stores']} stores ({first} to {last}) as {ref}", file=sys.stderr)
+    if not args.url:
+        return 0
+    return send_event(args.url, events.CALENDAR_UPDATED, {"calendar": ref},
+                      args.api_key or os.environ.get("STORECAST_API_KEY"), "calendar upload")
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("calendar", help="the retail calendar of a model version")
     cs = c.add_subparsers(dest="calendar_command", required=True)
@@ -72,5 +104,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alias", default="champion", help="the alias whose version gets the calendar, and is moved")
     p.add_argument("--version", help="derive from this version instead of the alias's")
     p.add_argument("--no-alias", action="store_true", help="register only; move no alias")
+    p.add_argument("--keep-unknown-stores", action="store_true",
+                   default=os.environ.get("STORECAST_KEEP_UNKNOWN_STORES", "").lower() in ("1", "true", "yes"),
+                   help="keep the rows of stores the version does not hold (pending, applied when they are first "
+                        "trained) instead of refusing the calendar (env STORECAST_KEEP_UNKNOWN_STORES)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=cmd_push)
+    from pipelines.cli_data import add_event_arguments
+
+    u = cs.add_parser("upload", help="store a calendar file in the sales store; prints its ref (what "
+                      "com.storecast.calendar.updated and `storecast train --calendar-ref` name)")
+    u.add_argument("file", help="test.csv layout: Store, Date, Open, Promo, StateHoliday, SchoolHoliday "
+                                "(.csv, .csv.gz, .parquet)")
+    u.add_argument("--sales", required=True, help="the sales store (a path, or the artifact-proxy URL the retrain "
+                   "service reads); the calendar goes to <base>.calendars/")
+    u.add_argument("--url", help="retrain service (or Broker) URL: also send com.storecast.calendar.updated "
+                   "{\"calendar\": REF} (its answer follows on stdout)")
+    u.add_argument("--json", action="store_true", help="print one JSON line (calendar, rows, stores, first, last) "
+                   "instead of the bare ref")
+    add_event_arguments(u)
+    u.set_defaults(func=cmd_upload)

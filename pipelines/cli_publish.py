@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 # train flags that are FitConfig fields: with --parent, those given explicitly override the inherited ones
@@ -24,6 +26,10 @@ def add_arguments(t: argparse.ArgumentParser) -> None:
                    help="share of the evaluated stores that must pass their holdout gate for the alias to move")
     t.add_argument("--gate-plausible-factor", type=float, default=3.0,
                    help="a forecast above this times the store's highest day of the last year fails the gate")
+    t.add_argument("--keep-unknown-stores", action="store_true",
+                   default=os.environ.get("STORECAST_KEEP_UNKNOWN_STORES", "").lower() in ("1", "true", "yes"),
+                   help="keep --calendar rows of stores neither in the version nor in the data (pending, applied when "
+                        "they are first trained) instead of refusing them (env STORECAST_KEEP_UNKNOWN_STORES)")
 
 
 def _overrides(args: argparse.Namespace, parser_defaults: dict[str, Any]) -> dict[str, Any]:
@@ -34,7 +40,7 @@ def _overrides(args: argparse.Namespace, parser_defaults: dict[str, Any]) -> dic
 def train_via_publish(args: argparse.Namespace) -> int:
     from pipelines.calendar import read_calendar
     from pipelines.fitting import PROPHET_DEFAULTS, FitConfig
-    from pipelines.publish import GatePolicy, PublishError, download_parent, publish
+    from pipelines.publish import GatePolicy, PublishError, download_parent, publish, trainable
     from pipelines.registry import Registry, RegistryUnavailable, prepare, tracking_uri
     from pipelines.sales_store import BadSales, SalesStore, SalesUnavailable
 
@@ -57,6 +63,12 @@ def train_via_publish(args: argparse.Namespace) -> int:
     except SalesUnavailable as exc:
         print(str(exc), file=sys.stderr)
         return 2
+    try:
+        if not args.parent:
+            trainable(sales)  # before the registry is touched: one line, nothing registered
+    except PublishError as exc:
+        print(f"train failed: {exc}", file=sys.stderr)
+        return 1
     calendar = read_calendar(args.calendar) if args.calendar else None
     registry = Registry(args.tracking_uri, args.model_name)
 
@@ -72,9 +84,10 @@ def train_via_publish(args: argparse.Namespace) -> int:
     tmp = None
     try:
         champion = None
+        parent_ref = args.parent if not args.parent or args.parent.startswith("@") or args.parent.isdigit() \
+            else "@" + args.parent
         if args.parent:
-            parent, tmp = download_parent(registry, args.parent if args.parent.startswith("@") or
-                                          args.parent.isdigit() else "@" + args.parent)
+            parent, tmp = download_parent(registry, parent_ref)
             if parent is None:
                 print(f"--parent {args.parent}: no such alias of {args.model_name}", file=sys.stderr)
                 return 2
@@ -83,13 +96,17 @@ def train_via_publish(args: argparse.Namespace) -> int:
             if args.alias == "champion":  # the version this one would replace: none of its stores dropped unlisted
                 mv = registry.alias("champion")
                 champion = registry.table(str(mv.version)) if mv is not None else None
+        follow = parent_ref[1:] if args.parent and parent_ref.startswith("@") else None
         with contextlib.redirect_stdout(sys.stderr):  # MLflow prints run links; stdout is for --json
             pub = publish(sales, registry, stores=stores, parent=parent, config=cfg,
                           overrides=_overrides(args, _defaults()) if parent else None,
                           gate=GatePolicy(args.gate_min_pass_share, args.gate_plausible_factor),
                           alias=args.alias, force=args.force, drop=args.drop_stores, champion=champion,
                           workers=args.workers, progress=not args.no_progress, calendar=calendar,
-                          backend=args.backend, ray_address=args.ray_address, while_fitting=warm_registry)
+                          backend=args.backend, ray_address=args.ray_address, while_fitting=warm_registry,
+                          parent_alias=follow, keep_unknown=args.keep_unknown_stores,
+                          calendar_source=f"file {Path(args.calendar).name}" if args.calendar else "",
+                          reason="storecast train" + (f" --parent {args.parent}" if args.parent else ""))
     except (BadSales, PublishError, RegistryUnavailable, ValueError) as exc:
         print(f"train failed: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, BadSales) else 1
@@ -112,6 +129,7 @@ def train_via_publish(args: argparse.Namespace) -> int:
         "metrics": {k: (round(v, 6) if isinstance(v, float) else v) for k, v in result.summary.items()},
         "tracking_uri": tracking_uri(args.tracking_uri), "alias": pub.alias, "parent_version": pub.parent_version,
         "refitted": len(pub.refitted), "gate": {"passed": gate.passed, "reasons": gate.reasons},
+        "retries": pub.retries, "pending_calendar_stores": pub.pending, "lineage": pub.lineage,
     }
     if args.json:
         print(json.dumps(out))
@@ -124,6 +142,12 @@ def train_via_publish(args: argparse.Namespace) -> int:
               f"gate failed: {s['gate_failed']} of {s['stores_evaluated']} evaluated")
         for f in pub.failed:
             print(f"skipped store {f['store_id']}: {f['reason']}")
+        if pub.retries:
+            print(f"derived again from version {pub.parent_version} ({pub.retries} retries): another writer moved "
+                  "the alias first")
+        if pub.pending:
+            print(f"kept the calendar rows of {len(pub.pending)} store(s) not in this version, for when they are "
+                  f"trained: {', '.join(pub.pending[:10])}")
     if args.alias and not gate.passed:
         print(f"the version failed the gate, alias {args.alias} not moved: {'; '.join(gate.reasons)}", file=sys.stderr)
         return 1

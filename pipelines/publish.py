@@ -1,25 +1,27 @@
-"""One publish step for training and retraining: data -> fit -> evaluate -> gate -> register -> alias.
+"""One publish step for training and retraining: data -> fit -> evaluate -> gate -> derive -> register -> alias.
 
-``publish`` builds one model version. With a parent it is derived: the parent's fit configuration is
-inherited (unless overridden; recorded on the version), only stale stores are refitted (all asked
-with ``force``) and every other store of the parent is copied, so a derived version always holds
-every store of its parent. A parent that does not exist is ``ParentMissing`` (a clear failure); one
+``publish`` builds one model version. With a parent it is derived (``pipelines.lineage.derive``): the
+parent's fit configuration is inherited (unless overridden; recorded on the version), only stale stores
+are refitted (all asked with ``force``), every other store of the parent is kept, and so is every
+store's known-ahead calendar. A parent that does not exist is ``ParentMissing`` (a clear failure); one
 that cannot be read right now is ``RegistryUnavailable`` (try again), never "no parent".
 
 The gate (``GatePolicy``) decides whether an alias may move: a share of the evaluated stores passes
 their holdout gate, no store's forecast leaves a plausible range of its own history, and no store
 of the version it builds on (or of the champion it would replace) is dropped without being listed.
 A version that fails is registered (tag ``gate`` = ``fail`` with the reasons) but moves no alias.
-The sales rows of the stores to fit are validated first (``sales_store.validate_sales``).
+Which alias a passing version moves is ``pipelines.lineage.target_alias``; it moves compare-and-set
+(``pipelines.lineage.land``: derived again when another writer moved it first). ``stale`` is the one
+rule of which stores need a refit. The sales rows of the stores to fit are validated first
+(``sales_store.validate_sales``); a store of the data without any open-day sales figure is listed as
+failed, never left out silently, and data with nothing to train on is a ``PublishError``.
 """
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,22 +30,33 @@ import pandas as pd
 from pipelines.calendar import split_future
 from pipelines.evaluate import GATE_FAIL, GATE_PASS
 from pipelines.fitting import PROPHET_DEFAULTS, FitConfig
-from pipelines.registry import Registry, Snapshot, VersionMissing
+from pipelines.lineage import (
+    FEW_STORES,
+    Parent,
+    ParentMissing,
+    PublishError,
+    UnknownStores,
+    derive,
+    download_parent,
+    known_calendars,
+    land,
+    resolve_parent,
+    target_alias,
+)
+from pipelines.lineage import ids as _ids
+from pipelines.registry import Registry, Snapshot
 from pipelines.sales_store import Sales, validate_sales
 from pipelines.train import TrainResult, train
 from predictor.forecast import forecast
 from predictor.table import ParamTable
 
+# Parent, ParentMissing, PublishError, download_parent, resolve_parent: pipelines.lineage's (importable from here too)
+__all__ = ["ALIASES", "GatePolicy", "GateReport", "Parent", "ParentMissing", "PublishError", "Published",
+           "apply_overrides", "check_gate", "download_parent", "inherited_config", "publish",
+           "resolve_parent", "stale", "trainable"]
+
 ALIASES = ("champion", "challenger", "auto")
 FIXED_WHEN_DERIVED = ("grid", "transform")  # every store of a version shares these
-
-
-class PublishError(RuntimeError):
-    """The version cannot be built from this input (a retry would fail the same way)."""
-
-
-class ParentMissing(PublishError):
-    """The version to derive from does not exist."""
 
 
 @dataclass(frozen=True)
@@ -66,15 +79,6 @@ class GateReport:
 
 
 @dataclass
-class Parent:
-    """The version a derived version builds on: its table and its downloaded files."""
-
-    version: str
-    table: ParamTable
-    folder: Path
-
-
-@dataclass
 class Published:
     """What a publish did."""
 
@@ -92,6 +96,9 @@ class Published:
     summary: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     result: TrainResult | None = field(default=None, repr=False)
+    retries: int = 0  # times derived again because another writer moved the alias first
+    pending: list[str] = field(default_factory=list)  # stores whose calendar rows wait until they are trained
+    lineage: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -132,27 +139,6 @@ def apply_overrides(cfg: FitConfig, overrides: dict[str, Any] | None, derived: b
         raise PublishError(f"fit configuration: {exc}") from None
 
 
-def resolve_parent(registry: Registry, ref: str, dst: Path) -> Parent | None:
-    """``ref`` (a version number, or ``@alias``) with its files downloaded into ``dst``.
-
-    None when ``ref`` is an alias that does not exist; ``ParentMissing`` when a numbered version does
-    not exist; ``RegistryUnavailable`` when the registry cannot say (try again).
-    """
-    if ref.startswith("@"):
-        mv = registry.alias(ref[1:])
-        if mv is None:
-            return None
-        version = str(mv.version)
-    else:
-        version = ref
-    try:
-        table = registry.table(version)
-        folder = registry.download(version, dst)
-    except VersionMissing:
-        raise ParentMissing(f"parent version {version} of {registry.model_name} does not exist") from None
-    return Parent(version, table, folder)
-
-
 def stale(last: dict[str, int], table: ParamTable | None, stores: list[str] | None = None,
           every: bool = False) -> list[str]:
     """Stores whose model in ``table`` does not cover their latest open day (or is missing).
@@ -169,86 +155,108 @@ def stale(last: dict[str, int], table: ParamTable | None, stores: list[str] | No
 
 def publish(sales: Sales, registry: Registry, *, stores: list[str] | None = None, parent: Parent | None = None,
             config: FitConfig | None = None, overrides: dict[str, Any] | None = None,
-            gate: GatePolicy = GatePolicy(), alias: str | None = None, auto_champion_stores: int = 20,
+            gate: GatePolicy = GatePolicy(), alias: str | None = None, auto_champion_stores: int = FEW_STORES,
             force: bool = False, drop: tuple[str, ...] = (), champion: ParamTable | None = None,
             workers: int | None = None, progress: bool = False, start_method: str | None = None,
             calendar: pd.DataFrame | None = None, backend: str = "local", ray_address: str | None = None,
             params: dict[str, Any] | None = None, tags: dict[str, str] | None = None,
             on_run: Callable[[str], None] | None = None, on_version: Callable[[str], None] | None = None,
-            while_fitting: Callable[[], None] | None = None, parent_alias: str | None = None) -> Published:
+            while_fitting: Callable[[], None] | None = None, parent_alias: str | None = None,
+            keep_unknown: bool = False, calendar_source: str = "", reason: str = "") -> Published:
     """Build, gate, register and alias one version (see the module docstring).
 
     ``parent_alias``: the alias the parent was found by; if it moved while the stores were fitted (a
     calendar push, another job), the refits are derived from the version it points at now instead, so
-    nothing that version brought is lost.
+    nothing that version brought is lost; the same when the alias moves between registering and moving it.
     ``stores``: the stores to fit (None: every store with data). ``config``: the configuration of a
     version without a parent (with a parent it is inherited). ``champion``: the table of the version
     an alias move would replace, when it is not the parent (its stores must not be dropped unlisted).
+    ``calendar``: calendar rows laid over every store's (``calendar_source`` names them); rows of stores
+    the version does not hold wait as pending rows when the stores are in the sales data (or with
+    ``keep_unknown``), else they are refused (``UnknownStores``) before anything is fitted.
     """
     t0 = time.perf_counter()
     if alias is not None and alias not in ALIASES:
         raise PublishError(f"alias must be one of {', '.join(ALIASES)}, got {alias!r}")
     cfg = inherited_config(parent.table, overrides) if parent else apply_overrides(config or FitConfig(), overrides)
     base_version = parent.version if parent else ""
-    todo = stale(sales.last, parent.table if parent else None, stores, every=force)
-    if not todo:
-        return Published("up_to_date", base_version or None, base_version, [], config=cfg.to_dict())
-    present = set(sales.last)
-    fit = [s for s in todo if s in present]
-    missing = [s for s in todo if s not in present]
-    if not fit:
-        raise PublishError(f"no open-day sales for store(s) {', '.join(missing)}")
     frame = sales.frame
+    todo = stale(sales.last, parent.table if parent else None, stores, every=force)
+    present = set(sales.last)
+    held = set(parent.table.store_id.tolist()) if parent else set()
+    in_data = set(frame["Store"].astype(str).unique().tolist()) if len(frame) else set()
+    # stores of the data without any open-day sales figure: listed as failed, never left out silently (a first
+    # version asked for every store with sales is a version of every store in the data)
+    every = stores is None or (parent is None and set(stores) >= present)
+    empty = [s for s in in_data - present - held if every or s in stores]
+    missing = sorted(set(s for s in todo if s not in present) | set(empty), key=_natural)
+    fit = [s for s in todo if s in present]
+    if not fit and parent is not None and not (stores is not None and missing):
+        return Published("up_to_date", base_version or None, base_version, [], config=cfg.to_dict())
+    if not fit:
+        trainable(sales)
+        raise PublishError(f"nothing to train on: no open-day sales for store(s) {_ids(missing)}")
+    keep: bool | set[str] = True if keep_unknown else in_data  # rows of stores in the data wait for them
+    if calendar is not None and len(calendar) and keep is not True:
+        unknown = set(calendar["Store"].unique().tolist()) - held - in_data
+        if unknown:  # refused before minutes of fitting (derive refuses them too)
+            raise UnknownStores(sorted(unknown, key=_natural))
     history, _ = split_future(frame[frame["Store"].isin(fit)])
     validate_sales(history)
     factor = float(parent.table.meta["interval_calibration"]) if parent and "interval_calibration" in \
         parent.table.meta else None
     result = train(frame, cfg, stores=fit, workers=workers, progress=progress, start_method=start_method,
                    calendar=calendar, calibration_factor=factor, backend=backend, ray_address=ray_address,
-                   while_fitting=while_fitting)
+                   while_fitting=while_fitting, known=known_calendars(parent, fit))
     failed = result.failed + [{"store_id": s, "reason": "no open-day sales"} for s in missing]
     if len(result.table) == 0:
         raise PublishError("no store could be fitted: " + "; ".join(f"{f['store_id']}: {f['reason']}"
                                                                    for f in failed))
     t_fit = time.perf_counter() - t0
-    snap = Snapshot.from_result(result)
-    if parent:
-        with tempfile.TemporaryDirectory() as tmp:
-            mv = registry.alias(parent_alias) if parent_alias else None
-            if mv is not None and str(mv.version) != parent.version:  # it moved while we fitted
-                parent = resolve_parent(registry, str(mv.version), Path(tmp)) or parent
-                base_version = parent.version
-            snap = snap.derived_from(parent.folder)
-        snap.table = snap.table.with_meta(fit_config=cfg.to_dict(), parent_version=parent.version)
-    report = check_gate(snap, result, frame, gate, reference=parent.table if parent else champion,
-                        also=champion if parent else None, drop=drop)
+    refit = Snapshot.from_result(result)
+    refit.failed, refit.summary = failed, {**result.summary, "stores_skipped": len(failed)}
     store_gate = {r.store_id: r.metrics.get("gate", "n/a") for r in result.results if not r.error}
-    version_tags = {"gate": "pass" if report.passed else "fail", "refitted": _ids(store_gate),
-                    "fit_config_from": f"version {parent.version}" if parent else "given",
-                    **({"gate_reasons": "; ".join(report.reasons)[:4000]} if report.reasons else {}), **(tags or {})}
-    reg = registry.register(snap, parent_version=base_version, params=params, tags=version_tags,
-                            on_run=on_run, on_version=on_version)
-    moved = None
-    if alias and report.passed:
-        has_champion = champion is not None or parent is not None
-        moved = target_alias(alias, len(store_gate), auto_champion_stores, has_champion)
-        registry.set_alias(moved, reg.version)
-    return Published("registered", reg.version, base_version, sorted(store_gate, key=_natural), reg.model_uri,
-                     reg.run_id, moved, report, store_gate, failed, cfg.to_dict(), result.summary,
-                     {"fit": round(t_fit, 3), "total": round(time.perf_counter() - t0, 3)}, result)
+    reports: list[GateReport] = []
+
+    def build(base: Parent | None) -> tuple[Snapshot, str | None, dict[str, str]]:
+        snap = derive(base, refit, change="refit" if base else "first", history_end=result.history_end,
+                      calendar=calendar, calendar_source=calendar_source, keep_unknown=keep, reason=reason)
+        snap.table = snap.table.with_meta(fit_config=cfg.to_dict())
+        report = check_gate(snap, result, frame, gate, reference=base.table if base else champion,
+                            also=champion if base else None, drop=drop, failed=failed)
+        reports.append(report)
+        version_tags = {"gate": "pass" if report.passed else "fail",
+                        "fit_config_from": f"version {base.version}" if base else "given",
+                        **({"failed": "; ".join(f"{f['store_id']}: {f['reason']}" for f in failed)} if failed else {}),
+                        **({"gate_reasons": "; ".join(report.reasons)[:4000]} if report.reasons else {}),
+                        **(tags or {})}
+        target = None
+        if alias and report.passed:
+            has_champion = champion is not None or base is not None or registry.alias("champion") is not None
+            target = target_alias(alias, len(store_gate), has_champion, auto_champion_stores)
+        return snap, target, version_tags
+
+    landed = land(registry, build, parent, follow=parent_alias if parent else None, params=params,
+                  on_run=on_run, on_version=on_version)
+    reg, snap = landed.registered, landed.snapshot
+    pending = sorted(set(snap.pending["Store"].tolist()), key=_natural) if snap.pending is not None else []
+    return Published("registered", reg.version, landed.parent.version if landed.parent else "",
+                     sorted(store_gate, key=_natural), reg.model_uri, reg.run_id, landed.alias, reports[-1], store_gate,
+                     failed, cfg.to_dict(), refit.summary, {"fit": round(t_fit, 3),
+                                                             "total": round(time.perf_counter() - t0, 3)},
+                     result, landed.retries, pending, snap.lineage)
 
 
-def target_alias(alias: str, n_stores: int, auto_champion_stores: int, has_champion: bool = True) -> str:
-    """The alias a passing version moves: ``auto`` is champion for a few stores (or when there is no
-    champion yet: nothing to canary against), else challenger."""
-    if alias != "auto":
-        return alias
-    return "champion" if n_stores <= auto_champion_stores or not has_champion else "challenger"
+def trainable(sales: Sales) -> None:
+    """``PublishError`` when the data holds nothing to train on at all (checked before any registry call)."""
+    if not sales.last:
+        raise PublishError("nothing to train on: " + ("no store has an open-day sales figure" if len(sales.frame)
+                                                      else "the sales data has no rows"))
 
 
 def check_gate(snap: Snapshot, result: TrainResult, sales: pd.DataFrame, policy: GatePolicy,
                reference: ParamTable | None = None, also: ParamTable | None = None,
-               drop: tuple[str, ...] = ()) -> GateReport:
+               drop: tuple[str, ...] = (), failed: list[dict[str, str]] | None = None) -> GateReport:
     """The version's gate: pass share, plausible forecasts of the refitted stores, no unlisted drops."""
     report = GateReport(passed=True)
     gates = [r.metrics.get("gate") for r in result.results if not r.error]
@@ -264,7 +272,8 @@ def check_gate(snap: Snapshot, result: TrainResult, sales: pd.DataFrame, policy:
         shown = "; ".join(f"{s}: {why}" for s, why in list(report.implausible.items())[:5])
         report.reasons.append(f"{len(report.implausible)} store(s) forecast outside a plausible range: {shown}")
     have = set(snap.table.store_id.tolist())
-    listed = set(drop) | {f["store_id"] for f in result.failed if f["store_id"] not in have}
+    listed = set(drop) | {f["store_id"] for f in (result.failed if failed is None else failed)
+                          if f["store_id"] not in have}
     for ref in (reference, also):
         if ref is not None:
             report.dropped += [s for s in ref.store_id.tolist() if s not in have and s not in listed
@@ -309,52 +318,7 @@ def implausible(table: ParamTable, sales: pd.DataFrame, policy: GatePolicy) -> d
     return out
 
 
-def download_parent(registry: Registry, ref: str) -> tuple[Parent | None, tempfile.TemporaryDirectory]:
-    """``resolve_parent`` into a temporary folder the caller cleans up."""
-    tmp = tempfile.TemporaryDirectory()
-    try:
-        return resolve_parent(registry, ref, Path(tmp.name)), tmp
-    except BaseException:
-        tmp.cleanup()
-        raise
-
-
-def _ids(stores: list[str] | dict[str, Any], most: int = 50) -> str:
-    ids = sorted(stores, key=_natural)
-    return ",".join(ids[:most]) + (f",... ({len(ids)} stores)" if len(ids) > most else "")
-
-
 def _natural(store_id: str) -> tuple[int, int, str]:
     from serving.contract import store_sort_key  # ASCII digits only: '²' sorts as text
 
     return store_sort_key(store_id)
-
-
-def carry_over(registry: Registry, candidate: str, champion: str) -> str:
-    """The version to promote instead of ``candidate`` when the champion moved during its canary: the
-    candidate with the stores the champion has refitted on newer data since (a new derived version,
-    tagged ``carried_from``); ``candidate`` itself when there are none."""
-    import zipfile
-
-    from pipelines.registry import MODELS_FILE
-
-    cand, champ = registry.table(candidate), registry.table(champion)
-    ours = dict(zip(cand.store_id.tolist(), cand.last_day.tolist(), strict=True))
-    newer = np.array([s not in ours or day > ours[s] for s, day in zip(champ.store_id.tolist(),
-                                                                        champ.last_day.tolist(), strict=True)])
-    if not newer.any():
-        return candidate
-    with tempfile.TemporaryDirectory() as tmp:
-        cand_dir = registry.download(candidate, Path(tmp) / "candidate")
-        champ_dir = registry.download(champion, Path(tmp) / "champion")
-        sub = champ.take(newer)
-        stores = sub.store_id.tolist()
-        with zipfile.ZipFile(champ_dir / MODELS_FILE) as zf:
-            models = {s: zf.read(f"{s}.json.gz") for s in stores}
-        metrics = pd.read_csv(champ_dir / "store_metrics.csv", dtype={"store_id": str})
-        snap = Snapshot(sub, models, metrics[metrics["store_id"].isin(stores)], {}, [], [],
-                        str(champ.meta.get("data_end", "")), inherited_config(cand)).derived_from(cand_dir)
-        reg = registry.register(snap, parent_version=candidate,
-                                tags={"gate": "pass", "carried_from": champion, "carried": _ids(stores),
-                                      "refitted": ""})
-    return reg.version

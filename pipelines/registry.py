@@ -1,4 +1,12 @@
-"""MLflow: one run per training job, one registered-model version per fleet snapshot."""
+"""MLflow: one run per training job, one registered-model version per fleet snapshot.
+
+A version's files: the parameter table, the stock Prophet models, the per-store metrics, a manifest
+(what the version is: stores, data end, fit configuration, failures, and its lineage - the same facts
+as its tags, ``pipelines.lineage``) and, when some calendar rows wait for stores not yet trained, those
+rows (``pending_calendar.csv.gz``). ``Registry.move_alias`` moves an alias compare-and-set across
+processes: under a lock that is a registered model of its own (``<name>.lock.<alias>``; the registry's
+unique names let one writer create it), and only if the alias still points where the writer expected.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +14,13 @@ import contextlib
 import gzip
 import json
 import os
+import random
+import socket
 import tempfile
 import time
 import zipfile
-from dataclasses import dataclass, replace
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +37,9 @@ from serving.contract import PROPHET_MODELS_FILE as MODELS_FILE
 from serving.contract import STORE_METRICS_FILE as METRICS_FILE
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+PENDING_FILE = "pending_calendar.csv.gz"  # calendar rows of stores the version does not hold yet
+LOCK_STALE_SECONDS = 60.0  # an alias lock older than this was left by a writer that died: broken
+LOCK_WAIT_SECONDS = 60.0  # a writer waits this long for an alias lock before the registry counts as unavailable
 
 
 @dataclass(frozen=True)
@@ -51,27 +65,14 @@ class Snapshot:
     gate_failed: list[str]
     data_end: str
     config: FitConfig
+    lineage: dict[str, str] = field(default_factory=dict)  # pipelines.lineage: tags and manifest
+    pending: pd.DataFrame | None = None  # calendar rows of stores not in the version (applied when first fitted)
 
     @classmethod
     def from_result(cls, result: TrainResult) -> Snapshot:
         models = {r.store_id: r.model_json_gz for r in result.results if r.model_json_gz is not None and not r.error}
         return cls(result.table, models, result.metrics, result.summary, result.failed, result.gate_failed,
                    result.data_end, result.config)
-
-    def derived_from(self, parent: Path) -> Snapshot:
-        """This snapshot's stores on top of a parent version's folder (its other stores copied as they are)."""
-        parent_table = ParamTable.load(parent / PARAMS_FILE)
-        table = parent_table.merged_with(self.table) if len(parent_table) else self.table
-        with zipfile.ZipFile(parent / MODELS_FILE) as zf:
-            models = {name.removesuffix(".json.gz"): zf.read(name) for name in zf.namelist()}
-        models.update(self.models)
-        metrics = self.metrics
-        if (parent / METRICS_FILE).exists():
-            old = pd.read_csv(parent / METRICS_FILE, dtype={"store_id": str})
-            metrics = pd.concat([old[~old["store_id"].isin(self.metrics["store_id"])], self.metrics],
-                                ignore_index=True)
-        data_end = max(self.data_end, str(parent_table.meta.get("data_end", self.data_end)))
-        return replace(self, table=table, models=models, metrics=metrics, data_end=data_end)
 
 
 def tracking_uri(uri: str | None = None) -> str:
@@ -92,10 +93,15 @@ def write_snapshot(snap: Snapshot, folder: Path) -> dict[str, str]:
         "stores": len(snap.table), "data_end": snap.data_end, "fitter": snap.config.fitter,
         "models": f"{MODELS_FILE}: <store_id>.json.gz = gzip(prophet.serialize.model_to_json(model))",
         "summary": snap.summary, "failed": snap.failed, "fit_config": snap.config.to_dict(),
+        "lineage": snap.lineage,
     }
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=float))
-    return {name: str(folder / f) for name, f in (("params", PARAMS_FILE), ("prophet_models", MODELS_FILE),
-                                                   ("store_metrics", METRICS_FILE), ("manifest", MANIFEST_FILE))}
+    files = {name: str(folder / f) for name, f in (("params", PARAMS_FILE), ("prophet_models", MODELS_FILE),
+                                                    ("store_metrics", METRICS_FILE), ("manifest", MANIFEST_FILE))}
+    if snap.pending is not None and len(snap.pending):
+        snap.pending.to_csv(folder / PENDING_FILE, index=False, date_format="%Y-%m-%d")
+        files["pending_calendar"] = str(folder / PENDING_FILE)
+    return files
 
 
 def prepare(uri: str | None, model_name: str) -> None:
@@ -184,8 +190,9 @@ def register(result: TrainResult | Snapshot, *, uri: str | None = None, model_na
                               f"pandas=={_version('pandas')}"],
         )
         version_tags = {"data_end": snap.data_end, "stores": str(len(snap.table)), "fitter": cfg.fitter,
-                "parent_version": parent_version, "run_id": run.info.run_id,
-                "gate_failed": str(len(snap.gate_failed)), **(tags or {})}
+                        "parent_version": parent_version, "run_id": run.info.run_id,
+                        "gate_failed": str(len(snap.gate_failed)), **snap.lineage, **(tags or {})}
+        version_tags = {k: str(v)[:5000] for k, v in version_tags.items()}
         mv = mlflow.register_model(info.model_uri, model_name, tags=version_tags)
         if on_version is not None:
             on_version(str(mv.version))
@@ -238,6 +245,15 @@ def _version(dist: str) -> str:
 
 class VersionMissing(LookupError):
     """The registry says this model version does not exist."""
+
+
+class AliasMoved(RuntimeError):
+    """A compare-and-set alias move found the alias somewhere else than expected (another writer moved it)."""
+
+    def __init__(self, alias: str, expected: str | None, current: str | None) -> None:
+        super().__init__(f"alias {alias} points at {current or 'nothing'}, not at {expected or 'nothing'} "
+                         "as expected: another writer moved it")
+        self.alias, self.expected, self.current = alias, expected, current
 
 
 class Registry:
@@ -306,6 +322,50 @@ class Registry:
 
     def set_alias(self, alias: str, version: str) -> None:
         self._call(f"set alias {alias}", self.client.set_registered_model_alias, self.model_name, alias, str(version))
+
+    def move_alias(self, alias: str, version: str, expected: str | None) -> None:
+        """Point ``alias`` at ``version`` only if it still points at ``expected`` (None: it must not exist), as one
+        step against every process sharing this registry; ``AliasMoved`` (with the current version) otherwise."""
+        with self.alias_lock(alias):
+            current = current_version(self.client, self.model_name, alias)
+            if current != (None if expected is None else str(expected)):
+                raise AliasMoved(alias, None if expected is None else str(expected), current)
+            self.set_alias(alias, version)
+
+    @contextlib.contextmanager
+    def alias_lock(self, alias: str, wait: float = LOCK_WAIT_SECONDS,
+                   stale: float = LOCK_STALE_SECONDS) -> Iterator[None]:
+        """Hold the cross-process lock of ``alias``: the registered model ``<name>.lock.<alias>``, which only one
+        writer can create. A lock older than ``stale`` seconds (its writer died) is broken by renaming it to
+        ``...broken.<its creation time>``, a name only one breaker can take; it is released (deleted) at the end."""
+        from mlflow.exceptions import MlflowException
+
+        client, name = self.client, f"{self.model_name}.lock.{alias}"
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                mine = client.create_registered_model(name, description=f"alias lock held by "
+                                                      f"{socket.gethostname()}:{os.getpid()}").creation_timestamp
+                break
+            except MlflowException as exc:
+                if getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS" and time.monotonic() > deadline:
+                    raise RegistryUnavailable(f"registry: lock of alias {alias}: {exc}") from exc
+            except OSError as exc:
+                raise RegistryUnavailable(f"registry: lock of alias {alias}: {exc}") from exc
+            with contextlib.suppress(MlflowException, OSError):
+                held = client.get_registered_model(name).creation_timestamp
+                if time.time() * 1000 - held > stale * 1000:
+                    client.rename_registered_model(name, f"{name}.broken.{held}")
+                    continue
+            if time.monotonic() > deadline:
+                raise RegistryUnavailable(f"registry: alias {alias} stayed locked by another writer for {wait:.0f} s")
+            time.sleep(random.uniform(0.05, 0.2))
+        try:
+            yield
+        finally:
+            with contextlib.suppress(MlflowException, OSError):
+                if client.get_registered_model(name).creation_timestamp == mine:  # not broken and taken since
+                    client.delete_registered_model(name)
 
     def delete_alias(self, alias: str) -> None:
         with contextlib.suppress(VersionMissing):

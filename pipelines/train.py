@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.calendar import split_future, store_calendars
+from pipelines.calendar import Grid, split_future, store_calendars
 from pipelines.data import open_days
 from pipelines.evaluate import GATE_FAIL, pooled, scores
 from pipelines.fitting import FitConfig, Series, StoreCalendar, StoreResult, fit_chunk, quiet
@@ -36,6 +36,7 @@ class TrainResult:
     data_end: str
     config: FitConfig
     seconds: dict[str, float] = field(default_factory=dict)
+    history_end: dict[str, int] = field(default_factory=dict)  # per store: its last day with a sales figure
 
     @property
     def failed(self) -> list[dict[str, str]]:
@@ -189,13 +190,15 @@ def train(sales: pd.DataFrame, cfg: FitConfig, *, stores: list[str] | None = Non
           workers: int | None = None, progress: bool = True,
           while_fitting: Callable[[], None] | None = None, start_method: str | None = None,
           calendar: pd.DataFrame | None = None, calibration_factor: float | None = None,
-          backend: str = "local", ray_address: str | None = None) -> TrainResult:
+          backend: str = "local", ray_address: str | None = None, known: dict[str, Grid] | None = None) -> TrainResult:
     """Fit, evaluate and assemble every chosen store; stores that cannot be fitted are reported, not fatal.
 
     ``calendar``: known-ahead days (``pipelines.calendar.read_calendar``); future rows of ``sales``
-    without a sales figure count the same (the file wins where both give a day).
+    without a sales figure count the same (the file wins where both give a day). ``known``: each store's
+    calendar in the version this one derives from (its known-ahead days stay; ``pipelines.calendar.lay``).
     ``calibration_factor``: use this interval calibration instead of the job's own (a retrain of a few
     stores keeps its parent's: a handful of holdouts is too few to calibrate on).
+    A store whose rows carry no sales figure at all is listed as failed, never left out silently.
     """
     t0 = time.perf_counter()
     sales = select(sales, stores, limit)
@@ -204,17 +207,23 @@ def train(sales: pd.DataFrame, cfg: FitConfig, *, stores: list[str] | None = Non
         raise ValueError("no sales rows to train on")
     if calendar is not None and len(calendar):
         calendar = calendar[calendar["Store"].isin(pd.unique(history["Store"]))]
-        future = pd.concat([future, calendar], ignore_index=True)
-    calendars = store_calendars(history, future)
+    calendars = store_calendars(history, future, calendar, known)
     series = to_series(history, calendars)
-    known = {s[0] for s in series}
+    have = {s[0] for s in series}
     workers = workers or os.cpu_count() or 1
     results = run_chunks(chunked(series, workers), cfg, workers, progress, while_fitting, start_method,
                          backend, ray_address)
     # stores with no open day at all never became a series: report them too
-    for sid in sorted(set(history["Store"]) - known):
+    for sid in sorted(set(history["Store"]) - have):
         results.append(StoreResult(sid, error="too little data: 0 open days", metrics={"store_id": sid}))
+    for sid in sorted(set(sales["Store"]) - set(history["Store"])):
+        results.append(StoreResult(sid, error="no sales figures: every row of the store has an empty Sales",
+                                   metrics={"store_id": sid}))
     results.sort(key=lambda r: store_sort_key(r.store_id))
+    figures = history[history["Sales"].notna()]
+    ends = figures.groupby("Store")["Date"].max()
+    history_end = dict(zip(ends.index.astype(str), ends.to_numpy().astype("datetime64[D]").astype(np.int64).tolist(),
+                           strict=True))
     t_fit = time.perf_counter() - t0
     data_end = str(history.loc[history["Sales"].notna(), "Date"].max().date())
     factor = calibration_factor if calibration_factor is not None else (
@@ -228,7 +237,7 @@ def train(sales: pd.DataFrame, cfg: FitConfig, *, stores: list[str] | None = Non
     metrics = pd.DataFrame([{**r.metrics, "error": r.error or ""} for r in results])
     return TrainResult(table=table, results=results, metrics=metrics,
                        summary=summarize(results, cfg.interval_width, factor),
-                       data_end=data_end, config=cfg, seconds={"fit": t_fit})
+                       data_end=data_end, config=cfg, seconds={"fit": t_fit}, history_end=history_end)
 
 
 def _iso(day: int) -> str:

@@ -209,3 +209,42 @@ def test_table_survives_save_load_and_shards(trained: dict, tmp_path: Path) -> N
     days = np.array([16600, 16650, 16700])
     np.testing.assert_array_equal(forecast(table, rows, days)[0], forecast(sub, sub.index(np.array(["5"] * 3)),
                                                                             days)[0])
+
+
+def test_a_header_only_sales_file_fails_in_one_line(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from tests.conftest import BIN
+
+    data = tmp_path / "header.csv"
+    data.write_text("Store,DayOfWeek,Date,Sales,Customers,Open,Promo,StateHoliday,SchoolHoliday\n")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = subprocess.run([str(BIN / "storecast"), "train", "--data", str(data), "--tracking-uri", uri, "--alias",
+                           "champion", "--no-progress"], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                          env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == ["train failed: nothing to train on: the sales data has no rows"]
+    assert not (tmp_path / "mlflow.db").exists() or not MlflowClient(uri).search_model_versions("name='storecast'")
+
+
+def test_stores_without_open_day_sales_are_listed_not_dropped(tmp_path: Path) -> None:
+    """A store whose sales are all empty (2), or empty on every open day (3): failed with the reason, in the
+    CLI's answer, the version's tags and its manifest; the other stores are served."""
+    from pipelines.registry import download
+    from pipelines.synth import synthesize
+
+    sales = synthesize(3, seed=25, start="2014-06-01", end="2015-07-31")
+    sales.loc[sales["Store"] == 2, "Sales"] = np.nan
+    sales.loc[(sales["Store"] == 3) & (sales["Open"] == 1), "Sales"] = np.nan
+    data = write_sales(sales, tmp_path / "sales.csv")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = run_cli("train", "--data", str(data), "--tracking-uri", uri, "--model", "seed", "--alias", "champion",
+                  "--workers", "1", "--no-progress", cwd=tmp_path)
+    assert "skipped store 2: no open-day sales" in out.stdout and "skipped store 3: no open-day sales" in out.stdout
+    mv = MlflowClient(uri).get_model_version_by_alias("storecast", "champion")
+    assert mv.tags["stores"] == "1" and "2: no open-day sales" in mv.tags["failed"]
+    assert "3: no open-day sales" in mv.tags["failed"]
+    manifest = json.loads(download(f"models:/storecast/{mv.version}", tmp_path / "v", "manifest.json", uri=uri)
+                          .read_text())
+    assert [f["store_id"] for f in manifest["failed"]] == ["2", "3"] and manifest["summary"]["stores_skipped"] == 2
