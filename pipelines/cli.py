@@ -203,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--transform", choices=TRANSFORMS, default=None, help="override the model's target transform")
     t.add_argument("--calendar", help="known-ahead days (test.csv layout: Store, Date, Open, Promo, StateHoliday, "
                                       "SchoolHoliday; .csv, .csv.gz, .parquet)")
+    t.add_argument("--calendar-ref", metavar="REF|all",
+                   help="known-ahead days held in the sales store (--data): a ref printed by `storecast calendar "
+                        "upload`, or `all` (every uploaded calendar, later uploads winning); not with --calendar")
     t.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     t.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     from pipelines.cli_publish import add_arguments as add_publish_arguments  # --parent, --force, gate flags

@@ -69,7 +69,26 @@ def train_via_publish(args: argparse.Namespace) -> int:
     except PublishError as exc:
         print(f"train failed: {exc}", file=sys.stderr)
         return 1
-    calendar = read_calendar(args.calendar) if args.calendar else None
+    calendar_source = f"file {Path(args.calendar).name}" if args.calendar else ""
+    if args.calendar and args.calendar_ref:
+        print("train failed: give --calendar or --calendar-ref, not both", file=sys.stderr)
+        return 2
+    try:
+        calendar = read_calendar(args.calendar) if args.calendar else None
+        if args.calendar_ref:
+            store = SalesStore(args.data)
+            refs = store.calendar_refs() if args.calendar_ref == "all" else [args.calendar_ref]
+            calendar = store.read_calendars(refs) if refs else None
+            calendar_source = "sales store " + ",".join(refs)
+            if calendar is None:
+                print("no calendar in the sales store yet: training without one", file=sys.stderr)
+                calendar_source = ""
+    except SalesUnavailable as exc:
+        print(f"train failed: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # a refused ref or an unreadable calendar file: one line
+        print(f"train failed: {exc}", file=sys.stderr)
+        return 2
     registry = Registry(args.tracking_uri, args.model_name)
 
     def warm_registry() -> None:  # overlaps MLflow's import and store set-up with the fits
@@ -105,7 +124,7 @@ def train_via_publish(args: argparse.Namespace) -> int:
                           workers=args.workers, progress=not args.no_progress, calendar=calendar,
                           backend=args.backend, ray_address=args.ray_address, while_fitting=warm_registry,
                           parent_alias=follow, keep_unknown=args.keep_unknown_stores,
-                          calendar_source=f"file {Path(args.calendar).name}" if args.calendar else "",
+                          calendar_source=calendar_source,
                           reason="storecast train" + (f" --parent {args.parent}" if args.parent else ""))
     except (BadSales, PublishError, RegistryUnavailable, ValueError) as exc:
         print(f"train failed: {exc}", file=sys.stderr)
