@@ -96,15 +96,21 @@ def cmd_canary(args: argparse.Namespace) -> int:
     if args.dry_run or can is None:
         return 0
     if alias_move:  # first: the predictor then follows champion to the version the canary serves
-        from mlflow import MlflowClient
+        from pipelines.registry import Registry
+        from pipelines.rollout import promote
 
-        from pipelines.registry import tracking_uri
-
-        client = MlflowClient(tracking_uri(args.tracking_uri))
-        alias, version = alias_move
+        registry = Registry(args.tracking_uri, args.model_name)
+        version = alias_move[1]
         if version.startswith("@"):
-            version = str(client.get_model_version_by_alias(args.model_name, version[1:]).version)
-        client.set_registered_model_alias(args.model_name, alias, version)
+            mv = registry.alias(version[1:])
+            if mv is None:
+                print(f"canary promote: no version at models:/{args.model_name}{version}", file=sys.stderr)
+                return 1
+            version = str(mv.version)
+        promoted = promote(registry, version)  # compare-and-set, as the automatic rollout does
+        if promoted != version:
+            print(f"the champion moved during the canary: promoted version {promoted} (version {version} with what "
+                  "the champion gained carried over)", file=sys.stderr)
     can.patch(ops)
     print(f"{args.action}: done", file=sys.stderr)
     return 0

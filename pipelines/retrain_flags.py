@@ -10,6 +10,21 @@ from typing import Any
 from pipelines.fitting import DEFAULT_MODEL, MODELS
 
 STATE_ENV = "STORECAST_RETRAIN_STATE"
+REFRESH_ENV = "STORECAST_REFRESH_STORES_PER_DAY"
+KEEP_UNKNOWN_ENV = "STORECAST_KEEP_UNKNOWN_STORES"
+MISSED_SCRAPES_ENV = "STORECAST_ROLLOUT_MAX_MISSED_SCRAPES"
+
+
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name, "").strip()
+    try:
+        return int(text) if text else default
+    except ValueError:
+        raise SystemExit(f"${name}: expected a whole number, got {text!r}") from None
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def add_arguments(p: argparse.ArgumentParser, promote: tuple[str, ...], steps: Callable[[str], Any]) -> None:
@@ -28,8 +43,18 @@ def add_arguments(p: argparse.ArgumentParser, promote: tuple[str, ...], steps: C
                    help="a ping refits every store when the champion version is older than this")
     p.add_argument("--promote", choices=promote, default="auto",
                    help="alias a passing version moves: champion, challenger (canary), or auto: champion for "
-                        "up to --auto-champion-stores stores, else challenger")
-    p.add_argument("--auto-champion-stores", type=int, default=20, help="most stores that go straight to champion")
+                        "up to --auto-champion-stores stores, else challenger; with champion too, a version refitting "
+                        "more stores goes challenger (pipelines.lineage.target_alias)")
+    p.add_argument("--auto-champion-stores", type=int, default=20,
+                   help="most stores a version may refit and still move champion directly; more go challenger -> "
+                        "canary whoever asked (also with --promote champion)")
+    p.add_argument("--refresh-stores-per-day", type=int, default=_env_int(REFRESH_ENV, 60),
+                   help=f"stores an identity without the retrain permission (a planner) may ask to refresh per UTC "
+                        f"day; beyond: 429 with Retry-After; counted in --state, so a restart keeps the count; 0: no "
+                        f"limit (${REFRESH_ENV})")
+    p.add_argument("--keep-unknown-stores", action="store_true", default=_env_flag(KEEP_UNKNOWN_ENV),
+                   help="keep appended sales rows and calendar rows naming stores the champion does not hold (for "
+                        f"when they are trained) instead of refusing them with 400 (${KEEP_UNKNOWN_ENV}=1)")
     p.add_argument("--workers", type=int, default=1, help="fitting processes for big jobs")
     p.add_argument("--fleet-backend", choices=("inprocess", "rayjob"), default="inprocess",
                    help="where a challenger (fleet) job fits: this process, or a KubeRay RayJob (pipelines.rayjob)")
@@ -62,6 +87,9 @@ def add_arguments(p: argparse.ArgumentParser, promote: tuple[str, ...], steps: C
     g.add_argument("--canary-max-p95-ms", type=float, default=500.0, help="p95 latency bound of the canary")
     g.add_argument("--canary-min-requests", type=int, default=20,
                    help="requests a step must see; fewer: too little traffic to judge, rolled back")
+    g.add_argument("--rollout-max-missed-scrapes", type=int, default=_env_int(MISSED_SCRAPES_ENV, 3),
+                   help="failed reads of the canary's /metrics in a row before it is rolled back; a single missed "
+                        f"read is retried at the next poll (${MISSED_SCRAPES_ENV})")
     g.add_argument("--isvc", default="storecast", help="InferenceService (--rollout kubernetes)")
     g.add_argument("--namespace", default="storecast", help="its namespace")
     g.add_argument("--canary-metrics-port", type=int, default=8080,

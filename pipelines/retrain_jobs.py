@@ -1,21 +1,25 @@
-"""Retrain jobs: which stores are stale, coalescing, one durable job at a time, retries and recovery.
+"""Retrain jobs: coalescing, one durable job at a time, retries and recovery.
 
 A request names stores (a ping asks for every stale store). Stores the version a job would build on
-already covers are answered "up to date" (unless ``force``); stores queued or being fitted are
-coalesced into that job; a redelivered event (same CloudEvent ``source`` + ``id``) gets the job it
-created, also after a restart (``JobStore``). The rest become one job, run on one worker thread
-through ``pipelines.publish``: check again what is stale, fit, derive from the base, gate, register,
-move an alias (``champion`` for a few stores, ``challenger`` for a fleet, then an automatic rollout
-when one is configured), and emit ``model.registered`` (or ``retrain.failed``).
+already covers are answered "up to date" (unless ``force``; the rule is ``publish.stale``); stores
+queued or being fitted are coalesced into that job; a redelivered event (same sender, CloudEvent
+``source`` + ``id``) gets the job it created, also after a restart (``JobStore``). The rest become
+one job, run on one worker thread through ``pipelines.publish``: check again what is stale, fit,
+derive from the base, gate, register, move an alias by compare-and-set (which alias:
+``lineage.target_alias``, the one rule: ``champion`` for a few stores, ``challenger`` for anything
+fleet-sized whoever asked, then an automatic rollout when one is configured), and emit
+``model.registered`` (or ``retrain.failed``). Nothing here moves an alias itself.
 
 Bases: the ``champion``; a job that moves ``challenger`` builds on a challenger newer than the
 champion, so refits waiting for their canary accumulate in one candidate. With no champion at all
 the job builds a first version of every store in the data (never a version of the few asked).
 
 A registry or sales-store failure is retried (``retries``, backoff); anything else fails the job with
-its reason. A job cut short by a restart is recovered on start (``recover``): its MLflow run ended
-FAILED, a version it registered without moving its alias tagged ``orphaned``, and the job queued
-again (up to ``max_attempts``) or failed with the reason.
+its reason. When the job store cannot be written (a full disk) a request is refused with 503 rather
+than accepted unrecorded, and the worker keeps the job and tries again later: it never dies. A job
+cut short by a restart is recovered on start (``recover``): its MLflow run ended FAILED, a version
+it registered without moving its alias tagged ``orphaned``, and the job queued again (up to
+``max_attempts``) or failed with the reason.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ from typing import Any
 
 from pipelines import events
 from pipelines.fitting import FitConfig
-from pipelines.jobstore import Job, JobStore
+from pipelines.jobstore import EventKey, Job, JobStore, JobStoreUnavailable
+from pipelines.lineage import target_alias
 from pipelines.publish import GatePolicy, PublishError, download_parent, publish, stale
 from pipelines.registry import Registry, RegistryUnavailable
 from pipelines.retrain_metrics import ServiceMetrics
@@ -65,6 +70,8 @@ class Settings:
     dry_run: bool = False
     reload_urls: tuple[str, ...] = ()  # champion-following predictors to reload at once (local)
     fleet_backend: str = "inprocess"  # or "rayjob" (pipelines.rayjob.submit_fleet_retrain)
+    refresh_stores_per_day: int = 60  # per identity without the retrain permission (a planner); 0: no limit
+    keep_unknown: bool = False  # keep appended sales rows of stores the champion does not hold
 
 
 class RetrainManager:
@@ -85,6 +92,8 @@ class RetrainManager:
         self._rollouts: queue.Queue[tuple[str, str | None] | None] = queue.Queue()
         self._stop = threading.Event()
         self._pause = _pause_setting()
+        self._worker: threading.Thread | None = None
+        self.waiting: str | None = None  # why the worker waits for the job store (None: it does not)
         self.watch: Any = None  # pipelines.retrain_watch.Watch (drift), set by the service
         if start:
             self.start()
@@ -92,13 +101,19 @@ class RetrainManager:
     def start(self) -> None:
         """Recover what a restart cut short, then start the worker (and the rollout thread)."""
         self.recover()
-        threading.Thread(target=self._run, name="retrain-worker", daemon=True).start()
+        self._worker = threading.Thread(target=self._run, name="retrain-worker", daemon=True)
+        self._worker.start()
         if self.rollout is not None:
             threading.Thread(target=self._run_rollouts, name="rollout", daemon=True).start()
 
     @property
     def uri(self) -> str:
         return self.registry.uri
+
+    @property
+    def working(self) -> bool:
+        """The worker thread runs (False before ``start`` and after ``close``)."""
+        return self._worker is not None and self._worker.is_alive()
 
     # ---- accepting requests -----------------------------------------------------------------
     def job(self, job_id: str) -> Job | None:
@@ -108,13 +123,15 @@ class RetrainManager:
         """What a request would do now: base version, target alias, stores to fit and up to date."""
         sales = self.sales.load()
         champion = self.registry.alias("champion")
+        few = self.s.auto_champion_stores
         if champion is None:
-            return {"base_version": None, "target": "champion", "kind": "bootstrap", "fit": sorted(sales.last),
-                    "up_to_date": [], "note": "no champion yet: a first version of every store in the data"}
+            return {"base_version": None, "target": target_alias(self.s.promote, len(sales.last), False, few),
+                    "kind": "bootstrap", "fit": sorted(sales.last), "up_to_date": [],
+                    "note": "no champion yet: a first version of every store in the data"}
         table = self.registry.table(str(champion.version))
         too_old = (time.time() - champion.creation_timestamp / 1000) / 86400 > self.s.max_age_days
         todo = stale(sales.last, table, stores, every=force or too_old)
-        target = self._alias(len(todo))
+        target = target_alias(self.s.promote, len(todo), True, few)
         base = self._base(target, str(champion.version))
         if base != str(champion.version):
             todo = stale(sales.last, self.registry.table(base), todo, every=force)
@@ -123,39 +140,45 @@ class RetrainManager:
                 "fit": todo, "up_to_date": [s for s in asked if s not in todo]}
 
     def submit(self, source: str, event_id: str, stores: list[str] | None, reason: str = "", force: bool = False,
-               kind: str | None = None) -> tuple[Job | dict[str, Any], dict[str, str]]:
+               kind: str | None = None, *, sender: str) -> tuple[Job | dict[str, Any], dict[str, str]]:
         """A job for the stale stores among ``stores`` (None: every stale store); returns (job, coalesced).
-        With ``dry_run`` the answer is the plan (nothing queued, nothing registered)."""
-        known = self.store.job_of_event(source, event_id)
-        if known is not None and (job := self.store.get(known)) is not None:
+        With ``dry_run`` the answer is the plan (nothing queued, nothing registered). ``sender``: who
+        delivered the event (de-duplication is per sender). ``JobStoreUnavailable`` when it cannot be
+        recorded: nothing is queued then."""
+        key = EventKey(sender, source, event_id)
+        if (job := self.known(key)) is not None:
             return job, {}
         plan = self.plan(stores, force)
         if self.s.dry_run:
             return {"dry_run": True, "would": plan}, {}
         with self._lock:
-            known = self.store.job_of_event(source, event_id)
-            if known is not None and (job := self.store.get(known)) is not None:
+            if (job := self.known(key)) is not None:
                 return job, {}
             coalesced = {s: self.inflight[s] for s in plan["fit"] if s in self.inflight}
             todo = [s for s in plan["fit"] if s not in self.inflight]
             kind = kind or plan["kind"]
             if todo:
                 job = Job(uuid.uuid4().hex[:12], todo, reason or plan.get("note", ""), kind, plan["target"], force)
-                self.store.put(job)
+                self.store.put(job, key)  # recorded (with its event) before it is queued, or a 503
                 for s in todo:
                     self.inflight[s] = job.id
                 self._queue.put(job.id)
             elif coalesced:
                 job = self.store.get(next(iter(coalesced.values())))
+                self.store.remember_event(key, job.id)
             else:
                 job = Job(uuid.uuid4().hex[:12], [], reason, kind, plan["target"], force, status="up_to_date",
                           phase="finished", finished=time.time(),
                           result={"up_to_date": plan["up_to_date"], "version": plan["base_version"]})
-                self.store.put(job)
+                self.store.put(job, key)
                 self.metrics.jobs.labels("up_to_date").inc()
-            self.store.remember_event(source, event_id, job.id)
             self.metrics.queue.set(len(set(self.inflight.values())))
         return job, coalesced
+
+    def known(self, key: EventKey) -> Job | None:
+        """The job an event (this sender's ``source`` + ``id``) asked for before, if any."""
+        found = self.store.job_of_event(key)
+        return self.store.get(found) if found is not None else None
 
     def _base(self, target: str | None, champion: str) -> str:
         """What a job moving ``target`` builds on: a challenger newer than the champion, else the champion."""
@@ -166,20 +189,26 @@ class RetrainManager:
             return champion
         return str(challenger.version)
 
-    def _alias(self, n_stores: int) -> str:
-        if self.s.promote == "auto":
-            return "champion" if n_stores <= self.s.auto_champion_stores else "challenger"
-        return self.s.promote
-
     # ---- running jobs -----------------------------------------------------------------------
     def _run(self) -> None:
+        """The worker: one job at a time; nothing a job raises stops it. A job store that cannot be written
+        keeps the job (in flight, queued again after a pause) until it can."""
         while (job_id := self._queue.get()) is not None:
-            job = self.store.get(job_id)
-            if job is None:
-                continue
+            job = None
             try:
-                self._attempts(job)
-            finally:
+                job = self.store.get(job_id)
+                if job is not None:
+                    self._attempts(job)
+                self.waiting = None
+            except JobStoreUnavailable as exc:
+                self.waiting = f"job {job_id} waits for the job store: {exc}"
+                log.error("retrain %s", self.waiting)
+                if not self._stop.wait(max(1.0, self.s.retry_seconds)):
+                    self._queue.put(job_id)
+                continue
+            except Exception:  # a defect: logged, the job left as recorded (recovered at the next start)
+                log.exception("retrain job %s: unexpected error", job_id)
+            if job is not None:
                 with self._lock:
                     for s in job.stores or []:
                         if self.inflight.get(s) == job.id:
@@ -194,6 +223,8 @@ class RetrainManager:
             try:
                 self._cleanup(job)
                 status, result = self._retrain(job)
+            except JobStoreUnavailable:
+                raise
             except TRANSIENT as exc:
                 if self._failed_attempt(job, exc, transient=True):
                     continue
@@ -206,9 +237,22 @@ class RetrainManager:
             if status == "done":
                 events.emit(self.s.sink, events.event(events.MODEL_REGISTERED, {"job_id": job.id, **result}))
             job.result, job.status, job.phase, job.finished = result, status, "finished", time.time()
-            self.store.put(job)
+            self._put_durably(job)
             self.metrics.jobs.labels(status).inc()
             return
+
+    def _put_durably(self, job: Job) -> None:
+        """Record a finished job, waiting for the job store if it cannot be written now (the work is done:
+        repeating it is not the answer)."""
+        while True:
+            try:
+                self.store.put(job)
+                return
+            except JobStoreUnavailable as exc:
+                self.waiting = f"job {job.id} finished; recording it waits for the job store: {exc}"
+                log.error("retrain %s", self.waiting)
+                if self._stop.wait(max(1.0, self.s.retry_seconds)):
+                    raise
 
     def _failed_attempt(self, job: Job, exc: Exception, transient: bool) -> bool:
         """Record a failed attempt; True when it will be retried (after a backoff)."""
@@ -253,6 +297,7 @@ class RetrainManager:
                           auto_champion_stores=self.s.auto_champion_stores, force=job.force,
                           champion=champion_table, workers=self.s.workers, start_method="spawn",
                           params={"retrain_job": job.id, "reason": job.reason[:250]},
+                          reason=f"{job.kind} (retrain job {job.id}): {job.reason}"[:500],
                           tags={"retrain_job": job.id}, on_run=lambda r: self._phase(job, "registering", run_id=r),
                           on_version=lambda v: self._phase(job, "registered", version=v),
                           parent_alias=None if base is None else "champion" if champion is not None and
@@ -267,7 +312,7 @@ class RetrainManager:
         result = {"version": pub.version, "model_uri": pub.model_uri, "parent_version": pub.parent_version,
                   "store_ids": pub.refitted, "gate": pub.store_gate, "promoted": pub.alias, "failed": pub.failed,
                   "version_gate": {"passed": pub.gate.passed, "reasons": pub.gate.reasons},
-                  "config": pub.config, "seconds": pub.seconds}
+                  "config": pub.config, "seconds": pub.seconds, "alias_retries": pub.retries}
         if pub.alias == "champion":
             self._reload()
         elif pub.alias == "challenger" and self.rollout is not None:
@@ -355,19 +400,15 @@ class RetrainManager:
     def _run_rollouts(self) -> None:
         while (item := self._rollouts.get()) is not None:
             version, job_id = item
-            try:
+            try:  # never let the rollout thread die; the document says where it stopped
                 doc = self.rollout.run(version, job_id)
-            except Exception:  # never let the rollout thread die; the document says where it stopped
+                if doc["status"] in ("promoted", "rolledback", "superseded", "error"):
+                    self.metrics.rollouts.labels(doc["status"]).inc()
+                if job_id and (job := self.store.get(job_id)) is not None and job.result:
+                    job.result["rollout"] = {k: doc.get(k) for k in ("status", "reason", "promoted_version")}
+                    self.store.put(job)
+            except Exception:
                 log.exception("rollout of version %s failed", version)
-                continue
-            if doc["status"] in ("promoted", "rolledback", "superseded", "error"):
-                self.metrics.rollouts.labels(doc["status"]).inc()
-            if job_id and (job := self.store.get(job_id)) is not None and job.result:
-                job.result["rollout"] = {k: doc.get(k) for k in ("status", "reason", "promoted_version")}
-                self.store.put(job)
-
-    def record_rollout(self, version: str, status: str, doc: dict[str, Any]) -> None:
-        self.store.put_rollout(version, status, doc)
 
     def close(self) -> None:
         self._stop.set()

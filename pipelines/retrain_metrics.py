@@ -5,6 +5,7 @@
 - ``storecast_retrain_fit_seconds``: fit time of each job (histogram);
 - ``storecast_retrain_queue``: jobs queued or running;
 - ``storecast_sales_source_up``: 1 when the sales store could be read the last time, else 0;
+- ``storecast_retrain_job_store_up``: 1 when the job store could be written the last time checked, else 0;
 - ``storecast_rollouts_total{outcome}``: promoted, rolledback, superseded, error (could not finish);
 - ``storecast_drift_wape{group}``: the champion's rolling WAPE on the days after its data, per store group;
 - ``storecast_drift_worst_wape{store, rank}``: the worst stores by that WAPE (rank 1 the worst);
@@ -33,6 +34,8 @@ class ServiceMetrics:
         self.queue = Gauge("storecast_retrain_queue", "Retrain jobs queued or running", registry=r)
         self.source = Gauge("storecast_sales_source_up", "1 when the sales store was readable the last time",
                             registry=r)
+        self.job_store = Gauge("storecast_retrain_job_store_up", "1 when the job store was writable the last time",
+                               registry=r)
         self.rollouts = Counter("storecast_rollouts", "Automatic rollouts by outcome", ["outcome"], registry=r)
         for o in ROLLOUT_OUTCOMES:
             self.rollouts.labels(o)

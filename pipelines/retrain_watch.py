@@ -1,15 +1,19 @@
 """The retrain service's accuracy watch: sales appended -> the champion scored -> drifting stores refitted.
 
 ``com.storecast.sales.appended`` carries the new rows (``{"rows": [{"Store": "4", "Date": ..., "Sales": ...,
-"Open": 1, ...}]}``: the service appends them to the sales store) or says they were appended already
+"Open": 1, ...}]}``: the service appends them to the sales store, refusing rows of stores the champion
+does not hold unless it runs with ``--keep-unknown-stores``) or says they were appended already
 (``{"part": ...}``, ``storecast data append --sales``). Each time the champion is scored
-(``pipelines.drift``), ``/metrics`` updated, and the drifting stores become one retrain job (its
-event id is the champion version and the stores, so a repeated append asks for no second job).
+(``pipelines.drift``), ``/metrics`` updated, and the drifting stores become one retrain job. Its
+event comes from the sender ``internal:drift``, which no HTTP caller can be, and its id is an HMAC
+of the champion version and the stores under a secret kept in the job store: a repeated append asks
+for no second job, and nobody can send that id first to pre-empt the refit.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,7 @@ from pipelines.registry import VersionMissing
 from pipelines.sales_store import BadSales, SalesUnavailable, read_file
 
 DRIFT_SOURCE = "storecast.drift"
+DRIFT_SENDER = "internal:drift"  # HTTP senders are "id:<identity>" or "anonymous"
 
 
 def rows_frame(rows: Any) -> pd.DataFrame:
@@ -52,12 +57,18 @@ class Watch:
             if self.manager.s.dry_run:
                 out["would_append"] = len(frame)
             else:
-                out["part"] = self.manager.sales.append(frame)
+                out["part"] = self.manager.sales.append(frame, known=self._champion_stores(),
+                                                        keep_unknown=self.manager.s.keep_unknown)
                 out["appended"] = len(frame)
         elif not (isinstance(data, dict) and data.get("part")):
             raise BadSales("data: expected {\"rows\": [...]} (rows to append) or {\"part\": NAME} (appended already)")
         out.update(self.check())
         return out
+
+    def _champion_stores(self) -> list[str] | None:
+        """The stores the champion holds (None: no champion yet, nothing to check against)."""
+        champion = self.manager.registry.alias("champion")
+        return None if champion is None else self.manager.registry.table(str(champion.version)).store_id.tolist()
 
     def check(self) -> dict[str, Any]:
         """Score the champion on the days after its data; a job for the drifting stores."""
@@ -77,9 +88,11 @@ class Watch:
         out: dict[str, Any] = {"drift": report.to_dict(self.policy.worst)}
         if report.drifting and self.refit:
             stores = sorted(report.drifting)
-            key = hashlib.sha256(",".join(stores).encode()).hexdigest()[:16]
+            secret = m.store.secret("drift").encode()
+            key = hmac.new(secret, f"{v}:{','.join(stores)}".encode(), hashlib.sha256).hexdigest()[:32]
             reasons = ", ".join(f"{s} WAPE {report.stores[s]['wape']:.3f} vs holdout "
                                 f"{report.stores[s]['holdout_wape']:.3f}" for s in stores[:10])
-            job, _ = m.submit(DRIFT_SOURCE, f"drift-{v}-{key}", stores, f"drift: {reasons}", kind="drift")
+            job, _ = m.submit(DRIFT_SOURCE, f"drift-{v}-{key}", stores, f"drift: {reasons}", kind="drift",
+                              sender=DRIFT_SENDER)
             out["job"] = job if isinstance(job, dict) else job.view()
         return out

@@ -6,10 +6,14 @@ revision, or the challenger predictor serving that version), and the candidate p
 ``/metrics`` (Prometheus text, every replica summed) must show at least ``min_requests`` requests in
 the step, an error ratio (answers that are not ``ok`` in ``storecast_requests_total``) at most
 ``max_error_ratio``, and a p95 latency (``request_predict_seconds`` histogram) at most
-``max_p95_ms``. Then the ``champion`` alias moves to it and the canary is removed; else the canary is
-removed, the ``challenger`` alias too, and the reason is recorded on the version (tags ``rollout``,
-``rollout_reason``). Either way a CloudEvent goes out (``com.storecast.rollout.promoted`` /
-``...rolledback``) and the timeline is kept (``JobStore`` rollouts).
+``max_p95_ms``. A scrape of ``/metrics`` that fails is retried at the next poll (and noted in the
+timeline); only ``max_missed_scrapes`` failures in a row roll the canary back, never one missed read.
+Then the ``champion`` alias moves to it (``promote``: compare-and-set; when the champion moved during
+the canary, ``lineage.carry_over`` makes the version to promote, with what the champion gained) and
+the canary is removed; else the canary is removed, the ``challenger`` alias too, and the reason is
+recorded on the version (tags ``rollout``, ``rollout_reason``). Either way a CloudEvent goes out
+(``com.storecast.rollout.promoted`` / ``...rolledback``) and the timeline is kept (``record``, e.g. the
+``JobStore``'s rollouts; a failing record is logged, it never stops the rollout).
 
 Targets: ``KubeTarget`` (``pipelines.canary``: the InferenceService through the Kubernetes API) and
 ``LocalTarget`` (a challenger-following predictor on this machine, for the local end-to-end test and
@@ -26,7 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pipelines import events
-from pipelines.registry import Registry
+from pipelines.lineage import carry_over
+from pipelines.registry import AliasMoved, Registry
 
 log = logging.getLogger("storecast.rollout")
 REQUESTS = "storecast_requests"
@@ -43,10 +48,13 @@ class RolloutPolicy:
     max_p95_ms: float | None = 500.0
     min_requests: int = 20  # in each step; fewer: too little traffic to judge, rolled back
     latency_metric: str = LATENCY
+    max_missed_scrapes: int = 3  # failed reads of the canary's metrics in a row before it is rolled back
 
     def __post_init__(self) -> None:
         if not self.steps or any(not 0 < p < 100 for p in self.steps):
             raise ValueError(f"rollout steps must be percentages between 1 and 99, got {self.steps}")
+        if self.max_missed_scrapes < 1:
+            raise ValueError(f"max_missed_scrapes must be at least 1, got {self.max_missed_scrapes}")
 
 
 # ---- the canary's metrics ----------------------------------------------------------------------
@@ -178,16 +186,44 @@ class LocalTarget:
 
 
 # ---- the controller ----------------------------------------------------------------------------
+def promote(registry: Registry, version: str, attempts: int = 5) -> str:
+    """Move ``champion`` to ``version`` by compare-and-set; returns the version promoted.
+
+    When the champion is neither ``version`` nor its parent (it moved while the candidate was in its
+    canary: a refit, a calendar push), the version promoted is ``lineage.carry_over(registry, version,
+    champion)``: the candidate with what the champion gained. A champion moving again meanwhile
+    (``AliasMoved``) is carried over afresh; ``AliasMoved`` after ``attempts`` tries.
+    """
+    version = str(version)
+    parent = registry.version(version).tags.get("parent_version", "")
+    for attempt in range(attempts):
+        mv = registry.alias("champion")
+        champion = None if mv is None else str(mv.version)
+        chosen = version if champion in (None, version, parent) else carry_over(registry, version, champion)
+        try:
+            registry.move_alias("champion", chosen, champion)
+            return chosen
+        except AliasMoved:
+            if attempt == attempts - 1:
+                raise
+            log.warning("champion moved while promoting %s; carrying over again", version)
+    return version  # not reached
+
+
 class Rollout:
     """Runs rollouts one at a time; ``record(version, status, doc)`` keeps each timeline."""
 
     def __init__(self, registry: Registry, target: Target, policy: RolloutPolicy = RolloutPolicy(),
-                 sink: str | None = None, record: Callable[[str, str, dict], None] | None = None,
-                 before_promote: Callable[[str], str] | None = None) -> None:
+                 sink: str | None = None, record: Callable[[str, str, dict], None] | None = None) -> None:
         self.registry, self.target, self.policy, self.sink = registry, target, policy, sink
-        self.record = record or (lambda *_: None)
-        self.before_promote = before_promote  # may return another version to promote (a rebase)
+        self._record = record or (lambda *_: None)
         self.stopping = threading.Event()
+
+    def record(self, version: str, status: str, doc: dict[str, Any]) -> None:
+        try:
+            self._record(version, status, doc)
+        except Exception as exc:  # the next record writes the whole document again
+            log.error("rollout of %s: could not record its timeline: %s", version, exc)
 
     def run(self, version: str, job_id: str | None = None) -> dict[str, Any]:
         """Canary, watch and promote or roll back ``version``; returns the rollout's document."""
@@ -213,10 +249,9 @@ class Rollout:
             return doc
         try:
             if reason is None:
-                promoted = self._retrying(lambda: self.before_promote(version) if self.before_promote else version)
-                self._retrying(lambda: self.registry.set_alias("champion", promoted))
+                promoted = self._retrying(lambda: promote(self.registry, version))
                 self._retrying(lambda: self.target.promote(promoted))
-                self._retrying(lambda: self.registry.delete_alias("challenger"))
+                self._retrying(lambda: self._drop_challenger(version))
                 self._tag(version, "promoted", f"promoted after {len(self.policy.steps)} canary step(s)")
                 doc.update(status="promoted", promoted_version=promoted)
                 note("promoted", version=promoted)
@@ -225,8 +260,7 @@ class Rollout:
             else:
                 self._retrying(lambda: self.target.rollback(version))
                 self._tag(version, "rolledback", reason)
-                if self._retrying(self._challenger) == version:
-                    self._retrying(lambda: self.registry.delete_alias("challenger"))
+                self._retrying(lambda: self._drop_challenger(version))
                 doc.update(status="rolledback", reason=reason)
                 note("rolledback", reason=reason)
                 events.emit(self.sink, events.event(events.ROLLOUT_ROLLEDBACK, {
@@ -256,13 +290,24 @@ class Rollout:
                 if self._wait(min(p.poll_seconds, 1.0)):
                     return "rollout stopped: the service is shutting down"
             note("ready", percent=percent)
-            before = parse_metrics(self.target.metrics(), p.latency_metric)
+            missed: list[str] = []  # why the reads in a row failed
+            while (before := self._scrape(missed, percent, note)) is None:
+                if len(missed) >= p.max_missed_scrapes:
+                    return self._unreadable(percent, missed)
+                if self._wait(p.poll_seconds):
+                    return "rollout stopped: the service is shutting down"
             end = time.monotonic() + p.watch_seconds
             while True:
                 final = time.monotonic() >= end
                 if self._challenger() not in (version, None):
                     return "superseded"
-                obs = observe(before, parse_metrics(self.target.metrics(), p.latency_metric))
+                if (after := self._scrape(missed, percent, note)) is None:  # unknown: judged at the next read
+                    if len(missed) >= p.max_missed_scrapes:
+                        return self._unreadable(percent, missed)
+                    if self._wait(p.poll_seconds):
+                        return "rollout stopped: the service is shutting down"
+                    continue
+                obs = observe(before, after)
                 reason = judge(obs, p, final)
                 if reason:
                     note("failed", percent=percent, **obs.as_dict())
@@ -273,6 +318,21 @@ class Rollout:
                 if self._wait(min(p.poll_seconds, max(0.05, end - time.monotonic()))):
                     return "rollout stopped: the service is shutting down"
         return None
+
+    def _scrape(self, missed: list[str], percent: int, note: Callable[..., None]) -> Counters | None:
+        """The canary's counters now; None when they cannot be read (``missed`` grows; a read empties it)."""
+        try:
+            counters = parse_metrics(self.target.metrics(), self.policy.latency_metric)
+        except Exception as exc:  # unreachable pod, HTTP error, unparsable text: unknown, not bad
+            missed.append(f"{type(exc).__name__}: {exc}"[:300])
+            note("scrape_missed", percent=percent, missed=len(missed), error=missed[-1])
+            return None
+        missed.clear()
+        return counters
+
+    def _unreadable(self, percent: int, missed: list[str]) -> str:
+        return (f"step {percent}%: the canary's metrics could not be read {len(missed)} times in a row "
+                f"(last: {missed[-1]})")
 
     def _retrying(self, fn: Callable[[], Any], attempts: int = 5) -> Any:
         """``fn()``, tried again after 1, 2, 4, 8 s when the cluster or registry fails."""
@@ -285,6 +345,13 @@ class Rollout:
                 log.warning("rollout step failed (attempt %d), retrying", attempt + 1, exc_info=True)
                 self.stopping.wait(2**attempt)
         return None
+
+    def _drop_challenger(self, version: str) -> None:
+        """Remove ``challenger`` if it still points at ``version`` (under its cross-process lock: a newer
+        challenger a job registers meanwhile is kept, for its own rollout)."""
+        with self.registry.alias_lock("challenger"):
+            if self._challenger() == version:
+                self.registry.delete_alias("challenger")
 
     def _challenger(self) -> str | None:
         mv = self.registry.alias("challenger")

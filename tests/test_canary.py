@@ -128,8 +128,8 @@ def test_cli_promote_patches_and_moves_champion(kube: tuple, tmp_path: Path) -> 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     client.create_registered_model("storecast")
-    for _ in range(2):
-        client.create_model_version("storecast", source=str(tmp_path))
+    client.create_model_version("storecast", source=str(tmp_path))
+    client.create_model_version("storecast", source=str(tmp_path), tags={"parent_version": "1"})  # nothing to carry
     client.set_registered_model_alias("storecast", "champion", "1")
     run_cli("canary", "promote", "--tracking-uri", uri, env=env, cwd=tmp_path)
     (patch,) = [json.loads(r["body"]) for r in api.requests if r["method"] == "PATCH"]
@@ -257,8 +257,8 @@ def rollout_against(tmp_path: Path, bad: float) -> tuple[dict, FakeKServe, Mlflo
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow = MlflowClient(uri)
     mlflow.create_registered_model("storecast")
-    for _ in range(2):
-        mlflow.create_model_version("storecast", source=str(tmp_path))
+    mlflow.create_model_version("storecast", source=str(tmp_path))
+    mlflow.create_model_version("storecast", source=str(tmp_path), tags={"parent_version": "1"})  # derived from 1
     mlflow.set_registered_model_alias("storecast", "champion", "1")
     mlflow.set_registered_model_alias("storecast", "challenger", "2")
     kubeconfig = tmp_path / "kubeconfig"

@@ -1,11 +1,14 @@
 """Accuracy watched as actuals arrive: a few stores shift level, those and only those are refitted.
 
 Real processes: a `mlflow server`, the retrain service, `storecast data append` sending the new days
-as a com.storecast.sales.appended CloudEvent; the champion is scored on the days after its data.
+as a com.storecast.sales.appended CloudEvent; the champion is scored on the days after its data. An
+event sent first with the id the drift watch would have used (its source, the champion version and
+the stores, as earlier releases made it) pre-empts nothing: ids are per sender and unguessable.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 
@@ -33,6 +36,9 @@ def test_shifted_stores_and_only_those_are_refitted(mlflow_server: str, tmp_path
     first = train(tmp_path / "old.csv.gz", mlflow_server, MODEL, tmp_path)
     svc = start_service(tmp_path / "train.csv.gz", mlflow_server, MODEL, tmp_path)
     try:
+        guess = f"drift-{first}-{hashlib.sha256(','.join(SHIFTED).encode()).hexdigest()[:16]}"
+        early = send(svc.url, {"store_ids": ["1"]}, guess, source="storecast.drift")  # an up-to-date store
+        assert early.status_code == 200 and early.json()["status"] == "up_to_date", early.text
         out = run_cli("data", "append", "--data", str(tmp_path / "new.csv"), "--url", svc.url, cwd=tmp_path)
         answer = json.loads(out.stdout)
         assert answer["appended"] == len(new)
@@ -43,6 +49,7 @@ def test_shifted_stores_and_only_those_are_refitted(mlflow_server: str, tmp_path
         assert {w["store_id"] for w in report["worst"][:2]} == set(SHIFTED)
         assert all(w["days"] == 24 for w in report["worst"])  # open days of the 4 weeks after the champion
         job = wait_job(svc.url, answer["job"]["job_id"])
+        assert job["job_id"] != early.json()["job_id"]  # the watch's own job, not the early event's
         assert job["status"] == "done" and job["kind"] == "drift", job
         assert job["result"]["store_ids"] == list(SHIFTED) and job["result"]["promoted"] == "champion"
         new_version = job["result"]["version"]

@@ -5,7 +5,9 @@ canary), the retrain service with ``--promote challenger --rollout local``, and 
 predictors. The rollout's policy reads the real ``/metrics`` of the challenger predictor: with clean
 traffic the candidate is promoted (champion moved, the champion-following predictor serves it); when
 a share of the canary's requests fail (a store id it does not know) it is rolled back, the reason on
-the version and in a CloudEvent.
+the version and in a CloudEvent. A calendar pushed onto the champion while a candidate is in its canary
+is not lost: the rollout promotes by compare-and-set the candidate with what the champion gained
+(``lineage.carry_over``), and both the refit and the calendar are served.
 """
 
 from __future__ import annotations
@@ -193,3 +195,40 @@ def test_a_canary_that_never_turns_ready_is_rolled_back(tmp_path) -> None:
     assert "unreachable" in doc["reason"]
     assert str(client.get_model_version_by_alias("storecast", "champion").version) == "1"
     assert client.get_model_version("storecast", "2").tags["rollout"] == "rolledback"
+
+
+def test_a_calendar_pushed_during_the_canary_is_in_the_promoted_version(world: dict, tmp_path) -> None:
+    import numpy as np
+
+    from pipelines.calendar import read_calendar
+    from pipelines.calendar_push import push
+    from pipelines.lineage import store_grid
+    from pipelines.registry import Registry
+
+    svc, uri = world["svc"], world["uri"]
+    job = wait_job(svc.url, send(svc.url, {"store_ids": ["4"]}, "fleet-3").json()["job_id"])
+    assert job["status"] == "done" and job["result"]["promoted"] == "challenger", job
+    version = job["result"]["version"]
+    deadline = time.monotonic() + 120
+    while not any(d["version"] == version and any(r["event"] == "canary" for r in d["timeline"])
+                  for d in httpx.get(f"{svc.url}/rollouts", timeout=10).json()["rollouts"]):
+        assert time.monotonic() < deadline, "the canary never started"
+        time.sleep(0.2)
+    path = tmp_path / "calendar.csv"
+    path.write_text("Store,Date,Open,Promo,StateHoliday,SchoolHoliday\n5,2015-08-04,1,1,0,0\n5,2015-08-05,0,0,a,0\n")
+    pushed = push(read_calendar(path), tracking_uri=uri, model_name=MODEL, alias="champion", source="test push")
+    doc = wait_rollout(svc.url, version)
+    show(doc)
+    assert doc["status"] == "promoted", (doc, log_tail(svc))
+    final = alias(uri, MODEL)
+    assert final == doc["promoted_version"]
+    registry = Registry(uri, MODEL)
+    table, candidate = registry.table(final), registry.table(version)
+    start, grid = store_grid(table, "5")
+    day = int(np.datetime64("2015-08-04", "D").astype(np.int64))
+    assert grid[day - start][1] == 1 and grid[day + 1 - start][0] == 0  # the pushed promotion and closure
+    ids = table.store_id.tolist()
+    assert table.last_day[ids.index("4")] == candidate.last_day[candidate.store_id.tolist().index("4")]  # the refit
+    if final != version:  # the push landed during the canary: carried over, and it says so
+        tags = MlflowClient(uri).get_model_version(MODEL, final).tags
+        assert tags["change"] == "carry-over" and tags["carried_from"] == pushed.version, tags

@@ -275,21 +275,32 @@ def test_canary_policy_builds_one_candidate_on_the_challenger(mlflow_server: str
         stop(svc)
 
 
+def calendar_event(url: str, data: dict, event_id: str) -> httpx.Response:
+    headers, body = to_binary(CloudEvent({"type": "com.storecast.calendar.updated", "source": "tests",
+                                          "id": event_id}, data))
+    return httpx.post(url, headers=headers, content=body, timeout=60)
+
+
 def test_calendar_updated_event_is_served_without_a_refit(world: dict) -> None:
-    """com.storecast.calendar.updated: the champion again with the new calendar (same parameters), served."""
+    """com.storecast.calendar.updated names a calendar held in the sales store: the champion again with it
+    (same parameters), served."""
+    from pipelines.calendar import read_calendar
     from pipelines.registry import download
+    from pipelines.sales_store import SalesStore
     from predictor.table import ParamTable
 
     path = world["root"] / "calendar.csv"
     path.write_text("Store,Date,Open,Promo,StateHoliday,SchoolHoliday\n1,2015-08-04,1,1,0,0\n1,2015-08-05,0,0,a,0\n")
+    ref = SalesStore(str(world["latest"])).put_calendar(read_calendar(path))  # `storecast calendar upload`
     before = champion(world["uri"])
     _, values = forecast(world["predictor"], "1")
-    headers, body = to_binary(CloudEvent({"type": "com.storecast.calendar.updated", "source": "tests",
-                                          "id": "cal-1"}, {"path": str(path)}))
-    r = httpx.post(world["url"], headers=headers, content=body, timeout=60)
+    r = calendar_event(world["url"], {"calendar": ref}, "cal-1")
     assert r.status_code == 200, r.text
     out = r.json()
-    assert out["parent_version"] == before and out["version"] == champion(world["uri"]) != before
+    assert out["calendar"] == ref and out["parent_version"] == before
+    assert out["version"] == champion(world["uri"]) != before
+    tags = MlflowClient(world["uri"]).get_model_version(MODEL, out["version"]).tags
+    assert tags["calendar_source"] == ref and tags["change"] == "calendar"
     old = ParamTable.load(download(f"models:/{MODEL}/{before}", world["root"] / "c-old", "params.npz",
                                    uri=world["uri"]))
     new = ParamTable.load(download(f"models:/{MODEL}/{out['version']}", world["root"] / "c-new", "params.npz",
@@ -300,9 +311,48 @@ def test_calendar_updated_event_is_served_without_a_refit(world: dict) -> None:
         time.sleep(0.3)
     version, now = forecast(world["predictor"], "1")
     assert version == out["version"] and now[1] > values[1]  # 2015-08-04: a promotion now
-    again = httpx.post(world["url"], headers=headers, content=body, timeout=30).json()
+    again = calendar_event(world["url"], {"calendar": ref}, "cal-1").json()
     assert again.get("duplicate") and champion(world["uri"]) == out["version"]
-    headers, body = to_binary(CloudEvent({"type": "com.storecast.calendar.updated", "source": "tests",
-                                          "id": "cal-2"}, {"path": str(world["root"] / "missing.csv")}))
-    bad = httpx.post(world["url"], headers=headers, content=body, timeout=30)
-    assert bad.status_code == 400 and "missing.csv" in bad.json()["error"]
+
+
+def test_calendar_updates_that_cannot_be_taken_get_400_and_move_nothing(world: dict) -> None:
+    from pipelines.calendar import read_calendar
+    from pipelines.sales_store import SalesStore
+
+    before, versions_before = champion(world["uri"]), versions(world["uri"])
+    secret = world["root"] / "secret.csv"
+    secret.write_text("Store,Date,Open\nTOP-SECRET-CELL,2015-08-04,1\n")
+    cases = {  # data -> what the error must name
+        "path": ({"path": str(world["root"] / "calendar.csv")}, "data.path"),
+        "none": ({}, "data.calendar"),
+        "outside": ({"calendar": "../secret.csv"}, "not allowed"),
+        "absolute": ({"calendar": str(secret)}, "not allowed"),
+        "unknown": ({"calendar": "calendar-20990101T000000000000Z-nope.csv.gz"}, "no such object"),
+    }
+    path = world["root"] / "foreign.csv"
+    path.write_text("Store,Date,Open,Promo,StateHoliday,SchoolHoliday\n77,2015-08-04,1,1,0,0\n")
+    cases["foreign store"] = ({"calendar": SalesStore(str(world["latest"])).put_calendar(read_calendar(path))}, "77")
+    for name, (data, named) in cases.items():
+        r = calendar_event(world["url"], data, f"bad-cal-{name}")
+        assert r.status_code == 400 and named in r.json()["error"], (name, r.text)
+        assert "TOP-SECRET" not in r.text
+    assert champion(world["uri"]) == before and versions(world["uri"]) == versions_before
+
+
+def test_a_calendar_update_while_the_sales_store_is_down_is_a_503(world: dict) -> None:
+    port, dead = free_port(), free_port()
+    log = world["root"] / "retrain-down.log"
+    svc = subprocess.Popen([sys.executable, "-m", "pipelines.retrain", "--port", str(port), "--model-name", MODEL,
+                            "--data", f"http://127.0.0.1:{dead}/api/2.0/mlflow-artifacts/artifacts/sales/s.csv.gz",
+                            "--no-drift", "--state", str(world["root"] / "down-state" / "jobs.sqlite")],
+                           env={**os.environ, "MLFLOW_TRACKING_URI": world["uri"]}, cwd=world["root"],
+                           stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(f"{url}/healthz", Service("retrain", svc, port, log=log), 120)
+        health = httpx.get(f"{url}/healthz", timeout=30).json()
+        assert health["status"] == "degraded" and not health["data_source"]["ok"]
+        r = calendar_event(url, {"calendar": "calendar-20150801T000000000000Z-abc.csv.gz"}, "down-1")
+        assert r.status_code == 503 and r.headers["retry-after"] and "unreachable" in r.json()["error"], r.text
+    finally:
+        stop(svc)
