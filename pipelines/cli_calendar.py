@@ -89,8 +89,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
     print(f"stored {out['rows']} calendar rows of {out['stores']} stores ({first} to {last}) as {ref}", file=sys.stderr)
     if not args.url:
         return 0
-    return send_event(args.url, events.CALENDAR_UPDATED, {"calendar": ref},
-                      args.api_key or os.environ.get("STORECAST_API_KEY"), "calendar upload")
+    return send_event(args.url, events.CALENDAR_UPDATED, {"calendar": ref}, args.api_key, "calendar upload")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

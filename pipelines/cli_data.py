@@ -39,23 +39,33 @@ def known_stores(tracking_uri: str | None, model_name: str, alias: str) -> list[
     return None if mv is None else [str(s) for s in registry.table(str(mv.version)).store_id.tolist()]
 
 
-def send_event(url: str, kind: str, data: dict[str, Any], api_key: str | None, what: str) -> int:
-    """POST one CloudEvent (binary mode); the answer on stdout; 1 when it was refused or not delivered."""
+def post_event(url: str, ev: Any, api_key: str | None, what: str, timeout: float = 120) -> Any | None:
+    """POST one CloudEvent (binary mode) with ``api_key`` (default ``$STORECAST_API_KEY``) as a Bearer
+    credential; the response, or None after one line on stderr when it was refused or not delivered."""
     import httpx
     from cloudevents.conversion import to_binary
 
-    from pipelines import events
-
-    headers, body = to_binary(events.event(kind, data, "storecast.cli"))
+    headers, body = to_binary(ev)
+    api_key = api_key or os.environ.get("STORECAST_API_KEY")
     if api_key:
         headers["authorization"] = f"Bearer {api_key}"
     try:
-        r = httpx.post(url, headers=headers, content=body, timeout=120)
+        r = httpx.post(url, headers=headers, content=body, timeout=timeout)
     except httpx.HTTPError as exc:
         print(f"{what}: {url}: {exc}", file=sys.stderr)
-        return 1
+        return None
     if r.status_code >= 400:
         print(f"{what} rejected: HTTP {r.status_code}: {r.text}", file=sys.stderr)
+        return None
+    return r
+
+
+def send_event(url: str, kind: str, data: dict[str, Any], api_key: str | None, what: str) -> int:
+    """POST one CloudEvent of ``kind``; the answer on stdout; 1 when it was refused or not delivered."""
+    from pipelines import events
+
+    r = post_event(url, events.event(kind, data, "storecast.cli"), api_key, what)
+    if r is None:
         return 1
     print(r.text)
     return 0
@@ -92,8 +102,7 @@ def cmd_append(args: argparse.Namespace) -> int:
         return 1
     if not args.url:
         return 0
-    return send_event(args.url, events.SALES_APPENDED, data, args.api_key or os.environ.get("STORECAST_API_KEY"),
-                      "data append")
+    return send_event(args.url, events.SALES_APPENDED, data, args.api_key, "data append")
 
 
 def add_event_arguments(p: argparse.ArgumentParser) -> None:

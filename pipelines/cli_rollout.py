@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -12,21 +13,13 @@ DEFAULT_RETRAIN_URL = "http://127.0.0.1:8090"
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
-    import httpx
-    from cloudevents.conversion import to_binary
-
     from pipelines import events
+    from pipelines.cli_data import post_event
 
     ev = events.event(events.RETRAIN_REQUESTED, {"store_ids": args.store, "reason": args.reason,
                                                  "force": args.force}, "storecast.cli")
-    headers, body = to_binary(ev)
-    try:
-        r = httpx.post(args.url, headers=headers, content=body, timeout=30)
-    except httpx.HTTPError as exc:
-        print(f"retrain request failed: {args.url}: {exc}", file=sys.stderr)
-        return 1
-    if r.status_code >= 400:
-        print(f"retrain request rejected: HTTP {r.status_code}: {r.text}", file=sys.stderr)
+    r = post_event(args.url, ev, args.api_key, "retrain request", timeout=30)
+    if r is None:
         return 1
     answer = r.json() if r.content else {}
     print(json.dumps(answer) if answer else f"sent event {ev['id']} (HTTP {r.status_code})")
@@ -39,8 +32,18 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         return 1
     status_url = (args.status_url or args.url).rstrip("/")
     deadline = time.monotonic() + args.timeout
+    import httpx
+
+    key = args.api_key or os.environ.get("STORECAST_API_KEY")
+    headers = {"authorization": f"Bearer {key}"} if key else {}
     while time.monotonic() < deadline:
-        job = httpx.get(f"{status_url}/jobs/{job_id}", timeout=10).json()
+        try:
+            r = httpx.get(f"{status_url}/jobs/{job_id}", headers=headers, timeout=10)
+            r.raise_for_status()
+            job = r.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            print(f"job {job_id}: {status_url}: {exc}", file=sys.stderr)
+            return 1
         if job["status"] in ("done", "failed", "up_to_date"):
             print(json.dumps(job))
             if job["status"] == "done" and job["result"].get("version"):
@@ -125,6 +128,9 @@ def add_parsers(sub: Any) -> None:
     r.add_argument("--wait", action="store_true", help="wait for the job and print the new version")
     r.add_argument("--force", action="store_true", help="refit the stores even if their model is up to date")
     r.add_argument("--timeout", type=float, default=300.0, help="seconds --wait waits for the job")
+    from pipelines.cli_data import add_event_arguments  # --api-key
+
+    add_event_arguments(r)
     r.set_defaults(func=cmd_retrain)
 
     can = sub.add_parser("canary", help="canary a model version on the InferenceService (kubernetes)")

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from pipelines.stack import Service, free_port, wait_ready
+from tests.helpers_http import LoopbackServer, QuietHandler
 
 ROOT = Path(__file__).resolve().parents[1]
 BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -46,7 +45,7 @@ def stop_service(service: Service) -> None:
 Answer = tuple[int, object, dict[str, str]]
 
 
-class FakeUpstream:
+class FakeUpstream(LoopbackServer):
     """A real HTTP server on loopback answering ``respond(method, path, headers, body) -> (status, json, headers)``.
 
     For what the real stack cannot produce on demand (a 429 from a rate limiter); records every request.
@@ -56,7 +55,7 @@ class FakeUpstream:
         self.requests: list[dict] = []
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def _handle(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
                 headers = {k.lower(): v for k, v in self.headers.items()}
@@ -73,13 +72,4 @@ class FakeUpstream:
 
             do_GET = do_POST = _handle
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.serve(Handler)

@@ -12,7 +12,6 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -21,6 +20,7 @@ from mlflow import MlflowClient
 from pipelines.data import write_sales
 from pipelines.synth import synthesize
 from tests.conftest import stop
+from tests.helpers_http import LoopbackServer, QuietHandler
 from tests.helpers_lifecycle import alias, log_tail, send, start_service, train, versions, wait_job
 
 MODEL = "storecast-crash"
@@ -111,7 +111,7 @@ def test_killed_mid_fit_too_often_is_failed_with_the_reason(world: dict) -> None
         stop(svc.proc)
 
 
-class FlakyRegistry:
+class FlakyRegistry(LoopbackServer):
     """A proxy in front of the mlflow server; while ``failing`` it answers alias lookups with 503."""
 
     def __init__(self, upstream: str) -> None:
@@ -119,7 +119,7 @@ class FlakyRegistry:
         self.refused = 0
         proxy = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def _handle(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
                 if proxy.failing.is_set() and "registered-models/alias" in self.path:
@@ -140,16 +140,7 @@ class FlakyRegistry:
 
             do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _handle
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.serve(Handler)
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ import pytest
 
 from pipelines.export import future_frame
 from predictor.forecast import forecast
+from tests.conftest import wait_until
 from tests.helpers_predictor import (
     MODEL,
     Predictor,
@@ -450,7 +451,7 @@ def test_a_registry_outage_after_load_does_not_affect_serving(mlflow_server: str
     try:
         p.wait_ready()
         proxy.close()  # the registry goes away
-        assert _wait_for(lambda: f"refresh of models:/{name}@champion" in p.output(), 30), p.output()[-2000:]
+        assert wait_until(lambda: f"refresh of models:/{name}@champion" in p.output(), 30), p.output()[-2000:]
         assert f"still serving version {version}" in p.output()
         for sid in _ids(registry):
             assert p.forecast([sid] * 7, dates("2015-08-01", 7))[1] == version
@@ -461,21 +462,12 @@ def test_a_registry_outage_after_load_does_not_affect_serving(mlflow_server: str
 
 
 # ---- registry unreachable at start ------------------------------------------------------------------
-def _wait_for(predicate, timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
-
-
 def test_not_ready_while_the_registry_is_unreachable(tmp_path: Path) -> None:
     registry_uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     p = Predictor(tmp_path / "down.log", ["--refresh-seconds", "1"], tracking_uri=registry_uri)
     try:
         p.wait_live()
-        assert _wait_for(lambda: "(attempt 2)" in p.output()), p.output()[-2000:]  # retried, with a clear log line
+        assert wait_until(lambda: "(attempt 2)" in p.output()), p.output()[-2000:]  # retried, with a clear log line
         assert f"model not loaded yet: cannot load models:/storecast@champion from {registry_uri} (attempt 1)" \
             in p.output()
         assert p.http.get(f"/v2/models/{MODEL}/ready").status_code == 503
@@ -498,7 +490,7 @@ def test_a_version_registered_after_start_is_picked_up(registry: Registry, tmp_p
     MlflowClient().create_experiment(MODEL, artifact_location=(tmp_path / "artifacts").as_uri())
     p = Predictor(tmp_path / "empty.log", ["--refresh-seconds", "1"], tracking_uri=uri)
     try:
-        assert _wait_for(lambda: "model not loaded yet" in p.output()), p.output()[-2000:]
+        assert wait_until(lambda: "model not loaded yet" in p.output()), p.output()[-2000:]
         assert p.http.get(f"/v2/models/{MODEL}/ready").status_code == 503
         register(registry.result, uri=uri, model_name=MODEL, alias="champion")
         p.wait_ready(timeout=60)

@@ -21,6 +21,7 @@ import pytest
 from predictor.table import ParamTable
 from predictor.validate import VersionRefused, check
 from serving.contract import Shard
+from tests.conftest import wait_until
 from tests.helpers_predictor import MODEL, Predictor
 from tests.test_predictor_units import random_table
 
@@ -73,15 +74,6 @@ def metric(text: str, name: str, **labels: str) -> float | None:
     return None
 
 
-def wait_for(predicate, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
-
-
 def test_a_bad_version_is_refused_and_the_good_one_keeps_serving(good: ParamTable, tmp_path: Path) -> None:
     folder = tmp_path / "version"
     good.save(folder / "params.npz")
@@ -123,7 +115,7 @@ def test_a_bad_first_version_leaves_the_model_not_ready_saying_why(good: ParamTa
     p = Predictor(tmp_path / "bad.log", ["--model_uri", str(folder)])
     try:
         p.wait_live()
-        assert wait_for(lambda: "refused version" in p.output()), p.output()[-2000:]
+        assert wait_until(lambda: "refused version" in p.output()), p.output()[-2000:]
         for _ in range(30):  # probes, as Knative sends them
             r = p.http.get(f"/v2/models/{MODEL}/ready")
             assert r.status_code == 503

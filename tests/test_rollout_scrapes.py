@@ -7,17 +7,16 @@ ready, serves version 2 and shows clean traffic on ``/metrics``, except for the 
 
 from __future__ import annotations
 
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from mlflow import MlflowClient
 
 from pipelines.registry import Registry
 from pipelines.rollout import LocalTarget, Rollout, RolloutPolicy
+from tests.helpers_http import LoopbackServer, QuietHandler
 
 
-class CanaryPredictor:
+class CanaryPredictor(LoopbackServer):
     """``/v2/models/storecast/ready`` and ``/metrics`` (40 more clean requests each read); the reads whose
     number is in ``fail`` (1-based, counting every /metrics read) answer 503, as do all from ``fail_from``."""
 
@@ -25,7 +24,7 @@ class CanaryPredictor:
         self.reads, self.failed = 0, 0
         me = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 if self.path == "/metrics":
                     me.reads += 1
@@ -43,22 +42,7 @@ class CanaryPredictor:
             def do_POST(self) -> None:  # /v2/repository/models/storecast/load
                 self._send(200, b"{}")
 
-            def _send(self, status: int, body: bytes) -> None:
-                self.send_response(status)
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.serve(Handler)
 
 
 def rollout(tmp_path: Path, predictor: CanaryPredictor) -> tuple[dict, MlflowClient]:

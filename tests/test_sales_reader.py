@@ -17,7 +17,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -33,6 +33,7 @@ from pipelines.sales_store import CalendarRefused, SalesStore, SalesUnavailable,
 from pipelines.synth import synthesize, synthesize_with_calendar
 from tests.conftest import BIN, Recorder, run_cli
 from tests.helpers_dashboard import start_dashboard, stop_service
+from tests.helpers_http import LoopbackServer, QuietHandler
 from tests.helpers_lifecycle import train
 
 SECRET = "SECRET-CONTENT-7f3a"  # in every hostile file: no error may quote it
@@ -96,7 +97,7 @@ def test_load_is_one_object_until_something_changes(tmp_path: Path) -> None:
         store.load()
 
 
-class MemoryProxy:
+class MemoryProxy(LoopbackServer):
     """An artifact proxy on loopback holding files in memory (GET, HEAD with an ETag, PUT, the list call);
     it counts the GETs of each file, which is what a reader costs."""
 
@@ -105,7 +106,7 @@ class MemoryProxy:
         self.gets: dict[str, int] = {}
         proxy = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 if self.path.startswith(PROXY + "?"):
                     folder = parse_qs(urlsplit(self.path).query)["path"][0] + "/"
@@ -128,22 +129,7 @@ class MemoryProxy:
                 proxy.files[self.path.removeprefix(PROXY + "/")] = self.rfile.read(int(self.headers["content-length"]))
                 self._send(200, b"{}")
 
-            def _send(self, status: int, body: bytes) -> None:
-                self.send_response(status)
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}{PROXY}/s/train.csv.gz"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.url = self.serve(Handler) + f"{PROXY}/s/train.csv.gz"
 
 
 def test_a_url_store_moves_only_what_changed(tmp_path: Path) -> None:
@@ -350,7 +336,7 @@ class HostileProxy:
         self.stop, self.trickled = threading.Event(), threading.Event()
         proxy = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 if self.path.startswith(PROXY + "?"):
                     files = [{"path": f"s/train.csv.gz.calendars/{n}", "is_dir": False,
@@ -387,9 +373,6 @@ class HostileProxy:
                 self.end_headers()
                 with contextlib.suppress(OSError):  # the reader gave up
                     self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True

@@ -18,7 +18,6 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -26,6 +25,7 @@ import numpy as np
 import pytest
 
 from pipelines.stack import free_port
+from tests.conftest import wait_until
 from tests.helpers_predictor import MODEL, Predictor, Transformer
 from tests.test_predictor_units import random_table
 
@@ -44,15 +44,6 @@ def probes(t: Transformer) -> dict[str, bool]:
         out["grpc ModelReady"] = stub.ModelReady(pb.ModelReadyRequest(name=MODEL), timeout=10).ready
         out["grpc ServerReady"] = stub.ServerReady(pb.ServerReadyRequest(), timeout=10).ready
     return out
-
-
-def until(predicate: Callable[[], bool], timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
 
 
 def business(table, day_ahead: int = 1) -> dict:
@@ -80,12 +71,12 @@ def test_ready_only_while_the_predictor_answers(tmp_path: Path) -> None:
         p = Predictor(tmp_path / "p.log", ["--model_uri", str(tmp_path / "version")], ports=(http_port, grpc_port))
         p.wait_ready()
         for kind, t in ts.items():
-            assert until(lambda t=t: all(probes(t).values())), (kind, probes(t))
+            assert wait_until(lambda t=t: all(probes(t).values())), (kind, probes(t))
             assert t.v1(business(table)).status_code == 200
         p.stop()
         p = None
         for kind, t in ts.items():
-            assert until(lambda t=t: not any(probes(t).values())), (kind, probes(t))
+            assert wait_until(lambda t=t: not any(probes(t).values())), (kind, probes(t))
             assert "shard 0" in t.http.get(f"/v2/models/{MODEL}/ready").json()["error"]
         for t in ts.values():
             assert "Traceback" not in t.output()
