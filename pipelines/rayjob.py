@@ -174,7 +174,9 @@ def status(name: str, namespace: str = NAMESPACE, api: Any = None) -> dict[str, 
 def submit_fleet_retrain(*, reason: str, data: str = SALES, tracking_uri: str = MLFLOW,
                          model_name: str = "storecast", alias: str = "challenger", namespace: str = NAMESPACE,
                          template: str = TEMPLATE, job_id: str | None = None, api: Any = None) -> dict[str, Any]:
-    """Retrain every store as a RayJob: the cluster of the ``template`` RayJob, this training's entrypoint.
+    """Retrain every store as a RayJob: the cluster of the ``template`` RayJob, this training's entrypoint
+    (``storecast train --parent @champion --force``: a version derived from the champion, so every store's
+    calendar and the stores without new data carry over).
 
     ``job_id`` (the retrain job's id) names the RayJob, so a redelivered request finds the one it made.
     Returns ``{"name", "namespace", "uid", "entrypoint"}`` of the RayJob.
@@ -190,7 +192,9 @@ def submit_fleet_retrain(*, reason: str, data: str = SALES, tracking_uri: str = 
                               "apply manifests/overlays/ray first") from None
         raise
     suffix = re.sub(r"[^a-z0-9]", "", (job_id or uuid.uuid4().hex).lower())[:12] or uuid.uuid4().hex[:12]
-    command = entrypoint(data=data, tracking_uri=tracking_uri, model_name=model_name, alias=alias)
+    # derived from the champion (every store refitted): its calendar and stores carry over (pipelines.lineage)
+    command = entrypoint(data=data, tracking_uri=tracking_uri, model_name=model_name, alias=alias,
+                         extra=("--parent", "@champion", "--force"))
     spec = {k: copy.deepcopy(v) for k, v in base["spec"].items()
             if k not in ("entrypoint", "jobId", "suspend", "clusterSelector")}
     doc = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "RayJob",

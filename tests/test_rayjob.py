@@ -104,11 +104,14 @@ def kube(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     api.close()
 
 
+FLEET = ("--parent", "@champion", "--force")
+
+
 def test_fleet_retrain_is_one_get_and_one_create(kube):
     api, _ = kube
     out = rayjob.submit_fleet_retrain(reason="nightly: 1115 stale stores", job_id="Job-7f3a", alias="challenger")
     assert out == {"name": "storecast-retrain-job7f3a", "namespace": "storecast", "uid": "uid-1",
-                   "entrypoint": rayjob.entrypoint(alias="challenger")}
+                   "entrypoint": rayjob.entrypoint(alias="challenger", extra=FLEET)}
     assert [(r["method"], r["path"]) for r in api.requests] == [
         ("GET", f"{COLLECTION}/storecast-train"), ("POST", COLLECTION)]
     post = api.requests[1]
@@ -122,9 +125,11 @@ def test_fleet_retrain_is_one_get_and_one_create(kube):
                      "labels": {"app.kubernetes.io/part-of": "storecast", "app.kubernetes.io/component": "retrain"},
                      "annotations": {"storecast/reason": "nightly: 1115 stale stores",
                                      "storecast/template": "storecast-train"}},
-        "spec": {**expected_spec, "entrypoint": rayjob.entrypoint(alias="challenger")}}
+        "spec": {**expected_spec, "entrypoint": rayjob.entrypoint(alias="challenger", extra=FLEET)}}
     assert schema_errors(sent) == []
-    assert _train_args(sent["spec"]["entrypoint"]).alias == "challenger"
+    args = _train_args(sent["spec"]["entrypoint"])
+    assert args.alias == "challenger"
+    assert args.parent == "@champion" and args.force  # derived: the champion's calendars and stores carry over
 
 
 def test_a_redelivered_retrain_finds_its_rayjob(kube):
