@@ -5,7 +5,7 @@
 Every version lands through ``Registry.move_alias`` (``pipelines.lineage.land``): take the alias's
 lock (a registered model only one writer can create), check the alias, set it, release the lock.
 The baseline is MLflow's own ``set_registered_model_alias`` on the same server in the same run. The
-versions are registered without artifacts (``create_model_version`` with a placeholder source): only
+versions are registered without artifacts (``create_model_version`` with a placeholder ``s3://`` source, never read): only
 the registry calls are timed. Prints the load average beside every figure.
 """
 
@@ -55,7 +55,7 @@ def main() -> None:
             registry = Registry(uri, NAME)
             client = registry.client
             client.create_registered_model(NAME)
-            versions = [client.create_model_version(NAME, source=f"{tmp}/v{i}").version for i in range(2)]
+            versions = [client.create_model_version(NAME, source=f"s3://bench/v{i}").version for i in range(2)]
             for r in range(args.rounds):
                 client.set_registered_model_alias(NAME, "champion", versions[0])
                 plain = _median_ms(lambda i: client.set_registered_model_alias(NAME, "champion", versions[i % 2]),
