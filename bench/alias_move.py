@@ -5,8 +5,8 @@
 Every version lands through ``Registry.move_alias`` (``pipelines.lineage.land``): take the alias's
 lock (a registered model only one writer can create), check the alias, set it, release the lock.
 The baseline is MLflow's own ``set_registered_model_alias`` on the same server in the same run. The
-versions are registered without artifacts (``create_model_version`` with a placeholder ``s3://`` source, never read): only
-the registry calls are timed. Prints the load average beside every figure.
+versions are registered without artifacts (``create_model_version`` with a placeholder ``s3://``
+source, never read): only the registry calls are timed. Prints the load average beside every figure.
 """
 
 from __future__ import annotations
