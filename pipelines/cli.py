@@ -266,8 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_calendar(sub)
     from pipelines.cli_auth import add_parser as add_auth
     add_auth(sub)
+    from loadtest.runner import add_parser as add_loadtest
     from pipelines.cli_rollout import add_parsers
-    from pipelines.loadtest import add_parser as add_loadtest
 
     add_parsers(sub)
     add_loadtest(sub)

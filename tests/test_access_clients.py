@@ -14,7 +14,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from pipelines.loadtest import run_locust
+from loadtest.runner import run_locust
 from serving.access import Access
 from serving.access_asgi import guard
 from serving.access_file import hash_key, parse

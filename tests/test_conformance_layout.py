@@ -1,10 +1,12 @@
 """The layout rules, checked on the source: no import cycles in the serving code, ``predictor`` never imports
-``pipelines``, ``transformer`` imports nothing of ``predictor``, ``serving`` neither, and every settings field
-is in the README with its variable."""
+``pipelines``, ``transformer`` imports nothing of ``predictor``, ``serving`` neither, ``loadtest`` imports only
+``pipelines`` and ``serving.contract`` and no server imports it, every settings field is in the README with its
+variable, and so is every variable Locust reads."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,7 +25,7 @@ def imports(package: str) -> dict[str, set[str]]:
                 found.update(f"{node.module}.{a.name}" for a in node.names)
             elif isinstance(node, ast.Import):
                 found.update(a.name for a in node.names)
-        graph[name] = {m for m in found if m.split(".")[0] in (*PACKAGES, "pipelines", "dashboard")}
+        graph[name] = {m for m in found if m.split(".")[0] in (*PACKAGES, "pipelines", "dashboard", "loadtest")}
     return graph
 
 
@@ -59,6 +61,33 @@ def test_who_imports_whom() -> None:
         assert not any(d.startswith("predictor") or d.startswith("pipelines") for d in deps), (module, deps)
     for module, deps in imports("serving").items():
         assert not any(d.split(".")[0] in ("predictor", "transformer", "pipelines") for d in deps), (module, deps)
+
+
+def test_loadtest_drives_the_system_from_outside() -> None:
+    """``loadtest`` may import ``pipelines`` (the local stack) and ``serving.contract``; ``predictor``,
+    ``transformer``, ``serving`` and ``dashboard`` never import ``loadtest``; and no ``loadtest`` module imports
+    KServe (pytest and Locust import them)."""
+    for module, deps in imports("loadtest").items():
+        assert all(d.split(".")[0] in ("loadtest", "pipelines") or d == "serving.contract"
+                   or d.startswith("serving.contract.") for d in deps), (module, deps)
+    for package in (*PACKAGES, "dashboard"):
+        for module, deps in imports(package).items():
+            assert not any(d.split(".")[0] == "loadtest" for d in deps), (module, deps)
+    for path in sorted((REPO / "loadtest").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n.split(".")[0] == "kserve" for n in names), path
+
+
+def test_every_variable_locust_reads_is_in_the_readme() -> None:
+    readme = (REPO / "README.md").read_text()
+    table = readme[readme.index("### Environment variables"):]
+    table = table[:table.index("\n## ")]
+    names = {n for f in ("locustfile.py", "guard.py")
+             for n in re.findall(r"[\"'](STORECAST_[A-Z_]+)[\"']", (REPO / "loadtest" / f).read_text())}
+    assert len(names) >= 13, names
+    assert not [n for n in sorted(names) if f"`{n}`" not in table]
 
 
 def test_every_setting_is_in_the_readme() -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipelines.loadtest import run_locust
-from pipelines.retrain_guard import refusal
+from loadtest.guard import refusal
+from loadtest.runner import run_locust
 from tests.conftest import BIN, stop
 from tests.helpers_lifecycle import send, start_service
 

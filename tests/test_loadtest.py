@@ -4,17 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from pipelines.loadtest import run_locust
+from loadtest.runner import run_locust
 from pipelines.stack import LocalStack
 from serving.shedding import LoadShedder
 from tests.conftest import run_cli
 
+REPO = Path(__file__).resolve().parents[1]
+# Locust loads the locustfile by path, as the module "locustfile"; then the Refresher imports its guard
+LOAD_BY_PATH = """
+import json, sys
+from locust.util.load_locustfile import load_locustfile
+users, shapes = load_locustfile(sys.argv[1])
+from loadtest.guard import refusal
+print(json.dumps({"users": sorted(users), "guard": sys.modules[refusal.__module__].__file__,
+                  "kserve": "kserve" in sys.modules}))
+"""
 
 @pytest.fixture(scope="module")
 def registry(synth_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
@@ -56,6 +70,22 @@ def test_short_locust_run_writes_reports_and_plot(stack: LocalStack, tmp_path: P
     assert summary.requests > 10 and summary.success_rps > 1
     assert summary.failures == 0 and summary.timeouts == 0  # 6 users at 2 req/s is far below capacity
     assert summary.p99_ms > summary.p50_ms > 0
+
+
+def test_locust_runs_the_locustfile_of_a_checkout(tmp_path: Path) -> None:
+    """``locust -f loadtest/locustfile.py`` in a checkout, and from any folder by its path: the users, the guard
+    beside it, no KServe."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # no help from the caller's path
+    listed = subprocess.run([sys.executable, "-m", "locust", "-f", "loadtest/locustfile.py", "--list"], cwd=REPO,
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    assert {"Planner", "Service", "Event", "Refresher"} <= set(listed.stdout.split()), listed.stdout
+    probe = subprocess.run([sys.executable, "-c", LOAD_BY_PATH, str(REPO / "loadtest" / "locustfile.py")],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    found = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert {"Planner", "Service", "Event", "Refresher"} <= set(found["users"]) and not found["kserve"], found
+    assert Path(found["guard"]).parent.name == "loadtest" and Path(found["guard"]).name == "guard.py", found
 
 
 def test_past_max_inflight_requests_get_503_with_retry_after(tight: LocalStack) -> None:

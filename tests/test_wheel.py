@@ -77,7 +77,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
 
 
 def test_installed_from_the_wheel_not_the_sources(installed: Installed) -> None:
-    where = installed.run("python", "-c", "import pipelines, predictor; print(pipelines.__file__, predictor.__file__)")
+    where = installed.run("python", "-c", "import loadtest, pipelines, predictor; "
+                          "print(loadtest.__file__, pipelines.__file__, predictor.__file__)")
     assert all("site-packages" in p for p in where.stdout.split()), where.stdout
     print(f"wheel built and installed into a fresh venv in {installed.seconds:.0f} s")
 
@@ -141,7 +142,7 @@ def test_synth_train_and_canary_dry_run(installed: Installed) -> None:
 
 
 def test_locust_reads_the_shipped_locustfile(installed: Installed) -> None:
-    found = installed.run("python", "-c", "from pipelines.loadtest import LOCUSTFILE; print(LOCUSTFILE)").stdout.strip()
+    found = installed.run("python", "-c", "from loadtest.runner import LOCUSTFILE; print(LOCUSTFILE)").stdout.strip()
     assert "site-packages" in found and Path(found).is_file()
     users = installed.run("locust", "-f", found, "--list").stdout
     assert {"Planner", "Service", "Event", "Refresher"} <= set(users.split()), users

@@ -1,45 +1,22 @@
 """``storecast loadtest``: headless Locust against the local stack (or ``--host``), with a report and a plot.
 
 Writes Locust's CSV and HTML reports plus ``loadtest.png`` (throughput, latency percentiles and
-failures over time) into the results folder and prints success throughput, p50/p99 and error rate.
+failures over time, ``loadtest.report``) into the results folder and prints success throughput, p50/p99
+and error rate.
 """
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loadtest.report import Summary, plot, summarize
+
 LOCUSTFILE = Path(__file__).resolve().with_name("locustfile.py")  # shipped in the package: works as installed
-
-
-@dataclass
-class Summary:
-    """What a run achieved: successes per second and their latency; shed and failed requests."""
-
-    seconds: float
-    success_rps: float
-    shed_rps: float
-    failures: int
-    timeouts: int
-    requests: int
-    p50_ms: float
-    p99_ms: float
-    rows: list[dict[str, Any]]
-
-    @property
-    def error_rate(self) -> float:
-        return self.failures / self.requests if self.requests else 0.0
-
-    def line(self) -> str:
-        return (f"success throughput {self.success_rps:.1f} req/s, p50 {self.p50_ms:.0f} ms, p99 {self.p99_ms:.0f} ms "
-                f"(successful requests), shed {self.shed_rps:.1f} req/s, error rate {self.error_rate:.2%}, "
-                f"timeouts {self.timeouts}")
 
 
 def run_locust(host: str, out: Path, *, users: int, spawn_rate: float, duration: str, classes: list[str],
@@ -58,70 +35,6 @@ def run_locust(host: str, out: Path, *, users: int, spawn_rate: float, duration:
     return summary
 
 
-def summarize(out: Path) -> Summary:
-    """Success throughput and latency from ``locust_stats.csv`` (rows named ``shed`` are load shedding)."""
-    with open(out / "locust_stats.csv") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["Name"] != "Aggregated"]
-    with open(out / "locust_stats_history.csv") as fh:
-        stamps = [int(r["Timestamp"]) for r in csv.DictReader(fh)]
-    seconds = max(1.0, (max(stamps) - min(stamps))) if stamps else 1.0
-    ok = [r for r in rows if r["Name"] != "shed"]
-    shed = sum(int(r["Request Count"]) for r in rows if r["Name"] == "shed")
-    successes = sum(int(r["Request Count"]) - int(r["Failure Count"]) for r in ok)
-    busiest = max(ok, key=lambda r: int(r["Request Count"]), default=None)
-    timeouts = 0
-    if (out / "locust_failures.csv").exists():
-        with open(out / "locust_failures.csv") as fh:
-            for r in csv.DictReader(fh):
-                if "timed out" in r["Error"].lower() or "timeout" in r["Error"].lower():
-                    timeouts += int(r["Occurrences"])
-    return Summary(seconds=seconds, success_rps=successes / seconds, shed_rps=shed / seconds,
-                   failures=sum(int(r["Failure Count"]) for r in rows), timeouts=timeouts,
-                   requests=sum(int(r["Request Count"]) for r in rows),
-                   p50_ms=float(busiest["50%"]) if busiest else float("nan"),
-                   p99_ms=max((float(r["99%"]) for r in ok if int(r["Request Count"])), default=float("nan")),
-                   rows=rows)
-
-
-def plot(out: Path) -> Path:
-    """``loadtest.png``: offered requests/s, successes/s and failures/s, and p50/p95/p99 of the aggregate,
-    over time."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with open(out / "locust_stats_history.csv") as fh:
-        hist = [r for r in csv.DictReader(fh) if r["Name"] == "Aggregated"]
-    t0 = int(hist[0]["Timestamp"]) if hist else 0
-    t = [int(r["Timestamp"]) - t0 for r in hist]
-
-    def col(name: str) -> list[float]:
-        return [float(r[name]) if r[name] not in ("", "N/A") else float("nan") for r in hist]
-
-    fig, (a, b) = plt.subplots(2, 1, figsize=(10, 6.5), dpi=110, sharex=True)
-    requests, failures = col("Requests/s"), col("Failures/s")
-    a.plot(t, requests, label="offered requests/s", color="tab:gray")
-    a.plot(t, [r - f for r, f in zip(requests, failures, strict=True)], label="successes/s", color="tab:green")
-    a.plot(t, failures, label="failures/s (shed included)", color="tab:red")
-    a.plot(t, col("User Count"), label="users", color="black", linestyle=":")
-    a.set_ylabel("per second / users")
-    a.legend(loc="upper left")
-    a.grid(alpha=0.3)
-    for q, style in (("50%", "-"), ("95%", "--"), ("99%", ":")):
-        b.plot(t, col(q), linestyle=style, label=f"p{q[:-1]}")
-    b.set_ylabel("latency (ms), all requests")
-    b.set_xlabel("seconds")
-    b.legend(loc="upper left")
-    b.grid(alpha=0.3)
-    fig.suptitle(f"storecast load test: {out.name}")
-    fig.tight_layout()
-    path = out / "loadtest.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
 def cmd_loadtest(args: Any) -> int:
     """Start the local stack unless ``--host`` is given, run Locust, report."""
     from datetime import datetime
@@ -134,7 +47,7 @@ def cmd_loadtest(args: Any) -> int:
               file=sys.stderr)
         return 1
     if args.retrain_url:  # load tests cannot change production (issue 14): a dry-run service only
-        from pipelines.retrain_guard import ALLOW_ENV, refusal
+        from loadtest.guard import ALLOW_ENV, refusal
 
         reason = refusal(args.retrain_url, args.allow_writes)
         if reason:

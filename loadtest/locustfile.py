@@ -16,7 +16,8 @@ percentiles are those of successes. ``STORECAST_SHAPE`` = ``surge`` (steady, a 1
 Environment: STORECAST_STORES ("1-1115" or "1,2,7"), STORECAST_PREDICTOR_URL, STORECAST_RETRAIN_URL,
 STORECAST_USER_RPS (default 2), STORECAST_WEIGHTS ("Planner=8,Service=2,Event=1,Refresher=1"),
 STORECAST_SHAPE, STORECAST_BASE_USERS (20), STORECAST_STEP_USERS (10), STORECAST_STEP_SECONDS (10),
-STORECAST_MAX_USERS (400), STORECAST_PHASE_SECONDS (20), STORECAST_API_KEY (sent as x-api-key).
+STORECAST_MAX_USERS (400), STORECAST_PHASE_SECONDS (20), STORECAST_API_KEY (sent as x-api-key),
+STORECAST_ALLOW_WRITES (``loadtest.guard``); all of them are in the README's table of environment variables.
 """
 
 from __future__ import annotations
@@ -24,11 +25,16 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 import time
 import uuid
+from pathlib import Path
 
 from locust import LoadTestShape, between, task
 from locust.contrib.fasthttp import FastHttpUser
+
+if not __package__:  # loaded by path (locust -f loadtest/locustfile.py): the folder holding loadtest/ gives
+    sys.path.append(str(Path(__file__).resolve().parents[1]))  # loadtest.guard; last, so an installed one wins
 
 # STORECAST_API_KEY: sent as x-api-key by every user (an identity of the servers' auth file)
 JSON = {"content-type": "application/json",
@@ -153,7 +159,7 @@ class Refresher(FastHttpUser):
     def on_start(self) -> None:  # only against a --dry-run retrain service unless STORECAST_ALLOW_WRITES=1
         from locust.exception import StopUser
 
-        from pipelines.retrain_guard import refusal
+        from loadtest.guard import refusal
 
         reason = refusal(self.url)
         if reason:
