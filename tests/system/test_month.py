@@ -15,6 +15,7 @@ The steps run in order on one world (module scope); each builds on the one befor
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pandas as pd
@@ -199,6 +200,17 @@ def test_11_more_actuals(world: World) -> None:
     days(world, "2015-07-21", "11")
 
 
+def upload_refused(world: World, calendar: Path, needle: str) -> None:
+    """A bad calendar is refused naming ``needle``: by the upload itself (one line, no traceback), or, once
+    stored, by the ``calendar.updated`` event that names it."""
+    up = world.upload_calendar(calendar)
+    if up.returncode == 0:
+        ref = up.stdout.strip().splitlines()[-1].strip()
+        assert_refused(world.event(CALENDAR_UPDATED, {"calendar": ref}), needle)
+    else:
+        assert needle in up.stderr and "Traceback" not in up.stderr, up.stderr[-1500:]
+
+
 def test_12_bad_calendar_files_are_refused(world: World) -> None:
     """12. A calendar naming a store no version holds, and one with a malformed value, are refused with a clear
     4xx naming the problem (by event and by the CLI); a path on the server is refused too. Nothing moves."""
@@ -206,22 +218,12 @@ def test_12_bad_calendar_files_are_refused(world: World) -> None:
     day = plain_day(world, "2", "2015-08-24", "2015-08-28")
     unknown = world.calendar_file([row(world, "2", day, Promo=1), {**row(world, "2", day, Promo=1), "Store": 99}],
                                   "unknown-store.csv")
-    up = world.upload_calendar(unknown)
-    if up.returncode == 0:
-        ref = up.stdout.strip().splitlines()[-1].strip()
-        assert_refused(world.event(CALENDAR_UPDATED, {"calendar": ref}), "99")
-    else:
-        assert "99" in up.stderr and "Traceback" not in up.stderr, up.stderr[-1500:]
+    upload_refused(world, unknown, "99")
     proc = world.cli("calendar", "push", "--calendar", str(unknown), "--tracking-uri", world.uri, "--model-name",
                      MODEL)
     assert proc.returncode != 0 and "99" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-1500:]
     malformed = world.calendar_file([row(world, "2", day, Promo="yes")], "malformed.csv")
-    up = world.upload_calendar(malformed)
-    if up.returncode == 0:
-        ref = up.stdout.strip().splitlines()[-1].strip()
-        assert_refused(world.event(CALENDAR_UPDATED, {"calendar": ref}), "Promo")
-    else:
-        assert "Promo" in up.stderr and "Traceback" not in up.stderr, up.stderr[-1500:]
+    upload_refused(world, malformed, "Promo")
     assert_refused(world.event(CALENDAR_UPDATED, {"path": str(unknown)}), "data.path")
     assert world.alias() == before
     check_invariants(world, "12: bad calendar files refused")
