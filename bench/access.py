@@ -5,7 +5,7 @@
 The real stack: the predictor and the transformer (the serving layer with its access door: the auth file,
 the moving-window rate limits per identity, the concurrency bulkhead and one audit line per request, in
 its log) on the shared trained version (``--workdir``, bench/predictor_common.py), business V1 requests
-for one store and a week. ``--minimal`` instead puts ``serving.access_asgi.guard`` in front of a Starlette
+for one store and a week. ``--minimal`` instead puts ``serving.access.asgi.guard`` in front of a Starlette
 route doing ``--cpu-ms`` of CPU and waiting for a pool of ``--pool`` slots of ``--backend-ms`` (the
 library alone, no model). The open-loop generator of bench/loadgen.py, each flow in its own process:
 
@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import loadgen
 from predictor_common import PREDICTOR, add_common_arguments, prepare_version, start
 
-from serving.access_file import hash_key
+from serving.access.auth_file import hash_key
 
 PATH = "/v1/models/storecast:predict"
 KEYS = {name: f"sc_bench-{name}" for name in ("a", "b", "c", "d")}
@@ -95,9 +95,9 @@ def serve(port: int, auth_file: str, cpu_ms: float, backend_ms: float, pool: int
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from serving.access_asgi import guard
-    from serving.access_settings import AccessSettings, build_access
-    from serving.audit import note_rows
+    from serving.access.asgi import guard
+    from serving.access.audit import note_rows
+    from serving.access.settings import AccessSettings, build_access
 
     handler = logging.FileHandler(audit_log)
     handler.setFormatter(logging.Formatter("%(message)s"))  # the line carries its own ts
@@ -192,8 +192,8 @@ def refusal_in_process(audit: bool, n: int = 20000) -> float:
     """Microseconds per ``Access.admit`` that ends in a 429 (the library alone; the audit line to a file)."""
     import logging
 
-    from serving.access import Access, RateLimited
-    from serving.access_file import parse
+    from serving.access.admission import Access, RateLimited
+    from serving.access.auth_file import parse
 
     access = Access(parse(AUTH))
     headers = {"x-api-key": KEYS["c"]}

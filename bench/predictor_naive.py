@@ -4,7 +4,7 @@
 loads the first N stock Prophet models of a version (``prophet_models.zip``: gzip JSON per store) and
 answers V2 requests (``store_id``, ``ds`` -> ``yhat``, ``yhat_lower``, ``yhat_upper``) by calling
 ``Prophet.predict`` per store of the request, as a straightforward KServe custom model would: the
-future frame with the version's calendar regressors (``pipelines.export.future_frame``, from
+future frame with the version's calendar regressors (``pipelines.training.export.future_frame``, from
 ``params.npz``), ``expm1`` of the answer for a version fitted on ``log1p(sales)``.
 """
 
@@ -23,7 +23,7 @@ from kserve import Model, ModelServer, model_server
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from prophet.serialize import model_from_json
 
-from pipelines.export import future_frame
+from pipelines.training.export import future_frame
 from predictor.table import ParamTable
 from serving import eventloop
 

@@ -29,8 +29,8 @@ from scale_common import REPO, Run, median, train_run
 
 sys.path.insert(0, str(REPO))
 
-from pipelines.data import shared_rossmann, write_sales
-from pipelines.synth import synthesize
+from pipelines.data.sales_csv import shared_rossmann, write_sales
+from pipelines.data.synth import synthesize
 
 END = "2015-07-31"
 

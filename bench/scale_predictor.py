@@ -40,16 +40,16 @@ def source_table(workdir: Path) -> tuple[ParamTable, str]:
     """Fitted rows to replicate: the Rossmann version of bench/scale.py, else a few synthetic stores."""
     info = workdir / "scale-rossmann.json"
     if info.exists():
-        from pipelines.registry import download
+        from pipelines.versions.registry import download
 
         meta = json.loads(info.read_text())
         with tempfile.TemporaryDirectory() as tmp:
             path = download(f"models:/storecast/{meta['version']}", tmp, "params.npz", uri=meta["tracking_uri"])
             return ParamTable.load(path), f"{meta['data']} version {meta['version']}"
-    from pipelines.data import read_sales, write_sales
-    from pipelines.fitting import FitConfig
-    from pipelines.synth import synthesize
-    from pipelines.train import train
+    from pipelines.data.sales_csv import read_sales, write_sales
+    from pipelines.data.synth import synthesize
+    from pipelines.training.fitting import FitConfig
+    from pipelines.training.train import train
 
     with tempfile.TemporaryDirectory() as tmp:
         sales = read_sales(write_sales(synthesize(40, seed=1, start="2014-08-01"), Path(tmp) / "sales.csv"))

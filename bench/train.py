@@ -28,9 +28,9 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipelines.calendar import read_calendar  # noqa: E402
-from pipelines.data import read_sales, shared_rossmann  # noqa: E402
-from pipelines.fitting import FitConfig  # noqa: E402
+from pipelines.data.calendar import read_calendar  # noqa: E402
+from pipelines.data.sales_csv import read_sales, shared_rossmann  # noqa: E402
+from pipelines.training.fitting import FitConfig  # noqa: E402
 
 
 def pipeline(data: Path, *extra: str) -> dict:
@@ -46,9 +46,9 @@ def pipeline(data: Path, *extra: str) -> dict:
 
 def stock_serial(sales: pd.DataFrame, stores: list[str], cfg: FitConfig, calendar: pd.DataFrame | None) -> float:
     """Seconds for stock Prophet (Stan) to fit, evaluate and refit ``stores`` one after another, same model."""
-    from pipelines.calendar import split_future, store_calendars
-    from pipelines.fitting import make_prophet, store_features, to_fitted
-    from pipelines.train import to_series
+    from pipelines.data.calendar import split_future, store_calendars
+    from pipelines.training.fitting import make_prophet, store_features, to_fitted
+    from pipelines.training.train import to_series
 
     logging.getLogger("cmdstanpy").disabled = True
     part = sales[sales["Store"].isin(stores)]

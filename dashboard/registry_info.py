@@ -153,7 +153,7 @@ class RegistryCache:
         return VersionInfo(version, tags.get("data_end", ""), stamp, tags.get("parent_version", ""), metrics)
 
     def _mlflow_download(self, version: str, tmp: str) -> Path:
-        from pipelines.registry import download
+        from pipelines.versions.registry import download
 
         return download(f"models:/{self.model}/{version}", tmp, METRICS_FILE, self.uri)
 

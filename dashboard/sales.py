@@ -1,6 +1,6 @@
 """Recent actual sales per store, from the sales store the retrain service reads (base plus appended parts).
 
-``--sales`` is the store's location as everywhere else (``pipelines.sales_store.SalesStore``): a path,
+``--sales`` is the store's location as everywhere else (``pipelines.data.sales_store.SalesStore``): a path,
 or the URL of the base behind MLflow's artifact proxy. Every ``--sales-check-seconds`` at most the store
 is asked whether anything changed (the base's mtime and size, or its ``ETag`` from one HEAD, and the
 listing of the parts: no data moves while nothing did); a new part or a new base is read and merged, so
@@ -36,7 +36,7 @@ class SalesCache:
     """``--sales STORE``: the last ``KEEP_DAYS`` of each store, worked out again when the store changed."""
 
     def __init__(self, location: str, check_seconds: float = 5.0, keep_days: int = KEEP_DAYS) -> None:
-        from pipelines.sales_store import SalesStore
+        from pipelines.data.sales_store import SalesStore
 
         self.store = SalesStore(location) if location else None
         self.check_seconds, self.keep_days = check_seconds, keep_days
@@ -61,7 +61,7 @@ class SalesCache:
         return self.recent
 
     def _refresh(self) -> None:
-        from pipelines.sales_store import SalesUnavailable
+        from pipelines.data.sales_store import SalesUnavailable
 
         t0 = time.perf_counter()
         try:

@@ -39,8 +39,8 @@ def cmd_loadtest(args: Any) -> int:
     """Start the local stack unless ``--host`` is given, run Locust, report."""
     from datetime import datetime
 
-    from pipelines.registry import tracking_uri
     from pipelines.stack import LocalStack
+    from pipelines.versions.registry import tracking_uri
 
     if importlib.util.find_spec("locust") is None:  # before starting anything
         print("storecast loadtest needs Locust, a dependency of storecast: pip install storecast (or locust==2.47.0)",

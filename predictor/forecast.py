@@ -3,7 +3,7 @@
 ``forecast(table, rows, days)`` computes yhat exactly as stock ``Prophet.predict`` does (piecewise
 linear trend, additive Fourier seasonalities and additive extra regressors, the regressors derived
 from the version's calendar by ``predictor.calendar``) for any mix of stores and dates at once, and
-the interval bounds from the offsets simulated at training time (``pipelines.intervals``), scaled by
+the interval bounds from the offsets simulated at training time (``pipelines.training.intervals``), scaled by
 the version's calibration, so a store's interval for a date is the same whatever window, batch or
 replica it is asked in. A version fitted on ``log1p(sales)`` answers ``expm1`` of all three.
 ``promo`` / ``open_`` (int8 per row, -1: as the calendar says) evaluate a what-if. The numbers are

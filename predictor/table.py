@@ -125,7 +125,7 @@ class ParamTable:
     @classmethod
     def from_rows(cls, rows: list[dict[str, Any]], iv_days: np.ndarray, interval_width: float,
                   meta: dict[str, Any] | None = None, transform: str = "none") -> ParamTable:
-        """Assemble a table from per-store rows (``pipelines.export.store_row`` output).
+        """Assemble a table from per-store rows (``pipelines.training.export.store_row`` output).
 
         Each row carries its own Fourier layout (``features``: list of (period, harmonic, cos)) and
         regressors (``regressors`` names, ``reg_beta``); the table uses the unions, so stores with

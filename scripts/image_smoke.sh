@@ -140,7 +140,7 @@ echo "registered models:/$MODEL/$version in the mlflow server"
 podman run -d --pod "$NAME" --name "$NAME-predictor" -e MLFLOW_TRACKING_URI=http://127.0.0.1:5000 \
     -e STORECAST_HOST=0.0.0.0 "$SERVE_IMAGE" \
     predictor --model_uri "models:/$MODEL/$version" --http_port 8080 --grpc_port 8081 >/dev/null
-# the transformer listens wide only with credentials configured (serving/access_door.py): the smoke's key
+# the transformer listens wide only with credentials configured (serving/access/door.py): the smoke's key
 podman run -d --pod "$NAME" --name "$NAME-transformer" -e STORECAST_HOST=0.0.0.0 -e STORECAST_API_KEY=image-smoke \
     "$SERVE_IMAGE" transformer --predictor_host 127.0.0.1:8081 --predictor_protocol grpc-v2 --http_port 9080 \
     --grpc_port 9081 --workers 1 >/dev/null

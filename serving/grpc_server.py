@@ -26,8 +26,8 @@ from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.grpc.servicer import InferenceServicer
 from kserve.utils.utils import to_headers
 
-from serving import door as doors_
 from serving import grpc_tensors, tensors
+from serving.access import hook as doors_
 from serving.errors import Unavailable, failure_of
 from serving.http import log_access
 from serving.metrics import Meter

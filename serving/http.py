@@ -2,7 +2,7 @@
 
 For every HTTP request, in this order:
 
-1. the doors (``serving.door``): admit (the principal is kept for the request) or refuse;
+1. the doors (``serving.access.hook``): admit (the principal is kept for the request) or refuse;
 2. the in-flight bound (``serving.shedding``): past ``--max-inflight`` inference requests, 503 +
    ``Retry-After`` at once (most of these are answered earlier still, by ``FastShedProtocol``);
 3. the body of a POST: at most ``--max-body-bytes`` (413), ``Content-Encoding: gzip`` decoded (other
@@ -23,8 +23,8 @@ from typing import Any
 
 import orjson
 
-from serving import door as doors_
 from serving import shedding
+from serving.access import hook as doors_
 from serving.errors import ClientError, Failure, TooLarge, Unsupported, failure_of
 from serving.metrics import Meter
 

@@ -44,7 +44,7 @@ class Component:
     def parser(self, kserve_parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
         parser = build_parser(self.settings, self.prog, self.description, f"storecast {self.name}",
                               {"doors": self.doors, **self.defaults}, kserve_parser)
-        from serving.access_settings import add_access_arguments  # the access door's flags (issue 13)
+        from serving.access.settings import add_access_arguments  # the access door's flags (issue 13)
 
         add_access_arguments(parser)
         return parser
@@ -71,8 +71,8 @@ def serve(component: Component, settings: ServerSettings, models: Sequence[Any],
           start: Sequence[Any] = ()) -> None:
     """Build the server, register ``models`` (ready or not: readiness is per model) and serve until stopped."""
     from serving import eventloop
+    from serving.access.hook import build_doors
     from serving.budget import SWITCH_SECONDS
-    from serving.door import build_doors
     from serving.metrics import Meter
     from serving.shedding import LoadShedder
 

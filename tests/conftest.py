@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.data import read_sales, write_sales
+from pipelines.data.sales_csv import read_sales, write_sales
+from pipelines.data.synth import synthesize
 from pipelines.stack import Service, free_port, wait_ready
-from pipelines.synth import synthesize
 
 BIN = Path(sys.executable).parent
 

@@ -32,7 +32,7 @@ class Registry:
     root: Path
     uri: str
     version: str
-    result: Any  # pipelines.train.TrainResult
+    result: Any  # pipelines.training.train.TrainResult
 
     @property
     def table(self) -> Any:
@@ -44,9 +44,9 @@ def make_registry(root: Path, sales: Any, **train_kwargs: Any) -> Registry:
     import mlflow
     from mlflow import MlflowClient
 
-    from pipelines.fitting import FitConfig
-    from pipelines.registry import register
-    from pipelines.train import train
+    from pipelines.training.fitting import FitConfig
+    from pipelines.training.train import train
+    from pipelines.versions.registry import register
 
     root.mkdir(parents=True, exist_ok=True)
     sales = typed(sales, root / "sales.csv.gz")
@@ -60,7 +60,7 @@ def make_registry(root: Path, sales: Any, **train_kwargs: Any) -> Registry:
 
 def typed(sales: Any, path: Path) -> Any:
     """Sales as ``read_sales`` returns them (string store ids, ...), via a file like the CLI."""
-    from pipelines.data import read_sales, write_sales
+    from pipelines.data.sales_csv import read_sales, write_sales
 
     return read_sales(write_sales(sales, path))
 
@@ -71,7 +71,7 @@ def stock_models(registry: Registry, version: str, dst: Path) -> dict[str, Any]:
 
     from prophet.serialize import model_from_json
 
-    from pipelines.registry import download
+    from pipelines.versions.registry import download
 
     logging.getLogger("cmdstanpy").disabled = True
     use(registry)
@@ -82,7 +82,7 @@ def stock_models(registry: Registry, version: str, dst: Path) -> dict[str, Any]:
 
 
 def use(registry: Registry) -> None:
-    """Point this process's MLflow client at the registry (as pipelines.registry does)."""
+    """Point this process's MLflow client at the registry (as pipelines.versions.registry does)."""
     import mlflow
 
     mlflow.set_tracking_uri(registry.uri)

@@ -66,9 +66,9 @@ def served(tmp_path_factory: Any) -> Served:
     """The session's stack: 4 synthetic stores with their known-ahead calendar, trained once."""
     global _SERVED
     if _SERVED is None:
-        from pipelines.calendar import read_calendar
-        from pipelines.data import write_sales
-        from pipelines.synth import synthesize_with_calendar
+        from pipelines.data.calendar import read_calendar
+        from pipelines.data.sales_csv import write_sales
+        from pipelines.data.synth import synthesize_with_calendar
         from tests.helpers_predictor import make_registry
 
         root = tmp_path_factory.mktemp("served")

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.export import future_frame
+from pipelines.training.export import future_frame
 
 
 def stock_forecast(model: Any, table: Any, store_id: str, days: np.ndarray) -> dict[str, np.ndarray]:

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from serving.access import Access, ConcurrencyLimited, Forbidden, RateLimited, Unauthenticated, peer_address
-from serving.access_file import AuthFileError, AuthFileWatcher, hash_key, load, parse
-from serving.access_settings import AccessSettings, add_access_arguments, build_access, check_exposure
+from serving.access.admission import Access, ConcurrencyLimited, Forbidden, RateLimited, Unauthenticated, peer_address
+from serving.access.auth_file import AuthFileError, AuthFileWatcher, hash_key, load, parse
+from serving.access.settings import AccessSettings, add_access_arguments, build_access, check_exposure
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = {"alice": "sc_alice-key", "svc": "sc_service-key", "root": "sc_admin-key"}
@@ -131,7 +131,7 @@ def test_example_file_parses_with_the_four_tiers_and_their_permissions():
 
 
 def test_new_files_from_the_cli_have_the_example_tiers():
-    from pipelines.cli_auth import NEW_FILE
+    from pipelines.cli.auth import NEW_FILE
 
     assert parse(NEW_FILE).tiers == load(ROOT / "config" / "auth.example.yaml").tiers
 
@@ -368,7 +368,7 @@ def test_reload_on_in_place_rewrite(tmp_path):
 
 
 def test_cli_add_key_appends_and_the_key_works(tmp_path):
-    from pipelines.cli_auth import add_key
+    from pipelines.cli.auth import add_key
 
     path = tmp_path / "auth.yaml"
     key = add_key(path, "carol", "planner")
@@ -424,7 +424,7 @@ def test_audit_line_per_request_never_the_key(caplog):
 
 
 def test_metrics_text_has_counters_by_tier_and_outcome():
-    from serving.audit import metrics_text
+    from serving.access.audit import metrics_text
 
     access = Access(parse(auth_text()))
     ok(access, {"x-api-key": KEYS["root"]}, "rollout")

@@ -15,9 +15,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from loadtest.runner import run_locust
-from serving.access import Access
-from serving.access_asgi import guard
-from serving.access_file import hash_key, parse
+from serving.access.admission import Access
+from serving.access.asgi import guard
+from serving.access.auth_file import hash_key, parse
 from tests.test_access_doors import Server
 
 KEY = "sc_locust-key"

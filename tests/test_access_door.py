@@ -1,6 +1,6 @@
-"""The access door in the serving layer's hook (``serving.door``): the Calls the REST and gRPC fronts make.
+"""The access door in the serving layer's hook (``serving.access.hook``): the Calls the REST and gRPC fronts make.
 
-The fronts (serving/http.py, serving/grpc_server.py) build a ``serving.door.Call`` for every request
+The fronts (serving/http.py, serving/grpc_server.py) build a ``serving.access.hook.Call`` for every request
 and turn a ``serving.errors.Refused`` into the HTTP answer or the gRPC status with trailing metadata;
 here the door is asked with those Calls directly: what it admits, what it refuses and how.
 """
@@ -15,12 +15,12 @@ from types import SimpleNamespace
 
 import pytest
 
-door_module = pytest.importorskip("serving.door", reason="the serving layer's hook (issue 12) is not here yet")
+door_module = pytest.importorskip("serving.access.hook", reason="the serving layer's hook (issue 12) is not here yet")
 errors = pytest.importorskip("serving.errors")
 
-from serving.access_door import AccessDoor, Principal, door, door_if_configured  # noqa: E402
-from serving.access_file import hash_key  # noqa: E402
-from serving.access_settings import add_access_arguments  # noqa: E402
+from serving.access.auth_file import hash_key  # noqa: E402
+from serving.access.door import AccessDoor, Principal, door, door_if_configured  # noqa: E402
+from serving.access.settings import add_access_arguments  # noqa: E402
 
 KEY, SVC = "sc_planner", "sc_service"
 AUTH = f"""

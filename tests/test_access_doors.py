@@ -22,8 +22,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from pipelines.stack import free_port
-from serving.access import Access
-from serving.access_asgi import (
+from serving.access.admission import Access
+from serving.access.asgi import (
     AccessMiddleware,
     admission_of,
     guard,
@@ -31,9 +31,9 @@ from serving.access_asgi import (
     retrain_permission,
     retrain_rules,
 )
-from serving.access_file import hash_key, parse
-from serving.access_grpc import AccessInterceptor
-from serving.audit import note_rows
+from serving.access.audit import note_rows
+from serving.access.auth_file import hash_key, parse
+from serving.access.grpc_interceptor import AccessInterceptor
 
 KEYS = {"alice": "sc_alice", "svc": "sc_svc"}
 AUTH = f"""

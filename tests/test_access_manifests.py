@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serving.access_asgi import retrain_permission
-from serving.access_file import load
+from serving.access.asgi import retrain_permission
+from serving.access.auth_file import load
 from tests.test_manifests import (
     ISVC,
     KSVC,

@@ -22,9 +22,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-from serving.access import Access, Forbidden, Unauthenticated
-from serving.access_file import parse
-from serving.oidc import OIDCVerifier
+from serving.access.admission import Access, Forbidden, Unauthenticated
+from serving.access.auth_file import parse
+from serving.access.oidc import OIDCVerifier
 
 AUDIENCE = "serving.kserve.io/inferenceservice/storecast/storecast"
 SUBJECT = "system:serviceaccount:storecast:storecast-forecast-requested-oidc-eventing.knative.dev-trigger"

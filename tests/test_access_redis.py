@@ -16,9 +16,9 @@ import time
 import pytest
 
 from pipelines.stack import free_port
-from serving.access import Access, RateLimited
-from serving.access_file import hash_key, parse
-from serving.ratelimit import RateLimiter
+from serving.access.admission import Access, RateLimited
+from serving.access.auth_file import hash_key, parse
+from serving.access.ratelimit import RateLimiter
 
 REDIS = shutil.which("redis-server")
 KEY = "sc_alice-key"

@@ -13,7 +13,7 @@ import json
 import httpx
 import pytest
 
-from serving.access_file import hash_key
+from serving.access.auth_file import hash_key
 from tests.helpers_lifecycle import send, start_service
 from tests.test_access_oidc import SUBJECT, Issuer
 

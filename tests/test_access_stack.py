@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from pipelines.stack import LocalStack
-from serving.access_file import hash_key
+from serving.access.auth_file import hash_key
 from tests.test_access_oidc import AUDIENCE, SUBJECT, Issuer
 
 PLANNER, SERVICE = "sc_stack-planner", "sc_stack-service"
@@ -34,7 +34,7 @@ def issuer():
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, issuer):
-    from pipelines.synth import synthesize
+    from pipelines.data.synth import synthesize
     from tests.helpers_predictor import make_registry
 
     root = tmp_path_factory.mktemp("access-stack")

@@ -25,7 +25,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import batch
+from pipelines.clients import batch
 from pipelines.stack import LocalStack
 from tests.conftest import BIN
 

@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 from prophet.serialize import model_from_json
 
-from pipelines.calendar import read_calendar, split_future, store_calendars
-from pipelines.data import read_sales, shared_rossmann, write_sales
-from pipelines.fitting import FitConfig
-from pipelines.synth import synthesize_with_calendar
-from pipelines.train import train
+from pipelines.data.calendar import read_calendar, split_future, store_calendars
+from pipelines.data.sales_csv import read_sales, shared_rossmann, write_sales
+from pipelines.data.synth import synthesize_with_calendar
+from pipelines.training.fitting import FitConfig
+from pipelines.training.train import train
 from predictor import calendar as cal
 from predictor.forecast import calendar_days, fitted_scale, forecast
 from predictor.table import ParamTable
@@ -192,7 +192,7 @@ def test_calendar_push_is_served_without_a_refit(synthetic: dict, tmp_path: Path
     out = json.loads(run_cli("calendar", "push", "--calendar", str(tmp_path / "cal2.csv"), "--json",
                              cwd=tmp_path, env=env).stdout)
     assert out["parent_version"] == "1" and out["version"] == "2" and out["stores"] == 5
-    from pipelines.registry import download
+    from pipelines.versions.registry import download
 
     old = ParamTable.load(download("models:/storecast/1", tmp_path / "v1", "params.npz", uri=uri))
     new = ParamTable.load(download("models:/storecast/2", tmp_path / "v2", "params.npz", uri=uri))

@@ -12,9 +12,9 @@ import httpx
 import pandas as pd
 import pytest
 
-from pipelines.data import write_sales
+from pipelines.data.sales_csv import write_sales
+from pipelines.data.synth import synthesize_with_calendar
 from pipelines.stack import LocalStack
-from pipelines.synth import synthesize_with_calendar
 from tests.conftest import run_cli
 
 END = "2015-07-31"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from pipelines import canary
+from pipelines.rollout import canary
 from tests.conftest import Recorder, run_cli
 
 ISVC = {
@@ -139,7 +139,7 @@ def test_cli_promote_patches_and_moves_champion(kube: tuple, tmp_path: Path) -> 
     assert str(client.get_model_version_by_alias("storecast", "champion").version) == "2"
 
 
-# ---- the automatic rollout against the Kubernetes API (pipelines.rollout + canary.KubeTarget) ----------
+# ---- the automatic rollout against the Kubernetes API (pipelines.rollout.controller + canary.KubeTarget) ----------
 PODS = "/api/v1/namespaces/storecast/pods"
 
 
@@ -249,8 +249,8 @@ class PredictorMetrics:
 def rollout_against(tmp_path: Path, bad: float) -> tuple[dict, FakeKServe, MlflowClient]:
     from kubernetes import client, config
 
-    from pipelines.registry import Registry
-    from pipelines.rollout import Rollout, RolloutPolicy
+    from pipelines.rollout.controller import Rollout, RolloutPolicy
+    from pipelines.versions.registry import Registry
 
     metrics = PredictorMetrics(bad)
     kserve = FakeKServe(metrics.port)

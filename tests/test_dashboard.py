@@ -20,9 +20,9 @@ import pytest
 import yaml
 
 from dashboard.config import parse
-from pipelines.data import write_sales
+from pipelines.data.sales_csv import write_sales
+from pipelines.data.synth import synthesize
 from pipelines.stack import Service, free_port
-from pipelines.synth import synthesize
 from tests.conftest import run_cli
 from tests.helpers_dashboard import ROOT, FakeUpstream, start_dashboard, stop_service
 

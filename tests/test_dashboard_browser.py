@@ -25,9 +25,9 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from pipelines.data import write_sales
+from pipelines.data.sales_csv import write_sales
+from pipelines.data.synth import synthesize
 from pipelines.stack import LocalStack, Service, free_port, wait_ready
-from pipelines.synth import synthesize
 from tests.conftest import run_cli
 from tests.helpers_dashboard import BROWSER_ARGS, CHROMIUM, ROOT, FakeUpstream, start_dashboard, stop_service
 
@@ -195,7 +195,7 @@ def champion(stack: SimpleNamespace) -> str:
 
 
 def store_metrics(stack: SimpleNamespace, version: str) -> dict[str, dict]:
-    from pipelines.registry import download
+    from pipelines.versions.registry import download
 
     with tempfile.TemporaryDirectory() as tmp:
         path = download(f"models:/{MODEL}/{version}", tmp, "store_metrics.csv", stack.registry)

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.data import COLUMNS, open_days, read_sales, shared_rossmann, write_sales
-from pipelines.synth import synthesize
+from pipelines.data.sales_csv import COLUMNS, open_days, read_sales, shared_rossmann, write_sales
+from pipelines.data.synth import synthesize
 
 SUFFIXES = ("csv", "csv.gz", "parquet")
 
@@ -173,7 +173,7 @@ def test_real_rossmann_file() -> None:
 
 
 def test_weekday_open_rate_follows_the_last_year_of_openings() -> None:
-    from pipelines.data import weekday_open_rate
+    from pipelines.data.sales_csv import weekday_open_rate
 
     days = pd.date_range("2014-01-06", "2015-07-26")  # Monday .. Sunday, 81 weeks
     weekday = days.dayofweek.to_numpy()
@@ -190,7 +190,7 @@ def test_weekday_open_rate_follows_the_last_year_of_openings() -> None:
 
 
 def test_weekday_open_rate_counts_occasional_closures() -> None:
-    from pipelines.data import weekday_open_rate
+    from pipelines.data.sales_csv import weekday_open_rate
 
     days = pd.date_range("2015-01-05", periods=28)  # four weeks from a Monday
     opened = np.ones(28, dtype=int)

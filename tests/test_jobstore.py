@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.jobstore import EventKey, Job, JobStore, JobStoreUnavailable
+from pipelines.retrain.jobstore import EventKey, Job, JobStore, JobStoreUnavailable
 
 
 def test_events_are_deduplicated_per_sender(tmp_path: Path) -> None:

@@ -17,8 +17,8 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
-from pipelines.data import write_sales
-from pipelines.synth import synthesize
+from pipelines.data.sales_csv import write_sales
+from pipelines.data.synth import synthesize
 from tests.conftest import stop
 from tests.helpers_http import LoopbackServer, QuietHandler
 from tests.helpers_lifecycle import alias, log_tail, send, start_service, train, versions, wait_job

@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.data import read_sales, write_sales
-from pipelines.sales_store import BadSales, SalesStore, SalesUnavailable, sales_problems, validate_sales
-from pipelines.synth import synthesize
+from pipelines.data.sales_csv import read_sales, write_sales
+from pipelines.data.sales_store import BadSales, SalesStore, SalesUnavailable, sales_problems, validate_sales
+from pipelines.data.synth import synthesize
 from tests.conftest import BIN, stop
 from tests.helpers_lifecycle import send, start_service, wait_job
 

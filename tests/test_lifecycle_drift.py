@@ -15,8 +15,8 @@ import re
 import httpx
 from mlflow import MlflowClient
 
-from pipelines.data import write_sales
-from pipelines.synth import synthesize
+from pipelines.data.sales_csv import write_sales
+from pipelines.data.synth import synthesize
 from tests.conftest import run_cli, stop
 from tests.helpers_lifecycle import alias, send, start_service, train, versions, wait_job
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from pipelines.data import write_sales
-from pipelines.fitting import PROPHET_DEFAULTS, FitConfig
-from pipelines.publish import GatePolicy, ParentMissing, download_parent, publish, resolve_parent
-from pipelines.registry import Registry, RegistryUnavailable
-from pipelines.sales_store import SalesStore
-from pipelines.synth import synthesize
+from pipelines.data.sales_csv import write_sales
+from pipelines.data.sales_store import SalesStore
+from pipelines.data.synth import synthesize
+from pipelines.training.fitting import PROPHET_DEFAULTS, FitConfig
+from pipelines.versions.publish import GatePolicy, ParentMissing, download_parent, publish, resolve_parent
+from pipelines.versions.registry import Registry, RegistryUnavailable
 from tests.conftest import run_cli, stop
 from tests.helpers_lifecycle import alias, start_service
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from pipelines.jobstore import Job
-from pipelines.retrain_jobs import RetrainManager, Settings
+from pipelines.retrain.jobs import RetrainManager, Settings
+from pipelines.retrain.jobstore import Job
 from tests.conftest import Recorder
 from tests.test_rayjob import COLLECTION, TEMPLATE
 

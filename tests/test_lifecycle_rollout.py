@@ -25,9 +25,9 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
-from pipelines.data import write_sales
+from pipelines.data.sales_csv import write_sales
+from pipelines.data.synth import synthesize
 from pipelines.stack import Service, free_port, wait_ready
-from pipelines.synth import synthesize
 from tests.conftest import Recorder, stop
 from tests.helpers_lifecycle import alias, log_tail, send, start_service, train, wait_job
 
@@ -179,8 +179,8 @@ def test_a_failing_canary_is_rolled_back_with_the_reason(world: dict) -> None:
 
 
 def test_a_canary_that_never_turns_ready_is_rolled_back(tmp_path) -> None:
-    from pipelines.registry import Registry
-    from pipelines.rollout import LocalTarget, Rollout, RolloutPolicy
+    from pipelines.rollout.controller import LocalTarget, Rollout, RolloutPolicy
+    from pipelines.versions.registry import Registry
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
@@ -200,10 +200,10 @@ def test_a_canary_that_never_turns_ready_is_rolled_back(tmp_path) -> None:
 def test_a_calendar_pushed_during_the_canary_is_in_the_promoted_version(world: dict, tmp_path) -> None:
     import numpy as np
 
-    from pipelines.calendar import read_calendar
-    from pipelines.calendar_push import push
-    from pipelines.lineage import store_grid
-    from pipelines.registry import Registry
+    from pipelines.data.calendar import read_calendar
+    from pipelines.versions.calendar_push import push
+    from pipelines.versions.lineage import store_grid
+    from pipelines.versions.registry import Registry
 
     svc, uri = world["svc"], world["uri"]
     job = wait_job(svc.url, send(svc.url, {"store_ids": ["4"]}, "fleet-3").json()["job_id"])

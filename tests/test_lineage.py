@@ -1,4 +1,4 @@
-"""Deriving versions (``pipelines.lineage``): a refit keeps every known-ahead day and every pushed calendar,
+"""Deriving versions (``pipelines.versions.lineage``): a refit keeps every known-ahead day and every pushed calendar,
 calendar rows of unknown stores are refused or kept pending, the alias rule, compare-and-set alias moves, the
 rollout's carry-over, and racing writers as real processes against one real ``mlflow server``."""
 
@@ -14,15 +14,15 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from pipelines.calendar import read_calendar
-from pipelines.calendar_push import push
-from pipelines.data import write_sales
-from pipelines.fitting import FitConfig
-from pipelines.lineage import UnknownStores, carry_over, download_parent, store_grid, target_alias
-from pipelines.publish import publish
-from pipelines.registry import AliasMoved, Registry, RegistryUnavailable
-from pipelines.sales_store import SalesStore
-from pipelines.synth import synthesize_with_calendar
+from pipelines.data.calendar import read_calendar
+from pipelines.data.sales_csv import write_sales
+from pipelines.data.sales_store import SalesStore
+from pipelines.data.synth import synthesize_with_calendar
+from pipelines.training.fitting import FitConfig
+from pipelines.versions.calendar_push import push
+from pipelines.versions.lineage import UnknownStores, carry_over, download_parent, store_grid, target_alias
+from pipelines.versions.publish import publish
+from pipelines.versions.registry import AliasMoved, Registry, RegistryUnavailable
 from predictor.forecast import calendar_days
 from tests.conftest import BIN, run_cli
 from tests.helpers_lifecycle import alias, versions

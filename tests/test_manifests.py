@@ -247,7 +247,7 @@ def test_base_scales_to_zero_and_follows_champion():
         assert "canaryTrafficPercent" not in spec, comp
     args = isvc["spec"]["predictor"]["containers"][0]["args"]
     # issue 14: the predictor follows champion (a refit is served within the refresh interval); a fleet
-    # version reaches it through the automatic canary (pipelines/rollout.py), which pins models:/storecast/N
+    # version reaches it through the automatic canary (pipelines/rollout/controller.py), which pins models:/storecast/N
     assert arg_value(args, "--model_uri") == "models:/storecast@champion"
     assert 0 < float(arg_value(args, "--refresh-seconds")) <= 60
 

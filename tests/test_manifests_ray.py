@@ -1,7 +1,7 @@
 """manifests/overlays/ray (issue 16): the first training as a KubeRay RayJob, validated offline.
 
 The overlay renders with ``kubectl kustomize``; its RayJob validates against the KubeRay v1.7.0
-CRD schema (schemas/ray.io), is the document ``pipelines.rayjob.build_rayjob`` writes, runs a
+CRD schema (schemas/ray.io), is the document ``pipelines.training.rayjob.build_rayjob`` writes, runs a
 ``storecast train`` that the CLI accepts against the in-cluster MLflow on an ephemeral cluster (with
 the calendars uploaded to the sales store, issue 21), with
 sized, non-root pods that the NetworkPolicies cover; the rest of the overlay is base unchanged.
@@ -15,8 +15,8 @@ import shlex
 
 import pytest
 
-from pipelines import rayjob
-from pipelines.cli import build_parser
+from pipelines.cli.main import build_parser
+from pipelines.training import rayjob
 from tests.test_manifests import NAMESPACE, _quantity, _selects, find, gk, one, render, schema_errors, workloads
 
 TARGET = "overlays/ray"

@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.data import read_sales, shared_rossmann
-from pipelines.export import future_frame
-from pipelines.fitting import FitConfig
+from pipelines.data.sales_csv import read_sales, shared_rossmann
+from pipelines.training.export import future_frame
+from pipelines.training.fitting import FitConfig
 from predictor.snapshot import Snapshot
 from tests.helpers_predictor import Predictor, Registry, dates, day_after, make_registry, stock_models
 
@@ -91,7 +91,7 @@ def test_holdout_coverage_close_to_stock_prophet(sales: pd.DataFrame, tmp_path: 
     """Fit on data up to 42 days before the end; coverage of the real holdout, ours vs stock Prophet's."""
     from prophet.serialize import model_from_json
 
-    from pipelines.train import train
+    from pipelines.training.train import train
     from tests.helpers_predictor import typed
 
     logging.getLogger("cmdstanpy").disabled = True

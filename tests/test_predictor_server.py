@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 import pytest
 
-from pipelines.export import future_frame
+from pipelines.training.export import future_frame
 from predictor.forecast import forecast
 from tests.conftest import wait_until
 from tests.helpers_predictor import (
@@ -44,8 +44,8 @@ MAX_ROWS = 2000
 # ---- fixtures ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
-    from pipelines.fitting import FitConfig
-    from pipelines.synth import synthesize
+    from pipelines.data.synth import synthesize
+    from pipelines.training.fitting import FitConfig
 
     # the calendar regressors (so calendar outputs and what-ifs mean something), on the raw scale and
     # uncalibrated so that stock Prophet's own intervals are comparable
@@ -210,7 +210,7 @@ def test_open_rate_on_request(server: Predictor, registry: Registry, grpc_stub) 
     and always in V1; the default V2 outputs stay the three of the contract."""
     from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 
-    from pipelines.data import read_sales, weekday_open_rate
+    from pipelines.data.sales_csv import read_sales, weekday_open_rate
 
     sid, week = "2", dates("2015-08-03", 7)  # Monday .. Sunday
     rate = weekday_open_rate(read_sales(registry.root / "sales.csv.gz"))[sid]
@@ -366,7 +366,7 @@ def test_grpc_errors_are_invalid_argument(grpc_stub) -> None:
 
 # ---- other sources: a local folder, a shard ---------------------------------------------------------
 def test_local_folder_and_shard(server: Predictor, registry: Registry, tmp_path: Path) -> None:
-    from pipelines.registry import download
+    from pipelines.versions.registry import download
 
     use(registry)
     folder = download(f"models:/{MODEL}/{registry.version}", tmp_path / "version")  # the whole version
@@ -393,7 +393,7 @@ def test_local_folder_and_shard(server: Predictor, registry: Registry, tmp_path:
 def test_serves_from_an_mlflow_tracking_server(mlflow_server: str, server: Predictor, registry: Registry,
                                               tmp_path: Path) -> None:
     """The production set-up: the registry behind ``mlflow server`` (REST API, proxied artifacts)."""
-    from pipelines.registry import register
+    from pipelines.versions.registry import register
 
     name = "storecast-predictor-test"  # the tracking server is shared by the session's tests
     version = register(registry.result, uri=mlflow_server, model_name=name, alias="champion").version
@@ -411,7 +411,7 @@ def test_serves_from_an_mlflow_tracking_server(mlflow_server: str, server: Predi
 
 def test_an_mlflow_server_is_asked_over_rest_without_importing_mlflow(mlflow_server: str, registry: Registry) -> None:
     """Resolving and fetching from an ``mlflow server`` are REST calls: MLflow never enters the serving process."""
-    from pipelines.registry import register
+    from pipelines.versions.registry import register
 
     name = "storecast-predictor-rest"
     version = register(registry.result, uri=mlflow_server, model_name=name, alias="champion").version
@@ -441,7 +441,7 @@ print(json.dumps(out))
 
 def test_a_registry_outage_after_load_does_not_affect_serving(mlflow_server: str, registry: Registry,
                                                               tmp_path: Path) -> None:
-    from pipelines.registry import register
+    from pipelines.versions.registry import register
 
     name = "storecast-predictor-outage"
     version = register(registry.result, uri=mlflow_server, model_name=name, alias="champion").version
@@ -483,7 +483,7 @@ def test_a_version_registered_after_start_is_picked_up(registry: Registry, tmp_p
     import mlflow
     from mlflow import MlflowClient
 
-    from pipelines.registry import register
+    from pipelines.versions.registry import register
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
@@ -502,10 +502,10 @@ def test_a_version_registered_after_start_is_picked_up(registry: Registry, tmp_p
 
 # ---- following the alias ----------------------------------------------------------------------------
 def test_alias_swap_without_failed_or_mixed_requests(registry: Registry, tmp_path: Path) -> None:
-    from pipelines.fitting import FitConfig
-    from pipelines.registry import register
-    from pipelines.synth import synthesize
-    from pipelines.train import train
+    from pipelines.data.synth import synthesize
+    from pipelines.training.fitting import FitConfig
+    from pipelines.training.train import train
+    from pipelines.versions.registry import register
 
     root = tmp_path / "swap"
     root.mkdir()

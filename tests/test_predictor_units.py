@@ -117,7 +117,7 @@ def test_decode_v2() -> None:
 # ---- snapshot: horizon lookups equal the evaluation ------------------------------------------------
 def random_table(n: int = 40, seed: int = 0) -> ParamTable:
     """A table of plausible random parameters (varying changepoints and seasonalities)."""
-    from pipelines.intervals import default_grid
+    from pipelines.training.intervals import default_grid
 
     rng = np.random.default_rng(seed)
     grid = default_grid()

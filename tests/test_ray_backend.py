@@ -27,11 +27,11 @@ import numpy as np
 import psutil
 import pytest
 
-from pipelines.data import write_sales
-from pipelines.fitting import FitConfig, StoreResult
-from pipelines.registry import download
+from pipelines.data.sales_csv import write_sales
+from pipelines.data.synth import synthesize
 from pipelines.stack import free_port
-from pipelines.synth import synthesize
+from pipelines.training.fitting import FitConfig, StoreResult
+from pipelines.versions.registry import download
 from tests.conftest import BIN, run_cli
 
 pytest.importorskip("ray", reason="the Ray backend needs the ray extra (pip install storecast[ray])")
@@ -194,7 +194,7 @@ def _series(n: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
 
 
 def test_retries_lost_chunks_and_failures(tmp_path):
-    from pipelines.ray_backend import MAX_RETRIES, fit_on_ray, session
+    from pipelines.training.ray_backend import MAX_RETRIES, fit_on_ray, session
 
     chunks = [_series(6)[i: i + 2] for i in range(0, 6, 2)]  # stores 1-2, 3-4, 5-6
     cfg = FitConfig()
@@ -242,7 +242,7 @@ def test_retries_lost_chunks_and_failures(tmp_path):
 
 
 def test_resplit_sizes_chunks_for_the_cluster():
-    from pipelines.ray_backend import resplit
+    from pipelines.training.ray_backend import resplit
 
     series = _series(1000)
     for cpus, size in ((2, 50), (16, 16), (64, 4), (1000, 1)):
@@ -259,7 +259,7 @@ class NoRay(importlib.abc.MetaPathFinder):
         if name == "ray" or name.startswith("ray."):
             raise ModuleNotFoundError("No module named 'ray'", name="ray")
 sys.meta_path.insert(0, NoRay())
-from pipelines.cli import main
+from pipelines.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -277,7 +277,7 @@ def test_missing_ray_is_one_clear_line(sales_csv, tmp_path):
 
 
 def test_import_ray_names_the_extra(monkeypatch):
-    from pipelines import ray_backend
+    from pipelines.training import ray_backend
 
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     with pytest.raises(RuntimeError, match=r"^the Ray backend needs Ray: pip install storecast\[ray\]$"):
@@ -285,7 +285,7 @@ def test_import_ray_names_the_extra(monkeypatch):
 
 
 def test_unknown_backend_is_refused():
-    from pipelines.train import run_chunks
+    from pipelines.training.train import run_chunks
 
     with pytest.raises(ValueError, match="backend must be one of local, ray; got 'spark'"):
         run_chunks([], FitConfig(), 1, False, backend="spark")

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines import rayjob
-from pipelines.cli import build_parser
+from pipelines.cli.main import build_parser
+from pipelines.training import rayjob
 from tests.conftest import Recorder
 from tests.test_manifests import MANIFESTS, schema_errors
 

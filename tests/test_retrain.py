@@ -21,9 +21,9 @@ from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 from mlflow import MlflowClient
 
-from pipelines.data import write_sales
+from pipelines.data.sales_csv import write_sales
+from pipelines.data.synth import synthesize
 from pipelines.stack import Service, free_port, wait_ready
-from pipelines.synth import synthesize
 from tests.conftest import Recorder, run_cli, stop
 
 MODEL = "storecast-rt"
@@ -208,8 +208,8 @@ def test_cli_retrain_waits_for_the_version(world: dict, tmp_path: Path) -> None:
 
 def test_a_fit_that_finished_while_a_job_waited_is_not_repeated(world: dict, tmp_path: Path) -> None:
     """A job whose stores a finished fit already covers (it waited in the queue meanwhile) fits nothing."""
-    from pipelines.jobstore import Job
-    from pipelines.retrain_jobs import RetrainManager, Settings
+    from pipelines.retrain.jobs import RetrainManager, Settings
+    from pipelines.retrain.jobstore import Job
 
     manager = RetrainManager(Settings(str(world["latest"]), model_name=MODEL, uri=world["uri"],
                                       state=str(tmp_path / "jobs.sqlite")))
@@ -231,7 +231,7 @@ def test_a_fit_that_finished_while_a_job_waited_is_not_repeated(world: dict, tmp
 def test_canary_policy_builds_one_candidate_on_the_challenger(mlflow_server: str, world: dict) -> None:
     """With --promote challenger, refits accumulate in the challenger (each derived from the last), a store
     already in it is up to date, and the champion never moves."""
-    from pipelines.registry import download
+    from pipelines.versions.registry import download
     from predictor.table import ParamTable
 
     model, root = "storecast-canary", world["root"]
@@ -284,9 +284,9 @@ def calendar_event(url: str, data: dict, event_id: str) -> httpx.Response:
 def test_calendar_updated_event_is_served_without_a_refit(world: dict) -> None:
     """com.storecast.calendar.updated names a calendar held in the sales store: the champion again with it
     (same parameters), served."""
-    from pipelines.calendar import read_calendar
-    from pipelines.registry import download
-    from pipelines.sales_store import SalesStore
+    from pipelines.data.calendar import read_calendar
+    from pipelines.data.sales_store import SalesStore
+    from pipelines.versions.registry import download
     from predictor.table import ParamTable
 
     path = world["root"] / "calendar.csv"
@@ -316,8 +316,8 @@ def test_calendar_updated_event_is_served_without_a_refit(world: dict) -> None:
 
 
 def test_calendar_updates_that_cannot_be_taken_get_400_and_move_nothing(world: dict) -> None:
-    from pipelines.calendar import read_calendar
-    from pipelines.sales_store import SalesStore
+    from pipelines.data.calendar import read_calendar
+    from pipelines.data.sales_store import SalesStore
 
     before, versions_before = champion(world["uri"]), versions(world["uri"])
     secret = world["root"] / "secret.csv"

@@ -16,8 +16,8 @@ import time
 import httpx
 import pytest
 
-from pipelines.data import write_sales
-from pipelines.synth import synthesize
+from pipelines.data.sales_csv import write_sales
+from pipelines.data.synth import synthesize
 from tests.conftest import stop
 from tests.helpers_lifecycle import alias, log_tail, send, start_service, train, wait_job
 

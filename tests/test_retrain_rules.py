@@ -19,10 +19,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipelines.data import write_sales
-from pipelines.sales_store import SalesStore
-from pipelines.synth import synthesize
-from serving.access_file import hash_key
+from pipelines.data.sales_csv import write_sales
+from pipelines.data.sales_store import SalesStore
+from pipelines.data.synth import synthesize
+from serving.access.auth_file import hash_key
 from tests.conftest import stop
 from tests.helpers_lifecycle import FINISHED, alias, log_tail, send, start_service, train
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from pipelines.registry import Registry
-from pipelines.rollout import LocalTarget, Rollout, RolloutPolicy
+from pipelines.rollout.controller import LocalTarget, Rollout, RolloutPolicy
+from pipelines.versions.registry import Registry
 from tests.helpers_http import LoopbackServer, QuietHandler
 
 

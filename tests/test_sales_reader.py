@@ -26,11 +26,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import store_objects
-from pipelines.calendar import read_calendar as read_calendar_file
-from pipelines.data import write_sales
-from pipelines.sales_store import CalendarRefused, SalesStore, SalesUnavailable, UnknownStores
-from pipelines.synth import synthesize, synthesize_with_calendar
+from pipelines.data import store_objects
+from pipelines.data.calendar import read_calendar as read_calendar_file
+from pipelines.data.sales_csv import write_sales
+from pipelines.data.sales_store import CalendarRefused, SalesStore, SalesUnavailable, UnknownStores
+from pipelines.data.synth import synthesize, synthesize_with_calendar
 from tests.conftest import BIN, Recorder, run_cli
 from tests.helpers_dashboard import start_dashboard, stop_service
 from tests.helpers_http import LoopbackServer, QuietHandler

@@ -77,7 +77,7 @@ def test_matches_the_predictor_v2_answer(stack: LocalStack) -> None:
 
 def test_days_the_store_is_usually_closed_are_marked(stack: LocalStack, synth_sales) -> None:
     """``open`` follows the store's recent weekday openings (the synthetic stores close on Sundays)."""
-    from pipelines.data import weekday_open_rate
+    from pipelines.data.sales_csv import weekday_open_rate
 
     rates = weekday_open_rate(synth_sales[synth_sales["Store"].isin([str(i) for i in range(1, 7)])])
     body = {"instances": [{"storeId": s, "beginDate": "2015-08-03", "endDate": "2015-08-09"} for s in rates]}

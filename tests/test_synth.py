@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.data import COLUMNS
-from pipelines.synth import GAP_END, GAP_START, synthesize
+from pipelines.data.sales_csv import COLUMNS
+from pipelines.data.synth import GAP_END, GAP_START, synthesize
 
 ROSSMANN_DTYPES = {
     "Store": "int64",

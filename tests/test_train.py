@@ -14,10 +14,10 @@ import pytest
 from mlflow import MlflowClient
 from prophet.serialize import model_from_json
 
-from pipelines.data import read_sales, shared_rossmann, write_sales
-from pipelines.evaluate import Gate, error_sums, scores, seasonal_naive
-from pipelines.fitting import FitConfig
-from pipelines.train import train
+from pipelines.data.sales_csv import read_sales, shared_rossmann, write_sales
+from pipelines.training.evaluate import Gate, error_sums, scores, seasonal_naive
+from pipelines.training.fitting import FitConfig
+from pipelines.training.train import train
 from predictor.forecast import forecast
 from predictor.table import ParamTable
 from tests.conftest import run_cli
@@ -76,7 +76,7 @@ def test_version_alias_tags_and_run(trained: dict) -> None:
 
 
 def test_version_holds_every_store(trained: dict, tmp_path: Path) -> None:
-    from pipelines.registry import download
+    from pipelines.versions.registry import download
 
     folder = download(trained["out"]["model_uri"], tmp_path)
     files = {p.name for p in (folder / "artifacts").iterdir()}
@@ -198,7 +198,7 @@ def _json(blob: bytes) -> str:
 
 
 def test_table_survives_save_load_and_shards(trained: dict, tmp_path: Path) -> None:
-    from pipelines.registry import download
+    from pipelines.versions.registry import download
 
     table = ParamTable.load(download(trained["out"]["model_uri"], tmp_path, "params.npz"))
     parts = [table.shard(k, 3) for k in range(3)]
@@ -231,8 +231,8 @@ def test_a_header_only_sales_file_fails_in_one_line(tmp_path: Path) -> None:
 def test_stores_without_open_day_sales_are_listed_not_dropped(tmp_path: Path) -> None:
     """A store whose sales are all empty (2), or empty on every open day (3): failed with the reason, in the
     CLI's answer, the version's tags and its manifest; the other stores are served."""
-    from pipelines.registry import download
-    from pipelines.synth import synthesize
+    from pipelines.data.synth import synthesize
+    from pipelines.versions.registry import download
 
     sales = synthesize(3, seed=25, start="2014-06-01", end="2015-07-31")
     sales.loc[sales["Store"] == 2, "Sales"] = np.nan

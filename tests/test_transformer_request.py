@@ -138,7 +138,7 @@ def test_api_key_door() -> None:
     probes pass; a refusal is a 401 with WWW-Authenticate."""
     import asyncio
 
-    from serving.door import Call
+    from serving.access.hook import Call
     from serving.errors import Refused
     from transformer.auth import ApiKeyDoor, api_key_door
 

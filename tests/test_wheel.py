@@ -92,7 +92,7 @@ def test_version(installed: Installed) -> None:
 # (each through main(), as the console script calls it; one process because each start imports a lot).
 HELP_WALK = """
 import argparse, contextlib, io, json
-from pipelines.cli import build_parser, main
+from pipelines.cli.main import build_parser, main
 
 def walk(p, path):
     yield path

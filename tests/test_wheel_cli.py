@@ -9,8 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from pipelines import canary
-from pipelines.cli import build_parser
+from pipelines.cli.main import build_parser
+from pipelines.rollout import canary
 from tests.conftest import Recorder, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]

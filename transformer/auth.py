@@ -2,7 +2,7 @@
 
 When the key is set, inference calls (REST POSTs to the models, gRPC ``ModelInfer``, CloudEvents alike)
 must carry it as ``x-api-key: KEY`` or ``authorization: Bearer KEY``, else they get 401 / UNAUTHENTICATED.
-Health, readiness and metadata stay open for probes. Superseded by ``serving.access_door`` (identities,
+Health, readiness and metadata stay open for probes. Superseded by ``serving.access.door`` (identities,
 tiers, rate limits, OIDC; the transformer's default door, which also takes ``STORECAST_API_KEY``);
 ``--doors transformer.auth:api_key_door`` still installs this one.
 """
@@ -13,7 +13,7 @@ import hmac
 import os
 from typing import Any
 
-from serving.door import Call
+from serving.access.hook import Call
 from serving.errors import Refused
 
 MESSAGE = "missing or wrong API key: send it as x-api-key or authorization: Bearer"

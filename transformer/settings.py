@@ -30,5 +30,5 @@ COMPONENT = Component(
     name="transformer", settings=TransformerSettings,
     description="The storecast business API: validates requests, splits them by shard, calls the predictors.",
     defaults={"model_name": MODEL_NAME, "predictor_protocol": "grpc-v2", "predictor_request_timeout_seconds": 10},
-    event_types=(FORECAST_REQUESTED,), doors="serving.access_door:door",
+    event_types=(FORECAST_REQUESTED,), doors="serving.access.door:door",
 )

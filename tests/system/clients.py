@@ -22,7 +22,7 @@ import httpx
 import numpy as np
 from mlflow import MlflowClient
 
-from pipelines.registry import is_missing
+from pipelines.versions.registry import is_missing
 
 SERVED = "storecast"  # the KServe model name of predictors and transformer
 V2_OUTPUTS = ("store_id", "ds", "yhat", "yhat_lower", "yhat_upper", "open", "promo", "holiday", "calendar")

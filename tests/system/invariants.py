@@ -24,7 +24,7 @@ from collections import defaultdict
 import httpx
 import pandas as pd
 
-from pipelines.sales_store import SalesStore
+from pipelines.data.sales_store import SalesStore
 from tests.system.clients import Answer, v1, v2_binary, v2_json
 from tests.system.world import BEYOND, CAL_END, FEW, FINAL, STORES, World
 

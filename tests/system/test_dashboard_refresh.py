@@ -23,9 +23,9 @@ import httpx
 import pandas as pd
 import pytest
 
-from pipelines.data import write_sales
+from pipelines.data.sales_csv import write_sales
+from pipelines.data.synth import CALENDAR_COLUMNS, synthesize_with_calendar
 from pipelines.stack import LocalStack
-from pipelines.synth import CALENDAR_COLUMNS, synthesize_with_calendar
 from tests.conftest import run_cli, stop
 from tests.helpers_dashboard import BROWSER_ARGS, CHROMIUM, start_dashboard, stop_service
 from tests.helpers_lifecycle import start_service

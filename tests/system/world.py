@@ -35,10 +35,10 @@ from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 from mlflow import MlflowClient
 
-from pipelines.data import write_sales
+from pipelines.data.sales_csv import write_sales
+from pipelines.data.synth import CALENDAR_COLUMNS, synthesize_with_calendar
 from pipelines.stack import LocalStack, Service, free_port, wait_ready
-from pipelines.synth import CALENDAR_COLUMNS, synthesize_with_calendar
-from serving.access_file import hash_key
+from serving.access.auth_file import hash_key
 from tests.conftest import BIN, Recorder, run_cli, stop
 from tests.helpers_dashboard import start_dashboard, stop_service
 from tests.helpers_lifecycle import start_service

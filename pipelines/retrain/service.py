@@ -1,0 +1,382 @@
+"""``python -m pipelines.retrain``: the retrain service (CloudEvents over HTTP).
+
+``POST /`` takes ``com.storecast.retrain.requested`` (data ``{"store_ids": [...], "reason": ..., "force":
+false}``), ``dev.knative.sources.ping`` (retrain whatever is stale), ``com.storecast.sales.appended``
+(new actual sales: stored, the champion scored, drifting stores refitted) and
+``com.storecast.calendar.updated`` (data ``{"calendar": REF}``, a calendar held in the sales store:
+``storecast calendar upload``; pushed onto the champion without a refit), binary or structured, and
+answers at once: 202 with a job id (or 200 "up to date"; with ``--dry-run`` 200 and what it would
+do). ``GET /jobs/{id}`` reports a job (also after a restart), ``GET /rollouts`` the automatic rollouts,
+``GET /drift`` the last accuracy report, ``GET /metrics`` Prometheus text, ``GET /healthz`` whether
+the job store can be written (503 when not: nothing would be recorded), the worker runs and the sales
+store can be read. Results go out as CloudEvents to ``$K_SINK``.
+
+Who may move what: a few named stores need ``refresh``, anything else ``retrain``
+(``serving.access.asgi.retrain_permission``); a caller without ``retrain`` (a planner) may ask for
+``--refresh-stores-per-day`` stores a UTC day (429 + Retry-After beyond); which alias a version moves
+is ``lineage.target_alias`` whoever asked. Events are de-duplicated per authenticated sender.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import sqlite3
+import time
+from typing import Any
+
+import anyio.to_thread
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from pipelines import events
+from pipelines.data.sales_store import BadSales, SalesUnavailable
+from pipelines.retrain.drift import DriftPolicy, read_groups
+from pipelines.retrain.jobs import PROMOTE, RetrainManager, Settings
+from pipelines.retrain.jobstore import EventKey, JobStoreUnavailable
+from pipelines.retrain.watch import Watch
+from pipelines.training.fitting import FitConfig
+from pipelines.versions.publish import GatePolicy
+from pipelines.versions.registry import RegistryUnavailable
+from serving.access.asgi import admission_of, retrain_permission
+
+log = logging.getLogger("storecast.retrain")
+MLFLOW_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                   "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}  # a registry outage is a quick 503 + job retry, not 4 min
+RETRY_AFTER = "30"
+UNAVAILABLE = (SalesUnavailable, RegistryUnavailable, JobStoreUnavailable)  # 503 + retry
+
+
+def authorize(request: Request, permission: str | None) -> None:
+    """The one place a request is authenticated and authorised, called first by every route, before any work.
+
+    ``app.state.authorize(request, permission)`` raises to refuse (e.g. ``serving.access.asgi``: the
+    middleware admits the caller, this checks the permission the route needs); None lets all in.
+    Permissions: ``refresh`` (a few named stores, job views), ``retrain`` (fleet-wide, pings, new sales),
+    None (liveness and metrics).
+    """
+    check = getattr(request.app.state, "authorize", None)
+    if check is not None:
+        check(request, permission)
+
+
+def sender(request: Request) -> tuple[str, bool]:
+    """(who delivered the request, whether the refresh budget applies): ``id:NAME`` of the authenticated
+    identity (budgeted unless it may ``retrain``), or ``anonymous`` (never budgeted: only on loopback)."""
+    admission = admission_of(request)
+    if admission is None or admission.identity.via == "anonymous":
+        return "anonymous", False
+    return f"id:{admission.identity.name}", not admission.identity.can("retrain")
+
+
+def create_app(manager: RetrainManager, watch: Watch | None = None, authorize_with: Any = None) -> FastAPI:
+    """The ASGI app of the service."""
+    app = FastAPI(title="storecast retrain", docs_url=None, redoc_url=None)
+    app.state.authorize = authorize_with
+
+    @app.exception_handler(JobStoreUnavailable)
+    async def no_job_store(request: Request, exc: JobStoreUnavailable) -> JSONResponse:
+        return _unavailable(exc)
+
+    @app.get("/healthz")
+    def healthz(request: Request) -> JSONResponse:
+        """503 while the job store cannot be written or the worker is not running (work would be lost);
+        "degraded" (200) when the sales store cannot be read or the job store was recreated."""
+        authorize(request, None)
+        source, store = manager.sales.health(), manager.store.health()
+        manager.metrics.source.set(1 if source["ok"] else 0)
+        manager.metrics.job_store.set(1 if store["ok"] else 0)
+        can_work = store["ok"] and manager.working
+        fine = can_work and source["ok"] and not store["incident"] and not manager.waiting
+        worker = ("stopped" if not manager.working else f"waiting: {manager.waiting}" if manager.waiting else
+                  "running")
+        return JSONResponse({"status": "ok" if fine else "degraded", "data_source": source, "job_store": store,
+                             "worker": worker, "dry_run": manager.s.dry_run,
+                             "queued": len(set(manager.inflight.values()))}, status_code=200 if can_work else 503)
+
+    @app.get("/metrics")
+    def metrics(request: Request) -> Response:
+        authorize(request, None)
+        manager.metrics.source.set(1 if manager.sales.error is None else 0)
+        manager.metrics.job_store.set(1 if manager.store.error is None else 0)
+        return Response(manager.metrics.text(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/jobs/{job_id}")
+    def job(request: Request, job_id: str) -> JSONResponse:
+        authorize(request, "refresh")
+        found = manager.job(job_id)
+        if found is None:
+            return JSONResponse({"error": f"no job {job_id!r}"}, status_code=404)
+        return JSONResponse(found.view())
+
+    @app.get("/jobs")
+    def jobs(request: Request) -> dict[str, Any]:
+        authorize(request, "refresh")
+        return {"jobs": [j.view() for j in manager.store.recent(50)]}
+
+    @app.get("/rollouts")
+    def rollouts(request: Request) -> dict[str, Any]:
+        authorize(request, "refresh")
+        return {"rollouts": manager.store.rollouts()}
+
+    @app.get("/drift")
+    async def drift(request: Request) -> JSONResponse:
+        authorize(request, "refresh")
+        if watch is None:
+            return JSONResponse({"error": "the accuracy watch is off"}, status_code=404)
+        if watch.last is None:
+            return await _guarded(watch.check)
+        return JSONResponse(watch.last.to_dict(watch.policy.worst))
+
+    @app.post("/")
+    async def receive(request: Request) -> JSONResponse:
+        body = await request.body()
+        who, budgeted = sender(request)
+        try:
+            ev = events.parse(dict(request.headers), body)
+            key = EventKey(who, ev["source"], ev["id"])
+            kind = ev["type"]
+            if kind == events.SALES_APPENDED:
+                authorize(request, "retrain")
+                if watch is None:
+                    raise events.BadEvent(f"{events.SALES_APPENDED}: the accuracy watch is off (--no-drift)")
+                data = _data(ev)
+                return await _guarded(lambda: _dedupe_sales(manager, watch, key, data))
+            if kind == events.CALENDAR_UPDATED:
+                authorize(request, "retrain")
+                ref = _calendar_ref(_data(ev))
+                return await _guarded(lambda: _calendar(manager, key, ref))
+            stores, reason, force = _request(ev)
+        except (events.BadEvent, BadSales) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        authorize(request, retrain_permission(stores))
+        limit = manager.s.refresh_stores_per_day
+        asked = len(set(stores)) if stores and budgeted and limit > 0 and not manager.s.dry_run else 0
+
+        def go() -> JSONResponse:
+            day = time.strftime("%Y-%m-%d", time.gmtime())
+            if asked and manager.known(key) is None:
+                charged, used = manager.store.charge(who, day, asked, limit)
+                if not charged:
+                    return _over_budget(who, day, asked, used, limit)
+            try:
+                job, coalesced = manager.submit(ev["source"], ev["id"], stores, reason, force, sender=who)
+            except BaseException:
+                if asked:
+                    with contextlib.suppress(JobStoreUnavailable):
+                        manager.store.refund(who, day, asked)
+                raise
+            if isinstance(job, dict):  # a dry run: what it would do
+                return JSONResponse(job)
+            view = {**job.view(), "coalesced": coalesced}
+            return JSONResponse(view, status_code=200 if job.status == "up_to_date" else 202)
+
+        return await _guarded(go)
+
+    return app
+
+
+def _over_budget(who: str, day: str, asked: int, used: int, limit: int) -> JSONResponse:
+    """429: the identity's refreshes of this UTC day (counted in the job store, so a restart keeps them)."""
+    retry = int(86400 - time.time() % 86400) + 1  # until midnight UTC
+    return JSONResponse({"error": f"refresh limit: {who.removeprefix('id:')} asked for {used} store refresh(es) "
+                                  f"on {day} (UTC); {asked} more would pass the limit of {limit} stores a day "
+                                  f"(--refresh-stores-per-day); {max(0, limit - used)} left until midnight UTC",
+                         "limit": limit, "used": used, "asked": asked, "retry_after": retry},
+                        status_code=429, headers={"retry-after": str(retry)})
+
+
+def _unavailable(exc: Exception) -> JSONResponse:
+    return JSONResponse({"error": str(exc), "retry": True}, status_code=503, headers={"retry-after": RETRY_AFTER})
+
+
+async def _guarded(fn: Any) -> JSONResponse:
+    """Run ``fn`` in a thread; an unreadable sales store, registry or job store is a 503 naming it (retry
+    later); rows or a calendar that cannot be taken a 400."""
+    try:
+        out = await anyio.to_thread.run_sync(fn)
+    except UNAVAILABLE as exc:
+        return _unavailable(exc)
+    except BadSales as exc:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+    return out if isinstance(out, JSONResponse) else JSONResponse(out)
+
+
+def _dedupe_sales(manager: RetrainManager, watch: Watch, key: EventKey, data: Any) -> dict[str, Any]:
+    first = manager.store.job_of_event(key)
+    if first is not None:
+        return {"duplicate": True, "first": first}
+    out = watch.appended(data)
+    if not manager.s.dry_run:
+        manager.store.remember_event(key, f"sales:{out.get('part', '')}")
+    return out
+
+
+def _calendar_ref(data: Any) -> str:
+    """The calendar an event names (data.calendar); a path on the server (data.path) is refused."""
+    if isinstance(data, dict) and "path" in data:
+        raise events.BadEvent("data.path: not accepted: a calendar update names a calendar held in the sales store, "
+                              "not a path on the server; upload it (storecast calendar upload FILE --sales STORE) and "
+                              "send its reference as data.calendar")
+    ref = data.get("calendar") if isinstance(data, dict) else None
+    if not isinstance(ref, str) or not ref.strip():
+        raise events.BadEvent("data.calendar: expected the reference of a calendar in the sales store "
+                              "(storecast calendar upload prints it)")
+    return ref.strip()
+
+
+def _calendar(manager: RetrainManager, key: EventKey, ref: str) -> dict[str, Any] | JSONResponse:
+    """A new calendar: read from the sales store (bounded), pushed onto the champion: a derived version with
+    the same parameters, champion moved by compare-and-set (no refit, seconds)."""
+    from pipelines.versions.calendar_push import push
+
+    first = manager.store.job_of_event(key)
+    if first is not None:
+        return {"duplicate": True, "first": first}
+    try:
+        frame = manager.sales.read_calendar(ref)  # CalendarRefused (a ValueError) never quotes the contents
+    except ValueError as exc:
+        return JSONResponse({"error": f"data.calendar: {exc}"}, status_code=400)
+    if manager.s.dry_run:
+        return {"dry_run": True, "would": f"register the champion again with calendar {ref} ({len(frame)} rows) "
+                                          "and move champion"}
+    try:
+        pushed = push(frame, tracking_uri=manager.s.uri, model_name=manager.s.model_name, alias="champion",
+                      keep_unknown=manager.s.keep_unknown, source=ref)
+    except ValueError as exc:  # stores the version does not hold, or nothing to push: named, nothing registered
+        return JSONResponse({"error": f"data.calendar {ref}: {exc}"}, status_code=400)
+    except Exception as exc:  # the registry: retry later
+        raise RegistryUnavailable(f"calendar push: {type(exc).__name__}: {exc}") from exc
+    out = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in vars(pushed).items()}
+    manager.store.remember_event(key, f"calendar:{out['version']}")
+    return {"calendar": ref, **out}
+
+
+def _data(ev: Any) -> Any:
+    data = ev.get_data()
+    if isinstance(data, bytes | str):
+        try:
+            data = json.loads(data)
+        except ValueError:
+            raise events.BadEvent("data: not JSON") from None
+    return data
+
+
+def _request(ev: Any) -> tuple[list[str] | None, str, bool]:
+    """(store ids or None for "every stale store", reason, force) of an event; BadEvent when unusable."""
+    kind = ev["type"]
+    if kind == events.PING:
+        data = _data(ev) if ev.get_data() else {}
+        return None, "scheduled ping", bool(isinstance(data, dict) and data.get("force"))
+    if kind != events.RETRAIN_REQUESTED:
+        raise events.BadEvent(f"unsupported event type {kind!r}; expected {events.RETRAIN_REQUESTED}, {events.PING}, "
+                              f"{events.SALES_APPENDED} or {events.CALENDAR_UPDATED}")
+    data = _data(ev)
+    stores = data.get("store_ids") if isinstance(data, dict) else None
+    if not isinstance(stores, list) or not stores or not all(isinstance(s, str | int) and str(s).strip()
+                                                            for s in stores):
+        raise events.BadEvent("data.store_ids: expected a non-empty list of store ids")
+    force = data.get("force", False)
+    if not isinstance(force, bool):
+        raise events.BadEvent("data.force: expected true or false")
+    return [str(s).strip() for s in stores], str(data.get("reason", ""))[:500], force
+
+
+def _steps(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected percentages like 10,50; got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pipelines.retrain.settings import add_arguments
+
+    p = argparse.ArgumentParser(prog="python -m pipelines.retrain", description=__doc__.split("\n\n")[0])
+    add_arguments(p, PROMOTE, _steps)
+    from serving.access.settings import add_access_arguments  # --auth-file, OIDC, rate limits (issue 13)
+
+    add_access_arguments(p)
+    return p
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    overrides = {k: getattr(args, k) for k in ("holdout_days", "gate_margin", "interval_width")
+                 if getattr(args, k) is not None}
+    base = FitConfig.preset(args.model)
+    return Settings(data=args.data, model_name=args.model_name, state=args.state, promote=args.promote,
+                    auto_champion_stores=args.auto_champion_stores, max_age_days=args.max_age_days,
+                    workers=args.workers, sink=os.environ.get("K_SINK"), overrides=overrides, base_config=base,
+                    gate=GatePolicy(args.gate_min_pass_share, args.gate_plausible_factor), retries=args.retries,
+                    retry_seconds=args.retry_seconds, max_attempts=args.max_attempts, dry_run=args.dry_run,
+                    reload_urls=tuple(args.reload_url or ()), fleet_backend=args.fleet_backend,
+                    refresh_stores_per_day=args.refresh_stores_per_day, keep_unknown=args.keep_unknown_stores)
+
+
+def build_rollout(args: argparse.Namespace, manager: RetrainManager) -> Any:
+    """The automatic rollout of fleet versions (``--rollout``), or None."""
+    if args.rollout == "none" or args.dry_run:
+        return None
+    from pipelines.rollout.controller import LocalTarget, Rollout, RolloutPolicy
+
+    if args.rollout == "kubernetes":
+        from pipelines.rollout.canary import KubeTarget
+
+        target: Any = KubeTarget(args.isvc, args.namespace, args.model_name, args.canary_metrics_port)
+    else:
+        if not args.canary_url:
+            raise SystemExit("--rollout local needs --canary-url (the challenger-following predictor)")
+        target = LocalTarget(args.canary_url, tuple(args.reload_url or ()), args.model_name_served)
+    policy = RolloutPolicy(steps=args.rollout_steps, watch_seconds=args.rollout_watch_seconds,
+                           poll_seconds=args.rollout_poll_seconds, ready_timeout=args.rollout_ready_timeout,
+                           max_error_ratio=args.canary_max_error_ratio, max_p95_ms=args.canary_max_p95_ms,
+                           min_requests=args.canary_min_requests, max_missed_scrapes=args.rollout_max_missed_scrapes)
+    return Rollout(manager.registry, target, policy, manager.s.sink, record=manager.store.put_rollout)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from serving.access.asgi import guard, require_permission, retrain_rules
+    from serving.access.settings import AccessSettings, build_access, check_exposure
+
+    access_settings = AccessSettings.from_args(args)  # before any work: a bad auth file stops the start
+    try:
+        check_exposure(access_settings, args.host)
+        access = build_access(access_settings)
+    except ValueError as exc:
+        raise SystemExit(f"python -m pipelines.retrain: {exc}") from None
+    for name, value in MLFLOW_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    import uvicorn
+
+    from pipelines.training.fitting import quiet
+
+    quiet()
+    import prophet  # noqa: F401 - imported once at start, not on the first job
+
+    try:
+        manager = RetrainManager(settings_from(args), start=False)
+    except (OSError, sqlite3.Error, JobStoreUnavailable) as exc:  # the state volume: which file and why
+        raise SystemExit(f"python -m pipelines.retrain: --state {args.state}: {type(exc).__name__}: {exc}") from None
+    manager.rollout = build_rollout(args, manager)
+    manager.start()
+    watch = None
+    if not args.no_drift:
+        groups = read_groups(args.store_groups) if args.store_groups else None
+        watch = Watch(manager, DriftPolicy(args.drift_factor, args.drift_window_days, args.drift_min_days,
+                                           args.drift_floor), groups, refit=not args.no_drift_refit)
+    log.info("retrain service on %s:%s, registry %s, sales %s, state %s, sink %s%s", args.host, args.port,
+             manager.uri, args.data, args.state, manager.s.sink or "-", " (dry run)" if args.dry_run else "")
+    inner = create_app(manager, watch, authorize_with=require_permission)
+
+    def let_go() -> None:  # SIGTERM: the job store let go cleanly (a state file deleted under it written back)
+        manager.close()
+        manager.store.close()
+
+    inner.router.add_event_handler("shutdown", let_go)
+    uvicorn.run(guard(inner, access, retrain_rules), host=args.host, port=args.port, log_level="warning")
+

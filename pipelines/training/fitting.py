@@ -1,0 +1,294 @@
+"""Fit one chunk of stores (runs in a worker process): holdout fit + evaluation, then the final fit."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipelines.training.evaluate import Gate, error_sums, scores, seasonal_naive
+from pipelines.training.intervals import default_grid
+from predictor import calendar as cal
+from predictor.table import TRANSFORMS
+
+FITTERS = ("prophet-batch", "prophet")
+PROPHET_DEFAULTS: dict[str, Any] = {
+    "yearly_seasonality": True, "weekly_seasonality": True, "daily_seasonality": False, "interval_width": 0.95,
+}
+MONTHLY_PERIOD = 30.5
+# Configurations a person picks by name (`storecast train --model`): "calendar" was chosen on the
+# real Rossmann holdout (README, "Forecast quality"); "seed" is the reference without the calendar.
+CALENDAR_REGRESSORS = (
+    "promo", "school_holiday", "holiday_a", "holiday_b", "holiday_c", "holiday_before_1", "holiday_before_2",
+    "holiday_after_1", "holiday_after_2", "closed_before", "closed_after",
+    "promo_mon", "promo_tue", "promo_wed", "promo_thu", "promo_fri", "promo_sat",
+)
+MODELS: dict[str, dict[str, Any]] = {
+    "calendar": {"regressors": CALENDAR_REGRESSORS, "monthly_order": 5, "transform": "log1p", "calibrate": True},
+    "calendar-linear": {"regressors": CALENDAR_REGRESSORS, "monthly_order": 0, "transform": "none",
+                        "calibrate": True},
+    "seed": {"regressors": (), "monthly_order": 0, "transform": "none", "calibrate": False},
+}
+DEFAULT_MODEL = "calendar"
+
+
+@dataclass
+class StoreCalendar:
+    """One store's calendar cells on the day grid from ``start`` (history and known-ahead days)."""
+
+    start: int
+    cells: np.ndarray  # (D, 4) int8, predictor.calendar layout
+    open_rate: np.ndarray  # (7,) weekday open rates (the defaults beyond the calendar)
+
+
+Series = tuple  # (store id, int days since epoch (sorted), sales[, StoreCalendar]): the open days of a store
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """How every store is fitted and evaluated (recorded on the version; a retrain inherits it)."""
+
+    fitter: str = "prophet-batch"
+    holdout_days: int = 42
+    min_days: int = 30
+    seed: int = 0
+    gate_margin: float = 0.10
+    prophet: dict[str, Any] = field(default_factory=lambda: dict(PROPHET_DEFAULTS))
+    grid: tuple[int, ...] = tuple(default_grid().tolist())
+    regressors: tuple[str, ...] = MODELS[DEFAULT_MODEL]["regressors"]
+    monthly_order: int = MODELS[DEFAULT_MODEL]["monthly_order"]
+    transform: str = MODELS[DEFAULT_MODEL]["transform"]
+    calibrate: bool = MODELS[DEFAULT_MODEL]["calibrate"]
+
+    def __post_init__(self) -> None:
+        if self.fitter not in FITTERS:
+            raise ValueError(f"fitter must be one of {', '.join(FITTERS)}; got {self.fitter!r}")
+        if self.holdout_days < 0 or self.min_days < 2:
+            raise ValueError("holdout_days must be >= 0 and min_days >= 2")
+        if self.transform not in TRANSFORMS:
+            raise ValueError(f"transform must be one of {', '.join(TRANSFORMS)}; got {self.transform!r}")
+        unknown = [r for r in self.regressors if r not in cal.REGRESSORS]
+        if unknown:
+            raise ValueError(f"unknown regressors {', '.join(unknown)}; known: {', '.join(cal.REGRESSORS)}")
+        object.__setattr__(self, "regressors", tuple(self.regressors))
+        object.__setattr__(self, "grid", tuple(int(g) for g in self.grid))
+
+    @classmethod
+    def preset(cls, model: str = DEFAULT_MODEL, **overrides: Any) -> FitConfig:
+        """The named configuration (``MODELS``) with some fields overridden."""
+        if model not in MODELS:
+            raise ValueError(f"model must be one of {', '.join(MODELS)}; got {model!r}")
+        return cls(**{**MODELS[model], **overrides})
+
+    @property
+    def interval_width(self) -> float:
+        return float(self.prophet.get("interval_width", 0.8))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as JSON-ready values (lists for tuples)."""
+        out = dataclasses.asdict(self)
+        out["grid"] = list(self.grid)
+        out["regressors"] = list(self.regressors)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FitConfig:
+        """The inverse of ``to_dict``; raises naming unknown keys. Missing keys take today's defaults."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown fit configuration key(s): {', '.join(unknown)}")
+        values = dict(data)
+        for key in ("grid", "regressors"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> FitConfig:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class StoreResult:
+    """What a worker sends back for one store."""
+
+    store_id: str
+    row: dict[str, Any] | None = None
+    model_json_gz: bytes | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    sums: dict[str, dict[str, float]] = field(default_factory=dict)
+    error: str | None = None
+
+
+def quiet(single_thread: bool = False) -> None:
+    """Silence cmdstanpy (it resets its level on first use, so disable the logger) and Prophet's info.
+
+    ``single_thread`` (worker processes): one BLAS thread each, so workers do not oversubscribe the cores.
+    """
+    if single_thread:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    logging.getLogger("cmdstanpy").disabled = True
+    logging.getLogger("prophet.plot").disabled = True  # "Importing plotly failed": plots are matplotlib here
+    logging.getLogger("prophet").setLevel(logging.WARNING)
+    logging.getLogger("prophet_batch").setLevel(logging.WARNING)
+
+
+CAL_HISTORY_DAYS = 120  # history days of the calendar a version keeps (forecasts of recent past days)
+
+
+def _frame(days: np.ndarray, y: np.ndarray, x: np.ndarray | None = None, names: tuple[str, ...] = ()) -> pd.DataFrame:
+    columns = {"ds": pd.to_datetime(days, unit="D"), "y": np.asarray(y, dtype=np.float64)}
+    return pd.DataFrame({**columns, **{name: x[:, j] for j, name in enumerate(names)}})
+
+
+def make_prophet(cfg: FitConfig) -> Any:
+    """A new, unfitted stock Prophet of the configuration (seasonalities, calendar regressors)."""
+    from prophet import Prophet
+
+    model = Prophet(**cfg.prophet)
+    if cfg.monthly_order:
+        model.add_seasonality("monthly", period=MONTHLY_PERIOD, fourier_order=cfg.monthly_order)
+    for name in cfg.regressors:
+        model.add_regressor(name, standardize=False)
+    return model
+
+
+def store_features(sc: StoreCalendar | None, days: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
+    """The regressors of one store's days, from its calendar alone (``predictor.calendar``)."""
+    days = np.asarray(days, dtype=np.int64)
+    if not names:
+        return np.zeros((len(days), 0))
+    if sc is None:
+        sc = StoreCalendar(0, np.zeros((0, 4), dtype=np.int8), np.ones(7))
+    cells, _ = cal.resolve(sc.cells[None], sc.start, sc.open_rate[None], np.zeros(len(days), np.int64), days)
+    x = cal.features(cells, days)
+    return x[:, [cal.REGRESSORS.index(n) for n in names]]
+
+
+def to_fitted(y: np.ndarray, transform: str) -> np.ndarray:
+    """Sales on the scale the model is fitted on."""
+    return np.log1p(y) if transform == "log1p" else np.asarray(y, dtype=np.float64)
+
+
+def fit_models(series: dict[str, pd.DataFrame], cfg: FitConfig) -> tuple[dict[str, Any], dict[str, str]]:
+    """Fit every series with the configured fitter; returns (models, errors by store)."""
+    models: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    if not series:
+        return models, errors
+    if cfg.fitter == "prophet-batch":
+        from prophet_batch import fit_many
+
+        long = pd.concat([df.assign(unique_id=sid) for sid, df in series.items()], ignore_index=True)
+        models = fit_many(long, make_model=lambda _sid: make_prophet(cfg), n_jobs=1, on_error="skip")
+        errors = {sid: "prophet-batch could not fit this store" for sid in series if sid not in models}
+    else:
+        for sid, df in series.items():
+            try:
+                models[sid] = make_prophet(cfg).fit(df)
+            except Exception as exc:  # a store that cannot be fitted never aborts the job
+                errors[sid] = f"{type(exc).__name__}: {exc}"
+    return models, errors
+
+
+def conformal_scores(y_fitted: np.ndarray, yhat: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """How far out of its band each actual is, in band units (<= 1: inside; the split-conformal score)."""
+    r = np.asarray(y_fitted) - np.asarray(yhat)
+    return np.where(r >= 0, r / np.maximum(upper, 1e-12), r / np.minimum(lower, -1e-12))
+
+
+def fit_chunk(chunk: list[Series], cfg: FitConfig) -> list[StoreResult]:
+    """Evaluate on the holdout, then fit on all data, for each store of the chunk."""
+    from pipelines.training.export import UnsupportedModelError, prophet_json_gz, store_row
+    from predictor.forecast import fitted_scale, forecast
+    from predictor.table import ParamTable
+
+    grid = np.asarray(cfg.grid, dtype=np.int64)
+    names = cfg.regressors
+    results = {s[0]: StoreResult(s[0]) for s in chunk}
+    calendars: dict[str, StoreCalendar | None] = {}
+    full, holdout, tests = {}, {}, {}
+    for item in chunk:
+        sid, days, y = item[:3]
+        sc = calendars[sid] = item[3] if len(item) > 3 else None
+        res = results[sid]
+        res.metrics = {"store_id": sid, "open_days": len(days),
+                       "first_date": _iso(days[0]) if len(days) else "", "last_date": _iso(days[-1]) if len(days)
+                       else ""}
+        if len(days) < cfg.min_days:
+            res.error = f"too little data: {len(days)} open days (need {cfg.min_days})"
+            continue
+        if cfg.transform == "log1p" and (np.asarray(y) < 0).any():
+            res.error = f"negative sales on {(np.asarray(y) < 0).sum()} days cannot be fitted on log1p"
+            continue
+        x = store_features(sc, days, names)
+        yf = to_fitted(y, cfg.transform)
+        full[sid] = _frame(days, yf, x, names)
+        train = days <= days[-1] - cfg.holdout_days
+        if cfg.holdout_days > 0 and train.sum() >= cfg.min_days and (~train).any():
+            holdout[sid] = _frame(days[train], yf[train], x[train], names)
+            tests[sid] = (days[train], y[train], days[~train], y[~train])
+
+    gate = Gate(cfg.gate_margin)
+    eval_grid = grid[: int(np.searchsorted(grid, cfg.holdout_days)) + 1]
+    eval_models, _ = fit_models(holdout, cfg)
+    for sid, (tr_days, tr_y, te_days, te_y) in tests.items():
+        if sid not in eval_models:
+            continue
+        try:
+            row = {**store_row(eval_models[sid], sid, cfg.seed, eval_grid), **_calendar_row(calendars[sid])}
+            table = ParamTable.from_rows([row], eval_grid, cfg.interval_width, transform=cfg.transform)
+        except UnsupportedModelError as exc:
+            results[sid].error = str(exc)
+            continue
+        at = np.zeros(len(te_days), dtype=np.int64)
+        yhat, lo, hi = forecast(table, at, te_days)
+        base = seasonal_naive(tr_days, tr_y, te_days)
+        model_sums, base_sums = error_sums(te_y, yhat), error_sums(te_y, base)
+        covered = float(((te_y >= lo) & (te_y <= hi)).sum())
+        f_yhat, f_lo, f_hi = fitted_scale(table, at, te_days)
+        results[sid].sums = {"model": model_sums, "baseline": base_sums,
+                             "coverage": {"n": float(len(te_y)), "covered": covered},
+                             "scores": conformal_scores(to_fitted(te_y, cfg.transform), f_yhat, f_lo, f_hi).tolist()}
+        m, b = scores(model_sums), scores(base_sums)
+        results[sid].metrics.update(
+            holdout_n=len(te_y), **m, coverage=covered / len(te_y),
+            **{f"baseline_{k}": v for k, v in b.items()}, gate=gate(m["wape"], b["wape"]),
+        )
+
+    final_models, errors = fit_models(full, cfg)
+    for sid, message in errors.items():
+        results[sid].error = message
+    for sid, model in final_models.items():
+        res = results[sid]
+        if res.error:
+            continue
+        try:
+            res.row = store_row(model, sid, cfg.seed, grid)
+        except UnsupportedModelError as exc:
+            res.error = str(exc)
+            continue
+        res.row.update(_calendar_row(calendars[sid], keep_from=res.row["last_day"] - CAL_HISTORY_DAYS))
+        res.model_json_gz = prophet_json_gz(model)
+        res.metrics.setdefault("gate", "n/a")
+    return list(results.values())
+
+
+def _calendar_row(sc: StoreCalendar | None, keep_from: int | None = None) -> dict[str, Any]:
+    """The calendar part of a table row (from ``keep_from`` on, if given)."""
+    if sc is None:
+        return {}
+    cells, start = sc.cells, sc.start
+    if keep_from is not None and keep_from > start:
+        cells, start = cells[keep_from - start:], keep_from
+    return {"cal_start": int(start), "calendar": cells, "open_rate": sc.open_rate}
+
+
+def _iso(day: int) -> str:
+    return str(np.datetime64(int(day), "D"))
