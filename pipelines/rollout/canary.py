@@ -167,7 +167,7 @@ def show(ops: list[dict[str, Any]], isvc: str, namespace: str) -> str:
 # --- dry runs: no cluster ---------------------------------------------------------------------
 # `storecast canary ... --dry-run` never reads a kubeconfig nor calls the API: it computes the patch
 # against an InferenceService from a file (`kubectl get isvc storecast -o json`, or a rendered
-# manifest), or else against the predictor as manifests/base declares it (tests/test_wheel_cli.py
+# manifest), or else against the predictor as manifests/base declares it (tests/pipelines/cli/test_cli.py
 # checks that this stays in step with the manifest).
 BASE_PREDICTOR_ARGS = ["predictor", "--model_uri", "models:/storecast@champion", "--model_name", "storecast"]
 

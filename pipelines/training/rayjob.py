@@ -7,7 +7,7 @@ as the record (status, logs while the cluster lives). The driver reads the sales
 artifact proxy, fits every store as Ray tasks and registers one version in the in-cluster MLflow.
 
 ``manifests/overlays/ray`` holds the RayJob of the first training (``storecast-train``), written
-with ``build_rayjob`` (``tests/test_manifests_ray.py`` checks they agree). The retrain service starts a
+with ``build_rayjob`` (``tests/manifests/test_ray.py`` checks they agree). The retrain service starts a
 fleet-wide retrain with ``submit_fleet_retrain``: a new RayJob with the cluster of that template (so
 the image and sizes are the ones deployed) and a ``storecast train`` of its own settings, created
 through the Kubernetes API (RBAC: ``create`` and ``get`` on ``rayjobs`` in the namespace); a refit

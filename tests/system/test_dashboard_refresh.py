@@ -7,7 +7,7 @@ drawn (the chart's day columns, the legend, the table's notes), and the API serv
 
 Real processes: the session's ``mlflow server``, the champion-following predictor and the transformer
 (auth file), the retrain service (auth file; its sales are two weeks newer than the champion's, so the
-refresh refits), the dashboard. Chromium is Debian's, driven by Playwright (as tests/test_dashboard_browser.py).
+refresh refits), the dashboard. Chromium is Debian's, driven by Playwright (as tests/dashboard/test_browser.py).
 The dashboard shows the days from today (UTC), so the data ends yesterday.
 """
 
@@ -26,9 +26,7 @@ import pytest
 from pipelines.data.sales_csv import write_sales
 from pipelines.data.synth import CALENDAR_COLUMNS, synthesize_with_calendar
 from pipelines.stack import LocalStack
-from tests.conftest import run_cli, stop
-from tests.helpers_dashboard import BROWSER_ARGS, CHROMIUM, start_dashboard, stop_service
-from tests.helpers_lifecycle import start_service
+from tests.support import BROWSER_ARGS, CHROMIUM, run_cli, start_dashboard, start_service, stop, stop_service
 from tests.system.world import write_auth
 
 if not Path(CHROMIUM).exists():

@@ -39,9 +39,7 @@ from pipelines.data.sales_csv import write_sales
 from pipelines.data.synth import CALENDAR_COLUMNS, synthesize_with_calendar
 from pipelines.stack import LocalStack, Service, free_port, wait_ready
 from serving.access.auth_file import hash_key
-from tests.conftest import BIN, Recorder, run_cli, stop
-from tests.helpers_dashboard import start_dashboard, stop_service
-from tests.helpers_lifecycle import start_service
+from tests.support import BIN, Recorder, run_cli, start_dashboard, start_service, stop, stop_service
 from tests.system.clients import AliasWatch, GrpcClient, Traffic, v1, wait_for
 
 MODEL = "storecast-month"

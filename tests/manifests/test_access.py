@@ -1,0 +1,189 @@
+"""Access in the manifests (issue 13): rendered with kubectl kustomize, checked against the real CRD schemas.
+
+No cluster here, so what can be checked offline is: the EventPolicy (eventing.knative.dev/v1alpha1)
+validates against its CRD schema and admits only senders that exist in the rendered set, into the
+Broker; every Trigger requests a token for its subscriber's audience and that subscriber verifies
+exactly that audience; the auth Secret is mounted (whole folder, so rotation reaches the file) where
+STORECAST_AUTH_FILE points, in the transformer and the retrain service; the example auth file maps
+every Trigger's OIDC service account (Knative's naming) to an identity allowed to do what it delivers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from serving.access.asgi import retrain_permission
+from serving.access.auth_file import load
+from tests.manifests.test_manifests import (
+    ISVC,
+    KSVC,
+    NAMESPACE,
+    TARGETS,
+    TRIGGER,
+    by_target,
+    find,
+    gk,
+    one,
+    render,
+    resolves,
+    schema_errors,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+POLICY = ("eventing.knative.dev", "EventPolicy")
+SECRET = "storecast-auth"
+EXAMPLE = ROOT / "config" / "auth.example.yaml"
+# What each Trigger delivers and the permission it needs at the subscriber.
+NEEDS = {"com.storecast.forecast.requested": {"forecast"}, "dev.knative.kafka.event": {"forecast"},
+         "com.storecast.sales.appended": {"retrain"},  # new actual sales (issue 14)
+         "com.storecast.calendar.updated": {"retrain"},  # a calendar of the sales store pushed (issue 21)
+         "com.storecast.retrain.requested": {retrain_permission(["4"])}, "dev.knative.sources.ping": {"retrain"}}
+
+
+def env_of(container: dict) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def guarded(docs: list[dict]) -> dict[str, tuple[dict, dict]]:
+    """The workloads that face callers: (pod spec, container) of the transformer and the retrain service."""
+    isvc = one(docs, ISVC, "storecast")["spec"]["transformer"]
+    ksvc = one(docs, KSVC, "storecast-retrain")["spec"]["template"]["spec"]
+    return {"transformer": (isvc, isvc["containers"][0]), "retrain": (ksvc, ksvc["containers"][0])}
+
+
+def oidc_subject(trigger: dict) -> str:
+    """The sender identity of a Trigger's deliveries: its OIDC service account, as Knative names it
+    (knative/eventing pkg/auth: kmeta.ChildName(name, "-oidc-<group>-<kind>"), lower-cased)."""
+    name = trigger["metadata"]["name"] + "-oidc-eventing.knative.dev-trigger"
+    assert len(name) <= 63, f"{name}: Knative would shorten it with a hash; list that name in the auth file"
+    return f"system:serviceaccount:{trigger['metadata']['namespace']}:{name.lower()}"
+
+
+UPLOADER = "storecast-uploader"
+UPLOADS = ("com.storecast.sales.appended", "com.storecast.calendar.updated")
+
+
+def policies(docs: list[dict]) -> dict[str, dict]:
+    return {p["metadata"]["name"]: p for p in find(docs, POLICY)}
+
+
+def passes(filters: list[dict], attributes: dict[str, str]) -> bool:
+    """Knative's SubscriptionsAPI filters (the dialects used here: exact, any); all of them must pass."""
+    def one(f: dict) -> bool:
+        assert set(f) <= {"exact", "any"}, f"a dialect this test cannot evaluate: {set(f)}"
+        ok = all(attributes.get(k) == v for k, v in f.get("exact", {}).items())
+        return ok and (any(one(g) for g in f["any"]) if "any" in f else True)
+    return all(one(f) for f in filters)
+
+
+@by_target
+def test_event_policy_validates_and_admits_only_senders_of_the_rendered_set(target):
+    docs = render(target)
+    found = policies(docs)
+    assert set(found) == {"storecast-broker", "storecast-broker-uploads"}
+    for policy in found.values():
+        assert not schema_errors(policy)
+        spec = policy["spec"]
+        assert [gk({"apiVersion": t["ref"]["apiVersion"], "kind": t["ref"]["kind"]}) for t in spec["to"]] == \
+            [("eventing.knative.dev", "Broker")]
+        assert resolves(docs, spec["to"][0]["ref"], NAMESPACE)
+    spec = found["storecast-broker"]["spec"]
+    senders = {(f["ref"]["kind"], f["ref"]["name"]) for f in spec["from"]}
+    assert senders == {("PingSource", "storecast-nightly"), ("SinkBinding", "storecast-retrain"),
+                       ("Trigger", "storecast-forecast-requested")}
+    assert all("sub" not in f for f in spec["from"]), "no free-form subjects: only objects of these manifests"
+    for f in spec["from"]:
+        assert resolves(docs, f["ref"], NAMESPACE), f["ref"]
+    assert "filters" not in spec
+
+
+@by_target
+def test_uploaders_may_announce_sales_and_calendars_and_nothing_else(target):
+    """The second policy admits one identity, a ServiceAccount of these manifests, for the two upload types."""
+    docs = render(target)
+    spec = policies(docs)["storecast-broker-uploads"]["spec"]
+    assert spec["from"] == [{"sub": f"system:serviceaccount:{NAMESPACE}:{UPLOADER}"}]
+    [account] = [a for a in find(docs, ("", "ServiceAccount")) if a["metadata"]["name"] == UPLOADER]
+    assert account["automountServiceAccountToken"] is False
+    for kind in UPLOADS:
+        assert passes(spec["filters"], {"type": kind, "source": "storecast.cli"}), kind
+    for kind in ("com.storecast.retrain.requested", "dev.knative.sources.ping", "com.storecast.forecast.requested",
+                 "com.storecast.model.registered", "com.storecast.rollout.promoted", "com.storecast.sales.appended.x"):
+        assert not passes(spec["filters"], {"type": kind}), kind
+    routed = {t["spec"]["filter"]["attributes"]["type"] for t in find(docs, TRIGGER)}
+    assert set(UPLOADS) <= routed, "an upload the uploader may announce must reach the retrain service"
+
+
+def test_event_policy_schema_is_strict():
+    policy = policies(render("base"))["storecast-broker"]
+    policy["spec"]["form"] = policy["spec"].pop("from")  # misspelt
+    assert schema_errors(policy)
+    policy = policies(render("base"))["storecast-broker"]
+    policy["spec"]["from"][0]["ref"]["nmae"] = "x"
+    assert schema_errors(policy)
+    uploads = policies(render("base"))["storecast-broker-uploads"]
+    uploads["spec"]["filters"][0]["anyy"] = uploads["spec"]["filters"][0].pop("any")
+    assert schema_errors(uploads)
+
+
+@by_target
+def test_every_trigger_requests_the_audience_its_subscriber_verifies(target):
+    docs = render(target)
+    audiences = {name: env_of(c).get("STORECAST_OIDC_AUDIENCE") for name, (_, c) in guarded(docs).items()}
+    assert all(audiences.values()), audiences
+    triggers = find(docs, TRIGGER)
+    assert triggers
+    for t in triggers:
+        sub = t["spec"]["subscriber"]
+        kind = sub["ref"]["kind"]
+        expected = audiences["transformer"] if kind == "InferenceService" else audiences["retrain"]
+        assert sub.get("audience") == expected, f"Trigger {t['metadata']['name']}: audience {sub.get('audience')}"
+
+
+@by_target
+def test_auth_secret_is_mounted_where_the_servers_read_it(target):
+    for name, (pod, container) in guarded(render(target)).items():
+        env = env_of(container)
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        mounts = {m["name"]: m for m in container.get("volumeMounts", [])}
+        secret_volumes = [v for v in volumes.values() if v.get("secret", {}).get("secretName") == SECRET]
+        assert len(secret_volumes) == 1, name
+        mount = mounts[secret_volumes[0]["name"]]
+        assert mount["readOnly"] and "subPath" not in mount, f"{name}: a subPath mount never sees a rotation"
+        assert env["STORECAST_AUTH_FILE"].startswith(mount["mountPath"].rstrip("/") + "/"), name
+        assert env["STORECAST_OIDC_ISSUER"].startswith("https://"), name
+        jwks = env["STORECAST_OIDC_JWKS_URL"]
+        assert jwks.startswith("file://") and any(jwks[len("file://"):].startswith(m["mountPath"] + "/")
+                                                  for m in mounts.values()), name
+        assert "STORECAST_TRUSTED_PROXIES" in env, name
+
+
+def test_the_patches_keep_the_volumes_of_the_source_files():
+    """JSON-patch ``add`` of a whole list replaces it: the component must not drop volumes the owners add."""
+    docs = render("base")
+    sources = {"transformer": (ROOT / "manifests/base/inferenceservice.yaml", ("spec", "transformer")),
+               "retrain": (ROOT / "manifests/base/retrain.yaml", ("spec", "template", "spec"))}
+    for name, (pod, container) in guarded(docs).items():
+        path, keys = sources[name]
+        kind = "InferenceService" if name == "transformer" else "Service"
+        [doc] = [d for d in yaml.safe_load_all(path.read_text()) if d and d["kind"] == kind]
+        for k in keys:
+            doc = doc[k]
+        own = {v["name"] for v in doc.get("volumes", [])}
+        own_mounts = {m["name"] for m in doc["containers"][0].get("volumeMounts", [])}
+        assert own <= {v["name"] for v in pod["volumes"]}, f"{name}: volumes of {path.name} lost"
+        assert own_mounts <= {m["name"] for m in container["volumeMounts"]}, f"{name}: mounts of {path.name} lost"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_example_auth_file_knows_every_trigger_sender_with_enough_permissions(target):
+    config = load(EXAMPLE)
+    for t in find(render(target), TRIGGER):
+        subject = oidc_subject(t)
+        entry = config.by_subject.get(subject)
+        assert entry is not None, f"{EXAMPLE.name}: no identity with oidc_subject {subject}"
+        needs = NEEDS[t["spec"]["filter"]["attributes"]["type"]]
+        assert needs <= config.tier_of(entry).permissions, (subject, needs)
