@@ -83,7 +83,7 @@ RUN /opt/venv/bin/pip install --no-deps /wheels/storecast-*.whl \
     && cp -r /tmp/stubs/kubernetes /opt/venv/lib/python3*/site-packages/ \
     && rm /opt/venv/bin/storecast \
     && /opt/venv/bin/python -m pip uninstall -y -q setuptools pip \
-    && /opt/venv/bin/python -c "import kserve, predictor.server, transformer.server"
+    && /opt/venv/bin/python -c "import kserve, predictor.__main__, transformer.__main__"
 
 # ---------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime

@@ -2,7 +2,7 @@
 
     python bench/alias_move.py [--moves 30] [--rounds 3]
 
-Every version lands through ``Registry.move_alias`` (``pipelines.versions.lineage.land``): take the alias's
+Every version lands through ``Registry.move_alias`` (``pipelines.versions.landing.land``): take the alias's
 lock (a registered model only one writer can create), check the alias, set it, release the lock.
 The baseline is MLflow's own ``set_registered_model_alias`` on the same server in the same run. The
 versions are registered without artifacts (``create_model_version`` with a placeholder ``s3://``

@@ -116,13 +116,13 @@ def v2_windows_binary(stores: list[str], begin_day: int, days: int) -> tuple[byt
     """Windows in (store ids, INT32 begin day and length), FP64 outputs as binary sections."""
     import numpy as np
 
-    from serving import tensors
+    from serving import rest_tensors, tensors
 
     n = len(stores)
     inputs = [("store_id", "BYTES", [n], tensors.to_bytes(stores, "BYTES")),
               ("begin_day", "INT32", [n], np.full(n, begin_day, dtype="<i4").tobytes()),
               ("days", "INT32", [n], np.full(n, days, dtype="<i4").tobytes())]
-    return tensors.binary_request(inputs, ("yhat", "yhat_lower", "yhat_upper"))
+    return rest_tensors.binary_request(inputs, ("yhat", "yhat_lower", "yhat_upper"))
 
 
 def one_store_p99(port: int, stores: list[str], seconds: float, clients: int = 4) -> dict[str, float]:

@@ -26,10 +26,10 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipelines.data.sales_csv import read_sales, shared_rossmann, write_sales  # noqa: E402
+from pipelines.data.sales_csv import read_sales, write_sales  # noqa: E402
 from pipelines.data.synth import synthesize  # noqa: E402
 from pipelines.stack import LocalStack, Service, free_port, wait_ready  # noqa: E402
-from tests.support import BROWSER_ARGS, CHROMIUM  # noqa: E402
+from tests.support import BROWSER_ARGS, CHROMIUM, shared_rossmann  # noqa: E402
 
 KEY = "bench-planner-key"
 

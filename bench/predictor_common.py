@@ -53,7 +53,7 @@ class Version:
 
 def prepare_version(args: argparse.Namespace) -> Version:
     """Train all stores once (or reuse ``--workdir`` / ``--tracking-uri``) and register @champion."""
-    from pipelines.data.sales_csv import shared_rossmann
+    from tests.support import shared_rossmann
 
     workdir = Path(args.workdir).resolve() if args.workdir else Path(tempfile.mkdtemp(prefix="storecast-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)

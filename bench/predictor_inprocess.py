@@ -8,7 +8,7 @@ Timed for each of ``--sample`` random stores, the next 7 days after the data:
 
 - stock ``Prophet.predict`` (with intervals, its default);
 - the predictor's model call: a V2 request decoded, evaluated and answered (``StorecastModel.predict``);
-- the evaluation alone (``Snapshot.evaluate``: a lookup in the precomputed horizon), and
+- the evaluation alone (``Snapshot.outputs``: a lookup in the precomputed horizon), and
   ``predictor.forecast.forecast`` (what dates outside that horizon cost).
 
 Goal: >= 200x stock Prophet. Also prints the largest yhat difference to stock Prophet.
@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from predictor_common import add_common_arguments, prepare_version
+
+YHAT = ("yhat", "yhat_lower", "yhat_upper")  # the outputs timed
 
 
 def per_call(fn, calls: int = 300, rounds: int = 7) -> float:
@@ -62,7 +64,7 @@ def time_store(stock: Any, model: Any, snap: Any, sid: str, loop: asyncio.Abstra
         "prophet": per_call(lambda: stock.predict(frame), calls=3, rounds=3),
         "model.predict": per_call(lambda: loop.run_until_complete(
             model.predict(InferRequest.from_inference_request(parsed, "storecast")))),
-        "Snapshot.evaluate": per_call(lambda: snap.evaluate([sid] * 7, days)),
+        "Snapshot.outputs": per_call(lambda: snap.outputs([sid] * 7, days, YHAT)),
         "forecast": per_call(lambda: forecast(snap.table, index, days)),
     }
 
@@ -92,7 +94,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     sample = rng.choice(snap.table.store_id, size=min(args.sample, len(snap)), replace=False).tolist()
     loop = asyncio.new_event_loop()
-    rows: dict[str, list[float]] = {"prophet": [], "model.predict": [], "Snapshot.evaluate": [], "forecast": []}
+    rows: dict[str, list[float]] = {"prophet": [], "model.predict": [], "Snapshot.outputs": [], "forecast": []}
     worst = 0.0
     with zipfile.ZipFile(zpath) as zf:
         for sid in sample:
@@ -101,13 +103,13 @@ def main() -> None:
                 rows[name].append(seconds)
             days = snap.first_day[int(snap.table.index(np.array([sid]))[0])] + np.arange(7)
             ref = stock.predict(pd.DataFrame({"ds": pd.to_datetime(days.astype("datetime64[D]"))}))["yhat"].to_numpy()
-            worst = max(worst, float(np.max(np.abs(snap.evaluate([sid] * 7, days)[0] - ref) / np.abs(ref))))
+            worst = max(worst, float(np.max(np.abs(snap.outputs([sid] * 7, days, YHAT)["yhat"] - ref) / np.abs(ref))))
     med = {k: statistics.median(v) for k, v in rows.items()}
     print(f"data: {version.data}; version {snap.version}, {len(snap)} stores; {len(sample)} stores timed, "
           "next 7 days, with intervals (median per call)")
     print(f"stock Prophet.predict           {med['prophet'] * 1e3:9.2f} ms")
-    for name in ("model.predict", "Snapshot.evaluate", "forecast"):
-        label = {"model.predict": "predictor model.predict (V2)", "Snapshot.evaluate": "  evaluation (horizon lookup)",
+    for name in ("model.predict", "Snapshot.outputs", "forecast"):
+        label = {"model.predict": "predictor model.predict (V2)", "Snapshot.outputs": "  evaluation (horizon lookup)",
                  "forecast": "  forecast() (outside horizon)"}[name]
         print(f"{label:31s} {med[name] * 1e6:9.1f} us   {med['prophet'] / med[name]:8.0f}x")
     ratio = med["prophet"] / med["model.predict"]

@@ -29,8 +29,9 @@ from scale_common import REPO, Run, median, train_run
 
 sys.path.insert(0, str(REPO))
 
-from pipelines.data.sales_csv import shared_rossmann, write_sales
+from pipelines.data.sales_csv import write_sales
 from pipelines.data.synth import synthesize
+from tests.support import shared_rossmann
 
 END = "2015-07-31"
 

@@ -29,8 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipelines.data.calendar import read_calendar  # noqa: E402
-from pipelines.data.sales_csv import read_sales, shared_rossmann  # noqa: E402
+from pipelines.data.sales_csv import read_sales  # noqa: E402
 from pipelines.training.fitting import FitConfig  # noqa: E402
+from tests.support import shared_rossmann  # noqa: E402
 
 
 def pipeline(data: Path, *extra: str) -> dict:

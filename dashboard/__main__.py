@@ -1,7 +1,31 @@
-"""``python -m dashboard``: serve the planners' dashboard (see ``dashboard.server``)."""
+"""``python -m dashboard``: the dashboard server on ``--host``/``--port`` (127.0.0.1:8070 by default)."""
 
+from __future__ import annotations
+
+import logging
 import sys
 
-from dashboard.server import main
+from dashboard.app import create_app
+from dashboard.config import parse
+from serving.logs import configure_logging
+from serving.mlflow_env import use_mlflow_defaults
 
-sys.exit(main())
+
+def main(argv: list[str] | None = None) -> int:
+    settings = parse(argv)
+    configure_logging(libraries=logging.INFO)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per proxied request is the access log's job
+    use_mlflow_defaults("tools")
+    import uvicorn
+
+    logging.getLogger("storecast.dashboard").info(
+        "dashboard on http://%s:%d -> business API %s, retrain %s, registry %s, sales %s", settings.host,
+        settings.port, settings.api_url, settings.retrain_url or "-", "yes" if settings.tracking_uri else "-",
+        settings.sales or "-")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
+                access_log=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -5,8 +5,8 @@ Routes (all JSON errors are ``{"error": "..."}``):
 - ``GET /`` and the static files of ``static/``;
 - ``POST /api/session``: checks the caller's key with one small forecast request upstream;
 - ``POST /api/forecast`` -> the transformer's ``POST /v1/models/{model}:predict`` (body as given);
-- ``POST /api/retrain`` ``{"store_ids": [...]}`` -> the retrain service, as a CloudEvent
-  ``com.storecast.retrain.requested``; ``GET /api/jobs/{id}`` -> its ``GET /jobs/{id}``;
+- ``POST /api/retrain`` ``{"store_ids": [...]}`` (at most ``serving.contract.REFRESH_MAX_STORES``) -> the
+  retrain service, as a CloudEvent ``retrain.requested``; ``GET /api/jobs/{id}`` -> its ``GET /jobs/{id}``;
 - ``GET /api/model[?version=N]``, ``GET /api/metrics?stores=..[&version=N]``, ``GET /api/sales?stores=..&days=28``:
   the dashboard's own read-only data, for a key the business API accepts (asked with one small
   forecast request the first time a key is seen, then trusted for ``--key-ttl-seconds``);
@@ -36,10 +36,10 @@ from dashboard.config import Settings
 from dashboard.proxy import Upstream, error, retrain_event, store_ids
 from dashboard.registry_info import RegistryCache
 from dashboard.sales import SalesCache
+from serving.contract import store_sort_key
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_BODY = 1 << 20
-MAX_REFRESH_STORES = 20
 JOB_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 SECURITY = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
             (b"x-frame-options", b"DENY"),
@@ -89,7 +89,7 @@ def create_app(settings: Settings, sales: SalesCache | None = None, registry: Re
     async def probe(request: Request) -> Response | None:
         """Ask the business API for one store with the caller's key: None if it passed the door, else the refusal."""
         stores = registry.peek()
-        body = json.dumps({"instances": [{"storeId": min(stores, key=_store_key) if stores else "1"}]}).encode()
+        body = json.dumps({"instances": [{"storeId": min(stores, key=store_sort_key) if stores else "1"}]}).encode()
         answer = await api.send(request, "POST", predict_path, body, {"content-type": "application/json"})
         # 400 = the key passed the door and the probe store is unknown (no registry to pick one from)
         if answer.status_code in (200, 400):
@@ -138,7 +138,7 @@ def create_app(settings: Settings, sales: SalesCache | None = None, registry: Re
         if isinstance(body, Response):
             return body
         try:
-            ids = store_ids(json.loads(body or b"null"), MAX_REFRESH_STORES)
+            ids = store_ids(json.loads(body or b"null"))
         except ValueError as exc:  # json.JSONDecodeError is a ValueError
             return error(400, str(exc) if "store_ids" in str(exc) else "body: not JSON")
         headers, event = retrain_event(ids, "refresh requested on the dashboard")
@@ -232,7 +232,3 @@ def _ids(request: Request) -> list[str]:
 
 def _digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
-
-
-def _store_key(s: str) -> tuple[int, int | str]:
-    return (0, int(s)) if s.isdigit() else (1, s)

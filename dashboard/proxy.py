@@ -17,9 +17,10 @@ import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from serving.contract import REFRESH_MAX_STORES, RETRAIN_REQUESTED, given_store_ids
+
 UP_HEADERS = ("x-api-key", "authorization", "content-type", "accept", "x-request-id")
 DOWN_HEADERS = ("content-type", "retry-after", "ratelimit", "ratelimit-policy", "www-authenticate", "x-request-id")
-RETRAIN_REQUESTED = "com.storecast.retrain.requested"
 SOURCE = "storecast.dashboard"
 
 
@@ -59,25 +60,13 @@ def error(status: int, message: str, headers: dict[str, str] | None = None) -> J
 
 
 def retrain_event(store_ids: list[str], reason: str) -> tuple[dict[str, str], bytes]:
-    """A binary-mode CloudEvent ``com.storecast.retrain.requested`` for these stores."""
+    """A binary-mode CloudEvent ``RETRAIN_REQUESTED`` for these stores."""
     headers = {"ce-specversion": "1.0", "ce-id": uuid.uuid4().hex, "ce-source": SOURCE, "ce-type": RETRAIN_REQUESTED,
                "ce-time": datetime.now(UTC).isoformat().replace("+00:00", "Z"), "content-type": "application/json"}
     return headers, json.dumps({"store_ids": store_ids, "reason": reason}).encode()
 
 
-def store_ids(payload: Any, most: int) -> list[str]:
-    """``payload["store_ids"]`` checked: 1..most printable ids of 1-64 characters (ValueError names the problem)."""
-    ids = payload.get("store_ids") if isinstance(payload, dict) else None
-    if not isinstance(ids, list) or not ids:
-        raise ValueError("store_ids: expected a non-empty list of store ids")
-    if len(ids) > most:
-        raise ValueError(f"store_ids: {len(ids)} stores is over the limit of {most} for one refresh")
-    out = []
-    for i, s in enumerate(ids):
-        if not isinstance(s, str | int) or isinstance(s, bool):
-            raise ValueError(f"store_ids[{i}]: expected a string")
-        s = str(s).strip()
-        if not s or len(s) > 64 or not s.isprintable():
-            raise ValueError(f"store_ids[{i}]: a store id is 1 to 64 printable characters")
-        out.append(s)
-    return out
+def store_ids(payload: Any, most: int = REFRESH_MAX_STORES) -> list[str]:
+    """``payload["store_ids"]``: 1 to ``most`` store ids (``serving.contract.given_store_ids``: the store id
+    rule); ValueError names the field and the problem."""
+    return given_store_ids(payload.get("store_ids") if isinstance(payload, dict) else None, "store_ids", most)

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from serving.contract import store_sort_key
+
 log = logging.getLogger("storecast.dashboard")
 METRICS_FILE = "store_metrics.csv"
 METRIC_COLUMNS = ("wape", "mape", "rmse", "coverage", "baseline_wape", "holdout_n", "gate", "last_date")
@@ -39,7 +41,7 @@ class VersionInfo:
 
     def view(self) -> dict[str, Any]:
         return {"version": self.version, "data_end": self.data_end, "created": self.created,
-                "parent_version": self.parent, "stores": sorted(self.metrics, key=_store_key)}
+                "parent_version": self.parent, "stores": sorted(self.metrics, key=store_sort_key)}
 
 
 class RegistryCache:
@@ -57,9 +59,9 @@ class RegistryCache:
         self._thread: threading.Thread | None = None
         self._rest = None
         if tracking_uri and _usable(tracking_uri):  # MLflow's own credentials variables apply
-            from predictor.rest_registry import RestRegistry
+            from predictor.mlflow_rest import MlflowRestClient
 
-            self._rest = RestRegistry(tracking_uri)
+            self._rest = MlflowRestClient(tracking_uri)
 
     @property
     def enabled(self) -> bool:
@@ -184,10 +186,6 @@ def read_metrics(text: str) -> dict[str, dict[str, Any]]:
 
 
 def _usable(uri: str) -> bool:
-    from predictor.rest_registry import usable
+    from predictor.mlflow_rest import usable
 
     return usable(uri)
-
-
-def _store_key(s: str) -> tuple[int, int | str]:
-    return (0, int(s)) if s.isdigit() else (1, s)

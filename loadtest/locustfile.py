@@ -34,12 +34,20 @@ from locust import LoadTestShape, between, task
 from locust.contrib.fasthttp import FastHttpUser
 
 if not __package__:  # loaded by path (locust -f loadtest/locustfile.py): the folder holding loadtest/ gives
-    sys.path.append(str(Path(__file__).resolve().parents[1]))  # loadtest.guard; last, so an installed one wins
+    sys.path.append(str(Path(__file__).resolve().parents[1]))  # serving, loadtest; last: an installed one wins
+
+from serving.contract import (  # after the path above; it imports neither numpy nor KServe
+    FORECAST_COMPLETED,
+    FORECAST_REQUESTED,
+    MODEL_NAME,
+    RETRAIN_REQUESTED,
+)
 
 # STORECAST_API_KEY: sent as x-api-key by every user (an identity of the servers' auth file)
 JSON = {"content-type": "application/json",
         **({"x-api-key": os.environ["STORECAST_API_KEY"]} if os.environ.get("STORECAST_API_KEY") else {})}
 SHED = (429, 503)
+V1_PREDICT = f"/v1/models/{MODEL_NAME}:predict"  # the transformer's business API
 
 
 def _stores(spec: str) -> list[str]:
@@ -102,7 +110,7 @@ class Planner(Paced):
     @task(8)
     def one_store(self) -> None:
         body = {"instances": [{"storeId": random.choice(STORES)}]}
-        with self.client.post("/v1/models/storecast:predict", data=json.dumps(body).encode(), headers=JSON,
+        with self.client.post(V1_PREDICT, data=json.dumps(body).encode(), headers=JSON,
                               name="business one store", catch_response=True) as resp:
             _check(resp, "business one store")
 
@@ -110,7 +118,7 @@ class Planner(Paced):
     def several_stores(self) -> None:
         body = {"instances": [{"storeId": s, "beginDate": "2015-08-01", "endDate": "2015-08-14"}
                               for s in random.sample(STORES, min(5, len(STORES)))]}
-        with self.client.post("/v1/models/storecast:predict", data=json.dumps(body).encode(), headers=JSON,
+        with self.client.post(V1_PREDICT, data=json.dumps(body).encode(), headers=JSON,
                               name="business five stores", catch_response=True) as resp:
             _check(resp, "business five stores")
 
@@ -119,7 +127,7 @@ class Service(Paced):
     """Other services: V2 long format straight to the predictor."""
 
     weight = _weight("Service")
-    url = os.environ.get("STORECAST_PREDICTOR_URL", "").rstrip("/") + "/v2/models/storecast/infer"
+    url = os.environ.get("STORECAST_PREDICTOR_URL", "").rstrip("/") + f"/v2/models/{MODEL_NAME}/infer"
 
     @task
     def v2_week(self) -> None:
@@ -140,12 +148,12 @@ class Event(Paced):
     @task
     def forecast_event(self) -> None:
         headers = {**JSON, "ce-specversion": "1.0", "ce-id": uuid.uuid4().hex, "ce-source": "locust",
-                   "ce-type": "com.storecast.forecast.requested"}
+                   "ce-type": FORECAST_REQUESTED}
         body = {"instances": [{"storeId": random.choice(STORES)}]}
-        with self.client.post("/v1/models/storecast:predict", data=json.dumps(body).encode(), headers=headers,
+        with self.client.post(V1_PREDICT, data=json.dumps(body).encode(), headers=headers,
                               name="forecast cloudevent", catch_response=True) as resp:
             _check(resp, "forecast cloudevent")
-            if resp.status_code == 200 and resp.headers.get("ce-type") != "com.storecast.forecast.completed":
+            if resp.status_code == 200 and resp.headers.get("ce-type") != FORECAST_COMPLETED:
                 resp.failure(f"answer is not a forecast.completed event: {resp.headers.get('ce-type')}")
 
 
@@ -170,7 +178,7 @@ class Refresher(FastHttpUser):
     @task
     def retrain(self) -> None:
         headers = {**JSON, "ce-specversion": "1.0", "ce-id": uuid.uuid4().hex, "ce-source": "locust",
-                   "ce-type": "com.storecast.retrain.requested"}
+                   "ce-type": RETRAIN_REQUESTED}
         body = {"store_ids": [random.choice(STORES)], "reason": "load test"}
         with self.client.post(self.url, data=json.dumps(body).encode(), headers=headers, name="retrain request",
                               catch_response=True) as resp:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.report import Summary, plot, summarize
+from serving.contract import MODEL_NAME
 
 LOCUSTFILE = Path(__file__).resolve().with_name("locustfile.py")  # shipped in the package: works as installed
 
@@ -96,7 +97,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--retrain-url", help="retrain service URL for the Refresher users (it must run --dry-run)")
     p.add_argument("--allow-writes", action="store_true",
                    help="let Refresher users send retrain requests to a retrain service that is not --dry-run")
-    p.add_argument("--model-uri", default="models:/storecast@champion", help="version the local stack serves")
+    p.add_argument("--model-uri", default=f"models:/{MODEL_NAME}@champion", help="version the local stack serves")
     p.add_argument("--tracking-uri", help="registry of the local stack (default: $MLFLOW_TRACKING_URI, else "
                    "sqlite:///mlflow.db)")
     p.add_argument("--users", type=int, default=20, help="Locust users (ignored with --shape)")

@@ -1,4 +1,5 @@
-"""CloudEvents of storecast: types, parsing (binary or structured) and emitting to a sink."""
+"""CloudEvents of the pipelines: parsing (binary or structured) and emitting to a sink; the types are
+``serving.contract``'s."""
 
 from __future__ import annotations
 
@@ -11,15 +12,20 @@ import httpx
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent, from_http
 
-RETRAIN_REQUESTED = "com.storecast.retrain.requested"
-PING = "dev.knative.sources.ping"
-MODEL_REGISTERED = "com.storecast.model.registered"
-RETRAIN_FAILED = "com.storecast.retrain.failed"
-FORECAST_REQUESTED = "com.storecast.forecast.requested"
-SALES_APPENDED = "com.storecast.sales.appended"
-CALENDAR_UPDATED = "com.storecast.calendar.updated"  # data {"calendar": REF of a calendar in the sales store}
-ROLLOUT_PROMOTED = "com.storecast.rollout.promoted"
-ROLLOUT_ROLLEDBACK = "com.storecast.rollout.rolledback"
+from serving.contract import (  # the types are the contract's (defined there only), importable from here too
+    CALENDAR_UPDATED,
+    MODEL_REGISTERED,
+    PING,
+    RETRAIN_FAILED,
+    RETRAIN_REQUESTED,
+    ROLLOUT_PROMOTED,
+    ROLLOUT_ROLLEDBACK,
+    SALES_APPENDED,
+)
+
+__all__ = ["CALENDAR_UPDATED", "MODEL_REGISTERED", "PING", "RETRAIN_FAILED", "RETRAIN_REQUESTED", "ROLLOUT_PROMOTED",
+           "ROLLOUT_ROLLEDBACK", "SALES_APPENDED", "SOURCE", "BadEvent", "emit", "event", "parse"]
+
 SOURCE = "storecast.retrain"
 
 log = logging.getLogger("storecast.events")

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import httpx
 
+from serving.contract import MODEL_NAME
+
 HOST = "127.0.0.1"
 
 
@@ -106,7 +108,7 @@ class LocalStack:
                                         "--grpc_port", str(grpc), *self.transformer_args], http, grpc)
             for s in self.services:
                 if s.name != "mlflow":
-                    wait_ready(f"{s.url}/v2/models/storecast/ready", s, timeout)
+                    wait_ready(f"{s.url}/v2/models/{MODEL_NAME}/ready", s, timeout)
             if self.dashboard_args is not None:
                 self._start_dashboard(timeout)
         except BaseException:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from predictor.prefetch import PrefetchError
 from predictor.source import ModelSource
 from serving.contract import MAX_DAYS_AHEAD, Shard
-from serving.server import configure_logging as _configure_logging
+from serving.logs import configure_logging
 
 if TYPE_CHECKING:  # numpy is imported with the first table, not before (see predictor.prefetch)
     from predictor.prefetch import Prefetch
@@ -39,12 +39,6 @@ log = logging.getLogger("storecast.predictor")
 
 FIRST_BACKOFF = 0.5
 MAX_BACKOFF = 30.0
-
-
-def configure_logging() -> logging.Logger:
-    """storecast's log lines on stderr (each process: KServe's workers are spawned)."""
-    _configure_logging()
-    return log
 
 
 __all__ = ["Loader", "Shard", "configure_logging"]

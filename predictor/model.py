@@ -37,7 +37,6 @@ from predictor.codec import (
     OUTPUT_TYPES,
     OUTPUTS,
     V1_OUTPUTS,
-    RequestError,
     Rows,
     decode_v1,
     decode_v2,
@@ -45,6 +44,7 @@ from predictor.codec import (
     json_body,
 )
 from predictor.loader import Loader
+from predictor.request_values import RequestError
 from predictor.snapshot import Snapshot
 from predictor.table import UnknownStoresError
 from serving.budget import SMALL_ROWS, RowBudget, offload

@@ -1,6 +1,6 @@
 """One loaded model version, ready to answer: its parameter table, a store lookup and a precomputed horizon.
 
-A snapshot is immutable and replaced as a whole on a version swap. ``evaluate(store_ids, days)``
+A snapshot is immutable and replaced as a whole on a version swap. ``outputs(store_ids, days, names)``
 answers all rows of a request at once:
 
 - each store's next ``horizon_days`` days (default 366: 1 to 365 days ahead and the first day) are
@@ -77,14 +77,6 @@ class Snapshot:
             except KeyError:
                 pass
         return self.table.index(np.strings.strip(np.asarray(store_ids, dtype=str)))
-
-    def evaluate(self, store_ids: list[str], days: np.ndarray,
-                 open_rate: bool = False) -> tuple[np.ndarray, ...]:
-        """yhat, yhat_lower, yhat_upper of every (store, day) row (and, with ``open_rate``, the share of that
-        weekday the store was open lately)."""
-        names = ("yhat", "yhat_lower", "yhat_upper", *(("open_rate",) if open_rate else ()))
-        out = self.outputs(store_ids, days, names)
-        return tuple(out[n] for n in names)
 
     def outputs(self, store_ids: list[str], days: np.ndarray, names: Sequence[str],
                 promo: np.ndarray | None = None, open_: np.ndarray | None = None,

@@ -11,7 +11,7 @@
 ``resolve()`` names the version the URI points at now; ``fetch(version)`` downloads only the version's
 ``params.npz`` into a temporary folder and reads it. The registry location comes from
 ``MLFLOW_TRACKING_URI`` as usual: an ``mlflow server`` (``http(s)://``) is asked over its REST API
-(``predictor.rest_registry``), anything else through MLflow's client, imported on first use (never
+(``predictor.mlflow_rest``), anything else through MLflow's client, imported on first use (never
 for a folder).
 """
 
@@ -26,19 +26,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from serving.contract import PARAMS_FILE  # the artifact name is the contract's
+from serving.contract import MODEL_NAME, PARAMS_FILE  # the model and artifact names are the contract's
 
 if TYPE_CHECKING:  # numpy is imported when a table is read, not before (see predictor.prefetch)
-    from predictor.rest_registry import RestRegistry
+    from predictor.mlflow_rest import MlflowRestClient
     from predictor.table import ParamTable
 
-DEFAULT_URI = "models:/storecast@champion"
+DEFAULT_URI = f"models:/{MODEL_NAME}@champion"
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<ref>[^/]+))/?$")
-# MLflow's own HTTP retries (7, with exponential backoff) would hide an outage for minutes: the server
-# sets these defaults (explicit settings in the environment win) and the loader retries with its own
-# backoff, saying so in the log.
-MLFLOW_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
-                   "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 
 
 class SourceError(ValueError):
@@ -157,19 +152,19 @@ class ModelSource:
         return MlflowClient()
 
 
-def _rest() -> RestRegistry | None:
+def _rest() -> MlflowRestClient | None:
     """The REST client of ``MLFLOW_TRACKING_URI`` when it is an ``mlflow server`` (else None: MLflow's client)."""
-    from predictor import rest_registry
+    from predictor import mlflow_rest
 
     uri = os.environ.get("MLFLOW_TRACKING_URI", "")
-    if not rest_registry.usable(uri):
+    if not mlflow_rest.usable(uri):
         return None
     if uri not in _REST:
-        _REST[uri] = rest_registry.RestRegistry(uri)
+        _REST[uri] = mlflow_rest.MlflowRestClient(uri)
     return _REST[uri]
 
 
-_REST: dict[str, RestRegistry] = {}
+_REST: dict[str, MlflowRestClient] = {}
 
 
 def redact(uri: str) -> str:

@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from serving.contract import store_sort_key
+
 FORMAT = "storecast-params/3"
 READABLE = ("storecast-params/1", "storecast-params/2", FORMAT)
 TRANSFORMS = ("none", "log1p")
@@ -118,7 +120,7 @@ class ParamTable:
         pos = np.minimum(pos, len(self.store_id) - 1)
         bad = self.store_id[pos] != ids
         if bad.any():
-            raise UnknownStoresError(sorted(set(ids[bad].tolist()), key=_natural))
+            raise UnknownStoresError(sorted(set(ids[bad].tolist()), key=store_sort_key))
         return pos
 
     # ---- building -----------------------------------------------------------------------
@@ -282,8 +284,3 @@ def _calendar_grid(rows: list[dict[str, Any]]) -> tuple[int, np.ndarray]:
             a = int(r["cal_start"]) - start
             grid[i, a: a + len(cal)] = cal
     return start, grid
-
-
-def _natural(store_id: str) -> tuple[int, str]:
-    """Sort key: numeric ids by number (1, 2, 10), then others alphabetically."""
-    return (int(store_id), "") if store_id.isascii() and store_id.isdigit() else (1 << 62, store_id)

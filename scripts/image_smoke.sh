@@ -100,7 +100,7 @@ except ImportError as exc:
     assert "full image" in str(exc), exc
 else:
     raise AssertionError("the real Kubernetes client is in the serving image")
-import kserve, predictor.server, transformer.server  # noqa: F401,E401
+import kserve, predictor.__main__, transformer.__main__  # noqa: F401,E401
 print("serving image: no " + ", ".join(absent) + "; kubernetes is the stub; kserve and both servers import")
 PY
 

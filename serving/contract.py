@@ -4,14 +4,16 @@ Imported by ``predictor``, ``transformer`` and ``pipelines``; it imports neither
 module level (the predictor forks its prefetch child before numpy is imported).
 
 - **model and artifacts**: the registered model's default name and the files of a version;
+- **refresh size**: a refresh names at most ``REFRESH_MAX_STORES`` stores (more is a fleet-wide retrain);
 - **shard rule**: shard ``k`` of ``n`` holds the stores with ``crc32(utf-8 store id) % n == k``;
-- **store id rule**: a string of 1 to 64 printable characters without surrounding blanks;
+- **store id rule**: a string of 1 to 64 printable characters without surrounding blanks (a request
+  may name one as a whole number, blanks around it dropped: ``given_store_id``); their natural order;
 - **date rule**: ISO ``YYYY-MM-DD`` between 1900-01-01 and 2199-12-31 (a predictor also takes a
   date-time at midnight UTC; the business API takes any date-time and uses its UTC date);
 - **tensors**: the V2 input and output names and datatypes of both servers (tables, so a new
   optional input or output is one line), the packed ``day_flags`` and the one rule of a closed day
   (``closed_days``: the business API answers it 0), and the business instance keys;
-- **CloudEvents** types of forecast requests and answers.
+- **CloudEvents**: every event type storecast sends or takes, defined here only.
 """
 
 from __future__ import annotations
@@ -33,6 +35,14 @@ STORE_METRICS_FILE = "store_metrics.csv"
 MANIFEST_FILE = "manifest.json"
 ARTIFACTS_DIR = "artifacts"  # the files above live under the MLflow model's artifacts/ folder
 
+# ---- refresh size -------------------------------------------------------------------------------
+# A refresh (a retrain of named stores) names at most this many stores. It is the one number behind: the
+# ``refresh`` permission (more stores, or a ping, need ``retrain``: ``serving.access.asgi``), the dashboard's
+# refresh button, and the alias a version moves (a version refitting more stores is fleet-sized: it goes
+# ``challenger`` and canary, never ``champion`` directly: ``pipelines.versions.lineage.target_alias``; the
+# retrain service's ``--auto-champion-stores`` defaults to it).
+REFRESH_MAX_STORES = 20
+
 # ---- store ids ----------------------------------------------------------------------------------
 MAX_STORE_ID = 64
 ECHO_CHARS = 40  # at most this much of a bad value is quoted back in an error message
@@ -51,6 +61,37 @@ def store_id_problem(value: Any) -> str | None:
     if not value.isprintable():
         return f"{short(value)} holds a control or other non-printable character"
     return None
+
+
+def given_store_id(value: Any) -> str:
+    """A store id as a request names it: a string (surrounding blanks dropped) or a whole number (never a
+    bool); ``ValueError`` ``"store id ..."`` says why it is not one (the rule: ``store_id_problem``)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) >= 10**MAX_STORE_ID:
+            raise ValueError(f"store id is a number of more than {MAX_STORE_ID} digits")
+        value = str(value)
+    if isinstance(value, str):
+        value = value.strip()
+    problem = store_id_problem(value)
+    if problem:
+        raise ValueError(f"store id {problem}")
+    return value
+
+
+def given_store_ids(value: Any, field: str = "store_ids", most: int | None = None) -> list[str]:
+    """The store ids a request names (``given_store_id`` each): a non-empty list of at most ``most``;
+    ``ValueError`` names ``field`` (or ``field[i]``) and the problem."""
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{field}: expected a non-empty list of store ids")
+    if most is not None and len(value) > most:
+        raise ValueError(f"{field}: {len(value)} stores is over the limit of {most} for one refresh")
+    out = []
+    for i, item in enumerate(value):
+        try:
+            out.append(given_store_id(item))
+        except ValueError as exc:
+            raise ValueError(f"{field}[{i}]: {exc}") from None
+    return out
 
 
 def store_sort_key(store_id: str) -> tuple[int, int, str]:
@@ -266,5 +307,15 @@ INSTANCE_KEYS = {
 }
 
 # ---- CloudEvents --------------------------------------------------------------------------------
-FORECAST_REQUESTED = "com.storecast.forecast.requested"
-FORECAST_COMPLETED = "com.storecast.forecast.completed"
+# Every type storecast sends or takes (``pipelines.events`` emits and parses them; tests keep literals to
+# check the wire).
+FORECAST_REQUESTED = "com.storecast.forecast.requested"  # a business request (transformer)
+FORECAST_COMPLETED = "com.storecast.forecast.completed"  # its answer
+RETRAIN_REQUESTED = "com.storecast.retrain.requested"  # data {"store_ids": [...], "reason": ..., "force": false}
+PING = "dev.knative.sources.ping"  # Knative's PingSource: retrain whatever is stale
+SALES_APPENDED = "com.storecast.sales.appended"  # new actual sales: the accuracy watch
+CALENDAR_UPDATED = "com.storecast.calendar.updated"  # data {"calendar": REF of a calendar in the sales store}
+MODEL_REGISTERED = "com.storecast.model.registered"  # a retrain job's version (retrain service)
+RETRAIN_FAILED = "com.storecast.retrain.failed"
+ROLLOUT_PROMOTED = "com.storecast.rollout.promoted"  # a canary's outcome (with its timeline)
+ROLLOUT_ROLLEDBACK = "com.storecast.rollout.rolledback"

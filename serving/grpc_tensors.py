@@ -1,27 +1,15 @@
 """Open Inference Protocol tensors over gRPC: ``ModelInferRequest`` checked as strictly as REST
-(``serving.tensors``), answers with every output in ``raw_output_contents``."""
+(``serving.rest_tensors``; the shared checks are ``serving.tensors``), answers with every output in
+``raw_output_contents``."""
 
 from __future__ import annotations
 
 from math import prod
 from typing import Any
 
+from serving import tensors
 from serving.errors import ClientError
-from serving.tensors import (
-    GRPC_FIELDS,
-    MAX_ID,
-    Input,
-    Output,
-    Request,
-    _check_count,
-    _datatype,
-    _name,
-    _plain,
-    _raw_values,
-    _shape,
-    _unique,
-    to_bytes,
-)
+from serving.tensors import Input, Output, Request
 
 
 def decode_grpc(message: Any) -> Request:
@@ -31,30 +19,30 @@ def decode_grpc(message: Any) -> Request:
     raw = list(message.raw_input_contents)
     if raw and len(raw) != len(message.inputs):
         raise ClientError(f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs")
-    if len(message.id) > MAX_ID:
-        raise ClientError(f"id must be at most {MAX_ID} characters")
+    if len(message.id) > tensors.MAX_ID:
+        raise ClientError(f"id must be at most {tensors.MAX_ID} characters")
     inputs = []
     for i, tensor in enumerate(message.inputs):
-        name = _name(tensor.name, f"inputs[{i}]")
+        name = tensors.check_name(tensor.name, f"inputs[{i}]")
         where = f"input {name!r}"
-        datatype = _datatype(tensor.datatype, where)
-        shape = _shape(list(tensor.shape), where)
+        datatype = tensors.check_datatype(tensor.datatype, where)
+        shape = tensors.check_shape(list(tensor.shape), where)
         count = prod(shape)
         if raw:
             if tensor.HasField("contents"):
                 raise ClientError(f"{where}: contents must be empty when raw_input_contents is used")
-            data = _raw_values(raw[i], datatype, count, where)
+            data = tensors.raw_values(raw[i], datatype, count, where)
         else:
             data = _contents(tensor, datatype, where)
-            _check_count(where, shape, len(data))
+            tensors.check_count(where, shape, len(data))
         params = to_http_parameters(tensor.parameters) if tensor.parameters else {}
         inputs.append(Input(name, datatype, shape, data, params))
-    _unique(inputs, "input")
+    tensors.check_unique(inputs, "input")
     outputs = []
     for i, out in enumerate(message.outputs):
         params = to_http_parameters(out.parameters) if out.parameters else {}
-        outputs.append(Output(_name(out.name, f"outputs[{i}]"), None, params))
-    _unique(outputs, "output")
+        outputs.append(Output(tensors.check_name(out.name, f"outputs[{i}]"), None, params))
+    tensors.check_unique(outputs, "output")
     parameters = to_http_parameters(message.parameters) if message.parameters else {}
     return Request(inputs, outputs, message.id or None, parameters, message.model_version or None, True)
 
@@ -67,17 +55,17 @@ def encode_grpc(response: Any) -> Any:
     outputs, raws = [], []
     for out in response.outputs:
         tensor = pb.ModelInferResponse.InferOutputTensor(name=out.name, datatype=out.datatype, shape=list(out.shape))
-        params = _plain(out.parameters)
+        params = tensors.plain_parameters(out.parameters)
         if params:
             for k, v in to_grpc_parameters(params).items():
                 tensor.parameters[k].CopyFrom(v)
         outputs.append(tensor)
-        raws.append(to_bytes(out.data, out.datatype))
+        raws.append(tensors.to_bytes(out.data, out.datatype))
     message = pb.ModelInferResponse(model_name=response.model_name, id=response.id or "", outputs=outputs,
                                     raw_output_contents=raws)
     if response.model_version is not None:
         message.model_version = str(response.model_version)
-    params = _plain(response.parameters)
+    params = tensors.plain_parameters(response.parameters)
     if params:
         for k, v in to_grpc_parameters(params).items():
             message.parameters[k].CopyFrom(v)
@@ -86,9 +74,9 @@ def encode_grpc(response: Any) -> Any:
 
 
 def _contents(tensor: Any, datatype: str, where: str) -> list[Any]:
-    if datatype not in GRPC_FIELDS:
+    if datatype not in tensors.GRPC_FIELDS:
         raise ClientError(f"{where}: datatype {datatype} can only be sent as raw_input_contents")
-    wanted = GRPC_FIELDS[datatype]
+    wanted = tensors.GRPC_FIELDS[datatype]
     contents = tensor.contents
     for f, value in contents.ListFields():
         if f.name != wanted and len(value):

@@ -26,7 +26,7 @@ from kserve import errors as kerrors
 from kserve.protocol.rest.server import RESTServer
 from starlette.exceptions import HTTPException
 
-from serving import shedding, tensors
+from serving import rest_tensors, shedding, tensors
 from serving.errors import Failure, ServingError, Unavailable, failure_of
 from serving.http import Front, error_response
 
@@ -80,13 +80,13 @@ class V2:
         if not await self.dataplane.model_ready(model_name, True):
             raise Unavailable(_not_ready(model, model_name))
         body = await raw.body()
-        request = tensors.decode_rest(body, raw.headers.get(tensors.HEADER_LENGTH))
+        request = rest_tensors.decode_rest(body, raw.headers.get(rest_tensors.HEADER_LENGTH))
         request.model_version = self.dataplane.check_version(model_name, model_version or request.model_version,
                                                              infer=True)
         headers = dict(raw.headers)
         response, response_headers = await self.dataplane.infer(model_name, tensors.to_kserve(request, model_name),
                                                                 headers)
-        payload, out_headers = tensors.encode_rest(response, request)
+        payload, out_headers = rest_tensors.encode_rest(response, request)
         return Response(payload, headers={**{k: v for k, v in (response_headers or {}).items()
                                              if k.lower() not in ("content-length", "content-type")}, **out_headers})
 

@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from serving.logs import configure_logging
 from serving.settings import ServerSettings, build_parser
 
-LOG_FORMAT = "%(asctime)s.%(msecs)03d %(process)s %(name)s %(levelname)s %(message)s"
 log = logging.getLogger("storecast.server")
 
 
@@ -48,17 +48,6 @@ class Component:
 
         add_access_arguments(parser)
         return parser
-
-
-def configure_logging() -> None:
-    """storecast's log lines (``storecast.*``) in KServe's format on stderr, once per process."""
-    root = logging.getLogger("storecast")
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
-        root.addHandler(handler)
-        root.setLevel(logging.INFO)
-        root.propagate = False
 
 
 def parse(component: Component, argv: Sequence[str] | None = None) -> ServerSettings:

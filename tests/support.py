@@ -4,17 +4,25 @@ One module on purpose (issue 22: shared helpers in one support module), in secti
 processes (``run_cli``, ``stop``, ``wait_until``, ``Recorder``, ``LoopbackServer``), the predictor and
 transformer as real servers (``Predictor``, ``Transformer``, ``make_registry``), the session's
 served stack (``served``), the retrain service (``start_service``, ``send``, ``wait_job``), the
-dashboard (``start_dashboard``) and stock Prophet's forecast (``stock_forecast``). It is longer than
-400 lines for that reason: every section is small, and a test imports only from here.
+dashboard (``start_dashboard``), stock Prophet's forecast (``stock_forecast``), the real Rossmann data
+(``shared_rossmann``), a snapshot's plain evaluation (``evaluate``), Prometheus text (``metric``), a
+random parameter table (``random_table``), an OIDC issuer (``Issuer``), an ASGI app under uvicorn
+(``UvicornServer``), the Kubernetes manifests (``render``, ``schema_errors``, ``find``, ``workloads``) and
+KubeRay's API (``rayjob_template``, ``kubeconfig``). It is longer than 400 lines for that reason: every
+section is small, and a test imports only from here (never from another test module).
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import copy
+import functools
 import gzip
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,18 +34,29 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
+import jwt
 import numpy as np
+import uvicorn
+import yaml
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
 from mlflow import MlflowClient
 
 from pipelines.data.sales_csv import read_sales, write_sales
+from pipelines.retrain.jobstore import FINISHED
 from pipelines.stack import LocalStack, Service, free_port, wait_ready
 from pipelines.training.export import future_frame
+from pipelines.training.intervals import default_grid
+from predictor.table import ParamTable
 from serving.contract import MODEL_NAME as MODEL
+
+if TYPE_CHECKING:
+    import jsonschema
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -70,9 +89,6 @@ class Recorder:
     """
 
     def __init__(self, respond=None) -> None:
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
         self.requests: list[dict] = []
         self.respond = respond or (lambda method, path, body: (202, None))
         recorder = self
@@ -172,13 +188,7 @@ def start_dashboard(*args: str, log: Path, env: dict[str, str] | None = None) ->
 
 
 def stop_service(service: Service) -> None:
-    if service.proc.poll() is None:
-        service.proc.terminate()
-        try:
-            service.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            service.proc.kill()
-            service.proc.wait(timeout=10)
+    stop(service.proc)
 
 
 Answer = tuple[int, object, dict[str, str]]
@@ -214,10 +224,7 @@ class FakeUpstream(LoopbackServer):
         self.serve(Handler)
 
 
-# --- the retrain service ------------------------------------------------------
-FINISHED = ("done", "failed", "up_to_date")
-
-
+# --- the retrain service (FINISHED: the job states that end a job, pipelines.retrain.jobstore's) -------
 def train(data: Path, uri: str, model: str, root: Path, *extra: str) -> str:
     """A champion of ``data`` (every store); returns its version."""
     run_cli("train", "--data", str(data), "--tracking-uri", uri, "--model-name", model, "--alias", "champion",
@@ -277,7 +284,7 @@ def log_tail(svc: Service, n: int = 3000) -> str:
 
 
 @dataclass
-class Registry:
+class TrainedRegistry:
     """A sqlite MLflow store with one trained version (alias champion)."""
 
     root: Path
@@ -290,10 +297,9 @@ class Registry:
         return self.result.table
 
 
-def make_registry(root: Path, sales: Any, **train_kwargs: Any) -> Registry:
+def make_registry(root: Path, sales: Any, **train_kwargs: Any) -> TrainedRegistry:
     """Train ``sales`` (workers=1) and register it as version 1 @champion in a sqlite store under ``root``."""
     import mlflow
-    from mlflow import MlflowClient
 
     from pipelines.training.fitting import FitConfig
     from pipelines.training.train import train
@@ -306,7 +312,7 @@ def make_registry(root: Path, sales: Any, **train_kwargs: Any) -> Registry:
     MlflowClient().create_experiment(MODEL, artifact_location=(root / "artifacts").as_uri())
     result = train(sales, train_kwargs.pop("cfg", FitConfig()), workers=1, progress=False, **train_kwargs)
     reg = register(result, uri=uri, model_name=MODEL, alias="champion")
-    return Registry(root, uri, reg.version, result)
+    return TrainedRegistry(root, uri, reg.version, result)
 
 
 def typed(sales: Any, path: Path) -> Any:
@@ -315,7 +321,7 @@ def typed(sales: Any, path: Path) -> Any:
     return read_sales(write_sales(sales, path))
 
 
-def stock_models(registry: Registry, version: str, dst: Path) -> dict[str, Any]:
+def stock_models(registry: TrainedRegistry, version: str, dst: Path) -> dict[str, Any]:
     """The stock Prophet models of a registered version, from its ``prophet_models.zip``."""
     import logging
 
@@ -331,7 +337,7 @@ def stock_models(registry: Registry, version: str, dst: Path) -> dict[str, Any]:
                 for name in zf.namelist()}
 
 
-def use(registry: Registry) -> None:
+def use(registry: TrainedRegistry) -> None:
     """Point this process's MLflow client at the registry (as pipelines.versions.registry does)."""
     import mlflow
 
@@ -533,9 +539,7 @@ def served(tmp_path_factory: Any) -> Served:
     global _SERVED
     if _SERVED is None:
         from pipelines.data.calendar import read_calendar
-        from pipelines.data.sales_csv import write_sales
         from pipelines.data.synth import synthesize_with_calendar
-        from tests.support import make_registry
 
         root = tmp_path_factory.mktemp("served")
         sales, calendar = synthesize_with_calendar(STORES, seed=5, calendar_days=40)
@@ -566,3 +570,302 @@ def stock_forecast(model: Any, table: Any, store_id: str, days: np.ndarray) -> d
 def days_of(dates: Any) -> np.ndarray:
     """Int days since 1970-01-01 of dates (strings, datetimes, a DatetimeIndex)."""
     return np.asarray(dates, dtype="datetime64[D]").astype(np.int64)
+
+
+# --- the real Rossmann data, a snapshot's plain evaluation (test-only, moved out of the packages) -------------
+ROSSMANN_ENV = "STORECAST_ROSSMANN"
+
+
+def shared_rossmann() -> Path | None:
+    """Path of the real Rossmann ``train.csv.gz`` ($STORECAST_ROSSMANN or ../shared beside the repo)."""
+    env = os.environ.get(ROSSMANN_ENV)
+    path = Path(env).expanduser() if env else REPO.parent / "shared" / "data" / "rossmann" / "train.csv.gz"
+    return path if path.is_file() else None
+
+
+def evaluate(snapshot: Any, store_ids: list[str], days: np.ndarray,
+             open_rate: bool = False) -> tuple[np.ndarray, ...]:
+    """yhat, yhat_lower, yhat_upper of every (store, day) row of a ``predictor.snapshot.Snapshot`` (and, with
+    ``open_rate``, the share of that weekday the store was open lately)."""
+    names = ("yhat", "yhat_lower", "yhat_upper", *(("open_rate",) if open_rate else ()))
+    out = snapshot.outputs(store_ids, days, names)
+    return tuple(out[n] for n in names)
+
+
+# --- Prometheus text -----------------------------------------------------------------
+def metric(text: str, name: str, **labels: str) -> float | None:
+    """The value of the first ``name`` sample of a /metrics text whose labels include ``labels`` (None: none)."""
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            got = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
+            if all(got.get(k) == v for k, v in labels.items()):
+                return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+# --- a random parameter table ----------------------------------------------------------
+def random_table(n: int = 40, seed: int = 0) -> ParamTable:
+    """A table of plausible random parameters (varying changepoints and seasonalities)."""
+    rng = np.random.default_rng(seed)
+    grid = default_grid()
+    start = float((np.datetime64("2013-01-01") - np.datetime64("1970-01-01")).astype(np.int64) * 86400)
+    rows = []
+    for i in range(n):
+        t_scale = float(rng.integers(300, 950) * 86400)
+        n_cp = int(rng.integers(0, 26))
+        features = [(7.0, h, c) for h in range(1, 4) for c in (False, True)]
+        if i % 3:
+            features += [(365.25, h, c) for h in range(1, 11) for c in (False, True)]
+        spread = np.sqrt(1 + grid / 30.0) * rng.uniform(0.05, 0.2)
+        rows.append({
+            "store_id": str(i + 1) if i % 7 else f"s{i}", "start": start, "t_scale": t_scale,
+            "y_scale": float(rng.uniform(3e3, 3e4)), "floor": 0.0, "k": float(rng.normal(0, 0.1)),
+            "m": float(rng.uniform(0.3, 0.6)), "sigma_obs": 0.05, "delta": rng.normal(0, 0.05, n_cp),
+            "cp_t": np.sort(rng.uniform(0, 0.8, n_cp)), "beta": rng.normal(0, 0.05, len(features)),
+            "features": features, "last_day": round((start + t_scale) / 86400), "iv_lower": -spread * 1e3,
+            "iv_upper": spread * 1.1e3, "iv_trend_var": float(rng.uniform(0, 10)), "iv_noise_var": 4e4,
+        })
+    return ParamTable.from_rows(rows, grid, 0.95, {"data_end": "2015-07-31"})
+
+
+# --- an OIDC issuer: its JWKS over HTTP on loopback, real RS256 signatures ---------------
+AUDIENCE = "serving.kserve.io/inferenceservice/storecast/storecast"  # the transformer's (Knative's naming)
+SUBJECT = "system:serviceaccount:storecast:storecast-forecast-requested-oidc-eventing.knative.dev-trigger"
+
+
+def new_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def jwk(key: rsa.RSAPrivateKey, kid: str) -> dict:
+    """The public half of ``key`` as a JWKS entry."""
+    return {**json.loads(RSAAlgorithm.to_jwk(key.public_key())), "kid": kid, "use": "sig", "alg": "RS256"}
+
+
+class Issuer:
+    """A real HTTP server on loopback: /.well-known/openid-configuration and /jwks, counting fetches."""
+
+    def __init__(self) -> None:
+        self.keys = {"k1": new_key()}
+        self.fetches = 0
+        issuer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                if self.path == "/.well-known/openid-configuration":
+                    body = {"issuer": issuer.url, "jwks_uri": f"{issuer.url}/jwks"}
+                elif self.path == "/jwks":
+                    issuer.fetches += 1
+                    body = {"keys": [jwk(k, kid) for kid, k in issuer.keys.items()]}
+                else:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def token(self, kid: str = "k1", key=None, **claims) -> str:
+        """A signed token for ``AUDIENCE`` and ``SUBJECT``; ``claims`` override (None drops a claim)."""
+        now = int(time.time())
+        body = {"iss": self.url, "aud": AUDIENCE, "sub": SUBJECT, "iat": now, "exp": now + 3600, **claims}
+        body = {k: v for k, v in body.items() if v is not None}
+        return jwt.encode(body, key or self.keys[kid], algorithm="RS256", headers={"kid": kid})
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# --- an ASGI app under uvicorn -----------------------------------------------------------
+class UvicornServer:
+    """A uvicorn server in a thread on loopback."""
+
+    def __init__(self, app) -> None:
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+# --- Kubernetes manifests: kubectl kustomize, the CRD schemas, kubernetes-validate -------
+# pytest, jsonschema and kubernetes-validate are test extras, imported where used: the benchmarks import this module.
+MANIFESTS = REPO / "manifests"
+SCHEMAS = REPO / "schemas"
+KUBECTL = shutil.which("kubectl")
+K8S_VERSION = "1.32"  # core kinds are validated against this Kubernetes release
+NAMESPACE = "storecast"
+TARGETS = ("base", *sorted(f"overlays/{p.name}" for p in (MANIFESTS / "overlays").iterdir() if p.is_dir()))
+ISVC = ("serving.kserve.io", "InferenceService")
+KSVC = ("serving.knative.dev", "Service")
+TRIGGER = ("eventing.knative.dev", "Trigger")
+CRD_GROUPS = {p.name for p in SCHEMAS.iterdir() if p.is_dir() and not p.name.startswith("_")}
+
+
+@functools.cache
+def _render(target: str) -> tuple[dict, ...]:
+    proc = subprocess.run([KUBECTL, "kustomize", str(MANIFESTS / target)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, f"kubectl kustomize {target} failed:\n{proc.stderr}"
+    return tuple(doc for doc in yaml.safe_load_all(proc.stdout) if doc)
+
+
+def render(target: str) -> list[dict]:
+    """The rendered documents of a kustomize target (a deep copy: tests may not alter the cache)."""
+    if KUBECTL is None:
+        import pytest
+
+        pytest.skip("kubectl is not installed, so the kustomize overlays cannot be rendered")
+    return copy.deepcopy(list(_render(target)))
+
+
+def by_target(fn: Callable) -> Callable:
+    """Run the test once per kustomize target (base and every overlay)."""
+    import pytest
+
+    return pytest.mark.parametrize("target", TARGETS)(fn)
+
+
+def group_of(api_version: str) -> str:
+    return api_version.split("/")[0] if "/" in api_version else ""
+
+
+def gk(doc: dict) -> tuple[str, str]:
+    return group_of(doc["apiVersion"]), doc["kind"]
+
+
+def find(docs: list[dict], kind: tuple[str, str], name: str | None = None) -> list[dict]:
+    return [d for d in docs if gk(d) == kind and (name is None or d["metadata"]["name"] == name)]
+
+
+def one(docs: list[dict], kind: tuple[str, str], name: str) -> dict:
+    found = find(docs, kind, name)
+    assert len(found) == 1, f"expected one {kind[1]} {name!r}, found {len(found)}"
+    return found[0]
+
+
+def resolves(docs: list[dict], ref: dict, namespace: str) -> bool:
+    """Does a Knative/Kubernetes object reference point at an object of the rendered set?"""
+    return any(gk(d) == (group_of(ref["apiVersion"]), ref["kind"]) and d["metadata"]["name"] == ref["name"]
+               and d["metadata"].get("namespace") == ref.get("namespace", namespace) for d in docs)
+
+
+def components(isvc: dict) -> dict[str, dict]:
+    return {name: spec for name, spec in isvc["spec"].items() if name in ("predictor", "transformer", "explainer")}
+
+
+def workloads(docs: list[dict]) -> list[tuple[str, dict, dict]]:
+    """(label, pod-spec-like dict, container) for every container the manifests run."""
+    out = []
+    for d in docs:
+        name = f"{d['kind']} {d['metadata']['name']}"
+        if gk(d) == ISVC:
+            specs = [(f"{name} {c}", spec) for c, spec in components(d).items()]
+        elif gk(d) == KSVC or d["kind"] in ("Deployment", "StatefulSet", "Job"):
+            specs = [(name, d["spec"]["template"]["spec"])]
+        else:
+            continue
+        out += [(label, spec, c) for label, spec in specs for c in spec.get("containers", [])]
+    return out
+
+
+def quantity(text: str) -> float:
+    """A Kubernetes resource quantity (``500m``, ``2Gi``, ``4``) as a number."""
+    units = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+    for unit, factor in units.items():
+        if str(text).endswith(unit):
+            return float(str(text)[: -len(unit)]) * factor
+    return float(text)
+
+
+def selects(selector: dict, labels: dict[str, str]) -> bool:
+    """Kubernetes label-selector semantics (matchLabels and matchExpressions)."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for e in selector.get("matchExpressions", []):
+        value, op = labels.get(e["key"]), e["operator"]
+        ok = {"In": value in e.get("values", []), "NotIn": value not in e.get("values", []),
+              "Exists": e["key"] in labels, "DoesNotExist": e["key"] not in labels}[op]
+        if not ok:
+            return False
+    return True
+
+
+def _close_webhook_strict(node: Any) -> None:
+    """Close the objects Knative's webhook decodes with DisallowUnknownFields (schemas/README.md)."""
+    if isinstance(node, dict):
+        if node.get("x-webhook-disallows-unknown-fields") and "properties" in node:
+            node["additionalProperties"] = False
+        for value in node.values():
+            _close_webhook_strict(value)
+    elif isinstance(node, list):
+        for value in node:
+            _close_webhook_strict(value)
+
+
+@functools.cache
+def crd_validator(group: str, kind: str, version: str) -> jsonschema.Draft7Validator:
+    import jsonschema
+
+    path = SCHEMAS / group / f"{kind.lower()}_{version}.json"
+    assert path.exists(), f"no schema for {kind} {group}/{version} in {SCHEMAS.name}/ (not a served version?)"
+    schema = json.loads(path.read_text())
+    _close_webhook_strict(schema)
+    return jsonschema.Draft7Validator(schema)
+
+
+def schema_errors(doc: dict) -> list[str]:
+    """Every schema violation of one document, as readable lines."""
+    import kubernetes_validate
+
+    group, version = doc["apiVersion"].rsplit("/", 1) if "/" in doc["apiVersion"] else ("", doc["apiVersion"])
+    if group in CRD_GROUPS:
+        errors = crd_validator(group, doc["kind"], version).iter_errors(doc)
+        return [f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors]
+    try:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    except kubernetes_validate.SchemaNotFoundError as exc:
+        return [exc.message]
+    except kubernetes_validate.ValidationError as exc:
+        return [f"{'.'.join(map(str, exc.path)) or '<root>'}: {exc.message}"]
+    return []
+
+
+# --- KubeRay's API: the template RayJob, a kubeconfig for a stand-in API server ------------
+RAYJOBS = f"/apis/ray.io/v1/namespaces/{NAMESPACE}/rayjobs"
+
+
+def rayjob_template() -> dict:
+    """manifests/overlays/ray's template RayJob as the API server holds it after its first run (SUCCEEDED)."""
+    doc = yaml.safe_load((MANIFESTS / "overlays" / "ray" / "rayjob.yaml").read_text())
+    doc["metadata"]["namespace"] = NAMESPACE
+    doc["status"] = {"jobStatus": "SUCCEEDED", "jobDeploymentStatus": "Complete"}
+    return doc
+
+
+def kubeconfig(path: Path, server: str, token: str, namespace: str) -> Path:
+    """A kubeconfig at ``path`` whose one context talks to ``server`` with a bearer ``token`` in ``namespace``."""
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "test",
+        "clusters": [{"name": "test", "cluster": {"server": server}}],
+        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test", "namespace": namespace}}],
+        "users": [{"name": "test", "user": {"token": token}}]}))
+    return path

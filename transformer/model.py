@@ -27,7 +27,7 @@ from serving.contract import TRANSFORMER_INPUTS, TRANSFORMER_OUTPUTS, names, to_
 from serving.errors import ClientError
 from transformer.answer import FORECASTS, v1_body, v2_columns
 from transformer.ready import PredictorsReady
-from transformer.request import Limits, RequestError, StoreWindow, parse_columns, parse_v1, what_if
+from transformer.request import BusinessRequestError, Limits, StoreWindow, parse_columns, parse_v1, what_if
 from transformer.shards import FLAGS, FP64, OUTPUTS, Forecast, ShardRouter, ShardState, ShardWatch
 
 V2_INPUTS = tuple(t.name for t in TRANSFORMER_INPUTS)
@@ -142,7 +142,7 @@ class ForecastTransformer(Model):
             windows = await offload(many, parse_v1, payload, limits)
             event = bool(headers) and (cloudevents.is_binary(headers) or cloudevents.is_structured(headers))
             return Job(windows, False, _request_id(headers), event=event)
-        except RequestError as err:
+        except BusinessRequestError as err:
             raise ClientError(str(err)) from None
 
     def validate(self, payload: Job) -> Job:  # the base class checks dict payloads; ours is already checked
@@ -190,18 +190,18 @@ def _columns(request: InferRequest) -> dict[str, list[Any]]:
     cols: dict[str, list[Any]] = {}
     for inp in request.inputs:
         if inp.name not in V2_INPUTS:
-            raise RequestError(f"inputs.{inp.name[:64]}", f"unknown input; expected {', '.join(V2_INPUTS)}")
+            raise BusinessRequestError(f"inputs.{inp.name[:64]}", f"unknown input; expected {', '.join(V2_INPUTS)}")
         if inp.name in cols:
-            raise RequestError(f"inputs.{inp.name}", "given twice")
+            raise BusinessRequestError(f"inputs.{inp.name}", "given twice")
         if inp.datatype != "BYTES":
-            raise RequestError(f"inputs.{inp.name}", f"datatype must be BYTES, got {inp.datatype[:20]}")
+            raise BusinessRequestError(f"inputs.{inp.name}", f"datatype must be BYTES, got {inp.datatype[:20]}")
         values = inp.data if isinstance(inp.data, list) else inp.as_numpy().reshape(-1).tolist()
         try:
             cols[inp.name] = [v.decode() if isinstance(v, bytes) else v for v in values]
         except UnicodeDecodeError:
-            raise RequestError(f"inputs.{inp.name}", "holds an element that is not UTF-8") from None
+            raise BusinessRequestError(f"inputs.{inp.name}", "holds an element that is not UTF-8") from None
     if "store_id" not in cols:
-        raise RequestError("inputs.store_id", "missing: one store id per requested store")
+        raise BusinessRequestError("inputs.store_id", "missing: one store id per requested store")
     return cols
 
 
@@ -211,7 +211,8 @@ def _outputs(request: InferRequest) -> tuple[str, ...]:
     wanted = tuple(o.name for o in request.request_outputs)
     unknown = [name for name in wanted if name not in V2_OUTPUTS]
     if unknown:
-        raise RequestError(f"outputs.{unknown[0][:64]}", f"unknown output; the outputs are {', '.join(V2_OUTPUTS)}")
+        raise BusinessRequestError(f"outputs.{unknown[0][:64]}",
+                                   f"unknown output; the outputs are {', '.join(V2_OUTPUTS)}")
     return wanted
 
 

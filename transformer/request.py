@@ -32,11 +32,11 @@ ALIASES = INSTANCE_KEYS
 KNOWN_KEYS = tuple(k for names in INSTANCE_KEYS.values() for k in names)
 BODY_KEYS = ("instances",)
 
-__all__ = ["Limits", "RequestError", "StoreWindow", "expand", "iso", "parse_columns", "parse_day", "parse_v1",
-           "row_days"]
+__all__ = ["BusinessRequestError", "Limits", "StoreWindow", "expand", "iso", "parse_columns", "parse_day",
+           "parse_v1", "row_days"]
 
 
-class RequestError(ValueError):
+class BusinessRequestError(ValueError):
     """A bad business request: ``field`` names where, the message says what is wrong."""
 
     def __init__(self, field: str, problem: str) -> None:
@@ -90,11 +90,11 @@ def today() -> int:
 def parse_day(value: Any, field: str) -> int:
     """An ISO date or datetime (``2015-08-01``, ``2015-08-01T00:00:00Z``) as days since epoch, UTC."""
     if not isinstance(value, str) or not value.strip():
-        raise RequestError(field, f"expected an ISO date like '2015-08-01', got {short(value)}")
+        raise BusinessRequestError(field, f"expected an ISO date like '2015-08-01', got {short(value)}")
     try:
         return to_day(value)
     except DateError as exc:
-        raise RequestError(field, f"not an ISO date: {exc}") from None
+        raise BusinessRequestError(field, f"not an ISO date: {exc}") from None
 
 
 V1_LABELS = ("{where}.storeId", "{where}.beginDate", "{where}.endDate")
@@ -109,10 +109,10 @@ def window(store: Any, begin: Any, end: Any, where: str, limits: Limits, now: in
     if isinstance(store, int) and not isinstance(store, bool) and abs(store) < 10**18:
         store = str(store)
     if not isinstance(store, str) or not store.strip():
-        raise RequestError(f_store, f"required: a non-empty store id, got {short(store)}")
+        raise BusinessRequestError(f_store, f"required: a non-empty store id, got {short(store)}")
     problem = store_id_problem(store.strip())
     if problem:
-        raise RequestError(f_store, f"store id {problem}")
+        raise BusinessRequestError(f_store, f"store id {problem}")
     b = parse_day(begin, f_begin) if _given(begin) else None
     e = parse_day(end, f_end) if _given(end) else None
     if b is None:
@@ -120,12 +120,12 @@ def window(store: Any, begin: Any, end: Any, where: str, limits: Limits, now: in
     if e is None:
         e = b + DEFAULT_DAYS - 1
     if e < b:
-        raise RequestError(f_end, f"{iso(e)} is before beginDate {iso(b)}")
+        raise BusinessRequestError(f_end, f"{iso(e)} is before beginDate {iso(b)}")
     if e - b + 1 > limits.max_days:
-        raise RequestError(f_end, f"window of {e - b + 1} days is over the limit of {limits.max_days}")
+        raise BusinessRequestError(f_end, f"window of {e - b + 1} days is over the limit of {limits.max_days}")
     if limits.data_end is not None and b > limits.data_end + limits.max_days_ahead:
         given = "" if _given(begin) else " (default: today, UTC)"
-        raise RequestError(f_begin, f"{iso(b)}{given} is more than {limits.max_days_ahead} days after "
+        raise BusinessRequestError(f_begin, f"{iso(b)}{given} is more than {limits.max_days_ahead} days after "
                            f"the model's last day of data, {iso(limits.data_end)} (--max-days-ahead)")
     return StoreWindow(store.strip(), b, e, _days(promo, f"{where}.promoDays", b, e),
                        _days(closed, f"{where}.closedDays", b, e))
@@ -136,14 +136,14 @@ def _days(value: Any, field: str, begin: int, end: int) -> tuple[int, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
-        raise RequestError(field, f"expected a list of ISO dates inside the window, got {type(value).__name__}")
+        raise BusinessRequestError(field, f"expected a list of ISO dates inside the window, got {type(value).__name__}")
     if len(value) > end - begin + 1:
-        raise RequestError(field, f"{len(value)} dates for a window of {end - begin + 1} days")
+        raise BusinessRequestError(field, f"{len(value)} dates for a window of {end - begin + 1} days")
     days = set()
     for i, item in enumerate(value):
         day = parse_day(item, f"{field}[{i}]")
         if not begin <= day <= end:
-            raise RequestError(f"{field}[{i}]", f"{iso(day)} is outside the window {iso(begin)} .. {iso(end)}")
+            raise BusinessRequestError(f"{field}[{i}]", f"{iso(day)} is outside the window {iso(begin)} .. {iso(end)}")
         days.add(day)
     return tuple(sorted(days))
 
@@ -151,23 +151,23 @@ def _days(value: Any, field: str, begin: int, end: int) -> tuple[int, ...]:
 def parse_v1(body: Any, limits: Limits, now: int | None = None) -> list[StoreWindow]:
     """``{"instances": [{"storeId": "4", "beginDate": ..., "endDate": ...}, ...]}`` (camel or snake case)."""
     if not isinstance(body, dict):
-        raise RequestError("body", f"expected a JSON object with 'instances', got {type(body).__name__}")
+        raise BusinessRequestError("body", f"expected a JSON object with 'instances', got {type(body).__name__}")
     unknown = [k for k in body if k not in BODY_KEYS]
     if unknown:
-        raise RequestError("body", f"unknown key {short(unknown[0])}; the body has only 'instances'")
+        raise BusinessRequestError("body", f"unknown key {short(unknown[0])}; the body has only 'instances'")
     instances = body.get("instances")
     if not isinstance(instances, list) or not instances:
-        raise RequestError("instances", "expected a non-empty list of {storeId, beginDate, endDate} objects")
+        raise BusinessRequestError("instances", "expected a non-empty list of {storeId, beginDate, endDate} objects")
     _check_count(len(instances), limits)
     now = today() if now is None else now
     out = []
     for i, inst in enumerate(instances):
         where = f"instances[{i}]"
         if not isinstance(inst, dict):
-            raise RequestError(where, f"expected an object like {{'storeId': '4'}}, got {type(inst).__name__}")
+            raise BusinessRequestError(where, f"expected an object like {{'storeId': '4'}}, got {type(inst).__name__}")
         unknown = [k for k in inst if k not in KNOWN_KEYS]
         if unknown:
-            raise RequestError(f"{where}.{str(unknown[0])[:30]}", f"unknown key {short(unknown[0])}; "
+            raise BusinessRequestError(f"{where}.{str(unknown[0])[:30]}", f"unknown key {short(unknown[0])}; "
                                f"the keys are {', '.join(KNOWN_KEYS)}")
         values = {key: _pick(inst, names, where) for key, names in ALIASES.items()}
         out.append(window(values["store_id"], values["begin_date"], values["end_date"], where, limits, now,
@@ -180,10 +180,10 @@ def parse_columns(store_ids: Sequence[Any], begins: Sequence[Any] | None, ends: 
     """The V2 form: inputs ``store_id`` and optional ``begin_date``/``end_date``, one element per store."""
     n = len(store_ids)
     if n == 0:
-        raise RequestError("store_id", "expected at least one store id")
+        raise BusinessRequestError("store_id", "expected at least one store id")
     for name, col in (("begin_date", begins), ("end_date", ends)):
         if col is not None and len(col) != n:
-            raise RequestError(name, f"has {len(col)} elements but store_id has {n}")
+            raise BusinessRequestError(name, f"has {len(col)} elements but store_id has {n}")
     _check_count(n, limits)
     now = today() if now is None else now
     return [window(store_ids[i], begins[i] if begins is not None else None, ends[i] if ends is not None else None,
@@ -224,10 +224,10 @@ def _given(value: Any) -> bool:
 def _pick(inst: dict[str, Any], names: tuple[str, str], where: str) -> Any:
     camel, snake = names
     if camel in inst and snake in inst and inst[camel] != inst[snake]:
-        raise RequestError(f"{where}.{camel}", f"given twice with different values ({camel} and {snake})")
+        raise BusinessRequestError(f"{where}.{camel}", f"given twice with different values ({camel} and {snake})")
     return inst.get(camel, inst.get(snake))
 
 
 def _check_count(n: int, limits: Limits) -> None:
     if n > limits.max_stores:
-        raise RequestError("instances", f"{n} stores in one request, over the limit of {limits.max_stores}")
+        raise BusinessRequestError("instances", f"{n} stores in one request, over the limit of {limits.max_stores}")

@@ -29,7 +29,7 @@ import numpy as np
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 
-from serving import tensors
+from serving import rest_tensors, tensors
 from serving.budget import offload
 from serving.contract import LIST_STORES, shard_of, window_rows
 from serving.errors import ServingError, Unavailable
@@ -159,14 +159,14 @@ class RestShard:
         if self._http is None:
             self._http = httpx.AsyncClient(timeout=self.timeout, limits=httpx.Limits(max_keepalive_connections=64))
         shapes = batch.shapes()
-        body, headers = tensors.binary_request([(name, datatype, [shapes[name]], blob)
-                                                for name, datatype, blob in batch.tensors()], outputs, request_id)
+        body, headers = rest_tensors.binary_request([(name, datatype, [shapes[name]], blob)
+                                                     for name, datatype, blob in batch.tensors()], outputs, request_id)
         path = f"/v2/models/{self.model}" + (f"/versions/{version}" if version else "") + "/infer"
         response = await self._http.post(self.base + path, content=body, headers=headers)
         if response.status_code >= 400:
             raise _HttpStatus(response.status_code, _error_text(response))
-        doc, arrays = tensors.read_rest_response(response.content,
-                                                 response.headers.get(tensors.HEADER_LENGTH))
+        doc, arrays = rest_tensors.read_rest_response(response.content,
+                                                      response.headers.get(rest_tensors.HEADER_LENGTH))
         return arrays, str(doc.get("model_version", ""))
 
     async def close(self) -> None:

@@ -1,1 +1,1 @@
-"""TODO."""
+"""``storecast``: the command line for people, one module per command group (``main`` builds the parser)."""

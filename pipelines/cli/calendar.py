@@ -12,6 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.cli.options import add_keep_unknown
+from serving.contract import MODEL_NAME
+
 
 def cmd_push(args: argparse.Namespace) -> int:
     from pipelines.versions.calendar_push import main_push
@@ -99,14 +102,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calendar", required=True, help="test.csv layout: Store, Date, Open, Promo, StateHoliday, "
                                                      "SchoolHoliday (.csv, .csv.gz, .parquet)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)")
-    p.add_argument("--model-name", default="storecast", help="registered model name")
+    p.add_argument("--model-name", default=MODEL_NAME, help="registered model name")
     p.add_argument("--alias", default="champion", help="the alias whose version gets the calendar, and is moved")
     p.add_argument("--version", help="derive from this version instead of the alias's")
     p.add_argument("--no-alias", action="store_true", help="register only; move no alias")
-    p.add_argument("--keep-unknown-stores", action="store_true",
-                   default=os.environ.get("STORECAST_KEEP_UNKNOWN_STORES", "").lower() in ("1", "true", "yes"),
-                   help="keep the rows of stores the version does not hold (pending, applied when they are first "
-                        "trained) instead of refusing the calendar (env STORECAST_KEEP_UNKNOWN_STORES)")
+    add_keep_unknown(p, "keep the rows of stores the version does not hold (pending, applied when they are first "
+                        "trained) instead of refusing the calendar")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=cmd_push)
     from pipelines.cli.data import add_event_arguments

@@ -19,7 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-KEEP_UNKNOWN_ENV = "STORECAST_KEEP_UNKNOWN_STORES"  # the default of --keep-unknown-stores (as for train, retrain)
+from pipelines.cli.options import add_keep_unknown, keep_unknown_default
+from serving.contract import MODEL_NAME
+
 
 def _records(frame: Any) -> list[dict[str, Any]]:
     out = frame.copy()
@@ -80,7 +82,7 @@ def cmd_append(args: argparse.Namespace) -> int:
         print("give --sales (the store to append to) and/or --url (the retrain service, which appends)",
               file=sys.stderr)
         return 2
-    keep = args.keep_unknown_stores or os.environ.get(KEEP_UNKNOWN_ENV, "").lower() in ("1", "true", "yes")
+    keep = bool(args.keep_unknown_stores) or keep_unknown_default()
     if args.keep_unknown_stores and not args.sales:
         print("--keep-unknown-stores needs --sales: with --url alone the retrain service appends, and keeps rows of "
               "unknown stores only with its own --keep-unknown-stores", file=sys.stderr)
@@ -120,13 +122,11 @@ def add_parser(data: Any) -> None:
                    "service reads); with --url the service is told")
     a.add_argument("--url", help="retrain service (or broker) URL: sends com.storecast.sales.appended (with the rows "
                    "unless --sales wrote them)")
-    a.add_argument("--keep-unknown-stores", action="store_true", default=None,
-                   help="with --sales: keep rows of stores the version does not hold (trained when those stores "
-                   "are); without it they are refused, named, and nothing is appended (env "
-                   "STORECAST_KEEP_UNKNOWN_STORES)")
+    add_keep_unknown(a, "with --sales: keep rows of stores the version does not hold (trained when those stores "
+                        "are); without it they are refused, named, and nothing is appended", from_env=False)
     a.add_argument("--tracking-uri", help="registry whose --alias version says which stores are known (default: "
                    "$MLFLOW_TRACKING_URI; neither: not checked here)")
-    a.add_argument("--model-name", default="storecast", help="registered model name")
+    a.add_argument("--model-name", default=MODEL_NAME, help="registered model name")
     a.add_argument("--alias", default="champion", help="the version whose stores are known")
     add_event_arguments(a)
     a.set_defaults(func=cmd_append)

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from pipelines.training.fitting import DEFAULT_MODEL, FITTERS, MODELS
 from predictor.table import TRANSFORMS
+from serving.contract import MODEL_NAME
+from serving.mlflow_env import use_mlflow_defaults
 
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+use_mlflow_defaults("tools")
 
 
 def _store_list(text: str) -> list[str]:
@@ -42,7 +46,13 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from pipelines.cli.train import train_via_publish
 
-    return train_via_publish(args)
+    return train_via_publish(args, _train_defaults() if args.parent else {})
+
+
+def _train_defaults() -> dict[str, Any]:
+    """The train parser's defaults (to tell flags given from flags left as they are)."""
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {a.dest: a.default for a in sub.choices["train"]._actions}
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -99,7 +109,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"planner key  {key}  (identity local-planner; send it as x-api-key)")
         header = f"-H 'x-api-key: {key}' " if key else ""
         print(f"logs in {args.log_dir}/\n\ntry:\n  curl -s {header}-H 'content-type: application/json' "
-              f"{t.url}/v1/models/storecast:predict \\\n    -d '{{\"instances\": [{{\"storeId\": \"4\"}}]}}'\n"
+              f"{t.url}/v1/models/{MODEL_NAME}:predict \\\n    -d '{{\"instances\": [{{\"storeId\": \"4\"}}]}}'\n"
               f"  storecast forecast --store 4 --url {t.url} {'--api-key ' + key + ' ' if key else ''}"
               "--plot forecast.png\n\nCtrl-C stops everything.",
               flush=True)
@@ -177,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", required=True, help="Rossmann-format sales (.csv, .csv.gz, .parquet)")
     t.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
                    "sqlite:///mlflow.db in the working directory)")
-    t.add_argument("--model-name", default="storecast", help="registered model (and experiment) name")
+    t.add_argument("--model-name", default=MODEL_NAME, help="registered model (and experiment) name")
     pick = t.add_mutually_exclusive_group()
     pick.add_argument("--stores", type=_store_list, help="only these stores, e.g. 1,2,3")
     pick.add_argument("--limit", type=int, help="only the first N stores")
@@ -223,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_export)
 
     v = sub.add_parser("serve", help="run predictor and transformer on loopback until Ctrl-C")
-    v.add_argument("--model-uri", default="models:/storecast@champion",
+    v.add_argument("--model-uri", default=f"models:/{MODEL_NAME}@champion",
                    help="models:/NAME@ALIAS (followed), models:/NAME/N (pinned) or a downloaded folder")
     v.add_argument("--tracking-uri", help="registry (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     v.add_argument("--mlflow-server", action="store_true",
@@ -267,15 +277,20 @@ def build_parser() -> argparse.ArgumentParser:
     from pipelines.cli.auth import add_parser as add_auth
     add_auth(sub)
     from loadtest.runner import add_parser as add_loadtest
-    from pipelines.cli.rollout import add_parsers
+    from pipelines.cli.canary import add_parser as add_canary
+    from pipelines.cli.retrain import add_parser as add_retrain
 
-    add_parsers(sub)
+    add_retrain(sub)
+    add_canary(sub)
     add_loadtest(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from serving.logs import configure_logging
+
+    configure_logging(logging.WARNING)  # storecast's warnings in the one format; the commands print the rest
     if getattr(args, "alias", None) == "":
         args.alias = None
     try:

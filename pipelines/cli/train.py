@@ -5,31 +5,29 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from pipelines.cli.options import add_keep_unknown
 
 # train flags that are FitConfig fields: with --parent, those given explicitly override the inherited ones
 CONFIG_FLAGS = ("fitter", "holdout_days", "min_days", "seed", "gate_margin", "interval_width", "transform")
 
 
 def add_arguments(t: argparse.ArgumentParser) -> None:
-    """The publish flags of ``storecast train``."""
+    """The publish flags of ``storecast train`` (the gate's as the retrain service has them)."""
+    from pipelines.retrain.settings import add_gate_arguments
+
     t.add_argument("--parent", help="derive from this version (N or @ALIAS, e.g. @champion): its configuration is "
                    "inherited, only stale stores are refitted and its other stores copied")
     t.add_argument("--force", action="store_true", help="with --parent: refit the stores even if they are up to date")
     t.add_argument("--drop-stores", type=lambda s: tuple(x.strip() for x in s.split(",") if x.strip()), default=(),
                    help="stores of the current champion this version may leave out (else the gate fails)")
-    t.add_argument("--gate-min-pass-share", type=float, default=0.5,
-                   help="share of the evaluated stores that must pass their holdout gate for the alias to move")
-    t.add_argument("--gate-plausible-factor", type=float, default=3.0,
-                   help="a forecast above this times the store's highest day of the last year fails the gate")
-    t.add_argument("--keep-unknown-stores", action="store_true",
-                   default=os.environ.get("STORECAST_KEEP_UNKNOWN_STORES", "").lower() in ("1", "true", "yes"),
-                   help="keep --calendar rows of stores neither in the version nor in the data (pending, applied when "
-                        "they are first trained) instead of refusing them (env STORECAST_KEEP_UNKNOWN_STORES)")
+    add_keep_unknown(t, "keep --calendar rows of stores neither in the version nor in the data (pending, applied "
+                        "when they are first trained) instead of refusing them")
+    add_gate_arguments(t)
 
 
 def _overrides(args: argparse.Namespace, parser_defaults: dict[str, Any]) -> dict[str, Any]:
@@ -37,11 +35,14 @@ def _overrides(args: argparse.Namespace, parser_defaults: dict[str, Any]) -> dic
             if getattr(args, k, None) is not None and getattr(args, k) != parser_defaults.get(k)}
 
 
-def train_via_publish(args: argparse.Namespace) -> int:
+def train_via_publish(args: argparse.Namespace, parser_defaults: dict[str, Any]) -> int:
+    """Run ``storecast train``; ``parser_defaults`` (the train parser's, from ``pipelines.cli.main``) tell the
+    flags given with ``--parent`` from those left as they are."""
     from pipelines.data.calendar import read_calendar
     from pipelines.data.sales_store import BadSales, SalesStore, SalesUnavailable
+    from pipelines.retrain.settings import GateSettings
     from pipelines.training.fitting import PROPHET_DEFAULTS, FitConfig
-    from pipelines.versions.publish import GatePolicy, PublishError, download_parent, publish, trainable
+    from pipelines.versions.publish import PublishError, download_parent, publish, trainable
     from pipelines.versions.registry import Registry, RegistryUnavailable, prepare, tracking_uri
 
     t0 = time.perf_counter()
@@ -118,8 +119,8 @@ def train_via_publish(args: argparse.Namespace) -> int:
         follow = parent_ref[1:] if args.parent and parent_ref.startswith("@") else None
         with contextlib.redirect_stdout(sys.stderr):  # MLflow prints run links; stdout is for --json
             pub = publish(sales, registry, stores=stores, parent=parent, config=cfg,
-                          overrides=_overrides(args, _defaults()) if parent else None,
-                          gate=GatePolicy(args.gate_min_pass_share, args.gate_plausible_factor),
+                          overrides=_overrides(args, parser_defaults) if parent else None,
+                          gate=GateSettings.from_args(args).policy(),
                           alias=args.alias, force=args.force, drop=args.drop_stores, champion=champion,
                           workers=args.workers, progress=not args.no_progress, calendar=calendar,
                           backend=args.backend, ray_address=args.ray_address, while_fitting=warm_registry,
@@ -171,12 +172,3 @@ def train_via_publish(args: argparse.Namespace) -> int:
         print(f"the version failed the gate, alias {args.alias} not moved: {'; '.join(gate.reasons)}", file=sys.stderr)
         return 1
     return 0
-
-
-def _defaults() -> dict[str, Any]:
-    """The train parser's defaults (to tell flags given from flags left as they are)."""
-    from pipelines.cli.main import build_parser
-
-    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    train = sub.choices["train"]
-    return {a.dest: a.default for a in train._actions}

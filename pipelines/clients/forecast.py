@@ -8,11 +8,13 @@ from typing import Any
 import httpx
 import numpy as np
 
+from serving.contract import MODEL_NAME
+
 DEFAULT_URL = "http://127.0.0.1:8080"
 
 
 def request_forecast(url: str, store: str, begin: str | None = None, end: str | None = None,
-                     model: str = "storecast", timeout: float = 30.0, api_key: str | None = None) -> dict[str, Any]:
+                     model: str = MODEL_NAME, timeout: float = 30.0, api_key: str | None = None) -> dict[str, Any]:
     """POST one store's business request (V1) and return its prediction (request echo + rows)."""
     instance = {"storeId": store, **({"beginDate": begin} if begin else {}), **({"endDate": end} if end else {})}
     r = httpx.post(f"{url.rstrip('/')}/v1/models/{model}:predict", json={"instances": [instance]}, timeout=timeout,

@@ -15,17 +15,26 @@ future rows only fill days nothing else knows. A ``-1`` (unknown) never overwrit
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from pipelines.data.sales_csv import PARQUET_SUFFIXES, _dates, _store_ids, weekday_open_rate
-from pipelines.training.fitting import StoreCalendar
 from predictor import calendar as cal
 
 CALENDAR_COLUMNS = ("Store", "Date", "Open", "Promo", "StateHoliday", "SchoolHoliday")
 Grid = tuple[int, np.ndarray]  # one store's calendar: (first day since epoch, (D, 4) int8 cells, -1 unknown)
+
+
+@dataclass
+class StoreCalendar:
+    """One store's calendar cells on the day grid from ``start`` (history and known-ahead days)."""
+
+    start: int
+    cells: np.ndarray  # (D, 4) int8, predictor.calendar layout
+    open_rate: np.ndarray  # (7,) weekday open rates (the defaults beyond the calendar)
 
 
 def read_calendar(path: str | Path) -> pd.DataFrame:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines.training.evaluate import weekday
+from predictor.calendar import weekday
 from serving.contract import store_id_problem
 
 COLUMNS = (
@@ -31,7 +31,6 @@ COLUMNS = (
 )
 REQUIRED = ("Store", "Date", "Sales", "Open")
 PARQUET_SUFFIXES = (".parquet", ".pq")
-ROSSMANN_ENV = "STORECAST_ROSSMANN"
 DATE_FORMAT = "%Y-%m-%d"
 
 
@@ -195,13 +194,3 @@ def weekday_open_rate(df: pd.DataFrame, weeks: int = 52) -> dict[str, np.ndarray
     opened = np.bincount(cell, weights=is_open[recent], minlength=7 * len(stores))
     rate = np.where(rows > 0, opened / np.maximum(rows, 1), 1.0).reshape(len(stores), 7)
     return {str(s): rate[i] for i, s in enumerate(stores)}
-
-
-def shared_rossmann() -> Path | None:
-    """Path of the real Rossmann ``train.csv.gz`` ($STORECAST_ROSSMANN or ../shared beside the repo)."""
-    env = os.environ.get(ROSSMANN_ENV)
-    if env:
-        path = Path(env).expanduser()
-    else:
-        path = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "rossmann" / "train.csv.gz"
-    return path if path.is_file() else None

@@ -18,8 +18,8 @@ A registry or sales-store failure is retried (``retries``, backoff); anything el
 its reason. When the job store cannot be written (a full disk) a request is refused with 503 rather
 than accepted unrecorded, and the worker keeps the job and tries again later: it never dies. A job
 cut short by a restart is recovered on start (``recover``): its MLflow run ended FAILED, a version
-it registered without moving its alias tagged ``orphaned``, and the job queued again (up to
-``max_attempts``) or failed with the reason.
+it registered without moving its alias tagged ``orphaned`` (``pipelines.retrain.recovery``), and the
+job queued again (up to ``max_attempts``) or failed with the reason.
 """
 
 from __future__ import annotations
@@ -37,40 +37,45 @@ from pipelines import events
 from pipelines.data.sales_store import SalesStore, SalesUnavailable
 from pipelines.retrain.jobstore import EventKey, Job, JobStore, JobStoreUnavailable
 from pipelines.retrain.metrics import ServiceMetrics
+from pipelines.retrain.recovery import clean_up, clean_up_quietly, interrupted
+from pipelines.retrain.settings import PROMOTE, RetrainSettings
+from pipelines.rollout.reload import reload_predictors
 from pipelines.training.fitting import FitConfig
 from pipelines.versions.lineage import target_alias
 from pipelines.versions.publish import GatePolicy, PublishError, download_parent, publish, stale
 from pipelines.versions.registry import Registry, RegistryUnavailable
 
 log = logging.getLogger("storecast.retrain")
-PROMOTE = ("auto", "champion", "challenger")
 TRANSIENT = (RegistryUnavailable, SalesUnavailable, OSError)
 PAUSE_ENV = "STORECAST_FAULT_PAUSE"  # "PHASE:SECONDS": sleep when a job reaches PHASE (fault-injection tests)
 
 
+D = RetrainSettings  # its field defaults (a dataclass keeps them as class attributes)
+
+
 @dataclass
 class Settings:
-    """How the service builds versions (``python -m pipelines.retrain`` flags)."""
+    """How the service builds versions; the defaults are the service's settings' (``RetrainSettings``)."""
 
     data: str
-    model_name: str = "storecast"
+    model_name: str = D.model_name
     uri: str | None = None
-    state: str = "retrain-state/jobs.sqlite"
-    promote: str = "auto"
-    auto_champion_stores: int = 20
-    max_age_days: float = 30.0
-    workers: int = 1
+    state: str = D.state
+    promote: str = D.promote
+    auto_champion_stores: int = D.auto_champion_stores
+    max_age_days: float = D.max_age_days
+    workers: int = D.workers
     sink: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)  # FitConfig fields over the inherited ones
     base_config: FitConfig = field(default_factory=FitConfig)  # a first version (no champion yet)
     gate: GatePolicy = field(default_factory=GatePolicy)
-    retries: int = 3
-    retry_seconds: float = 2.0
-    max_attempts: int = 3  # runs of one job cut short by restarts before it is failed
+    retries: int = D.retries
+    retry_seconds: float = D.retry_seconds
+    max_attempts: int = D.max_attempts  # runs of one job cut short by restarts before it is failed
     dry_run: bool = False
     reload_urls: tuple[str, ...] = ()  # champion-following predictors to reload at once (local)
-    fleet_backend: str = "inprocess"  # or "rayjob" (pipelines.training.rayjob.submit_fleet_retrain)
-    refresh_stores_per_day: int = 60  # per identity without the retrain permission (a planner); 0: no limit
+    fleet_backend: str = D.fleet_backend  # or "rayjob" (pipelines.training.rayjob.submit_fleet_retrain)
+    refresh_stores_per_day: int = D.refresh_stores_per_day  # per identity without the retrain permission
     keep_unknown: bool = False  # keep appended sales rows of stores the champion does not hold
 
 
@@ -221,7 +226,7 @@ class RetrainManager:
             job.status, job.started, job.error = "running", time.time(), None
             self._phase(job, "fitting")
             try:
-                self._cleanup(job)
+                clean_up(job, self.registry, self.store)
                 status, result = self._retrain(job)
             except JobStoreUnavailable:
                 raise
@@ -271,7 +276,7 @@ class RetrainManager:
             log.warning("retrain job %s: attempt %d failed (%s); retrying", job.id, job.attempt, error)
             self._stop.wait(self.s.retry_seconds * 2 ** (job.attempt - 1))
             return True
-        with_cleanup = self._cleanup_quietly(job)
+        with_cleanup = clean_up_quietly(job, self.registry, self.store)
         job.status, job.phase, job.finished = "failed", "finished", time.time()
         self.store.put(job)
         self.metrics.jobs.labels("failed").inc()
@@ -314,7 +319,7 @@ class RetrainManager:
                   "version_gate": {"passed": pub.gate.passed, "reasons": pub.gate.reasons},
                   "config": pub.config, "seconds": pub.seconds, "alias_retries": pub.retries}
         if pub.alias == "champion":
-            self._reload()
+            reload_predictors(self.s.reload_urls)
         elif pub.alias == "challenger" and self.rollout is not None:
             result["rollout"] = "queued"
             self._rollouts.put((pub.version, job.id))
@@ -329,15 +334,6 @@ class RetrainManager:
             log.warning("fault injection: job %s paused %.0f s at %s", job.id, self._pause[1], phase)
             time.sleep(self._pause[1])
 
-    def _reload(self) -> None:
-        import httpx
-
-        for url in self.s.reload_urls:
-            try:
-                httpx.post(f"{url.rstrip('/')}/v2/repository/models/storecast/load", timeout=30)
-            except httpx.HTTPError as exc:
-                log.warning("reload of %s failed: %s", url, exc)
-
     # ---- recovery ---------------------------------------------------------------------------
     def recover(self) -> list[str]:
         """Jobs a restart cut short: clean up after them and queue them again (or fail them)."""
@@ -345,22 +341,15 @@ class RetrainManager:
         for job in self.store.unfinished():
             if job.status != "queued" or job.attempt:
                 self.metrics.jobs.labels("interrupted").inc()
-                entry = {"attempt": job.attempt, "at": time.time(), "phase": job.phase,
-                         "error": f"interrupted: the service stopped while the job was {job.status} ({job.phase})"}
-                if job.run_id:
-                    entry.update(run_id=job.run_id, run_ended=False)
-                if job.version and job.phase in ("registered", "aliased"):
-                    entry.update(version=job.version, orphan_tagged=False)
-                job.history.append(entry)
-                job.run_id = job.version = None
+                entry = interrupted(job)
                 if job.attempt >= self.s.max_attempts:
-                    self._cleanup_quietly(job)
+                    clean_up_quietly(job, self.registry, self.store)
                     job.status, job.phase, job.finished = "failed", "finished", time.time()
                     job.error = f"{entry['error']}; gave up after {job.attempt} attempt(s)"
                     self.store.put(job)
                     continue
             job.status, job.phase = "queued", "queued"
-            self._cleanup_quietly(job)
+            clean_up_quietly(job, self.registry, self.store)
             self.store.put(job)
             for s in job.stores or []:
                 self.inflight[s] = job.id
@@ -370,31 +359,6 @@ class RetrainManager:
             if self.rollout is not None:
                 self._rollouts.put((doc["version"], doc.get("job_id")))
         return recovered
-
-    def _cleanup(self, job: Job) -> None:
-        """End the runs and tag the versions that earlier attempts left behind (raises when the registry is down)."""
-        for entry in job.history:
-            if entry.get("run_id") and entry.get("run_ended") is False:
-                self.registry.end_run(entry["run_id"], "FAILED")
-                entry["run_ended"] = True
-            if entry.get("version") and entry.get("orphan_tagged") is False:
-                v = entry["version"]
-                aliases = [a for a in ("champion", "challenger") if (mv := self.registry.alias(a)) is not None
-                           and str(mv.version) == v]
-                if not aliases:
-                    self.registry.tag(v, "orphaned", f"job {job.id} stopped after registering it, before moving "
-                                      f"{job.target}; no alias points at it, so it is never served")
-                entry["orphan_tagged"] = not aliases
-                entry["alias_moved"] = aliases
-        self.store.put(job)
-
-    def _cleanup_quietly(self, job: Job) -> str:
-        try:
-            self._cleanup(job)
-            return "done"
-        except Exception as exc:  # retried when the job runs again; recorded meanwhile
-            log.warning("cleanup of job %s postponed: %s", job.id, exc)
-            return f"postponed: {exc}"
 
     # ---- rollouts ---------------------------------------------------------------------------
     def _run_rollouts(self) -> None:

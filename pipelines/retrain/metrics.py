@@ -1,4 +1,4 @@
-"""The retrain service's ``/metrics`` (Prometheus text, a registry of its own).
+"""The retrain service's ``/metrics`` (Prometheus text, from a collector set of its own).
 
 - ``storecast_retrain_jobs_total{outcome}``: finished jobs (done, failed, up_to_date) and attempts
   that will be retried (retried) or were cut short by a restart (interrupted);
@@ -23,9 +23,11 @@ ROLLOUT_OUTCOMES = ("promoted", "rolledback", "superseded", "error")
 
 
 class ServiceMetrics:
+    """The service's Prometheus metrics, in their own ``CollectorRegistry`` (``collectors``)."""
+
     def __init__(self, worst: int = 10) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
+        self.collectors = CollectorRegistry()
+        r = self.collectors
         self.jobs = Counter("storecast_retrain_jobs", "Retrain jobs by outcome", ["outcome"], registry=r)
         for o in JOB_OUTCOMES:
             self.jobs.labels(o)
@@ -57,4 +59,4 @@ class ServiceMetrics:
         self.drift_stores.labels("drifting").set(len(report.drifting))
 
     def text(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self.collectors)

@@ -35,17 +35,20 @@ from fastapi.responses import JSONResponse, Response
 from pipelines import events
 from pipelines.data.sales_store import BadSales, SalesUnavailable
 from pipelines.retrain.drift import DriftPolicy, read_groups
-from pipelines.retrain.jobs import PROMOTE, RetrainManager, Settings
+from pipelines.retrain.jobs import RetrainManager, Settings
 from pipelines.retrain.jobstore import EventKey, JobStoreUnavailable
+from pipelines.retrain.settings import RetrainSettings
 from pipelines.retrain.watch import Watch
 from pipelines.training.fitting import FitConfig
-from pipelines.versions.publish import GatePolicy
 from pipelines.versions.registry import RegistryUnavailable
 from serving.access.asgi import admission_of, retrain_permission
+from serving.access.settings import AccessSettings, add_access_arguments, build_access, check_exposure
+from serving.contract import given_store_ids
+from serving.logs import configure_logging
+from serving.mlflow_env import use_mlflow_defaults
+from serving.settings import settings_parser
 
 log = logging.getLogger("storecast.retrain")
-MLFLOW_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                   "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}  # a registry outage is a quick 503 + job retry, not 4 min
 RETRY_AFTER = "30"
 UNAVAILABLE = (SalesUnavailable, RegistryUnavailable, JobStoreUnavailable)  # 503 + retry
 
@@ -275,82 +278,74 @@ def _request(ev: Any) -> tuple[list[str] | None, str, bool]:
         raise events.BadEvent(f"unsupported event type {kind!r}; expected {events.RETRAIN_REQUESTED}, {events.PING}, "
                               f"{events.SALES_APPENDED} or {events.CALENDAR_UPDATED}")
     data = _data(ev)
-    stores = data.get("store_ids") if isinstance(data, dict) else None
-    if not isinstance(stores, list) or not stores or not all(isinstance(s, str | int) and str(s).strip()
-                                                            for s in stores):
-        raise events.BadEvent("data.store_ids: expected a non-empty list of store ids")
+    try:
+        stores = given_store_ids(data.get("store_ids") if isinstance(data, dict) else None, "data.store_ids")
+    except ValueError as exc:
+        raise events.BadEvent(str(exc)) from None
     force = data.get("force", False)
     if not isinstance(force, bool):
         raise events.BadEvent("data.force: expected true or false")
-    return [str(s).strip() for s in stores], str(data.get("reason", ""))[:500], force
-
-
-def _steps(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(p) for p in text.split(",") if p.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected percentages like 10,50; got {text!r}") from None
+    return stores, str(data.get("reason", ""))[:500], force
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipelines.retrain.settings import add_arguments
-
-    p = argparse.ArgumentParser(prog="python -m pipelines.retrain", description=__doc__.split("\n\n")[0])
-    add_arguments(p, PROMOTE, _steps)
-    from serving.access.settings import add_access_arguments  # --auth-file, OIDC, rate limits (issue 13)
-
-    add_access_arguments(p)
-    return p
+    """The service's settings (``pipelines.retrain.settings``) plus the access flags (``--auth-file``, OIDC, ...)."""
+    parser = settings_parser(RetrainSettings, "python -m pipelines.retrain", __doc__.split("\n\n")[0],
+                             "retrain service")
+    add_access_arguments(parser)
+    return parser
 
 
-def settings_from(args: argparse.Namespace) -> Settings:
-    overrides = {k: getattr(args, k) for k in ("holdout_days", "gate_margin", "interval_width")
-                 if getattr(args, k) is not None}
-    base = FitConfig.preset(args.model)
-    return Settings(data=args.data, model_name=args.model_name, state=args.state, promote=args.promote,
-                    auto_champion_stores=args.auto_champion_stores, max_age_days=args.max_age_days,
-                    workers=args.workers, sink=os.environ.get("K_SINK"), overrides=overrides, base_config=base,
-                    gate=GatePolicy(args.gate_min_pass_share, args.gate_plausible_factor), retries=args.retries,
-                    retry_seconds=args.retry_seconds, max_attempts=args.max_attempts, dry_run=args.dry_run,
-                    reload_urls=tuple(args.reload_url or ()), fleet_backend=args.fleet_backend,
-                    refresh_stores_per_day=args.refresh_stores_per_day, keep_unknown=args.keep_unknown_stores)
+def parse(argv: list[str] | None = None) -> RetrainSettings:
+    """The settings from the command line and the ``STORECAST_*`` variables."""
+    return RetrainSettings.from_args(build_parser().parse_args(argv))
 
 
-def build_rollout(args: argparse.Namespace, manager: RetrainManager) -> Any:
+def settings_from(s: RetrainSettings) -> Settings:
+    """What the job manager takes of the settings."""
+    overrides = {k: getattr(s, k) for k in ("holdout_days", "gate_margin", "interval_width")
+                 if getattr(s, k) is not None}
+    return Settings(data=s.data, model_name=s.model_name, state=s.state, promote=s.promote,
+                    auto_champion_stores=s.auto_champion_stores, max_age_days=s.max_age_days, workers=s.workers,
+                    sink=os.environ.get("K_SINK"), overrides=overrides, base_config=FitConfig.preset(s.model),
+                    gate=s.policy(), retries=s.retries, retry_seconds=s.retry_seconds, max_attempts=s.max_attempts,
+                    dry_run=s.dry_run, reload_urls=s.reload_url, fleet_backend=s.fleet_backend,
+                    refresh_stores_per_day=s.refresh_stores_per_day, keep_unknown=s.keep_unknown_stores)
+
+
+def build_rollout(s: RetrainSettings, manager: RetrainManager) -> Any:
     """The automatic rollout of fleet versions (``--rollout``), or None."""
-    if args.rollout == "none" or args.dry_run:
+    if s.rollout == "none" or s.dry_run:
         return None
     from pipelines.rollout.controller import LocalTarget, Rollout, RolloutPolicy
 
-    if args.rollout == "kubernetes":
+    if s.rollout == "kubernetes":
         from pipelines.rollout.canary import KubeTarget
 
-        target: Any = KubeTarget(args.isvc, args.namespace, args.model_name, args.canary_metrics_port)
+        target: Any = KubeTarget(s.isvc, s.namespace, s.model_name, s.canary_metrics_port)
     else:
-        if not args.canary_url:
+        if not s.canary_url:
             raise SystemExit("--rollout local needs --canary-url (the challenger-following predictor)")
-        target = LocalTarget(args.canary_url, tuple(args.reload_url or ()), args.model_name_served)
-    policy = RolloutPolicy(steps=args.rollout_steps, watch_seconds=args.rollout_watch_seconds,
-                           poll_seconds=args.rollout_poll_seconds, ready_timeout=args.rollout_ready_timeout,
-                           max_error_ratio=args.canary_max_error_ratio, max_p95_ms=args.canary_max_p95_ms,
-                           min_requests=args.canary_min_requests, max_missed_scrapes=args.rollout_max_missed_scrapes)
+        target = LocalTarget(s.canary_url, s.reload_url, s.served_model_name)
+    policy = RolloutPolicy(steps=s.rollout_steps, watch_seconds=s.rollout_watch_seconds,
+                           poll_seconds=s.rollout_poll_seconds, ready_timeout=s.rollout_ready_timeout,
+                           max_error_ratio=s.canary_max_error_ratio, max_p95_ms=s.canary_max_p95_ms,
+                           min_requests=s.canary_min_requests, max_missed_scrapes=s.rollout_max_missed_scrapes)
     return Rollout(manager.registry, target, policy, manager.s.sink, record=manager.store.put_rollout)
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    s = parse(argv)
+    configure_logging(libraries=logging.INFO)
     from serving.access.asgi import guard, require_permission, retrain_rules
-    from serving.access.settings import AccessSettings, build_access, check_exposure
 
-    access_settings = AccessSettings.from_args(args)  # before any work: a bad auth file stops the start
+    access_settings = AccessSettings.from_args(s.args)  # before any work: a bad auth file stops the start
     try:
-        check_exposure(access_settings, args.host)
+        check_exposure(access_settings, s.host)
         access = build_access(access_settings)
     except ValueError as exc:
         raise SystemExit(f"python -m pipelines.retrain: {exc}") from None
-    for name, value in MLFLOW_DEFAULTS.items():
-        os.environ.setdefault(name, value)
+    use_mlflow_defaults("retrain")  # a registry outage is a quick 503 + job retry, not minutes
     import uvicorn
 
     from pipelines.training.fitting import quiet
@@ -359,18 +354,18 @@ def main(argv: list[str] | None = None) -> None:
     import prophet  # noqa: F401 - imported once at start, not on the first job
 
     try:
-        manager = RetrainManager(settings_from(args), start=False)
+        manager = RetrainManager(settings_from(s), start=False)
     except (OSError, sqlite3.Error, JobStoreUnavailable) as exc:  # the state volume: which file and why
-        raise SystemExit(f"python -m pipelines.retrain: --state {args.state}: {type(exc).__name__}: {exc}") from None
-    manager.rollout = build_rollout(args, manager)
+        raise SystemExit(f"python -m pipelines.retrain: --state {s.state}: {type(exc).__name__}: {exc}") from None
+    manager.rollout = build_rollout(s, manager)
     manager.start()
     watch = None
-    if not args.no_drift:
-        groups = read_groups(args.store_groups) if args.store_groups else None
-        watch = Watch(manager, DriftPolicy(args.drift_factor, args.drift_window_days, args.drift_min_days,
-                                           args.drift_floor), groups, refit=not args.no_drift_refit)
-    log.info("retrain service on %s:%s, registry %s, sales %s, state %s, sink %s%s", args.host, args.port,
-             manager.uri, args.data, args.state, manager.s.sink or "-", " (dry run)" if args.dry_run else "")
+    if not s.no_drift:
+        groups = read_groups(s.store_groups) if s.store_groups else None
+        watch = Watch(manager, DriftPolicy(s.drift_factor, s.drift_window_days, s.drift_min_days, s.drift_floor),
+                      groups, refit=not s.no_drift_refit)
+    log.info("retrain service on %s:%s, registry %s, sales %s, state %s, sink %s%s", s.host, s.port,
+             manager.uri, s.data, s.state, manager.s.sink or "-", " (dry run)" if s.dry_run else "")
     inner = create_app(manager, watch, authorize_with=require_permission)
 
     def let_go() -> None:  # SIGTERM: the job store let go cleanly (a state file deleted under it written back)
@@ -378,5 +373,5 @@ def main(argv: list[str] | None = None) -> None:
         manager.store.close()
 
     inner.router.add_event_handler("shutdown", let_go)
-    uvicorn.run(guard(inner, access, retrain_rules), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(guard(inner, access, retrain_rules), host=s.host, port=s.port, log_level="warning")
 

@@ -1,112 +1,131 @@
-"""The flags of ``python -m pipelines.retrain`` (README, "Retraining"): every one with help text."""
+"""The settings of ``python -m pipelines.retrain``: each a flag (``--max-age-days``) and a variable
+(``STORECAST_RETRAIN_MAX_AGE_DAYS``), defined once (``serving.settings``; README, "Servers").
+
+The variables are ``STORECAST_RETRAIN_<FLAG>``, so that none means something else to the servers
+(``STORECAST_WORKERS`` is KServe's ``--workers``), except three that keep the names they had:
+``STORECAST_REFRESH_STORES_PER_DAY``, ``STORECAST_KEEP_UNKNOWN_STORES`` and
+``STORECAST_ROLLOUT_MAX_MISSED_SCRAPES``. The access flags (``--auth-file``, ...) come from
+``serving.access.settings``. :class:`GateSettings`, the gate flags, are ``storecast train``'s too.
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
-from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
 
 from pipelines.training.fitting import DEFAULT_MODEL, MODELS
+from pipelines.versions.lineage import KEEP_UNKNOWN_ENV
+from pipelines.versions.publish import GatePolicy
+from serving.contract import MODEL_NAME, REFRESH_MAX_STORES
+from serving.settings import Settings, boolean, setting
 
-STATE_ENV = "STORECAST_RETRAIN_STATE"
-REFRESH_ENV = "STORECAST_REFRESH_STORES_PER_DAY"
-KEEP_UNKNOWN_ENV = "STORECAST_KEEP_UNKNOWN_STORES"
-MISSED_SCRAPES_ENV = "STORECAST_ROLLOUT_MAX_MISSED_SCRAPES"
+PREFIX = "STORECAST_RETRAIN_"
+PROMOTE = ("auto", "champion", "challenger")  # --promote: which alias a passing version moves
+FIT = "fit configuration (inherited from the parent version unless given)"
+RETRIES = "retries and recovery"
+ROLLOUT = "automatic rollout of fleet versions"
+DRIFT = "accuracy watch (com.storecast.sales.appended)"
 
 
-def _env_int(name: str, default: int) -> int:
-    text = os.environ.get(name, "").strip()
+def steps(text: str) -> tuple[int, ...]:
+    """``10,50``: the canary percentages of a rollout."""
     try:
-        return int(text) if text else default
+        return tuple(int(p) for p in text.split(",") if p.strip())
     except ValueError:
-        raise SystemExit(f"${name}: expected a whole number, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected percentages like 10,50; got {text!r}") from None
 
 
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+@dataclass(frozen=True)
+class GateSettings(Settings):
+    """The gate a version passes before an alias moves: flags of ``storecast train`` and the retrain service."""
+
+    env_prefix = PREFIX  # the CLI adds them without variables (add_arguments(..., environment=False))
+    gate_min_pass_share: float = setting(GatePolicy.min_pass_share, "share of the evaluated stores that must pass "
+                                         "their holdout gate for an alias to move", float, group="gate")
+    gate_plausible_factor: float = setting(GatePolicy.plausible_factor, "a forecast above this times the store's "
+                                           "highest day of the last year fails the gate", float, group="gate")
+
+    def policy(self) -> GatePolicy:
+        return GatePolicy(self.gate_min_pass_share, self.gate_plausible_factor)
 
 
-def add_arguments(p: argparse.ArgumentParser, promote: tuple[str, ...], steps: Callable[[str], Any]) -> None:
-    p.add_argument("--data", required=True,
-                   help="the sales store: a file path (parts appended in PATH.parts/) or the URL of the file behind "
-                        "MLflow's artifact proxy")
-    p.add_argument("--port", type=int, default=8080, help="HTTP port")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (loopback; in a Knative pod the queue-proxy reaches it there)")
-    p.add_argument("--model-name", default="storecast", help="registered model name")
-    p.add_argument("--state", default=os.environ.get(STATE_ENV, "retrain-state/jobs.sqlite"),
-                   help=f"SQLite file of the jobs, events seen and rollouts (${STATE_ENV}); keep it on a volume")
-    p.add_argument("--dry-run", action="store_true",
-                   help="answer what a request would do; fit, register and move nothing (load tests)")
-    p.add_argument("--max-age-days", type=float, default=30.0,
-                   help="a ping refits every store when the champion version is older than this")
-    p.add_argument("--promote", choices=promote, default="auto",
-                   help="alias a passing version moves: champion, challenger (canary), or auto: champion for "
-                        "up to --auto-champion-stores stores, else challenger; with champion too, a version refitting "
-                        "more stores goes challenger (pipelines.versions.lineage.target_alias)")
-    p.add_argument("--auto-champion-stores", type=int, default=20,
-                   help="most stores a version may refit and still move champion directly; more go challenger -> "
-                        "canary whoever asked (also with --promote champion)")
-    p.add_argument("--refresh-stores-per-day", type=int, default=_env_int(REFRESH_ENV, 60),
-                   help=f"stores an identity without the retrain permission (a planner) may ask to refresh per UTC "
-                        f"day; beyond: 429 with Retry-After; counted in --state, so a restart keeps the count; 0: no "
-                        f"limit (${REFRESH_ENV})")
-    p.add_argument("--keep-unknown-stores", action="store_true", default=_env_flag(KEEP_UNKNOWN_ENV),
-                   help="keep appended sales rows and calendar rows naming stores the champion does not hold (for "
-                        f"when they are trained) instead of refusing them with 400 (${KEEP_UNKNOWN_ENV}=1)")
-    p.add_argument("--workers", type=int, default=1, help="fitting processes for big jobs")
-    p.add_argument("--fleet-backend", choices=("inprocess", "rayjob"), default="inprocess",
-                   help="where a challenger (fleet) job fits: this process, or a KubeRay RayJob")
-    g = p.add_argument_group("fit configuration (inherited from the parent version unless given)")
-    g.add_argument("--holdout-days", type=int, default=None, help="override the parent's holdout days")
-    g.add_argument("--gate-margin", type=float, default=None, help="override the parent's per-store gate margin")
-    g.add_argument("--interval-width", type=float, default=None, help="override the parent's interval width")
-    g.add_argument("--model", choices=list(MODELS), default=DEFAULT_MODEL,
-                   help="configuration of a first version (no champion yet)")
-    g = p.add_argument_group("gate")
-    g.add_argument("--gate-min-pass-share", type=float, default=0.5,
-                   help="share of the evaluated stores that must pass their holdout gate for an alias to move")
-    g.add_argument("--gate-plausible-factor", type=float, default=3.0,
-                   help="a forecast above this times the store's highest day of the last year fails the gate")
-    g = p.add_argument_group("retries and recovery")
-    g.add_argument("--retries", type=int, default=3, help="attempts of a job when the registry or sales store fail")
-    g.add_argument("--retry-seconds", type=float, default=2.0, help="first backoff (doubles each attempt)")
-    g.add_argument("--max-attempts", type=int, default=3,
-                   help="runs of one job a restart may cut short before it is failed")
-    g = p.add_argument_group("automatic rollout of fleet versions")
-    g.add_argument("--rollout", choices=("none", "kubernetes", "local"), default="none",
-                   help="kubernetes: canary on the InferenceService; local: a challenger-following predictor "
-                        "(--canary-url); none: the challenger waits for a person (storecast canary)")
-    g.add_argument("--rollout-steps", type=steps, default=(10, 50), help="canaryTrafficPercent of each step")
-    g.add_argument("--rollout-watch-seconds", type=float, default=300.0, help="watch of each step")
-    g.add_argument("--rollout-poll-seconds", type=float, default=10.0, help="metrics read this often")
-    g.add_argument("--rollout-ready-timeout", type=float, default=600.0, help="for the canary to turn ready")
-    g.add_argument("--canary-max-error-ratio", type=float, default=0.02,
-                   help="share of the canary's answers that are not ok (4xx, 5xx, shed) it may give")
-    g.add_argument("--canary-max-p95-ms", type=float, default=500.0, help="p95 latency bound of the canary")
-    g.add_argument("--canary-min-requests", type=int, default=20,
-                   help="requests a step must see; fewer: too little traffic to judge, rolled back")
-    g.add_argument("--rollout-max-missed-scrapes", type=int, default=_env_int(MISSED_SCRAPES_ENV, 3),
-                   help="failed reads of the canary's /metrics in a row before it is rolled back; a single missed "
-                        f"read is retried at the next poll (${MISSED_SCRAPES_ENV})")
-    g.add_argument("--isvc", default="storecast", help="InferenceService (--rollout kubernetes)")
-    g.add_argument("--namespace", default="storecast", help="its namespace")
-    g.add_argument("--canary-metrics-port", type=int, default=8080,
-                   help="the predictor's REST port in its pods (/metrics)")
-    g.add_argument("--canary-url", help="--rollout local: the challenger-following predictor's URL")
-    g.add_argument("--reload-url", action="append",
-                   help="predictor URL to reload when champion moves (repeat; local: served at once instead of "
-                        "at its next --refresh-seconds)")
-    g.add_argument("--served-model-name", dest="model_name_served", default="storecast",
-                   help="the predictors' KServe model name")
-    g = p.add_argument_group("accuracy watch (com.storecast.sales.appended)")
-    g.add_argument("--no-drift", action="store_true", help="no accuracy watch")
-    g.add_argument("--no-drift-refit", action="store_true", help="score and export only; refit nothing")
-    g.add_argument("--drift-factor", type=float, default=2.0,
-                   help="a store whose recent WAPE exceeds this times its holdout WAPE is refitted")
-    g.add_argument("--drift-window-days", type=int, default=28, help="latest out-of-sample open days scored")
-    g.add_argument("--drift-min-days", type=int, default=7, help="days a store needs before it is judged")
-    g.add_argument("--drift-floor", type=float, default=0.05, help="the holdout WAPE counts as at least this")
-    g.add_argument("--store-groups", help="CSV of Store and a group column (e.g. Rossmann store.csv: StoreType) "
-                   "for the per-group WAPE")
+def add_gate_arguments(parser: argparse.ArgumentParser) -> None:
+    """The gate flags on ``storecast train``'s parser (no variables: the CLI reads its flags alone)."""
+    GateSettings.add_arguments(parser, "gate", environment=False)
+
+
+@dataclass(frozen=True)
+class RetrainSettings(GateSettings):
+    """``python -m pipelines.retrain`` (the access flags besides)."""
+
+    data: str = setting("", "the sales store: a file path (parts appended in PATH.parts/) or the URL of the file "
+                        "behind MLflow's artifact proxy", required=True)
+    port: int = setting(8080, "HTTP port", int)
+    host: str = setting("127.0.0.1", "address to bind (loopback; in a Knative pod the queue-proxy reaches it there)")
+    model_name: str = setting(MODEL_NAME, "registered model name")
+    state: str = setting("retrain-state/jobs.sqlite", "SQLite file of the jobs, events seen and rollouts; keep it on "
+                         "a volume")
+    dry_run: bool = setting(False, "answer what a request would do; fit, register and move nothing (load tests)",
+                            boolean, switch=True)
+    max_age_days: float = setting(30.0, "a ping refits every store when the champion version is older than this",
+                                  float)
+    promote: str = setting("auto", "alias a passing version moves: champion, challenger (canary), or auto: champion "
+                           "for up to --auto-champion-stores stores, else challenger; with champion too, a version "
+                           "refitting more stores goes challenger (pipelines.versions.lineage.target_alias)",
+                           choices=PROMOTE)
+    auto_champion_stores: int = setting(REFRESH_MAX_STORES, "most stores a version may refit and still move "
+                                        "champion directly; more go challenger -> canary whoever asked (also with "
+                                        "--promote champion)", int)
+    refresh_stores_per_day: int = setting(60, "stores an identity without the retrain permission (a planner) may ask "
+                                          "to refresh per UTC day; beyond: 429 with Retry-After; counted in --state, "
+                                          "so a restart keeps the count; 0: no limit", int,
+                                          env="STORECAST_REFRESH_STORES_PER_DAY")
+    keep_unknown_stores: bool = setting(False, "keep appended sales rows and calendar rows naming stores the champion "
+                                        "does not hold (for when they are trained) instead of refusing them with 400",
+                                        boolean, switch=True, env=KEEP_UNKNOWN_ENV)
+    workers: int = setting(1, "fitting processes for big jobs", int)
+    fleet_backend: str = setting("inprocess", "where a challenger (fleet) job fits: this process, or a KubeRay RayJob",
+                                 choices=("inprocess", "rayjob"))
+
+    holdout_days: int | None = setting(None, "override the parent's holdout days", int, group=FIT)
+    gate_margin: float | None = setting(None, "override the parent's per-store gate margin", float, group=FIT)
+    interval_width: float | None = setting(None, "override the parent's interval width", float, group=FIT)
+    model: str = setting(DEFAULT_MODEL, "configuration of a first version (no champion yet)", choices=MODELS,
+                         group=FIT)
+
+    retries: int = setting(3, "attempts of a job when the registry or sales store fail", int, group=RETRIES)
+    retry_seconds: float = setting(2.0, "first backoff (doubles each attempt)", float, group=RETRIES)
+    max_attempts: int = setting(3, "runs of one job a restart may cut short before it is failed", int, group=RETRIES)
+
+    rollout: str = setting("none", "kubernetes: canary on the InferenceService; local: a challenger-following "
+                           "predictor (--canary-url); none: the challenger waits for a person (storecast canary)",
+                           choices=("none", "kubernetes", "local"), group=ROLLOUT)
+    rollout_steps: tuple[int, ...] = setting((10, 50), "canaryTrafficPercent of each step", steps, group=ROLLOUT)
+    rollout_watch_seconds: float = setting(300.0, "watch of each step", float, group=ROLLOUT)
+    rollout_poll_seconds: float = setting(10.0, "metrics read this often", float, group=ROLLOUT)
+    rollout_ready_timeout: float = setting(600.0, "for the canary to turn ready", float, group=ROLLOUT)
+    canary_max_error_ratio: float = setting(0.02, "share of the canary's answers that are not ok (4xx, 5xx, shed) it "
+                                            "may give", float, group=ROLLOUT)
+    canary_max_p95_ms: float = setting(500.0, "p95 latency bound of the canary", float, group=ROLLOUT)
+    canary_min_requests: int = setting(20, "requests a step must see; fewer: too little traffic to judge, rolled "
+                                       "back", int, group=ROLLOUT)
+    rollout_max_missed_scrapes: int = setting(3, "failed reads of the canary's /metrics in a row before it is rolled "
+                                              "back; a single missed read is retried at the next poll", int,
+                                              env="STORECAST_ROLLOUT_MAX_MISSED_SCRAPES", group=ROLLOUT)
+    isvc: str = setting("storecast", "InferenceService (--rollout kubernetes)", group=ROLLOUT)
+    namespace: str = setting("storecast", "its namespace", group=ROLLOUT)
+    canary_metrics_port: int = setting(8080, "the predictor's REST port in its pods (/metrics)", int, group=ROLLOUT)
+    canary_url: str | None = setting(None, "--rollout local: the challenger-following predictor's URL", group=ROLLOUT)
+    reload_url: tuple[str, ...] = setting((), "predictor URL to reload when champion moves (repeat; local: served at "
+                                          "once instead of at its next --refresh-seconds)", repeat=True, group=ROLLOUT)
+    served_model_name: str = setting(MODEL_NAME, "the predictors' KServe model name", group=ROLLOUT)
+
+    no_drift: bool = setting(False, "no accuracy watch", boolean, switch=True, group=DRIFT)
+    no_drift_refit: bool = setting(False, "score and export only; refit nothing", boolean, switch=True, group=DRIFT)
+    drift_factor: float = setting(2.0, "a store whose recent WAPE exceeds this times its holdout WAPE is refitted",
+                                  float, group=DRIFT)
+    drift_window_days: int = setting(28, "latest out-of-sample open days scored", int, group=DRIFT)
+    drift_min_days: int = setting(7, "days a store needs before it is judged", int, group=DRIFT)
+    drift_floor: float = setting(0.05, "the holdout WAPE counts as at least this", float, group=DRIFT)
+    store_groups: str | None = setting(None, "CSV of Store and a group column (e.g. Rossmann store.csv: StoreType) "
+                                       "for the per-group WAPE", group=DRIFT)

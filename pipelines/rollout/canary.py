@@ -22,6 +22,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from serving.contract import MODEL_NAME
+
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 URI_FLAGS = ("--model_uri", "--model-uri")
 CANARY = "/spec/predictor/canaryTrafficPercent"
@@ -86,7 +88,7 @@ def start_patch(isvc: dict[str, Any], model_name: str, version: str | int, perce
             {"op": "replace", "path": arg.path, "value": arg.arg(version_uri(model_name, version))}]
 
 
-def promote_patch(isvc: dict[str, Any], model_name: str = "storecast") -> list[dict[str, Any]]:
+def promote_patch(isvc: dict[str, Any], model_name: str = MODEL_NAME) -> list[dict[str, Any]]:
     """The canary takes all traffic: remove ``canaryTrafficPercent``, and the predictor follows
     ``champion`` again (move the alias to the canary's version first: both revisions then serve it)."""
     current = isvc.get("spec", {}).get("predictor", {}).get("canaryTrafficPercent")
@@ -169,7 +171,7 @@ def show(ops: list[dict[str, Any]], isvc: str, namespace: str) -> str:
 # against an InferenceService from a file (`kubectl get isvc storecast -o json`, or a rendered
 # manifest), or else against the predictor as manifests/base declares it (tests/pipelines/cli/test_cli.py
 # checks that this stays in step with the manifest).
-BASE_PREDICTOR_ARGS = ["predictor", "--model_uri", "models:/storecast@champion", "--model_name", "storecast"]
+BASE_PREDICTOR_ARGS = ["predictor", "--model_uri", f"models:/{MODEL_NAME}@champion", "--model_name", MODEL_NAME]
 
 
 def offline(name: str, namespace: str, path: str | None = None) -> tuple[dict[str, Any], str]:
@@ -203,7 +205,7 @@ class KubeTarget:
     and read each one's ``/metrics`` on the predictor's REST port (inside the pod network).
     """
 
-    def __init__(self, name: str = "storecast", namespace: str = "storecast", model_name: str = "storecast",
+    def __init__(self, name: str = "storecast", namespace: str = "storecast", model_name: str = MODEL_NAME,
                  metrics_port: int = 8080, api: Any = None, core: Any = None, timeout: float = 5.0) -> None:
         if api is None or core is None:
             from kubernetes import client, config

@@ -30,8 +30,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pipelines import events
+from pipelines.rollout.reload import reload_predictors
 from pipelines.versions.lineage import carry_over
 from pipelines.versions.registry import AliasMoved, Registry
+from serving.contract import MODEL_NAME
 
 log = logging.getLogger("storecast.rollout")
 REQUESTS = "storecast_requests"
@@ -143,20 +145,12 @@ class LocalTarget:
     """A challenger-following predictor on this machine (``--model_uri models:/NAME@challenger``): the
     canary is that predictor; the traffic split is whoever calls it (``percent`` is recorded only)."""
 
-    def __init__(self, canary_url: str, reload_urls: tuple[str, ...] = (), model: str = "storecast",
+    def __init__(self, canary_url: str, reload_urls: tuple[str, ...] = (), model: str = MODEL_NAME,
                  timeout: float = 5.0) -> None:
         self.url, self.reload_urls, self.model, self.timeout = canary_url.rstrip("/"), reload_urls, model, timeout
 
-    def _reload(self, url: str) -> None:
-        import httpx
-
-        try:
-            httpx.post(f"{url.rstrip('/')}/v2/repository/models/{self.model}/load", timeout=30)
-        except httpx.HTTPError as exc:
-            log.warning("reload of %s failed: %s", url, exc)
-
     def start(self, version: str, percent: int) -> None:
-        self._reload(self.url)
+        reload_predictors([self.url], self.model)
 
     def ready(self, version: str) -> tuple[bool, str]:
         import httpx
@@ -178,8 +172,7 @@ class LocalTarget:
         return [httpx.get(f"{self.url}/metrics", timeout=self.timeout).raise_for_status().text]
 
     def promote(self, version: str) -> None:
-        for url in self.reload_urls:  # champion-following predictors: now, not at their next refresh
-            self._reload(url)
+        reload_predictors(self.reload_urls, self.model)  # champion-following predictors: now, not at their refresh
 
     def rollback(self, version: str) -> None:
         pass

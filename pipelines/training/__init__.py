@@ -1,1 +1,1 @@
-"""TODO."""
+"""Training: fit, evaluate and export every store, in local processes or on Ray; RayJobs for a cluster."""

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipelines.data.calendar import StoreCalendar
 from pipelines.training.evaluate import Gate, error_sums, scores, seasonal_naive
 from pipelines.training.intervals import default_grid
 from predictor import calendar as cal
@@ -34,15 +35,6 @@ MODELS: dict[str, dict[str, Any]] = {
     "seed": {"regressors": (), "monthly_order": 0, "transform": "none", "calibrate": False},
 }
 DEFAULT_MODEL = "calendar"
-
-
-@dataclass
-class StoreCalendar:
-    """One store's calendar cells on the day grid from ``start`` (history and known-ahead days)."""
-
-    start: int
-    cells: np.ndarray  # (D, 4) int8, predictor.calendar layout
-    open_rate: np.ndarray  # (7,) weekday open rates (the defaults beyond the calendar)
 
 
 Series = tuple  # (store id, int days since epoch (sorted), sales[, StoreCalendar]): the open days of a store

@@ -24,6 +24,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from serving.contract import MODEL_NAME
+
 GROUP, VERSION, PLURAL = "ray.io", "v1", "rayjobs"
 NAMESPACE = "storecast"
 TEMPLATE = "storecast-train"  # the first training's RayJob (manifests/overlays/ray), template of retrains
@@ -50,7 +52,7 @@ class ClusterSize:
             raise ValueError("a cluster needs at least one worker, and one CPU per pod")
 
 
-def entrypoint(*, data: str = SALES, tracking_uri: str = MLFLOW, model_name: str = "storecast",
+def entrypoint(*, data: str = SALES, tracking_uri: str = MLFLOW, model_name: str = MODEL_NAME,
                alias: str = "challenger", extra: tuple[str, ...] = ()) -> str:
     """The driver's command: ``storecast train`` on the cluster this job runs in (``--ray-address auto``)."""
     return shlex.join(["storecast", "train", "--backend", "ray", "--ray-address", "auto", "--data", data,
@@ -172,7 +174,7 @@ def status(name: str, namespace: str = NAMESPACE, api: Any = None) -> dict[str, 
 
 
 def submit_fleet_retrain(*, reason: str, data: str = SALES, tracking_uri: str = MLFLOW,
-                         model_name: str = "storecast", alias: str = "challenger", namespace: str = NAMESPACE,
+                         model_name: str = MODEL_NAME, alias: str = "challenger", namespace: str = NAMESPACE,
                          template: str = TEMPLATE, job_id: str | None = None, api: Any = None) -> dict[str, Any]:
     """Retrain every store as a RayJob: the cluster of the ``template`` RayJob, this training's entrypoint
     (``storecast train --parent @champion --force``: a version derived from the champion, so every store's

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.data.calendar import Grid, split_future, store_calendars
+from pipelines.data.calendar import Grid, StoreCalendar, split_future, store_calendars
 from pipelines.data.sales_csv import open_days
 from pipelines.training.evaluate import GATE_FAIL, pooled, scores
-from pipelines.training.fitting import FitConfig, Series, StoreCalendar, StoreResult, fit_chunk, quiet
+from pipelines.training.fitting import FitConfig, Series, StoreResult, fit_chunk, quiet
 from predictor.table import ParamTable
 from serving.contract import store_sort_key
 

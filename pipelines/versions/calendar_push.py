@@ -5,7 +5,7 @@ rows over each store's calendar (``pipelines.versions.lineage.derive``: the file
 gives), registers the result as a new version whose parent is the old one, and moves the alias
 compare-and-set (when another writer moved it first, the calendar is laid over that version instead):
 a planner's promotion entered this morning is served as soon as the predictors follow the alias.
-``storecast calendar push`` and the retrain service's ``com.storecast.calendar.updated`` event both
+``storecast calendar push`` and the retrain service's ``calendar.updated`` event both
 come here. A calendar naming stores the version does not hold is refused (``UnknownStores`` naming
 them, nothing registered) unless ``keep_unknown``: then those rows wait in the version as pending rows
 and become the stores' calendar when they are first fitted.
@@ -23,9 +23,10 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines.versions.lineage import Parent, derive, land, resolve_parent
-from pipelines.versions.registry import Registry, Snapshot
-from serving.contract import store_sort_key
+from pipelines.versions.landing import land
+from pipelines.versions.lineage import Parent, derive, resolve_parent
+from pipelines.versions.registry import Registry, VersionFiles
+from serving.contract import MODEL_NAME, store_sort_key
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class Pushed:
     pending: list[str] = field(default_factory=list)  # stores not in the version whose rows were kept
 
 
-def push(calendar: pd.DataFrame, *, tracking_uri: str | None = None, model_name: str = "storecast",
+def push(calendar: pd.DataFrame, *, tracking_uri: str | None = None, model_name: str = MODEL_NAME,
          alias: str = "champion", version: str | None = None, move_alias: bool = True, keep_unknown: bool = False,
          source: str = "calendar") -> Pushed:
     """Register the version at ``alias`` (or ``version``) again with ``calendar`` laid over it; move ``alias``."""
@@ -56,7 +57,7 @@ def push(calendar: pd.DataFrame, *, tracking_uri: str | None = None, model_name:
         if parent is None:
             raise ValueError(f"no version at models:/{model_name}@{alias}: train one first")
 
-        def build(base: Parent | None) -> tuple[Snapshot, str | None, dict[str, str]]:
+        def build(base: Parent | None) -> tuple[VersionFiles, str | None, dict[str, str]]:
             snap = derive(base, change="calendar", calendar=calendar, calendar_source=source,
                           keep_unknown=keep_unknown, reason=f"calendar push ({source})")
             return snap, alias if move_alias else None, {}

@@ -1,11 +1,12 @@
-"""Deriving a model version: the one place a version is built from another, and the one way it lands.
+"""Deriving a model version: the one place a version is built from another.
 
 ``derive(parent, refit, calendar=...)`` builds every version that has a parent: a refit (``publish``),
 a calendar-only version (``calendar_push``) and a rollout's carry-over (``carry_over``); a first
-version (no parent) goes through it too. ``land`` registers what a ``derive`` built and moves an alias
-compare-and-set, deriving again from where the alias points now when another writer moved it first.
+version (no parent) goes through it too. ``pipelines.versions.landing.land`` registers what a
+``derive`` built and moves an alias compare-and-set, deriving again from where the alias points now
+when another writer moved it first.
 
-Invariants (``docs/architecture.md``), enforced here:
+Invariants (``docs/architecture.md``), enforced here (6: by ``landing``):
 
 1. Stores. A derived version holds every store of its parent; refitted stores replace theirs, new
    ones are added. Nothing else adds, drops or changes a store's model.
@@ -21,8 +22,9 @@ Invariants (``docs/architecture.md``), enforced here:
 4. Record. Every version says what it is, as tags and in its manifest (the same dict): ``change``
    (``first``, ``refit``, ``calendar``, ``carry-over``), ``parent_version``, ``refitted`` (store ids),
    ``calendar_source``, ``calendar_date``, ``calendar_end``, ``data_end``, ``reason``.
-5. Which alias moves: ``target_alias``, once. A version refitting more than ``few`` stores never moves
-   ``champion`` directly when a champion exists, whoever asked: it goes to ``challenger`` and its canary.
+5. Which alias moves: ``target_alias``, once. A version refitting more than ``few`` stores (default
+   ``serving.contract.REFRESH_MAX_STORES``) never moves ``champion`` directly when a champion exists,
+   whoever asked: it goes to ``challenger`` and its canary.
 6. Writers compose. An alias moves only if it still points at the version the new one was derived
    from (``Registry.move_alias``); otherwise the version is derived again from the alias's new version
    (the fits are not redone) and registered again, a bounded number of times.
@@ -33,15 +35,12 @@ Invariants (``docs/architecture.md``), enforced here:
 from __future__ import annotations
 
 import json
-import logging
-import os
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -53,22 +52,14 @@ from pipelines.versions.registry import (
     METRICS_FILE,
     MODELS_FILE,
     PENDING_FILE,
-    AliasMoved,
-    Registered,
     Registry,
-    Snapshot,
+    VersionFiles,
     VersionMissing,
-    current_version,
 )
 from predictor.table import ParamTable
-from serving.contract import store_sort_key
+from serving.contract import REFRESH_MAX_STORES, store_sort_key
 
-log = logging.getLogger("storecast.lineage")
 CHANGES = ("first", "refit", "calendar", "carry-over")
-FEW_STORES = 20  # a version refitting more stores than this is fleet-sized: challenger and canary
-RETRIES = 5  # times a writer derives again when another moved the alias first
-BARRIER_ENV = "STORECAST_FAULT_ALIAS_BARRIER"  # "DIR:N" fault-injection hook, see ``_barrier``
-BARRIER_SECONDS = 120.0
 
 
 class PublishError(RuntimeError):
@@ -77,6 +68,9 @@ class PublishError(RuntimeError):
 
 class ParentMissing(PublishError):
     """The version to derive from does not exist."""
+
+
+KEEP_UNKNOWN_ENV = "STORECAST_KEEP_UNKNOWN_STORES"  # keep rows of unknown stores (pending) instead of refusing
 
 
 class UnknownStores(ValueError):
@@ -139,7 +133,7 @@ def download_parent(registry: Registry, ref: str) -> tuple[Parent | None, tempfi
         raise
 
 
-def target_alias(asked: str, n_refitted: int, has_champion: bool, few: int = FEW_STORES) -> str:
+def target_alias(asked: str, n_refitted: int, has_champion: bool, few: int = REFRESH_MAX_STORES) -> str:
     """The alias a passing version moves. ``auto``: champion for a few stores, else challenger. Whoever
     asked, a version refitting more than ``few`` stores never moves an existing champion directly (it goes
     challenger -> canary); the first version (no champion yet: nothing to canary against) may."""
@@ -168,11 +162,11 @@ def known_calendars(parent: Parent | None, stores: list[str]) -> dict[str, Grid]
     return out
 
 
-def derive(parent: Parent | None, refit: Snapshot | None = None, *, change: str,
+def derive(parent: Parent | None, refit: VersionFiles | None = None, *, change: str,
            history_end: dict[str, int] | None = None, calendar: pd.DataFrame | dict[str, Grid] | None = None,
            calendar_source: str = "", older: dict[str, Grid] | None = None,
            keep_unknown: bool | Collection[str] = False, pending: pd.DataFrame | None = None,
-           reason: str = "", calendar_date: str | None = None) -> Snapshot:
+           reason: str = "", calendar_date: str | None = None) -> VersionFiles:
     """The version ``parent`` + ``refit`` (its stores replaced or added) + ``calendar`` (rows laid over every
     store's, newest last) + the data end (see the module docstring for the rules).
 
@@ -245,11 +239,11 @@ def derive(parent: Parent | None, refit: Snapshot | None = None, *, change: str,
     manifest = json.loads(path.read_text()) if path.exists() else {}
     cfg = FitConfig.from_dict(table.meta["fit_config"]) if "fit_config" in table.meta else FitConfig.preset("seed")
     gate_failed = metrics.loc[metrics["gate"] == "fail", "store_id"].tolist() if "gate" in metrics.columns else []
-    return Snapshot(table, models, metrics, manifest.get("summary", {}), manifest.get("failed", []), gate_failed,
-                    data_end, cfg, lineage=lineage, pending=pending_out)
+    return VersionFiles(table, models, metrics, manifest.get("summary", {}), manifest.get("failed", []), gate_failed,
+                        data_end, cfg, lineage=lineage, pending=pending_out)
 
 
-def _stores(parent: Parent | None, refit: Snapshot | None) -> tuple[ParamTable, dict[str, bytes], pd.DataFrame]:
+def _stores(parent: Parent | None, refit: VersionFiles | None) -> tuple[ParamTable, dict[str, bytes], pd.DataFrame]:
     """Invariant 1: the parent's stores with the refit's replaced or added (table, models, metrics)."""
     if parent is None:
         return refit.table, dict(refit.models), refit.metrics
@@ -278,80 +272,6 @@ def ids(stores: Collection[str], most: int = 50) -> str:
     return ",".join(out[:most]) + (f",... ({len(out)} stores)" if len(out) > most else "")
 
 
-# ---- landing: register, then move the alias compare-and-set ---------------------------------------
-@dataclass
-class Landed:
-    """Where a derived version landed."""
-
-    registered: Registered
-    parent: Parent | None
-    snapshot: Snapshot
-    alias: str | None  # the alias it moved (None: none)
-    retries: int  # times it was derived again because another writer moved the alias first
-    tags: dict[str, str]
-
-
-Build = Callable[[Parent | None], tuple[Snapshot, str | None, dict[str, str]]]
-
-
-def land(registry: Registry, build: Build, parent: Parent | None, *, follow: str | None = None,
-         retries: int = RETRIES, **register: Any) -> Landed:
-    """Register ``build(parent)`` (snapshot, alias to move or None, extra tags) and move its alias compare-and-set.
-
-    ``follow``: the alias ``parent`` was found by; if it moved since (a fit takes minutes) the version is
-    derived from where it points now. The alias moves only if it still points at the version the new one
-    was derived from (or, for another alias, where it pointed when the version was built); when another
-    writer moved it first the version is tagged ``superseded``, derived again from the alias's new version
-    and registered again, at most ``retries`` times. ``register``: ``Registry.register`` keywords.
-    """
-    with tempfile.TemporaryDirectory() as tmp:
-        if follow:
-            now = current_version(registry.client, registry.model_name, follow)
-            if now is not None and (parent is None or now != parent.version):
-                parent = resolve_parent(registry, now, Path(tmp) / f"follow-{now}")
-        for attempt in range(retries + 1):
-            snap, target, tags = build(parent)
-            if target is None:
-                expected = None
-            elif target == follow:
-                expected = parent.version if parent is not None else None
-            else:
-                expected = current_version(registry.client, registry.model_name, target)
-            reg = registry.register(snap, parent_version=parent.version if parent else "", tags=tags, **register)
-            if target is None:
-                return Landed(reg, parent, snap, None, attempt, tags)
-            if attempt == 0:
-                _barrier()
-            try:
-                registry.move_alias(target, reg.version, expected)
-                return Landed(reg, parent, snap, target, attempt, tags)
-            except AliasMoved as exc:
-                registry.tag(reg.version, "superseded", f"alias {target} moved to {exc.current or 'nothing'} before "
-                             f"this version could move it from {expected or 'nothing'}; derived again")
-                log.warning("version %s: %s; deriving again from version %s", reg.version, exc, exc.current)
-                if attempt == retries:
-                    raise PublishError(f"alias {target} kept moving: gave up after {retries} retries") from exc
-                if exc.current is not None:  # derive again from where the alias points now
-                    parent = resolve_parent(registry, exc.current, Path(tmp) / f"retry-{attempt}-{exc.current}")
-                follow = target if exc.current is not None else None
-    raise AssertionError("unreachable")
-
-
-def _barrier() -> None:
-    """Fault-injection hook (tests of racing writers): with ``STORECAST_FAULT_ALIAS_BARRIER=DIR:N`` a writer
-    about to move its alias for the first time leaves a file in DIR and waits (at most 120 s) until DIR
-    holds N files, so N writers that derived from the same version move the alias at the same moment."""
-    spec = os.environ.get(BARRIER_ENV, "")
-    folder, _, count = spec.rpartition(":")
-    if not folder or not count.isdigit():
-        return
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    (Path(folder) / f"{os.getpid()}-{time.monotonic_ns()}").touch()
-    deadline = time.monotonic() + BARRIER_SECONDS
-    while len(list(Path(folder).iterdir())) < int(count) and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
 # ---- carry-over: the rollout's rebase onto a champion that moved during the canary --------------------
 def carry_over(registry: Registry, candidate: str, champion: str) -> str:
     """The version to promote instead of ``candidate`` when the champion moved during its canary: the
@@ -378,7 +298,7 @@ def carry_over(registry: Registry, candidate: str, champion: str) -> str:
                 models = {s: zf.read(f"{s}.json.gz") for s in stores}
             metrics = pd.read_csv(champ_dir / METRICS_FILE, dtype={"store_id": str})
             cfg = FitConfig.from_dict(cand.meta["fit_config"]) if "fit_config" in cand.meta else FitConfig()
-            refit = Snapshot(champ.take(newer), models, metrics[metrics["store_id"].isin(stores)], {}, [], [],
+            refit = VersionFiles(champ.take(newer), models, metrics[metrics["store_id"].isin(stores)], {}, [], [],
                              str(champ.meta.get("data_end", "")), cfg)
         champ_pending = (Parent(champion, champ, champ_dir)).pending
         champ_lineage = champ.meta.get("lineage", {})

@@ -11,7 +11,7 @@ their holdout gate, no store's forecast leaves a plausible range of its own hist
 of the version it builds on (or of the champion it would replace) is dropped without being listed.
 A version that fails is registered (tag ``gate`` = ``fail`` with the reasons) but moves no alias.
 Which alias a passing version moves is ``pipelines.versions.lineage.target_alias``; it moves compare-and-set
-(``pipelines.versions.lineage.land``: derived again when another writer moved it first). ``stale`` is the one
+(``pipelines.versions.landing.land``: derived again when another writer moved it first). ``stale`` is the one
 rule of which stores need a refit. The sales rows of the stores to fit are validated first
 (``sales_store.validate_sales``); a store of the data without any open-day sales figure is listed as
 failed, never left out silently, and data with nothing to train on is a ``PublishError``.
@@ -32,8 +32,8 @@ from pipelines.data.sales_store import Sales, validate_sales
 from pipelines.training.evaluate import GATE_FAIL, GATE_PASS
 from pipelines.training.fitting import PROPHET_DEFAULTS, FitConfig
 from pipelines.training.train import TrainResult, train
+from pipelines.versions.landing import land
 from pipelines.versions.lineage import (
-    FEW_STORES,
     Parent,
     ParentMissing,
     PublishError,
@@ -41,14 +41,15 @@ from pipelines.versions.lineage import (
     derive,
     download_parent,
     known_calendars,
-    land,
     resolve_parent,
     target_alias,
 )
 from pipelines.versions.lineage import ids as _ids
-from pipelines.versions.registry import Registry, Snapshot
+from pipelines.versions.registry import Registry, VersionFiles
+from predictor.calendar import OPEN_THRESHOLD, weekday
 from predictor.forecast import forecast
 from predictor.table import ParamTable
+from serving.contract import REFRESH_MAX_STORES, store_sort_key
 
 # Parent, ParentMissing, PublishError, download_parent, resolve_parent: lineage's (importable from here too)
 __all__ = ["ALIASES", "GatePolicy", "GateReport", "Parent", "ParentMissing", "PublishError", "Published",
@@ -146,7 +147,7 @@ def stale(last: dict[str, int], table: ParamTable | None, stores: list[str] | No
     ``stores`` None: every store with data. ``every``: all of them (a version too old, ``--force``).
     Named stores without data stay in the answer (the publish reports them).
     """
-    candidates = sorted(set(stores), key=_natural) if stores is not None else sorted(last, key=_natural)
+    candidates = sorted(set(stores), key=store_sort_key) if stores is not None else sorted(last, key=store_sort_key)
     if table is None or every:
         return candidates
     covered = dict(zip(table.store_id.tolist(), table.last_day.tolist(), strict=True))
@@ -155,7 +156,7 @@ def stale(last: dict[str, int], table: ParamTable | None, stores: list[str] | No
 
 def publish(sales: Sales, registry: Registry, *, stores: list[str] | None = None, parent: Parent | None = None,
             config: FitConfig | None = None, overrides: dict[str, Any] | None = None,
-            gate: GatePolicy = GatePolicy(), alias: str | None = None, auto_champion_stores: int = FEW_STORES,
+            gate: GatePolicy = GatePolicy(), alias: str | None = None, auto_champion_stores: int = REFRESH_MAX_STORES,
             force: bool = False, drop: tuple[str, ...] = (), champion: ParamTable | None = None,
             workers: int | None = None, progress: bool = False, start_method: str | None = None,
             calendar: pd.DataFrame | None = None, backend: str = "local", ray_address: str | None = None,
@@ -189,7 +190,7 @@ def publish(sales: Sales, registry: Registry, *, stores: list[str] | None = None
     # version asked for every store with sales is a version of every store in the data)
     every = stores is None or (parent is None and set(stores) >= present)
     empty = [s for s in in_data - present - held if every or s in stores]
-    missing = sorted(set(s for s in todo if s not in present) | set(empty), key=_natural)
+    missing = sorted(set(s for s in todo if s not in present) | set(empty), key=store_sort_key)
     fit = [s for s in todo if s in present]
     if not fit and parent is not None and not (stores is not None and missing):
         return Published("up_to_date", base_version or None, base_version, [], config=cfg.to_dict())
@@ -200,7 +201,7 @@ def publish(sales: Sales, registry: Registry, *, stores: list[str] | None = None
     if calendar is not None and len(calendar) and keep is not True:
         unknown = set(calendar["Store"].unique().tolist()) - held - in_data
         if unknown:  # refused before minutes of fitting (derive refuses them too)
-            raise UnknownStores(sorted(unknown, key=_natural))
+            raise UnknownStores(sorted(unknown, key=store_sort_key))
     history, _ = split_future(frame[frame["Store"].isin(fit)])
     validate_sales(history)
     factor = float(parent.table.meta["interval_calibration"]) if parent and "interval_calibration" in \
@@ -213,12 +214,12 @@ def publish(sales: Sales, registry: Registry, *, stores: list[str] | None = None
         raise PublishError("no store could be fitted: " + "; ".join(f"{f['store_id']}: {f['reason']}"
                                                                    for f in failed))
     t_fit = time.perf_counter() - t0
-    refit = Snapshot.from_result(result)
+    refit = VersionFiles.from_result(result)
     refit.failed, refit.summary = failed, {**result.summary, "stores_skipped": len(failed)}
     store_gate = {r.store_id: r.metrics.get("gate", "n/a") for r in result.results if not r.error}
     reports: list[GateReport] = []
 
-    def build(base: Parent | None) -> tuple[Snapshot, str | None, dict[str, str]]:
+    def build(base: Parent | None) -> tuple[VersionFiles, str | None, dict[str, str]]:
         snap = derive(base, refit, change="refit" if base else "first", history_end=result.history_end,
                       calendar=calendar, calendar_source=calendar_source, keep_unknown=keep, reason=reason)
         snap.table = snap.table.with_meta(fit_config=cfg.to_dict())
@@ -239,11 +240,11 @@ def publish(sales: Sales, registry: Registry, *, stores: list[str] | None = None
     landed = land(registry, build, parent, follow=parent_alias if parent else None, params=params,
                   on_run=on_run, on_version=on_version)
     reg, snap = landed.registered, landed.snapshot
-    pending = sorted(set(snap.pending["Store"].tolist()), key=_natural) if snap.pending is not None else []
+    pending = sorted(set(snap.pending["Store"].tolist()), key=store_sort_key) if snap.pending is not None else []
     return Published("registered", reg.version, landed.parent.version if landed.parent else "",
-                     sorted(store_gate, key=_natural), reg.model_uri, reg.run_id, landed.alias, reports[-1], store_gate,
-                     failed, cfg.to_dict(), refit.summary, {"fit": round(t_fit, 3),
-                                                             "total": round(time.perf_counter() - t0, 3)},
+                     sorted(store_gate, key=store_sort_key), reg.model_uri, reg.run_id, landed.alias, reports[-1],
+                     store_gate, failed, cfg.to_dict(), refit.summary,
+                     {"fit": round(t_fit, 3), "total": round(time.perf_counter() - t0, 3)},
                      result, landed.retries, pending, snap.lineage)
 
 
@@ -254,7 +255,7 @@ def trainable(sales: Sales) -> None:
                                                       else "the sales data has no rows"))
 
 
-def check_gate(snap: Snapshot, result: TrainResult, sales: pd.DataFrame, policy: GatePolicy,
+def check_gate(snap: VersionFiles, result: TrainResult, sales: pd.DataFrame, policy: GatePolicy,
                reference: ParamTable | None = None, also: ParamTable | None = None,
                drop: tuple[str, ...] = (), failed: list[dict[str, str]] | None = None) -> GateReport:
     """The version's gate: pass share, plausible forecasts of the refitted stores, no unlisted drops."""
@@ -301,8 +302,7 @@ def implausible(table: ParamTable, sales: pd.DataFrame, policy: GatePolicy) -> d
     rows = np.repeat(np.arange(n), h)
     days = np.repeat(table.last_day.astype(np.int64), h) + np.tile(np.arange(1, h + 1), n)
     yhat = forecast(table, rows, days)[0]
-    weekday = (days + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
-    opens = table.open_rate[rows, weekday] >= 0.5
+    opens = table.open_rate[rows, weekday(days)] >= OPEN_THRESHOLD  # the weekday pattern the predictor serves
     out: dict[str, str] = {}
     for i, sid in enumerate(table.store_id.tolist()):
         m = float(top.get(sid, np.nan))
@@ -316,9 +316,3 @@ def implausible(table: ParamTable, sales: pd.DataFrame, policy: GatePolicy) -> d
             out[sid] = (f"forecast {vals.min():.4g}..{vals.max():.4g} outside [-{m:.4g}, "
                         f"{policy.plausible_factor:g} x {m:.4g}] (its highest day of the last year)")
     return out
-
-
-def _natural(store_id: str) -> tuple[int, int, str]:
-    from serving.contract import store_sort_key  # ASCII digits only: '²' sorts as text
-
-    return store_sort_key(store_id)

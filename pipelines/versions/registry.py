@@ -54,7 +54,7 @@ class Registered:
 
 
 @dataclass
-class Snapshot:
+class VersionFiles:
     """Everything one model version holds: the table, each store's stock model, metrics and the job summary."""
 
     table: ParamTable
@@ -69,7 +69,7 @@ class Snapshot:
     pending: pd.DataFrame | None = None  # calendar rows of stores not in the version (applied when first fitted)
 
     @classmethod
-    def from_result(cls, result: TrainResult) -> Snapshot:
+    def from_result(cls, result: TrainResult) -> VersionFiles:
         models = {r.store_id: r.model_json_gz for r in result.results if r.model_json_gz is not None and not r.error}
         return cls(result.table, models, result.metrics, result.summary, result.failed, result.gate_failed,
                    result.data_end, result.config)
@@ -80,7 +80,7 @@ def tracking_uri(uri: str | None = None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
-def write_snapshot(snap: Snapshot, folder: Path) -> dict[str, str]:
+def write_version_files(snap: VersionFiles, folder: Path) -> dict[str, str]:
     """Write the version's files: parameter table, stock Prophet models (zip of gzip JSON), metrics."""
     folder.mkdir(parents=True, exist_ok=True)
     snap.table.save(folder / PARAMS_FILE)
@@ -146,7 +146,7 @@ def current_version(client: Any, name: str, alias: str) -> str | None:
     return None if mv is None else str(mv.version)
 
 
-def register(result: TrainResult | Snapshot, *, uri: str | None = None, model_name: str = DEFAULT_MODEL_NAME,
+def register(result: TrainResult | VersionFiles, *, uri: str | None = None, model_name: str = DEFAULT_MODEL_NAME,
              alias: str | None = None, parent_version: str | None = None,
              params: dict[str, Any] | None = None, tags: dict[str, str] | None = None,
              on_run: Any = None, on_version: Any = None) -> Registered:
@@ -164,7 +164,7 @@ def register(result: TrainResult | Snapshot, *, uri: str | None = None, model_na
     from predictor.pyfunc import StorecastPyfunc
 
     t0 = time.perf_counter()
-    snap = result if isinstance(result, Snapshot) else Snapshot.from_result(result)
+    snap = result if isinstance(result, VersionFiles) else VersionFiles.from_result(result)
     mlflow.set_tracking_uri(tracking_uri(uri))
     client = MlflowClient()
     if parent_version is None:
@@ -175,7 +175,7 @@ def register(result: TrainResult | Snapshot, *, uri: str | None = None, model_na
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name=f"train-{snap.data_end}") as run:
         if on_run is not None:
             on_run(run.info.run_id)
-        files = write_snapshot(snap, Path(tmp) / "snapshot")
+        files = write_version_files(snap, Path(tmp) / "snapshot")
         mlflow.log_params({"fitter": cfg.fitter, "holdout_days": cfg.holdout_days, "min_days": cfg.min_days,
                            "gate_margin": cfg.gate_margin, "seed": cfg.seed, "data_end": snap.data_end,
                            "parent_version": parent_version,
@@ -383,5 +383,5 @@ class Registry:
         self._call(f"end run {run_id}", self.client.set_terminated, run_id, status)
         return True
 
-    def register(self, snap: Snapshot, **kwargs: Any) -> Registered:
+    def register(self, snap: VersionFiles, **kwargs: Any) -> Registered:
         return register(snap, uri=self.uri, model_name=self.model_name, **kwargs)

@@ -1,10 +1,11 @@
 """Access at the door: who is calling (API key, OIDC token or anonymous), may they, and how much.
 
-Framework-neutral: the REST (``serving.access.asgi``) and gRPC (``serving.access.grpc_interceptor``) adapters, or
-any server, call ``await access.admit(headers, peer, route=..., protocol=..., permission=...)`` before any
-work and ``admission.finish(status, rows)`` after it. ``admit`` raises an ``AccessError`` (401
-``Unauthenticated``, 403 ``Forbidden``, 429 ``RateLimited`` / ``ConcurrencyLimited``) that carries its
-HTTP status, headers and body and its gRPC status and trailing metadata; it has already been audited.
+Framework-neutral: the serving layer's door (``serving.access.door``, REST and gRPC), the ASGI middleware
+(``serving.access.asgi``), or any server, call
+``await access.admit(headers, peer, route=..., protocol=..., permission=...)`` before any work and
+``admission.finish(status, rows)`` after it. ``admit`` raises an ``AccessError`` (401 ``Unauthenticated``,
+403 ``Forbidden``, 429 ``RateLimited`` / ``ConcurrencyLimited``) that carries its HTTP status, headers
+and body and its gRPC status and trailing metadata; it has already been audited.
 
 Credentials: ``x-api-key: KEY`` or ``authorization: Bearer KEY``; a Bearer value that is a JWT takes the
 OIDC path (``serving.access.oidc``). A credential that is present but wrong is refused (401): it never falls back

@@ -17,11 +17,11 @@ from collections.abc import Callable
 from typing import Any
 
 from serving.access.admission import Access, AccessError, Admission, Forbidden
+from serving.contract import REFRESH_MAX_STORES  # a refresh of more named stores is a fleet-wide retrain
 
 OPEN = "open"
 PROBES = frozenset({"/", "/healthz", "/livez", "/readyz", "/v2/health/live", "/v2/health/ready", "/v2", "/metrics"})
 MODEL_READY = re.compile(r"/v2/models/[^/]+(/versions/[^/]+)?/ready|/v1/models/[^/:]+")
-REFRESH_MAX_STORES = 20  # a refresh of more named stores than this is a fleet-wide retrain
 WANTED = frozenset({b"x-api-key", b"authorization", b"x-forwarded-for"})  # the headers access reads
 
 
@@ -46,7 +46,8 @@ def retrain_rules(method: str, path: str) -> str | None:
 
 
 def retrain_permission(store_ids: list | None) -> str:
-    """``refresh`` for a few named stores, ``retrain`` for a fleet-wide retrain (a ping, or many stores)."""
+    """``refresh`` for at most ``REFRESH_MAX_STORES`` named stores, ``retrain`` for a fleet-wide retrain (a ping,
+    or more stores)."""
     return "refresh" if store_ids and len(store_ids) <= REFRESH_MAX_STORES else "retrain"
 
 

@@ -23,7 +23,7 @@ from dashboard.config import parse
 from pipelines.data.sales_csv import write_sales
 from pipelines.data.synth import synthesize
 from pipelines.stack import Service, free_port
-from tests.support import REPO, FakeUpstream, run_cli, start_dashboard, stop_service
+from tests.support import REPO, FakeUpstream, run_cli, schema_errors, start_dashboard, stop_service
 
 TESTIDS = ("login-key", "login-submit", "store-search", "store-list", "forecast-chart", "forecast-table",
            "window-select", "refresh-button", "job-status", "version-label", "error-banner", "download-csv")
@@ -262,15 +262,13 @@ def test_settings_come_from_flags_or_environment(monkeypatch: pytest.MonkeyPatch
 
 
 def test_manifest_is_a_knative_service_through_the_ingress() -> None:
-    from tests import test_manifests as tm
-
     docs = [d for d in yaml.safe_load_all((REPO / "manifests" / "base" / "dashboard.yaml").read_text()) if d]
     [ksvc] = docs
     assert (ksvc["apiVersion"], ksvc["kind"]) == ("serving.knative.dev/v1", "Service")
-    assert tm.schema_errors(ksvc) == []
+    assert schema_errors(ksvc) == []
     broken = json.loads(json.dumps(ksvc))
     broken["spec"]["template"]["spec"]["containers"][0]["port"] = 8080  # misspelt
-    assert tm.schema_errors(broken)
+    assert schema_errors(broken)
     assert "networking.knative.dev/visibility" not in ksvc["metadata"].get("labels", {})
     [container] = ksvc["spec"]["template"]["spec"]["containers"]
     args = container["args"]

@@ -10,17 +10,16 @@ every Trigger's OIDC service account (Knative's naming) to an identity allowed t
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import yaml
 
 from serving.access.asgi import retrain_permission
 from serving.access.auth_file import load
-from tests.manifests.test_manifests import (
+from tests.support import (
     ISVC,
     KSVC,
     NAMESPACE,
+    REPO,
     TARGETS,
     TRIGGER,
     by_target,
@@ -32,10 +31,9 @@ from tests.manifests.test_manifests import (
     schema_errors,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
 POLICY = ("eventing.knative.dev", "EventPolicy")
 SECRET = "storecast-auth"
-EXAMPLE = ROOT / "config" / "auth.example.yaml"
+EXAMPLE = REPO / "config" / "auth.example.yaml"
 # What each Trigger delivers and the permission it needs at the subscriber.
 NEEDS = {"com.storecast.forecast.requested": {"forecast"}, "dev.knative.kafka.event": {"forecast"},
          "com.storecast.sales.appended": {"retrain"},  # new actual sales (issue 14)
@@ -164,8 +162,8 @@ def test_auth_secret_is_mounted_where_the_servers_read_it(target):
 def test_the_patches_keep_the_volumes_of_the_source_files():
     """JSON-patch ``add`` of a whole list replaces it: the component must not drop volumes the owners add."""
     docs = render("base")
-    sources = {"transformer": (ROOT / "manifests/base/inferenceservice.yaml", ("spec", "transformer")),
-               "retrain": (ROOT / "manifests/base/retrain.yaml", ("spec", "template", "spec"))}
+    sources = {"transformer": (REPO / "manifests/base/inferenceservice.yaml", ("spec", "transformer")),
+               "retrain": (REPO / "manifests/base/retrain.yaml", ("spec", "template", "spec"))}
     for name, (pod, container) in guarded(docs).items():
         path, keys = sources[name]
         kind = "InferenceService" if name == "transformer" else "Service"

@@ -10,40 +10,45 @@
   retries, exponential backoff and a dead-letter sink, RBAC exactly as stated, the API-key Secret
   referenced and never committed, the shards, the Kafka path, and every container argument is a
   flag (with a valid value) that the component's ``--help`` really lists.
+
+Rendering, lookups and schema validation are tests/support.py's (the other manifest tests share them).
 """
 
 from __future__ import annotations
 
-import copy
-import functools
-import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Any
 
-import jsonschema
-import kubernetes_validate
 import pytest
-import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-MANIFESTS = ROOT / "manifests"
-SCHEMAS = ROOT / "schemas"
-KUBECTL = shutil.which("kubectl")
-K8S_VERSION = "1.32"  # core kinds are validated against this Kubernetes release
-NAMESPACE = "storecast"
+from tests.support import (
+    BIN,
+    ISVC,
+    KSVC,
+    MANIFESTS,
+    NAMESPACE,
+    REPO,
+    TARGETS,
+    TRIGGER,
+    by_target,
+    components,
+    find,
+    gk,
+    group_of,
+    one,
+    quantity,
+    render,
+    resolves,
+    schema_errors,
+    selects,
+    workloads,
+)
+
 OVERLAYS = ("local", "canary", "sharded", "kafka")  # the overlays issue 5 asks for
-TARGETS = ("base", *sorted(f"overlays/{p.name}" for p in (MANIFESTS / "overlays").iterdir() if p.is_dir()))
-
-ISVC = ("serving.kserve.io", "InferenceService")
-KSVC = ("serving.knative.dev", "Service")
 BROKER = ("eventing.knative.dev", "Broker")
-TRIGGER = ("eventing.knative.dev", "Trigger")
 PREDICT_URI = "/v1/models/storecast:predict"
 API_KEY_SECRET = "storecast-api-key"
 DASHBOARD = "storecast-dashboard"  # the one Knative Service exposed through the ingress
@@ -52,85 +57,18 @@ ROLE_RULES = [{"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservi
               {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]  # the canary pods' /metrics (LIFE)
 
 # The image's first argument picks the component (Dockerfile, docker/entrypoint.sh); how to ask each for --help.
-BIN = Path(sys.executable).parent
 HELP_COMMANDS = {
     "predictor": [sys.executable, "-m", "predictor", "--help"],
     "transformer": [sys.executable, "-m", "transformer", "--help"],
     "retrain": [sys.executable, "-m", "pipelines.retrain", "--help"],
-    "deadletter": [sys.executable, str(ROOT / "docker" / "deadletter.py"), "--help"],
+    "deadletter": [sys.executable, str(REPO / "docker" / "deadletter.py"), "--help"],
     "dashboard": [sys.executable, "-m", "dashboard", "--help"],
     "mlflow server": [str(BIN / "mlflow"), "server", "--help"],
 }
 
 
-# ---------------------------------------------------------------------------------------------
-# Rendering and lookups
-
-
-@functools.cache
-def _render(target: str) -> tuple[dict, ...]:
-    proc = subprocess.run([KUBECTL, "kustomize", str(MANIFESTS / target)], capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0, f"kubectl kustomize {target} failed:\n{proc.stderr}"
-    return tuple(doc for doc in yaml.safe_load_all(proc.stdout) if doc)
-
-
-def render(target: str) -> list[dict]:
-    """The rendered documents of a kustomize target (a deep copy: tests may not alter the cache)."""
-    if KUBECTL is None:
-        pytest.skip("kubectl is not installed, so the kustomize overlays cannot be rendered")
-    return copy.deepcopy(list(_render(target)))
-
-
-def group_of(api_version: str) -> str:
-    return api_version.split("/")[0] if "/" in api_version else ""
-
-
-def gk(doc: dict) -> tuple[str, str]:
-    return group_of(doc["apiVersion"]), doc["kind"]
-
-
-def find(docs: list[dict], kind: tuple[str, str], name: str | None = None) -> list[dict]:
-    return [d for d in docs if gk(d) == kind and (name is None or d["metadata"]["name"] == name)]
-
-
-def one(docs: list[dict], kind: tuple[str, str], name: str) -> dict:
-    found = find(docs, kind, name)
-    assert len(found) == 1, f"expected one {kind[1]} {name!r}, found {len(found)}"
-    return found[0]
-
-
-def resolves(docs: list[dict], ref: dict, namespace: str) -> bool:
-    """Does a Knative/Kubernetes object reference point at an object of the rendered set?"""
-    return any(gk(d) == (group_of(ref["apiVersion"]), ref["kind"]) and d["metadata"]["name"] == ref["name"]
-               and d["metadata"].get("namespace") == ref.get("namespace", namespace) for d in docs)
-
-
-def components(isvc: dict) -> dict[str, dict]:
-    return {name: spec for name, spec in isvc["spec"].items() if name in ("predictor", "transformer", "explainer")}
-
-
-def workloads(docs: list[dict]) -> list[tuple[str, dict, dict]]:
-    """(label, pod-spec-like dict, container) for every container the manifests run."""
-    out = []
-    for d in docs:
-        name = f"{d['kind']} {d['metadata']['name']}"
-        if gk(d) == ISVC:
-            specs = [(f"{name} {c}", spec) for c, spec in components(d).items()]
-        elif gk(d) == KSVC or d["kind"] in ("Deployment", "StatefulSet", "Job"):
-            specs = [(name, d["spec"]["template"]["spec"])]
-        else:
-            continue
-        out += [(label, spec, c) for label, spec in specs for c in spec.get("containers", [])]
-    return out
-
-
 def arg_value(args: list[str], flag: str) -> str | None:
     return args[args.index(flag) + 1] if flag in args else None
-
-
-def by_target(fn):
-    return pytest.mark.parametrize("target", TARGETS)(fn)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,45 +85,6 @@ def test_renders(target):
     assert docs, f"{target} renders nothing"
     for d in docs:
         assert {"apiVersion", "kind", "metadata"} <= d.keys(), d
-
-
-def _close_webhook_strict(node: Any) -> None:
-    """Close the objects Knative's webhook decodes with DisallowUnknownFields (schemas/README.md)."""
-    if isinstance(node, dict):
-        if node.get("x-webhook-disallows-unknown-fields") and "properties" in node:
-            node["additionalProperties"] = False
-        for value in node.values():
-            _close_webhook_strict(value)
-    elif isinstance(node, list):
-        for value in node:
-            _close_webhook_strict(value)
-
-
-CRD_GROUPS = {p.name for p in SCHEMAS.iterdir() if p.is_dir() and not p.name.startswith("_")}
-
-
-@functools.cache
-def crd_validator(group: str, kind: str, version: str) -> jsonschema.Draft7Validator:
-    path = SCHEMAS / group / f"{kind.lower()}_{version}.json"
-    assert path.exists(), f"no schema for {kind} {group}/{version} in {SCHEMAS.name}/ (not a served version?)"
-    schema = json.loads(path.read_text())
-    _close_webhook_strict(schema)
-    return jsonschema.Draft7Validator(schema)
-
-
-def schema_errors(doc: dict) -> list[str]:
-    """Every schema violation of one document, as readable lines."""
-    group, version = doc["apiVersion"].rsplit("/", 1) if "/" in doc["apiVersion"] else ("", doc["apiVersion"])
-    if group in CRD_GROUPS:
-        errors = crd_validator(group, doc["kind"], version).iter_errors(doc)
-        return [f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors]
-    try:
-        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
-    except kubernetes_validate.SchemaNotFoundError as exc:
-        return [exc.message]
-    except kubernetes_validate.ValidationError as exc:
-        return [f"{'.'.join(map(str, exc.path)) or '<root>'}: {exc.message}"]
-    return []
 
 
 @by_target
@@ -437,28 +336,15 @@ def test_no_secret_in_any_manifest_file():
         assert "secretGenerator" not in path.read_text(), path
 
 
-def _selects(selector: dict, labels: dict[str, str]) -> bool:
-    """Kubernetes label-selector semantics (matchLabels and matchExpressions)."""
-    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
-        return False
-    for e in selector.get("matchExpressions", []):
-        value, op = labels.get(e["key"]), e["operator"]
-        ok = {"In": value in e.get("values", []), "NotIn": value not in e.get("values", []),
-              "Exists": e["key"] in labels, "DoesNotExist": e["key"] not in labels}[op]
-        if not ok:
-            return False
-    return True
-
-
 @by_target
 def test_network_policies_cover_every_pod(target):
     docs = render(target)
     policies = find(docs, ("networking.k8s.io", "NetworkPolicy"))
     assert policies and all("Ingress" in p["spec"]["policyTypes"] for p in policies)
     # KServe and Knative pods carry labels set by their controllers: a policy must select them unlabelled.
-    assert any(_selects(p["spec"]["podSelector"], {}) for p in policies), "serving pods are not covered"
+    assert any(selects(p["spec"]["podSelector"], {}) for p in policies), "serving pods are not covered"
     mlflow_labels = one(docs, ("apps", "Deployment"), "mlflow")["spec"]["template"]["metadata"]["labels"]
-    mlflow = [p for p in policies if _selects(p["spec"]["podSelector"], mlflow_labels)]
+    mlflow = [p for p in policies if selects(p["spec"]["podSelector"], mlflow_labels)]
     assert mlflow, "MLflow is not covered"
     for p in mlflow:  # MLflow: its port only, from this namespace only
         for rule in p["spec"]["ingress"]:
@@ -474,23 +360,15 @@ def _requests(docs: list[dict]) -> dict[str, dict]:
     return {label: c["resources"]["requests"] for label, _, c in workloads(docs)}
 
 
-def _quantity(text: str) -> float:
-    units = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
-    for unit, factor in units.items():
-        if str(text).endswith(unit):
-            return float(str(text)[: -len(unit)]) * factor
-    return float(text)
-
-
 def test_local_overlay_is_small():
     base, local = _requests(render("base")), _requests(render("overlays/local"))
     assert base.keys() == local.keys()
     smaller = [label for label in base for r in ("cpu", "memory")
-               if _quantity(local[label][r]) < _quantity(base[label][r])]
+               if quantity(local[label][r]) < quantity(base[label][r])]
     assert smaller, "the local overlay requests no less than base"
     for label in base:
         for r in ("cpu", "memory"):
-            assert _quantity(local[label][r]) <= _quantity(base[label][r]), (label, r)
+            assert quantity(local[label][r]) <= quantity(base[label][r]), (label, r)
     for comp in components(one(render("overlays/local"), ISVC, "storecast")).values():
         assert comp["maxReplicas"] == 1
 
@@ -543,7 +421,7 @@ def test_kafka_overlay_feeds_forecast_requests_to_the_transformer():
 
 def _run_help(command: list[str]) -> tuple[int, str]:
     env = {**os.environ, "COLUMNS": "200"}  # no wrapped option lines
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
     return proc.returncode, proc.stdout + proc.stderr
 
 

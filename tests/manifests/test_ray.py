@@ -17,15 +17,15 @@ import pytest
 
 from pipelines.cli.main import build_parser
 from pipelines.training import rayjob
-from tests.manifests.test_manifests import (
+from tests.support import (
     NAMESPACE,
-    _quantity,
-    _selects,
     find,
     gk,
     one,
+    quantity,
     render,
     schema_errors,
+    selects,
     workloads,
 )
 
@@ -106,7 +106,7 @@ def test_pods_are_sized_non_root_and_run_the_image():
             assert {c["image"]} == images, f"{label}: not the image of the other components"
             res = c["resources"]
             for r in ("cpu", "memory"):
-                assert _quantity(res["requests"][r]) <= _quantity(res["limits"][r]), (label, r)
+                assert quantity(res["requests"][r]) <= quantity(res["limits"][r]), (label, r)
             security = {**spec.get("securityContext", {}), **c["securityContext"]}
             assert security["runAsNonRoot"] is True and security["allowPrivilegeEscalation"] is False, label
             assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}, label
@@ -121,7 +121,7 @@ def test_ray_resources_match_the_pods():
         cpus = group["rayStartParams"]["num-cpus"]
         assert cpus == c["resources"]["requests"]["cpu"] == c["resources"]["limits"]["cpu"], "one fit per CPU"
         assert group["minReplicas"] == group["replicas"] == group["maxReplicas"] >= 1
-        assert _quantity(c["resources"]["limits"]["memory"]) >= int(cpus) * 2**30, "~1 GiB per fitting process"
+        assert quantity(c["resources"]["limits"]["memory"]) >= int(cpus) * 2**30, "~1 GiB per fitting process"
     for _, pod in pods(the_rayjob())[:-1]:  # Ray's object store: a shared-memory /dev/shm, not the 64 MB default
         [c] = pod["spec"]["containers"]
         [volume] = pod["spec"]["volumes"]
@@ -133,7 +133,7 @@ def test_network_policies_cover_the_ray_pods():
     policies = find(render(TARGET), ("networking.k8s.io", "NetworkPolicy"))
     for label, pod in pods(the_rayjob()):
         labels = pod["metadata"]["labels"]
-        covering = [p for p in policies if _selects(p["spec"]["podSelector"], labels)]
+        covering = [p for p in policies if selects(p["spec"]["podSelector"], labels)]
         assert covering, f"{label} pod is not covered by a NetworkPolicy"
         for p in covering:  # reachable from this namespace (head <-> workers <-> submitter), not from outside
             assert any(peer == {"podSelector": {}} for rule in p["spec"]["ingress"] for peer in rule["from"]), label

@@ -47,7 +47,8 @@ def packaged_sources(dst: Path) -> Path:
     """What the wheel is built from: pyproject.toml, README.md and the packages it lists (a clean copy, so
     nothing is written into the working tree)."""
     with open(ROOT / "pyproject.toml", "rb") as fh:
-        packages = tomllib.load(fh)["tool"]["setuptools"]["packages"]
+        include = tomllib.load(fh)["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = sorted({pattern.rstrip("*").rstrip(".") for pattern in include})
     dst.mkdir(parents=True)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, dst / name)

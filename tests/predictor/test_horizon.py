@@ -20,8 +20,7 @@ from predictor.forecast import forecast
 from predictor.table import ParamTable
 from predictor.validate import VersionRefused, check, horizon
 from serving.contract import iso
-from tests.predictor.test_units import random_table
-from tests.support import MODEL, Predictor
+from tests.support import MODEL, Predictor, random_table
 
 FAR = 800  # days after the data: past the 366 precomputed, inside the 1096 a request may reach
 

@@ -15,11 +15,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.data.sales_csv import read_sales, shared_rossmann
+from pipelines.data.sales_csv import read_sales
 from pipelines.training.export import future_frame
 from pipelines.training.fitting import FitConfig
 from predictor.snapshot import Snapshot
-from tests.support import Predictor, Registry, dates, day_after, make_registry, stock_models
+from tests.support import (
+    Predictor,
+    TrainedRegistry,
+    dates,
+    day_after,
+    evaluate,
+    make_registry,
+    shared_rossmann,
+    stock_models,
+)
 
 STORES = ["1", "4", "13", "20", "262", "644", "988"]
 DATA = shared_rossmann()
@@ -33,12 +42,12 @@ def sales() -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def registry(sales: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> Registry:
+def registry(sales: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> TrainedRegistry:
     return make_registry(tmp_path_factory.mktemp("rossmann"), sales, cfg=CFG)
 
 
 @pytest.fixture(scope="module")
-def server(registry: Registry, tmp_path_factory: pytest.TempPathFactory):
+def server(registry: TrainedRegistry, tmp_path_factory: pytest.TempPathFactory):
     p = Predictor(tmp_path_factory.mktemp("rossmann-server") / "predictor.log", tracking_uri=registry.uri)
     try:
         yield p.wait_ready()
@@ -47,7 +56,7 @@ def server(registry: Registry, tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="module")
-def prophet(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def prophet(registry: TrainedRegistry, tmp_path_factory: pytest.TempPathFactory) -> dict:
     return stock_models(registry, registry.version, tmp_path_factory.mktemp("rossmann-stock"))
 
 
@@ -58,7 +67,8 @@ WINDOWS = {"history": ("2014-03-03", 7), "gap": ("2014-09-01", 7), "last-weeks":
 
 
 @pytest.mark.parametrize("window", WINDOWS)
-def test_real_stores_match_stock_prophet(server: Predictor, registry: Registry, prophet: dict, window: str) -> None:
+def test_real_stores_match_stock_prophet(server: Predictor, registry: TrainedRegistry, prophet: dict,
+                                         window: str) -> None:
     first, n = WINDOWS[window]
     ids = registry.table.store_id.tolist()
     assert sorted(ids) == sorted(STORES)
@@ -76,7 +86,7 @@ def test_real_stores_match_stock_prophet(server: Predictor, registry: Registry, 
             assert gap.max() < 0.25 and gap.mean() < 0.08, f"store {sid} {name}: {gap.max():.3f} {gap.mean():.3f}"
 
 
-def test_real_stores_are_reproducible(server: Predictor, registry: Registry) -> None:
+def test_real_stores_are_reproducible(server: Predictor, registry: TrainedRegistry) -> None:
     ids = registry.table.store_id.tolist()
     year = {sid: dates(day_after(registry.table, i, 1), 365) for i, sid in enumerate(ids)}
     full = {sid: server.forecast([sid] * 365, ds)[0] for sid, ds in year.items()}
@@ -102,7 +112,7 @@ def test_holdout_coverage_close_to_stock_prophet(sales: pd.DataFrame, tmp_path: 
     snap = Snapshot.build("holdout", result.table, "test", None, 0.0)
     held = sales[(sales["Date"] > cut) & (sales["Open"] == 1)]
     days = held["Date"].to_numpy().astype("datetime64[D]").astype(np.int64)
-    _, lower, upper = snap.evaluate(held["Store"].tolist(), days)
+    _, lower, upper = evaluate(snap, held["Store"].tolist(), days)
     y = held["Sales"].to_numpy()
     ours = float(((y >= lower) & (y <= upper)).mean())
     stock = []

@@ -25,8 +25,8 @@ from predictor.forecast import forecast
 from tests.support import (
     MODEL,
     Predictor,
-    Registry,
     TcpProxy,
+    TrainedRegistry,
     dates,
     day_after,
     free_port,
@@ -43,7 +43,7 @@ MAX_ROWS = 2000
 
 # ---- fixtures ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
+def registry(tmp_path_factory: pytest.TempPathFactory) -> TrainedRegistry:
     from pipelines.data.synth import synthesize
     from pipelines.training.fitting import FitConfig
 
@@ -54,7 +54,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
 
 
 @pytest.fixture(scope="module")
-def server(registry: Registry, tmp_path_factory: pytest.TempPathFactory):
+def server(registry: TrainedRegistry, tmp_path_factory: pytest.TempPathFactory):
     """Started with the embedded default URI (models:/storecast@champion) and a small --max-rows."""
     p = Predictor(tmp_path_factory.mktemp("server") / "predictor.log", ["--max-rows", str(MAX_ROWS)],
                   tracking_uri=registry.uri)
@@ -65,7 +65,7 @@ def server(registry: Registry, tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="module")
-def prophet(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def prophet(registry: TrainedRegistry, tmp_path_factory: pytest.TempPathFactory) -> dict:
     return stock_models(registry, registry.version, tmp_path_factory.mktemp("stock"))
 
 
@@ -79,12 +79,12 @@ def grpc_stub(server: Predictor):
     channel.close()
 
 
-def _ids(registry: Registry) -> list[str]:
+def _ids(registry: TrainedRegistry) -> list[str]:
     return registry.table.store_id.tolist()
 
 
 # ---- readiness, metadata, listing -------------------------------------------------------------------
-def test_ready_and_metadata(server: Predictor, registry: Registry) -> None:
+def test_ready_and_metadata(server: Predictor, registry: TrainedRegistry) -> None:
     assert server.http.get(f"/v2/models/{MODEL}/ready").json() == {"name": MODEL, "ready": True}
     assert server.http.get(f"/v1/models/{MODEL}").json() == {"name": MODEL, "ready": True}
     assert server.http.get("/v2/health/ready").json() == {"ready": True}
@@ -100,7 +100,7 @@ def test_ready_and_metadata(server: Predictor, registry: Registry) -> None:
     assert f"serving version {registry.version} of models:/storecast@champion: 8 stores" in server.output()
 
 
-def test_list_stores(server: Predictor, registry: Registry, grpc_stub) -> None:
+def test_list_stores(server: Predictor, registry: TrainedRegistry, grpc_stub) -> None:
     from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
     from kserve.protocol.infer_type import InferResponse
 
@@ -130,7 +130,8 @@ WINDOWS = {
 
 
 @pytest.mark.parametrize("window", WINDOWS)
-def test_fidelity_against_stock_prophet(server: Predictor, registry: Registry, prophet: dict, window: str) -> None:
+def test_fidelity_against_stock_prophet(server: Predictor, registry: TrainedRegistry, prophet: dict,
+                                        window: str) -> None:
     first, n = WINDOWS[window]
     for row, sid in enumerate(_ids(registry)):
         ds = dates(first, n) if isinstance(first, str) else dates(day_after(registry.table, row, first), n)
@@ -150,7 +151,7 @@ def test_fidelity_against_stock_prophet(server: Predictor, registry: Registry, p
             assert gap.max() < 0.25 and gap.mean() < 0.08, f"{sid} {ours}: {gap.max():.3f} {gap.mean():.3f}"
 
 
-def test_a_forecast_is_the_same_in_every_window_batch_and_protocol(server: Predictor, registry: Registry,
+def test_a_forecast_is_the_same_in_every_window_batch_and_protocol(server: Predictor, registry: TrainedRegistry,
                                                                    grpc_stub) -> None:
     ids = _ids(registry)
     windows = {sid: dates(day_after(registry.table, i, 1), 365) for i, sid in enumerate(ids)}
@@ -177,7 +178,7 @@ def test_a_forecast_is_the_same_in_every_window_batch_and_protocol(server: Predi
     assert _grpc_outputs(grpc_stub, [sid] * 7, ds)["yhat_lower"].tolist() == alone[sid]["yhat_lower"][:7].tolist()
 
 
-def test_values_match_the_parameter_table(server: Predictor, registry: Registry) -> None:
+def test_values_match_the_parameter_table(server: Predictor, registry: TrainedRegistry) -> None:
     """The served numbers are predictor.forecast on the version's table, bit for bit."""
     table = registry.table
     rng = np.random.default_rng(3)
@@ -205,7 +206,7 @@ def test_v2_requested_outputs_and_datetimes(server: Predictor) -> None:
     assert [o["name"] for o in outputs] == ["yhat"] and outputs[0]["data"] == plain["yhat"].tolist()
 
 
-def test_open_rate_on_request(server: Predictor, registry: Registry, grpc_stub) -> None:
+def test_open_rate_on_request(server: Predictor, registry: TrainedRegistry, grpc_stub) -> None:
     """``open_rate`` is the share of that weekday the store was open lately, given when asked for (V2, gRPC)
     and always in V1; the default V2 outputs stay the three of the contract."""
     from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
@@ -365,7 +366,7 @@ def test_grpc_errors_are_invalid_argument(grpc_stub) -> None:
 
 
 # ---- other sources: a local folder, a shard ---------------------------------------------------------
-def test_local_folder_and_shard(server: Predictor, registry: Registry, tmp_path: Path) -> None:
+def test_local_folder_and_shard(server: Predictor, registry: TrainedRegistry, tmp_path: Path) -> None:
     from pipelines.versions.registry import download
 
     use(registry)
@@ -390,7 +391,7 @@ def test_local_folder_and_shard(server: Predictor, registry: Registry, tmp_path:
         p.stop()
 
 
-def test_serves_from_an_mlflow_tracking_server(mlflow_server: str, server: Predictor, registry: Registry,
+def test_serves_from_an_mlflow_tracking_server(mlflow_server: str, server: Predictor, registry: TrainedRegistry,
                                               tmp_path: Path) -> None:
     """The production set-up: the registry behind ``mlflow server`` (REST API, proxied artifacts)."""
     from pipelines.versions.registry import register
@@ -409,7 +410,8 @@ def test_serves_from_an_mlflow_tracking_server(mlflow_server: str, server: Predi
         p.stop()
 
 
-def test_an_mlflow_server_is_asked_over_rest_without_importing_mlflow(mlflow_server: str, registry: Registry) -> None:
+def test_an_mlflow_server_is_asked_over_rest_without_importing_mlflow(mlflow_server: str,
+                                                                      registry: TrainedRegistry) -> None:
     """Resolving and fetching from an ``mlflow server`` are REST calls: MLflow never enters the serving process."""
     from pipelines.versions.registry import register
 
@@ -439,7 +441,7 @@ print(json.dumps(out))
     assert "no-such-model" in out["models:/no-such-model@champion"]
 
 
-def test_a_registry_outage_after_load_does_not_affect_serving(mlflow_server: str, registry: Registry,
+def test_a_registry_outage_after_load_does_not_affect_serving(mlflow_server: str, registry: TrainedRegistry,
                                                               tmp_path: Path) -> None:
     from pipelines.versions.registry import register
 
@@ -479,7 +481,7 @@ def test_not_ready_while_the_registry_is_unreachable(tmp_path: Path) -> None:
         p.stop()
 
 
-def test_a_version_registered_after_start_is_picked_up(registry: Registry, tmp_path: Path) -> None:
+def test_a_version_registered_after_start_is_picked_up(registry: TrainedRegistry, tmp_path: Path) -> None:
     import mlflow
     from mlflow import MlflowClient
 
@@ -501,7 +503,7 @@ def test_a_version_registered_after_start_is_picked_up(registry: Registry, tmp_p
 
 
 # ---- following the alias ----------------------------------------------------------------------------
-def test_alias_swap_without_failed_or_mixed_requests(registry: Registry, tmp_path: Path) -> None:
+def test_alias_swap_without_failed_or_mixed_requests(registry: TrainedRegistry, tmp_path: Path) -> None:
     from pipelines.data.synth import synthesize
     from pipelines.training.fitting import FitConfig
     from pipelines.training.train import train

@@ -9,12 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from predictor.codec import RequestError, as_strings, decode_v1, decode_v2, json_body, parse_days
+from predictor.codec import decode_v1, decode_v2, json_body
 from predictor.forecast import forecast
 from predictor.loader import Loader, Shard
+from predictor.request_values import RequestError, as_strings, parse_days
 from predictor.snapshot import Snapshot
 from predictor.source import ModelSource, SourceError, redact
 from predictor.table import ParamTable, UnknownStoresError
+from tests.support import evaluate, random_table
 
 
 def where(i: int) -> str:
@@ -115,32 +117,6 @@ def test_decode_v2() -> None:
 
 
 # ---- snapshot: horizon lookups equal the evaluation ------------------------------------------------
-def random_table(n: int = 40, seed: int = 0) -> ParamTable:
-    """A table of plausible random parameters (varying changepoints and seasonalities)."""
-    from pipelines.training.intervals import default_grid
-
-    rng = np.random.default_rng(seed)
-    grid = default_grid()
-    start = float((np.datetime64("2013-01-01") - np.datetime64("1970-01-01")).astype(np.int64) * 86400)
-    rows = []
-    for i in range(n):
-        t_scale = float(rng.integers(300, 950) * 86400)
-        n_cp = int(rng.integers(0, 26))
-        features = [(7.0, h, c) for h in range(1, 4) for c in (False, True)]
-        if i % 3:
-            features += [(365.25, h, c) for h in range(1, 11) for c in (False, True)]
-        spread = np.sqrt(1 + grid / 30.0) * rng.uniform(0.05, 0.2)
-        rows.append({
-            "store_id": str(i + 1) if i % 7 else f"s{i}", "start": start, "t_scale": t_scale,
-            "y_scale": float(rng.uniform(3e3, 3e4)), "floor": 0.0, "k": float(rng.normal(0, 0.1)),
-            "m": float(rng.uniform(0.3, 0.6)), "sigma_obs": 0.05, "delta": rng.normal(0, 0.05, n_cp),
-            "cp_t": np.sort(rng.uniform(0, 0.8, n_cp)), "beta": rng.normal(0, 0.05, len(features)),
-            "features": features, "last_day": round((start + t_scale) / 86400), "iv_lower": -spread * 1e3,
-            "iv_upper": spread * 1.1e3, "iv_trend_var": float(rng.uniform(0, 10)), "iv_noise_var": 4e4,
-        })
-    return ParamTable.from_rows(rows, grid, 0.95, {"data_end": "2015-07-31"})
-
-
 @pytest.fixture(scope="module")
 def table() -> ParamTable:
     return random_table()
@@ -154,7 +130,7 @@ def test_horizon_lookup_equals_evaluation(table: ParamTable) -> None:
         for low, high in ((0, 30), (-400, 800), (29, 31)):  # all in the horizon; mixed; at its edge
             rows = rng.integers(0, len(table), k)
             days = table.last_day[rows] + 1 + rng.integers(low, high, k)
-            got = snap.evaluate([ids[r] for r in rows], days)
+            got = evaluate(snap, [ids[r] for r in rows], days)
             for a, b in zip(got, forecast(table, rows, days), strict=True):
                 assert np.array_equal(a, b)
 
@@ -162,9 +138,9 @@ def test_horizon_lookup_equals_evaluation(table: ParamTable) -> None:
 def test_unknown_stores_are_named(table: ParamTable) -> None:
     snap = Snapshot.build("1", table, "test", None, 0.0, horizon_days=5)
     days = np.full(3, int(table.last_day[0]) + 1)
-    assert np.array_equal(snap.evaluate([" 2 ", "2", "3"], days)[0][:2], snap.evaluate(["2", "2"], days[:2])[0])
+    assert np.array_equal(evaluate(snap, [" 2 ", "2", "3"], days)[0][:2], evaluate(snap, ["2", "2"], days[:2])[0])
     with pytest.raises(UnknownStoresError) as info:
-        snap.evaluate(["2", "nope", "999"], days)
+        evaluate(snap, ["2", "nope", "999"], days)
     assert info.value.stores == ["999", "nope"]
 
 
@@ -172,7 +148,7 @@ def test_no_horizon(table: ParamTable) -> None:
     snap = Snapshot.build("1", table, "test", None, 0.0, horizon_days=0)
     rows = np.arange(len(table))
     days = table.last_day + 3
-    for a, b in zip(snap.evaluate(table.store_id.tolist(), days), forecast(table, rows, days), strict=True):
+    for a, b in zip(evaluate(snap, table.store_id.tolist(), days), forecast(table, rows, days), strict=True):
         assert np.array_equal(a, b)
 
 
@@ -192,7 +168,7 @@ def test_open_rate_round_trip_and_first_format_tables(table: ParamTable, tmp_pat
     snap = Snapshot.build("1", back, "test", None, 0.0, horizon_days=10)
     monday = int(np.datetime64("2015-08-03", "D").astype(np.int64))
     week = np.arange(monday, monday + 7)
-    assert np.array_equal(snap.evaluate([back.store_id[5]] * 7, week, open_rate=True)[3], rates[5])
+    assert np.array_equal(evaluate(snap, [back.store_id[5]] * 7, week, open_rate=True)[3], rates[5])
     shard = back.shard(1, 3)
     assert np.array_equal(shard.open_rate, rates[np.isin(back.store_id, shard.store_id)])
 

@@ -21,8 +21,7 @@ import pytest
 from predictor.table import ParamTable
 from predictor.validate import VersionRefused, check
 from serving.contract import Shard
-from tests.predictor.test_units import random_table
-from tests.support import MODEL, Predictor, wait_until
+from tests.support import MODEL, Predictor, metric, random_table, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -64,15 +63,6 @@ def test_a_good_version_passes_and_an_empty_shard_does_not(good: ParamTable) -> 
 
 
 # ---- real processes on a local folder -----------------------------------------------------------------
-def metric(text: str, name: str, **labels: str) -> float | None:
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            got = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
-            if all(got.get(k) == v for k, v in labels.items()):
-                return float(line.rsplit(" ", 1)[1])
-    return None
-
-
 def test_a_bad_version_is_refused_and_the_good_one_keeps_serving(good: ParamTable, tmp_path: Path) -> None:
     folder = tmp_path / "version"
     good.save(folder / "params.npz")

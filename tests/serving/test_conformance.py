@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.support import MODEL, Served, served
+from tests.support import MODEL, Served, metric, served
 
 KINDS = ["predictor", "transformer"]
 
@@ -316,8 +316,6 @@ def test_transformer_answers_carry_the_predictor_version(srv: Served) -> None:
 def test_transformer_metrics(srv: Served) -> None:
     """The transformer's /metrics: the predictor version it serves with its data end, all stores of all
     shards, its requests by outcome."""
-    from tests.predictor.test_versions import metric
-
     url = f"{srv.transformer.url}/v1/models/{MODEL}:predict"
     httpx.post(url, json={"instances": [{"storeId": srv.stores[0], "beginDate": srv.day(1)}]}, timeout=30)
     httpx.post(url, json={"instances": [{"storeId": "nope", "beginDate": srv.day(1)}]}, timeout=30)

@@ -26,7 +26,7 @@ import pytest
 
 from predictor import calendar as cal
 from serving.contract import CALENDAR_SOURCES, HOLIDAY_CODES, MAX_DAY, iso, unpack_day_flags
-from tests.support import MODEL, REPO, Predictor, Transformer
+from tests.support import MODEL, REPO, Predictor, Transformer, metric, random_table
 
 STORES = 8
 MAX_ROWS = 2000  # --max-rows of the predictor of every store
@@ -38,11 +38,10 @@ CALENDAR_OUTPUTS = ("open", "promo", "holiday", "calendar")
 
 # ---- the version: 8 stores, calendar regressors, a calendar around each store's last day -------------------
 def calendar_table(seed: int = 21) -> Any:
-    """A random parameter table (``tests.predictor.test_units.random_table``) with the calendar model: every
+    """A random parameter table (``tests.support.random_table``) with the calendar model: every
     regressor of ``predictor.calendar``, a calendar from 60 days before to 45 days after each store's last
     day (Sundays closed, promotion weeks, state holidays, a few unknown days), Sundays usually closed."""
     from predictor.table import ParamTable, _row
-    from tests.predictor.test_units import random_table
 
     base = random_table(STORES, seed=seed)
     rng = np.random.default_rng(seed)
@@ -541,8 +540,6 @@ def expected_v1(cluster: Cluster, instances: list[Instance]) -> list[dict[str, A
 
 def predictor_calls(cluster: Cluster) -> list[float]:
     """Inference requests each shard has answered (both protocols, every outcome)."""
-    from tests.predictor.test_versions import metric
-
     calls = []
     for p in cluster.shards:
         text = p.http.get("/metrics").text

@@ -24,8 +24,7 @@ import pytest
 
 from predictor.table import ParamTable
 from serving.contract import to_day
-from tests.predictor.test_units import random_table
-from tests.support import MODEL, Predictor, Transformer, run_cli
+from tests.support import MODEL, Predictor, Transformer, random_table, run_cli
 
 DATA_END = "2015-07-31"  # a Friday
 BEGIN, END = "2015-08-01", "2015-08-21"  # the calendar holds 08-01 .. 08-14; the rest follows the weekday pattern

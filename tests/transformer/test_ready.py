@@ -25,8 +25,7 @@ import numpy as np
 import pytest
 
 from pipelines.stack import free_port
-from tests.predictor.test_units import random_table
-from tests.support import MODEL, Predictor, Transformer, wait_until
+from tests.support import MODEL, Predictor, Transformer, random_table, wait_until
 
 TIMEOUT = 2  # --predictor_request_timeout_seconds of the transformers here
 

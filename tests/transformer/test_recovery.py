@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 
 from pipelines.stack import LocalStack
-from tests.predictor.test_units import random_table
-from tests.support import MODEL, Predictor
+from tests.support import MODEL, Predictor, random_table
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from transformer.request import Limits, RequestError, expand, iso, parse_columns, parse_day, parse_v1
+from transformer.request import BusinessRequestError, Limits, expand, iso, parse_columns, parse_day, parse_v1
 
 NOW = 16648  # 2015-08-01
 LIMITS = Limits(max_days=366, max_stores=3)
@@ -49,7 +49,7 @@ def test_timezone_offsets_are_taken_to_utc() -> None:
     ({"instances": [{"storeId": "4", "store_id": "5"}]}, "instances[0].storeId", "given twice"),
 ])
 def test_bad_requests_name_the_field(body: object, field: str, words: str) -> None:
-    with pytest.raises(RequestError) as err:
+    with pytest.raises(BusinessRequestError) as err:
         parse_v1(body, LIMITS, NOW)
     assert err.value.field == field
     assert words in str(err.value)
@@ -58,7 +58,7 @@ def test_bad_requests_name_the_field(body: object, field: str, words: str) -> No
 def test_v2_columns_and_length_mismatch() -> None:
     ws = parse_columns(["4", "5"], ["2015-08-01", ""], ["2015-08-02", ""], LIMITS, NOW)
     assert [w.days for w in ws] == [2, 7]
-    with pytest.raises(RequestError, match="begin_date: has 1 elements but store_id has 2"):
+    with pytest.raises(BusinessRequestError, match="begin_date: has 1 elements but store_id has 2"):
         parse_columns(["4", "5"], ["2015-08-01"], None, LIMITS, NOW)
 
 
@@ -72,11 +72,11 @@ def test_expand_keeps_request_order() -> None:
 
 def test_unknown_keys_are_named_with_the_accepted_ones() -> None:
     for key in ("begin", "end", "storeid", "beginDat"):
-        with pytest.raises(RequestError) as err:
+        with pytest.raises(BusinessRequestError) as err:
             parse_v1({"instances": [{"storeId": "4", key: "2015-08-01"}]}, LIMITS, NOW)
         assert err.value.field == f"instances[0].{key}"
         assert "storeId" in str(err.value) and "promoDays" in str(err.value)
-    with pytest.raises(RequestError, match="unknown key 'limit'"):
+    with pytest.raises(BusinessRequestError, match="unknown key 'limit'"):
         parse_v1({"instances": [{"storeId": "4"}], "limit": 3}, LIMITS, NOW)
 
 
@@ -90,14 +90,14 @@ def test_store_id_rule(store: object, words: str) -> None:
         (w,) = parse_v1({"instances": [{"storeId": store}]}, LIMITS, NOW)
         assert w.store_id == "4"
         return
-    with pytest.raises(RequestError) as err:
+    with pytest.raises(BusinessRequestError) as err:
         parse_v1({"instances": [{"storeId": store}]}, LIMITS, NOW)
     assert err.value.field == "instances[0].storeId" and words in str(err.value)
 
 
 def test_dates_are_bounded_and_never_echoed_whole() -> None:
     for bad in ("0001-01-01", "9999-12-31", "2015-08-01" + "x" * 1_000_000):
-        with pytest.raises(RequestError) as err:
+        with pytest.raises(BusinessRequestError) as err:
             parse_v1({"instances": [{"storeId": "4", "endDate": bad}]}, LIMITS, NOW)
         assert err.value.field == "instances[0].endDate" and len(str(err.value)) < 200
 
@@ -116,7 +116,7 @@ def test_what_if_days_inside_the_window() -> None:
     assert what_if([b]) is None
     for days, words in ((["2015-08-09"], "outside the window"), ("2015-08-01", "list of ISO dates"),
                         (["x"], "not an ISO date"), (["2015-08-01"] * 4, "4 dates for a window of 3 days")):
-        with pytest.raises(RequestError, match=words):
+        with pytest.raises(BusinessRequestError, match=words):
             parse_v1({"instances": [{"storeId": "4", "beginDate": "2015-08-01", "endDate": "2015-08-03",
                                      "promoDays": days}]}, LIMITS, NOW)
 
@@ -127,36 +127,7 @@ def test_a_window_beyond_the_horizon_is_refused_naming_the_limit() -> None:
     limits = replace(LIMITS, max_days_ahead=30, data_end=NOW)
     (w,) = parse_v1({"instances": [{"storeId": "4", "beginDate": "2015-08-31"}]}, limits, NOW)
     assert w.begin == NOW + 30
-    with pytest.raises(RequestError) as err:
+    with pytest.raises(BusinessRequestError) as err:
         parse_v1({"instances": [{"storeId": "4", "beginDate": "2015-09-01"}]}, limits, NOW)
     assert err.value.field == "instances[0].beginDate" and "30 days" in str(err.value)
     assert "2015-08-01" in str(err.value) and "--max-days-ahead" in str(err.value)
-
-
-def test_api_key_door() -> None:
-    """The optional API key, as a door: checked on inference calls (REST and gRPC alike, CloudEvents too);
-    probes pass; a refusal is a 401 with WWW-Authenticate."""
-    import asyncio
-
-    from serving.access.hook import Call
-    from serving.errors import Refused
-    from transformer.auth import ApiKeyDoor, api_key_door
-
-    door = ApiKeyDoor("s3cret")
-
-    def admit(kind: str = "infer", protocol: str = "http", **headers: str) -> int:
-        call = Call(protocol, "POST", "/v1/models/storecast:predict", kind, headers, "127.0.0.1:1")
-        try:
-            asyncio.run(door.admit(call))
-        except Refused as exc:
-            assert exc.headers == {"www-authenticate": "Bearer"}
-            return exc.status
-        return 200
-
-    assert admit() == 401 and admit(protocol="grpc") == 401
-    assert admit(**{"x-api-key": "wrong"}) == 401
-    assert admit(**{"x-api-key": "s3cret"}) == 200
-    assert admit(protocol="grpc", authorization="Bearer s3cret") == 200
-    assert admit(**{"ce-id": "1"}) == 401 and admit(**{"ce-id": "1", "x-api-key": "s3cret"}) == 200
-    assert admit(kind="health") == 200 and admit(kind="metadata") == 200
-    assert api_key_door() is None or isinstance(api_key_door(), ApiKeyDoor)

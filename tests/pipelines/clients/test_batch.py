@@ -25,7 +25,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.clients import batch
+from pipelines.clients import batch, retrying
 from pipelines.stack import LocalStack
 from tests.support import BIN
 
@@ -282,14 +282,14 @@ def test_retry_after_and_backoff_never_earlier() -> None:
     import email.utils
     import random
 
-    assert batch.retry_after(httpx.Headers({"retry-after": "7"})) == 7.0
-    assert batch.retry_after(httpx.Headers({})) is None
+    assert retrying.retry_after(httpx.Headers({"retry-after": "7"})) == 7.0
+    assert retrying.retry_after(httpx.Headers({})) is None
     when = email.utils.formatdate(time.time() + 30, usegmt=True)
-    assert 28 <= batch.retry_after(httpx.Headers({"retry-after": when})) <= 30
-    policy, rng = batch.Policy(backoff=0.5, max_backoff=4.0), random.Random(1)
-    delays = [batch.backoff_delay(a, policy, 2.0, rng) for a in range(1, 10) for _ in range(50)]
+    assert 28 <= retrying.retry_after(httpx.Headers({"retry-after": when})) <= 30
+    policy, rng = retrying.Policy(backoff=0.5, max_backoff=4.0), random.Random(1)
+    delays = [retrying.backoff_delay(a, policy, 2.0, rng) for a in range(1, 10) for _ in range(50)]
     assert min(delays) >= 2.0 and max(delays) <= 6.0
-    first = [batch.backoff_delay(1, policy, None, rng) for _ in range(200)]
+    first = [retrying.backoff_delay(1, policy, None, rng) for _ in range(200)]
     assert max(first) <= 0.5 and len(set(first)) > 100  # full jitter: spread over [0, cap]
 
 

@@ -13,14 +13,14 @@ import pytest
 from prophet.serialize import model_from_json
 
 from pipelines.data.calendar import read_calendar, split_future, store_calendars
-from pipelines.data.sales_csv import read_sales, shared_rossmann, write_sales
+from pipelines.data.sales_csv import read_sales, write_sales
 from pipelines.data.synth import synthesize_with_calendar
 from pipelines.training.fitting import FitConfig
 from pipelines.training.train import train
 from predictor import calendar as cal
 from predictor.forecast import calendar_days, fitted_scale, forecast
 from predictor.table import ParamTable
-from tests.support import days_of, run_cli, stock_forecast
+from tests.support import days_of, run_cli, shared_rossmann, stock_forecast
 
 MONDAY = int(np.datetime64("2015-08-03", "D").astype(np.int64))
 

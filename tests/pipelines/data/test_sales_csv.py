@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.data.sales_csv import COLUMNS, open_days, read_sales, shared_rossmann, write_sales
+from pipelines.data.sales_csv import COLUMNS, open_days, read_sales, write_sales
 from pipelines.data.synth import synthesize
+from tests.support import shared_rossmann
 
 SUFFIXES = ("csv", "csv.gz", "parquet")
 

@@ -14,8 +14,7 @@ import httpx
 import pytest
 
 from serving.access.auth_file import hash_key
-from tests.serving.access.test_oidc import SUBJECT, Issuer
-from tests.support import send, start_service
+from tests.support import SUBJECT, Issuer, send, start_service
 
 PLANNER, SERVICE = "sc_retrain-planner", "sc_retrain-service"
 AUDIENCE = "serving.knative.dev/service/storecast/storecast-retrain"

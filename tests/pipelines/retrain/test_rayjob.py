@@ -6,7 +6,6 @@ is created, plays KubeRay and the job's driver: the RayJob SUCCEEDED and a new v
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from pathlib import Path
@@ -15,8 +14,7 @@ from mlflow import MlflowClient
 
 from pipelines.retrain.jobs import RetrainManager, Settings
 from pipelines.retrain.jobstore import Job
-from tests.pipelines.training.test_rayjob import COLLECTION, TEMPLATE
-from tests.support import Recorder
+from tests.support import RAYJOBS, Recorder, kubeconfig, rayjob_template
 
 
 def test_a_fleet_job_runs_as_a_rayjob_and_hands_its_challenger_on(tmp_path: Path, monkeypatch) -> None:
@@ -25,13 +23,13 @@ def test_a_fleet_job_runs_as_a_rayjob_and_hands_its_challenger_on(tmp_path: Path
     mlflow.create_registered_model("storecast")
     mlflow.create_model_version("storecast", source=str(tmp_path))
     mlflow.set_registered_model_alias("storecast", "champion", "1")
-    state = {"storecast-train": copy.deepcopy(TEMPLATE)}
+    state = {"storecast-train": rayjob_template()}
 
     def respond(method: str, path: str, body: bytes):
-        name = path.removeprefix(COLLECTION + "/")
+        name = path.removeprefix(RAYJOBS + "/")
         if method == "GET" and name in state:
             return 200, state[name]
-        if method == "POST" and path == COLLECTION:
+        if method == "POST" and path == RAYJOBS:
             doc = json.loads(body)
             doc["metadata"]["uid"] = "uid-9"
             doc["status"] = {"jobStatus": "SUCCEEDED", "jobDeploymentStatus": "Complete"}
@@ -42,12 +40,7 @@ def test_a_fleet_job_runs_as_a_rayjob_and_hands_its_challenger_on(tmp_path: Path
         return 404, {"kind": "Status", "code": 404}
 
     api = Recorder(respond)
-    config = tmp_path / "kubeconfig"
-    config.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "t",
-        "clusters": [{"name": "t", "cluster": {"server": api.url}}],
-        "contexts": [{"name": "t", "context": {"cluster": "t", "user": "t", "namespace": "storecast"}}],
-        "users": [{"name": "t", "user": {"token": "t0ken"}}]}))
+    config = kubeconfig(tmp_path / "kubeconfig", api.url, token="t0ken", namespace="storecast")
     monkeypatch.setenv("KUBECONFIG", str(config))
     manager = RetrainManager(Settings(str(tmp_path / "sales.csv.gz"), uri=uri, state=str(tmp_path / "s.sqlite"),
                                       promote="challenger", fleet_backend="rayjob"))

@@ -13,17 +13,10 @@ import shlex
 from pathlib import Path
 
 import pytest
-import yaml
 
 from pipelines.cli.main import build_parser
 from pipelines.training import rayjob
-from tests.manifests.test_manifests import MANIFESTS, schema_errors
-from tests.support import Recorder
-
-COLLECTION = "/apis/ray.io/v1/namespaces/storecast/rayjobs"
-TEMPLATE = yaml.safe_load((MANIFESTS / "overlays" / "ray" / "rayjob.yaml").read_text())
-TEMPLATE["metadata"]["namespace"] = "storecast"
-TEMPLATE["status"] = {"jobStatus": "SUCCEEDED", "jobDeploymentStatus": "Complete"}
+from tests.support import RAYJOBS, Recorder, kubeconfig, rayjob_template, schema_errors
 
 
 def _train_args(command: str):
@@ -77,13 +70,13 @@ def test_cluster_is_ephemeral_sized_and_unprivileged():
 @pytest.fixture
 def kube(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A recording stand-in for the API server holding the template RayJob; KUBECONFIG points at it."""
-    state: dict[str, dict] = {"storecast-train": copy.deepcopy(TEMPLATE)}
+    state: dict[str, dict] = {"storecast-train": rayjob_template()}
 
     def respond(method: str, path: str, body: bytes):
-        name = path.removeprefix(COLLECTION + "/")
+        name = path.removeprefix(RAYJOBS + "/")
         if method == "GET" and name in state:
             return 200, state[name]
-        if method == "POST" and path == COLLECTION:
+        if method == "POST" and path == RAYJOBS:
             doc = json.loads(body)
             if doc["metadata"]["name"] in state:
                 return 409, {"kind": "Status", "status": "Failure", "reason": "AlreadyExists", "code": 409}
@@ -93,12 +86,7 @@ def kube(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         return 404, {"kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404}
 
     api = Recorder(respond)
-    config = tmp_path / "kubeconfig"
-    config.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "test",
-        "clusters": [{"name": "test", "cluster": {"server": api.url}}],
-        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test", "namespace": "storecast"}}],
-        "users": [{"name": "test", "user": {"token": "t0ken"}}]}))
+    config = kubeconfig(tmp_path / "kubeconfig", api.url, token="t0ken", namespace="storecast")
     monkeypatch.setenv("KUBECONFIG", str(config))
     yield api, state
     api.close()
@@ -113,12 +101,12 @@ def test_fleet_retrain_is_one_get_and_one_create(kube):
     assert out == {"name": "storecast-retrain-job7f3a", "namespace": "storecast", "uid": "uid-1",
                    "entrypoint": rayjob.entrypoint(alias="challenger", extra=FLEET)}
     assert [(r["method"], r["path"]) for r in api.requests] == [
-        ("GET", f"{COLLECTION}/storecast-train"), ("POST", COLLECTION)]
+        ("GET", f"{RAYJOBS}/storecast-train"), ("POST", RAYJOBS)]
     post = api.requests[1]
     assert post["headers"]["authorization"] == "Bearer t0ken"
     assert post["headers"]["accept"] == "application/json"
     sent = json.loads(post["body"])
-    expected_spec = {k: v for k, v in TEMPLATE["spec"].items() if k != "entrypoint"}
+    expected_spec = {k: v for k, v in rayjob_template()["spec"].items() if k != "entrypoint"}
     assert sent == {
         "apiVersion": "ray.io/v1", "kind": "RayJob",
         "metadata": {"name": "storecast-retrain-job7f3a", "namespace": "storecast",
@@ -138,7 +126,7 @@ def test_a_redelivered_retrain_finds_its_rayjob(kube):
     again = rayjob.submit_fleet_retrain(reason="r", job_id="abc")
     assert again == first
     assert [(r["method"], r["path"]) for r in api.requests][-3:] == [
-        ("GET", f"{COLLECTION}/storecast-train"), ("POST", COLLECTION), ("GET", f"{COLLECTION}/storecast-retrain-abc")]
+        ("GET", f"{RAYJOBS}/storecast-train"), ("POST", RAYJOBS), ("GET", f"{RAYJOBS}/storecast-retrain-abc")]
     assert rayjob.status("storecast-train") == {"name": "storecast-train", "job_status": "SUCCEEDED",
                                                 "deployment_status": "Complete", "message": "", "cluster": ""}
 

@@ -14,13 +14,13 @@ import pytest
 from mlflow import MlflowClient
 from prophet.serialize import model_from_json
 
-from pipelines.data.sales_csv import read_sales, shared_rossmann, write_sales
+from pipelines.data.sales_csv import read_sales, write_sales
 from pipelines.training.evaluate import Gate, error_sums, scores, seasonal_naive
 from pipelines.training.fitting import FitConfig
 from pipelines.training.train import train
 from predictor.forecast import forecast
 from predictor.table import ParamTable
-from tests.support import days_of, run_cli, stock_forecast
+from tests.support import days_of, run_cli, shared_rossmann, stock_forecast
 
 
 @pytest.fixture(scope="module")

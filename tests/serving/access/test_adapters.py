@@ -8,22 +8,23 @@ the app runs (the app counts what reaches it); admitted answers carry the rate-l
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
-import threading
-import time
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from pipelines.stack import free_port
-from serving.access.admission import Access
+from serving.access.admission import Access, AccessError
 from serving.access.asgi import (
+    OPEN,
     AccessMiddleware,
     admission_of,
     guard,
@@ -33,7 +34,7 @@ from serving.access.asgi import (
 )
 from serving.access.audit import note_rows
 from serving.access.auth_file import hash_key, parse
-from serving.access.grpc_interceptor import AccessInterceptor
+from tests.support import UvicornServer
 
 KEYS = {"alice": "sc_alice", "svc": "sc_svc"}
 AUTH = f"""
@@ -52,22 +53,100 @@ CE_BINARY = {"ce-specversion": "1.0", "ce-id": "x", "ce-source": "s", "ce-type":
              "content-type": "application/json"}
 
 
-class Server:
-    """A uvicorn server in a thread on loopback."""
+# ---- the access check as a grpc.aio server interceptor (test-only: the servers admit gRPC calls through
+# serving.access.hook; this checks Access on a bare grpc.aio server) ----------------------------------
+HEALTH = frozenset({"/inference.GRPCInferenceService/ServerLive", "/inference.GRPCInferenceService/ServerReady",
+                    "/inference.GRPCInferenceService/ModelReady", "/grpc.health.v1.Health/Check",
+                    "/grpc.health.v1.Health/Watch"})
+HTTP_OF = {grpc.StatusCode.OK: 200, grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.NOT_FOUND: 404,
+           grpc.StatusCode.UNAUTHENTICATED: 401, grpc.StatusCode.PERMISSION_DENIED: 403,
+           grpc.StatusCode.RESOURCE_EXHAUSTED: 429, grpc.StatusCode.UNAVAILABLE: 503,
+           grpc.StatusCode.DEADLINE_EXCEEDED: 504, grpc.StatusCode.FAILED_PRECONDITION: 400,
+           grpc.StatusCode.OUT_OF_RANGE: 400, grpc.StatusCode.CANCELLED: 499}
 
-    def __init__(self, app) -> None:
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started and time.monotonic() < deadline:
-            time.sleep(0.02)
-        self.url = f"http://127.0.0.1:{self.port}"
 
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+def grpc_inference_rules(method: str) -> str | None:
+    """Health and readiness RPCs are open; everything else (ModelInfer, metadata, ...) needs ``forecast``."""
+    return OPEN if method in HEALTH else "forecast"
+
+
+def _status(context: Any) -> int:
+    code = context.code() if hasattr(context, "code") else None
+    if code is None or isinstance(code, int):
+        return 200 if not code else 500
+    return HTTP_OF.get(code, 500)
+
+
+class AccessInterceptor(grpc.aio.ServerInterceptor):
+    """Admit every call (unary or streaming) before its servicer runs.
+
+    Credentials come from the call metadata (``x-api-key`` or ``authorization: Bearer``). A refusal ends the
+    call before the servicer runs: ``UNAUTHENTICATED``, ``PERMISSION_DENIED`` or ``RESOURCE_EXHAUSTED`` with
+    ``retry-after`` (seconds), ``grpc-retry-pushback-ms`` and the ``ratelimit-policy`` / ``ratelimit`` values in
+    the trailing metadata. ``rules(method)`` says what a method needs (``OPEN`` for the health RPCs only).
+    """
+
+    def __init__(self, access: Access, rules: Callable[[str], str | None] = grpc_inference_rules) -> None:
+        self.access, self.rules = access, rules
+
+    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        rule = self.rules(details.method)
+        if handler is None or rule == OPEN:
+            return handler
+        access, method = self.access, details.method
+
+        async def admit(context: Any) -> Any:
+            metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+            try:
+                return await access.admit(metadata, context.peer(), route=method, protocol="grpc", permission=rule)
+            except AccessError as exc:
+                await context.abort(grpc.StatusCode[exc.grpc_code], exc.message,
+                                    trailing_metadata=exc.grpc_trailing_metadata())
+
+        def unary(behavior: Callable) -> Callable:
+            async def call(request: Any, context: Any) -> Any:
+                admission = await admit(context)
+                status = 500
+                try:
+                    response = behavior(request, context)
+                    if inspect.isawaitable(response):
+                        response = await response
+                    status = _status(context)
+                    return response
+                except grpc.aio.AbortError:
+                    status = _status(context)
+                    raise
+                finally:
+                    admission.finish(status)
+            return call
+
+        def streaming(behavior: Callable) -> Callable:
+            async def call(request: Any, context: Any) -> Any:
+                admission = await admit(context)
+                status = 500
+                try:
+                    items = behavior(request, context)
+                    if hasattr(items, "__aiter__"):
+                        async for item in items:
+                            yield item
+                    else:
+                        for item in items:
+                            yield item
+                    status = _status(context)
+                finally:
+                    admission.finish(status)
+            return call
+
+        wrap = {"unary_unary": unary, "stream_unary": unary, "unary_stream": streaming, "stream_stream": streaming}
+        for kind, factory in wrap.items():
+            behavior = getattr(handler, kind)
+            if behavior is not None:
+                maker = getattr(grpc, f"{kind}_rpc_method_handler")
+                return maker(factory(behavior), request_deserializer=handler.request_deserializer,
+                             response_serializer=handler.response_serializer)
+        return handler
+
 
 
 def inference_app(access: Access) -> tuple[AccessMiddleware, list[str]]:
@@ -92,7 +171,7 @@ def inference_app(access: Access) -> tuple[AccessMiddleware, list[str]]:
 def rest():
     access = Access(parse(AUTH_NO_ANON))
     app, reached = inference_app(access)
-    server = Server(app)
+    server = UvicornServer(app)
     yield server.url, reached
     server.stop()
 
@@ -147,7 +226,7 @@ def test_rest_rate_limit_429_before_any_work(rest):
 def test_anonymous_tier_limits_by_address():
     access = Access(parse(AUTH))
     app, _ = inference_app(access)
-    server = Server(app)
+    server = UvicornServer(app)
     try:
         with httpx.Client(base_url=server.url) as client:
             codes = [client.post(PREDICT, content="{}").status_code for _ in range(3)]
@@ -172,7 +251,7 @@ def test_retrain_rules_refresh_for_planners_fleet_wide_for_services():
         return JSONResponse({"status": "ok"})
 
     app = Starlette(routes=[Route("/", receive, methods=["POST"]), Route("/jobs", jobs), Route("/healthz", healthz)])
-    server = Server(guard(app, access, retrain_rules))
+    server = UvicornServer(guard(app, access, retrain_rules))
     try:
         with httpx.Client(base_url=server.url) as c:
             alice, svc = {"x-api-key": KEYS["alice"]}, {"x-api-key": KEYS["svc"]}

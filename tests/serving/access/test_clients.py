@@ -18,7 +18,7 @@ from loadtest.runner import run_locust
 from serving.access.admission import Access
 from serving.access.asgi import guard
 from serving.access.auth_file import hash_key, parse
-from tests.serving.access.test_adapters import Server
+from tests.support import UvicornServer
 
 KEY = "sc_locust-key"
 AUTH = f"""
@@ -42,7 +42,7 @@ async def predict(request) -> Response:
 def test_locust_users_send_the_key(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="storecast.audit")
     app = Starlette(routes=[Route("/v1/models/storecast:predict", predict, methods=["POST"])])
-    server = Server(guard(app, Access(parse(AUTH))))
+    server = UvicornServer(guard(app, Access(parse(AUTH))))
     try:
         summary = run_locust(server.url, tmp_path / "results", users=2, spawn_rate=2, duration="3s",
                              classes=["Planner", "Event"], timeout=120,

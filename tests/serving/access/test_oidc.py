@@ -1,9 +1,10 @@
 """OIDC bearer tokens (Knative sender identity): a real JWKS over HTTP on loopback, real signatures.
 
 A locally generated RSA key pair plays the cluster's service-account issuer; the test serves its JWKS
-(and the OIDC discovery document) from a real HTTP server and mints tokens with PyJWT: valid, expired,
-wrong audience, wrong issuer, bad signature, ``alg: none``, an HMAC forgery with the public key, a key
-rotation (unknown ``kid`` → one refetch), the issuer down (a clear 401 in bounded time).
+(and the OIDC discovery document) from a real HTTP server (``tests.support.Issuer``) and mints tokens
+with PyJWT: valid, expired, wrong audience, wrong issuer, bad signature, ``alg: none``, an HMAC forgery
+with the public key, a key rotation (unknown ``kid`` → one refetch), the issuer down (a clear 401 in
+bounded time).
 """
 
 from __future__ import annotations
@@ -13,21 +14,16 @@ import base64
 import hashlib
 import hmac
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
-from jwt.algorithms import RSAAlgorithm
 
 from serving.access.admission import Access, Forbidden, Unauthenticated
 from serving.access.auth_file import parse
 from serving.access.oidc import OIDCVerifier
+from tests.support import AUDIENCE, SUBJECT, Issuer, jwk, new_key
 
-AUDIENCE = "serving.kserve.io/inferenceservice/storecast/storecast"
-SUBJECT = "system:serviceaccount:storecast:storecast-forecast-requested-oidc-eventing.knative.dev-trigger"
 AUTH = f"""
 tiers:
   service: {{requests_per_second: null, concurrent: null, permissions: [forecast, refresh, retrain]}}
@@ -36,58 +32,6 @@ identities:
     tier: service
     oidc_subject: {SUBJECT}
 """
-
-
-def new_key():
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def jwk(key, kid: str) -> dict:
-    return {**json.loads(RSAAlgorithm.to_jwk(key.public_key())), "kid": kid, "use": "sig", "alg": "RS256"}
-
-
-class Issuer:
-    """A real HTTP server on loopback: /.well-known/openid-configuration and /jwks, counting fetches."""
-
-    def __init__(self) -> None:
-        self.keys = {"k1": new_key()}
-        self.fetches = 0
-        issuer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                if self.path == "/.well-known/openid-configuration":
-                    body = {"issuer": issuer.url, "jwks_uri": f"{issuer.url}/jwks"}
-                elif self.path == "/jwks":
-                    issuer.fetches += 1
-                    body = {"keys": [jwk(k, kid) for kid, k in issuer.keys.items()]}
-                else:
-                    self.send_response(404)
-                    self.end_headers()
-                    return
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def token(self, kid: str = "k1", key=None, **claims) -> str:
-        now = int(time.time())
-        body = {"iss": self.url, "aud": AUDIENCE, "sub": SUBJECT, "iat": now, "exp": now + 3600, **claims}
-        body = {k: v for k, v in body.items() if v is not None}
-        return jwt.encode(body, key or self.keys[kid], algorithm="RS256", headers={"kid": kid})
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pytest
 
 from pipelines.stack import LocalStack
 from serving.access.auth_file import hash_key
-from tests.serving.access.test_oidc import AUDIENCE, SUBJECT, Issuer
+from tests.support import AUDIENCE, SUBJECT, Issuer
 
 PLANNER, SERVICE = "sc_stack-planner", "sc_stack-service"
 MODEL = "storecast"

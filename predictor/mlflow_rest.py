@@ -1,4 +1,4 @@
-"""The few MLflow REST calls the predictor needs, for a registry behind an ``mlflow server``.
+"""A small MLflow REST client: the few calls the predictor needs, for a registry behind an ``mlflow server``.
 
 Resolving an alias every ``--refresh-seconds`` through MLflow's Python client means importing MLflow
 into the serving process: about 35 MB resident (80 MB with a sqlite store) and a second of CPU
@@ -31,7 +31,7 @@ API = "/api/2.0/mlflow"
 ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts"
 
 
-class RegistryError(RuntimeError):
+class MlflowRestError(RuntimeError):
     """The registry answered with an error (the message is MLflow's)."""
 
 
@@ -40,7 +40,7 @@ def usable(tracking_uri: str) -> bool:
     return tracking_uri.startswith(("http://", "https://")) and not os.environ.get("MLFLOW_TRACKING_AUTH")
 
 
-class RestRegistry:
+class MlflowRestClient:
     """An ``mlflow server`` reached over its REST API."""
 
     def __init__(self, tracking_uri: str) -> None:
@@ -90,7 +90,7 @@ class RestRegistry:
             with self.client.stream("GET", url) as response:
                 if response.status_code >= 400:
                     response.read()
-                    raise RegistryError(f"GET {url}: HTTP {response.status_code}: {_message(response)}")
+                    raise MlflowRestError(f"GET {url}: HTTP {response.status_code}: {_message(response)}")
                 with open(target, "wb") as fh:
                     for block in response.iter_bytes(1 << 20):
                         fh.write(block)
@@ -108,7 +108,7 @@ class RestRegistry:
         if response.status_code == 404 or (response.status_code == 400 and "not found" in response.text):
             raise LookupError(_message(response))
         if response.status_code >= 400:
-            raise RegistryError(f"GET {url}: HTTP {response.status_code}: {_message(response)}")
+            raise MlflowRestError(f"GET {url}: HTTP {response.status_code}: {_message(response)}")
         return response.json()
 
     def _scheme(self) -> str:
