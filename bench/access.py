@@ -30,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -54,7 +55,6 @@ identities:
 """
 BODY = {"instances": [{"storeId": "4", "beginDate": "2015-08-01", "endDate": "2015-08-07"}]}
 TRANSFORMER = [sys.executable, "-m", "transformer"]
-AUDIT = b'"audit":"request"'
 
 
 class Stack:
@@ -73,9 +73,8 @@ class Stack:
         self.ps = psutil.Process(self.proc.pid)
 
     def requests(self) -> int:
-        """Requests the transformer has answered so far: the audit lines of its log."""
-        with open(self.audit_log, "rb") as f:
-            return sum(chunk.count(AUDIT) for chunk in iter(lambda: f.read(1 << 20), b""))
+        """Requests the transformer has answered so far (its access counters: refusal lines are sampled)."""
+        return answered(f"http://127.0.0.1:{self.port}")
 
     def cpu(self) -> float:
         t = self.ps.cpu_times()
@@ -86,17 +85,24 @@ class Stack:
         self.pred.stop()
 
 
+def answered(url: str) -> int:
+    """Requests a server has answered, admitted or refused: ``storecast_access_requests_total`` of its /metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("storecast_access_requests_total{")))
+
+
 def serve(port: int, auth_file: str, cpu_ms: float, backend_ms: float, pool: int, audit_log: str) -> None:
     """The server process: the access middleware in front of a route doing the transformer's work."""
     import logging
 
     import uvicorn
     from starlette.applications import Starlette
-    from starlette.responses import JSONResponse
+    from starlette.responses import JSONResponse, PlainTextResponse
     from starlette.routing import Route
 
     from serving.access.asgi import guard
-    from serving.access.audit import note_rows
+    from serving.access.audit import metrics_text, note_rows
     from serving.access.settings import AccessSettings, build_access
 
     handler = logging.FileHandler(audit_log)
@@ -123,7 +129,11 @@ def serve(port: int, auth_file: str, cpu_ms: float, backend_ms: float, pool: int
     async def ready(request):
         return JSONResponse({"ready": True})
 
-    app = Starlette(routes=[Route(PATH, predict, methods=["POST"]), Route("/v2/health/ready", ready)])
+    async def metrics(request):
+        return PlainTextResponse(metrics_text())
+
+    app = Starlette(routes=[Route(PATH, predict, methods=["POST"]), Route("/v2/health/ready", ready),
+                            Route("/metrics", metrics)])
     uvicorn.run(guard(app, access), host="127.0.0.1", port=port, log_level="warning", access_log=False,
                 loop="uvloop", http="httptools")
 
@@ -152,9 +162,8 @@ class Server:
         raise RuntimeError("the bench server did not start")
 
     def requests(self) -> int:
-        """Requests the server has answered so far: the lines of its audit log."""
-        with open(self.audit_log, "rb") as f:
-            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+        """Requests the server has answered so far (its access counters: refusal lines are sampled)."""
+        return answered(f"http://127.0.0.1:{self.port}")
 
     def cpu(self) -> float:
         t = self.ps.cpu_times()

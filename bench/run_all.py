@@ -22,13 +22,10 @@ RESULTS = BENCH.parent / "results"
 README = BENCH.parent / "README.md"
 MARKERS = ("<!-- bench:start -->", "<!-- bench:end -->")
 ORDER = ["train", "predictor_inprocess", "predictor_http", "e2e_http", "bulk", "batch_fleet", "predictor_coldstart",
-         "retrain_served", "alias_move",
-         "dashboard_refresh",
-         "overload", "soak", "scale", "scale_predictor", "access"]
+         "retrain_served", "alias_move", "dashboard_refresh", "overload", "soak", "scale", "scale_predictor", "access",
+         "protected_chain", "refusal_cost"]
 SHARED = {"predictor_inprocess", "predictor_http", "e2e_http", "bulk", "batch_fleet", "predictor_coldstart", "overload",
-          "soak",
-          "scale",
-          "scale_predictor", "access"}
+          "soak", "scale", "scale_predictor", "access", "protected_chain"}
 
 
 def main() -> None:

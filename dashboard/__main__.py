@@ -7,6 +7,7 @@ import sys
 
 from dashboard.app import create_app
 from dashboard.config import parse
+from serving.access.settings import UVICORN_PROXY_OPTIONS
 from serving.logs import configure_logging
 from serving.mlflow_env import use_mlflow_defaults
 
@@ -18,12 +19,14 @@ def main(argv: list[str] | None = None) -> int:
     use_mlflow_defaults("tools")
     import uvicorn
 
+    from pipelines.data.sales_store import redact  # no URL's credentials or query in the log
+
     logging.getLogger("storecast.dashboard").info(
         "dashboard on http://%s:%d -> business API %s, retrain %s, registry %s, sales %s", settings.host,
-        settings.port, settings.api_url, settings.retrain_url or "-", "yes" if settings.tracking_uri else "-",
-        settings.sales or "-")
+        settings.port, redact(settings.api_url), redact(settings.retrain_url or "-"),
+        "yes" if settings.tracking_uri else "-", redact(settings.sales or "-"))
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
-                access_log=False)
+                access_log=False, **UVICORN_PROXY_OPTIONS)
     return 0
 
 

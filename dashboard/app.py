@@ -11,6 +11,13 @@ Routes (all JSON errors are ``{"error": "..."}``):
   the dashboard's own read-only data, for a key the business API accepts (asked with one small
   forecast request the first time a key is seen, then trusted for ``--key-ttl-seconds``);
 - ``GET /api/config``, ``GET /healthz``.
+
+Open without a key: the static page, ``/healthz``, ``/api/config`` (what the page offers, no data) and the
+sign-in (``/api/session``, which needs a key to succeed). Every other route needs one: without it, 401
+before anything goes upstream, whatever the business API would say (an open, loopback stack included).
+Refused before any work (``serving.access.doorstep``): bodies over ``MAX_BODY`` (413), a request another
+site's page made (a foreign ``Origin``, or on loopback a ``Host`` that is not: 403), and a POST with a body
+that is not ``application/json`` (415: what an HTML form or a ``text/plain`` fetch sends).
 """
 
 from __future__ import annotations
@@ -36,11 +43,15 @@ from dashboard.config import Settings
 from dashboard.proxy import Upstream, error, retrain_event, store_ids
 from dashboard.registry_info import RegistryCache
 from dashboard.sales import SalesCache
+from serving.access.admission import MAX_TOKEN
+from serving.access.doorstep import Doorstep, Refusal, answer_too_large, media_type
+from serving.access.settings import LOOPBACK
 from serving.contract import store_sort_key
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_BODY = 1 << 20
-JOB_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # the retrain service's ids: no '.', no '/', nothing to resolve
+JSON_POSTS = ("/api/forecast", "/api/retrain")  # the POST routes with a body
 SECURITY = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
             (b"x-frame-options", b"DENY"),
             (b"content-security-policy", b"default-src 'self'; img-src 'self' data: blob:; style-src 'self' "
@@ -66,7 +77,28 @@ class KeyCache:
 
 def caller_key(request: Request) -> str:
     """The key the caller sent (``x-api-key`` or ``authorization: Bearer``), '' for none."""
-    return request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
+    scheme, _, token = request.headers.get("authorization", "").strip().partition(" ")
+    return (request.headers.get("x-api-key") or (token if scheme.lower() == "bearer" else "")).strip()
+
+
+def keyless(request: Request) -> Response | None:
+    """401 for a request without a key, with one longer than any key or token can be, or with a credential
+    header sent twice (which one counts is never guessed); nothing goes upstream, nothing is hashed. Else None."""
+    key = caller_key(request)
+    twice = any(len(request.headers.getlist(h)) > 1 for h in ("x-api-key", "authorization"))
+    if key and len(key) <= MAX_TOKEN and not twice:
+        return None
+    return error(401, "send one credential: x-api-key or authorization came more than once" if twice else
+                 f"the API key is longer than {MAX_TOKEN} characters" if key else
+                 "sign in first: send your API key as x-api-key (the page's sign-in takes it)",
+                 {"www-authenticate": 'Bearer realm="storecast"'})
+
+
+def json_posts_only(method: str, path: str, headers: Any) -> Refusal | None:
+    """415 for a POST with a body that is not JSON (an HTML form's or a ``text/plain`` fetch's)."""
+    if method == "POST" and path in JSON_POSTS and media_type(headers) != "application/json":
+        return 415, f"content-type {media_type(headers)[:60] or 'none'}: expected application/json"
+    return None
 
 
 def create_app(settings: Settings, sales: SalesCache | None = None, registry: RegistryCache | None = None) -> Starlette:
@@ -79,10 +111,6 @@ def create_app(settings: Settings, sales: SalesCache | None = None, registry: Re
         if settings.retrain_url else None
     keys = KeyCache(settings.key_ttl_seconds)
     predict_path = f"/v1/models/{settings.model_name}:predict"
-
-    async def body_of(request: Request) -> bytes | Response:
-        body = await request.body()
-        return error(413, f"request body over {MAX_BODY} bytes") if len(body) > MAX_BODY else body
 
     probing: dict[str, asyncio.Future] = {}
 
@@ -98,7 +126,10 @@ def create_app(settings: Settings, sales: SalesCache | None = None, registry: Re
         return answer
 
     async def signed_in(request: Request) -> Response | None:
-        """None for a key the business API accepted recently (asked once per key and TTL), else its refusal."""
+        """None for a key the business API accepted recently (asked once per key and TTL), else its refusal;
+        no key at all: 401, whatever the business API would say."""
+        if (denied := keyless(request)) is not None:
+            return denied
         key = caller_key(request)
         if keys.known(key):
             return None
@@ -119,13 +150,13 @@ def create_app(settings: Settings, sales: SalesCache | None = None, registry: Re
 
     async def session(request: Request) -> Response:
         """Sign-in: 200 when the business API accepts the caller's key, else its refusal as it is."""
-        denied = await probe(request)
+        denied = keyless(request) or await probe(request)
         return denied if denied is not None else JSONResponse({"ok": True, "refresh": retrain is not None})
 
     async def forecast(request: Request) -> Response:
-        body = await body_of(request)
-        if isinstance(body, Response):
-            return body
+        if (denied := keyless(request)) is not None:
+            return denied
+        body = await request.body()  # at most MAX_BODY: the doorstep answers 413 past it
         answer = await api.send(request, "POST", predict_path, body, {"content-type": "application/json"})
         if answer.status_code == 200:
             keys.remember(caller_key(request))
@@ -134,9 +165,9 @@ def create_app(settings: Settings, sales: SalesCache | None = None, registry: Re
     async def refresh(request: Request) -> Response:
         if retrain is None:
             return error(503, "refresh is not configured on this dashboard (no --retrain-url)")
-        body = await body_of(request)
-        if isinstance(body, Response):
-            return body
+        if (denied := keyless(request)) is not None:
+            return denied
+        body = await request.body()
         try:
             ids = store_ids(json.loads(body or b"null"))
         except ValueError as exc:  # json.JSONDecodeError is a ValueError
@@ -147,9 +178,11 @@ def create_app(settings: Settings, sales: SalesCache | None = None, registry: Re
     async def job(request: Request) -> Response:
         if retrain is None:
             return error(503, "refresh is not configured on this dashboard (no --retrain-url)")
+        if (denied := keyless(request)) is not None:
+            return denied
         job_id = request.path_params["job_id"]
-        if not JOB_ID.fullmatch(job_id):
-            return error(400, "job id: 1 to 64 letters, digits, '.', '_' or '-'")
+        if not JOB_ID.fullmatch(job_id):  # only an exact id goes up: never '.', '..' or another path
+            return error(400, "job id: 1 to 64 letters, digits, '_' or '-', starting with a letter or digit")
         return await retrain.send(request, "GET", f"/jobs/{job_id}")
 
     async def model(request: Request) -> Response:
@@ -200,7 +233,10 @@ def create_app(settings: Settings, sales: SalesCache | None = None, registry: Re
               Route("/api/jobs/{job_id}", job), Route("/api/model", model), Route("/api/metrics", metrics),
               Route("/api/sales", recent_sales), Mount("/", StaticFiles(directory=STATIC, html=True))]
     app = Starlette(routes=routes, lifespan=lifespan)
+    answer_too_large(app)
     app.add_middleware(GZipMiddleware, minimum_size=600)
+    app.add_middleware(Doorstep, max_body=MAX_BODY, limit_name="the dashboard's limit",
+                       local_only=settings.host in LOOPBACK, content=json_posts_only)
     app.add_middleware(Headers)
     return app
 

@@ -3,7 +3,8 @@
 Only the caller's credentials (``x-api-key``, ``authorization``) and a few neutral headers go up;
 the answer comes back with its status, body and the headers a planner's page needs (``Retry-After``,
 the RateLimit headers, ``WWW-Authenticate``). An upstream that cannot be reached is a 502, one that
-does not answer in time a 504, each with a JSON ``error`` naming the service.
+does not answer in time a 504, each with a JSON ``error`` naming the service. The pooled client keeps
+no cookies (``no_cookies``): a cookie one user's request earned upstream never goes with another's.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
 import httpx
@@ -24,6 +26,11 @@ DOWN_HEADERS = ("content-type", "retry-after", "ratelimit", "ratelimit-policy", 
 SOURCE = "storecast.dashboard"
 
 
+def no_cookies() -> CookieJar:
+    """A cookie jar that takes none and sends none: one client serves every user."""
+    return CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+
+
 class Upstream:
     """One upstream service (a name for error messages, a base URL, a pooled client)."""
 
@@ -31,7 +38,8 @@ class Upstream:
         self.name, self.base = name, base_url.rstrip("/")
         self.timeout = timeout
         self.client = httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=min(5.0, timeout)),
-                                        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20))
+                                        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+                                        cookies=no_cookies(), follow_redirects=False)
 
     async def send(self, request: Request, method: str, path: str, body: bytes | None = None,
                    extra: dict[str, str] | None = None) -> Response:

@@ -1,8 +1,9 @@
 """Load tests cannot change production: retrain requests only go to a retrain service in ``--dry-run``.
 
-``refusal(url)`` asks the service's ``/healthz`` whether it runs ``--dry-run`` (it then answers what it
-would do and registers nothing); unless writes are allowed explicitly (``storecast loadtest
---allow-writes``, ``STORECAST_ALLOW_WRITES=1`` for Locust) anything else is refused with the reason.
+``refusal(url)`` asks the service's ``/healthz`` (with ``$STORECAST_API_KEY`` when set) whether it runs
+``--dry-run`` (it then answers what it would do and registers nothing); unless writes are allowed
+explicitly (``storecast loadtest --allow-writes``, ``STORECAST_ALLOW_WRITES=1`` for Locust) anything else
+is refused with the reason.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ def refusal(url: str, allow_writes: bool | None = None, timeout: float = 10.0) -
         return None
     health = url.rstrip("/") + "/healthz"
     try:
-        answer = httpx.get(health, timeout=timeout).json()
+        key = os.environ.get("STORECAST_API_KEY")  # a protected service shows its mode to an authenticated caller
+        answer = httpx.get(health, timeout=timeout, headers={"x-api-key": key} if key else {}).json()
     except (httpx.HTTPError, ValueError) as exc:
         return f"cannot tell whether {url} is a dry run ({health}: {exc}); refusing to send retrain requests"
     if answer.get("dry_run") is True:

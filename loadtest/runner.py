@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.report import Summary, plot, summarize
+from pipelines.cli.options import add_api_key, api_key
 from serving.contract import MODEL_NAME
 
 LOCUSTFILE = Path(__file__).resolve().with_name("locustfile.py")  # shipped in the package: works as installed
@@ -59,8 +60,9 @@ def cmd_loadtest(args: Any) -> int:
            **({ALLOW_ENV: "1"} if args.retrain_url and args.allow_writes else {})}
     if args.shape:
         env["STORECAST_SHAPE"] = args.shape
-    if args.api_key:
-        env["STORECAST_API_KEY"] = args.api_key
+    key = api_key(args)
+    if key:
+        env["STORECAST_API_KEY"] = key
     stack = None
     try:
         if args.host:
@@ -107,6 +109,6 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--classes", default="Planner,Service,Event,Refresher", help="Locust user classes")
     p.add_argument("--shape", choices=["surge", "ramp"], help="a LoadTestShape instead of --users")
     p.add_argument("--stores", default="1-20", help="store ids the users ask for: 1-1115 or 1,2,7")
-    p.add_argument("--api-key", help="key every user sends as x-api-key (default: $STORECAST_API_KEY)")
+    add_api_key(p, "x-api-key by every user")
     p.add_argument("--out", help="results folder (default results/loadtest-<time>)")
     p.set_defaults(func=cmd_loadtest)

@@ -27,6 +27,8 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
+from serving.mlflow_env import http_credentials
+
 API = "/api/2.0/mlflow"
 ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts"
 
@@ -45,18 +47,8 @@ class MlflowRestClient:
 
     def __init__(self, tracking_uri: str) -> None:
         self.base = tracking_uri.rstrip("/")
-        env = os.environ
-        auth: Any = None
-        headers = {}
-        if env.get("MLFLOW_TRACKING_TOKEN"):
-            headers["authorization"] = f"Bearer {env['MLFLOW_TRACKING_TOKEN']}"
-        elif env.get("MLFLOW_TRACKING_USERNAME"):
-            auth = (env["MLFLOW_TRACKING_USERNAME"], env.get("MLFLOW_TRACKING_PASSWORD", ""))
-        verify: Any = env.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or True
-        if env.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
-            verify = False
-        self.client = httpx.Client(auth=auth, headers=headers, verify=verify, follow_redirects=True,
-                                   timeout=float(env.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")))
+        self.client = httpx.Client(**http_credentials(self.base, tracking=True), follow_redirects=True,
+                                   timeout=float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")))
 
     # ---- versions -------------------------------------------------------------------------------
     def alias(self, name: str, alias: str) -> str:

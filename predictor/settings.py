@@ -44,5 +44,5 @@ COMPONENT = Component(
     name="predictor", settings=PredictorSettings,
     description="The storecast predictor: every store of one model version, forecast with numpy.",
     defaults={"model_name": MODEL_NAME}, event_types=None,
-    doors="serving.access.door:door_if_configured",  # cluster-internal: the check only with --auth-file
+    doors="serving.access.door:door",  # the transformer's door: closed by default, the same way
 )

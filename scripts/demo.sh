@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# make demo: synthetic sales ending yesterday -> train every store -> serve on loopback -> one forecast
-# printed and plotted -> keep serving until Ctrl-C. Everything lands in $DEMO_DIR (default build/demo).
+# make demo: synthetic sales ending yesterday -> train every store -> serve on loopback, protected as a
+# deployment is (an auth file with a planner key, made here and printed) -> one forecast printed and
+# plotted -> keep serving until Ctrl-C. Everything lands in $DEMO_DIR (default build/demo).
 set -euo pipefail
 BIN=${BIN:-.venv/bin}
 DIR=${DEMO_DIR:-build/demo}
@@ -13,16 +14,25 @@ export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///$PWD/$DIR/mlflow.db}
 end=$(date -u -d yesterday +%F)
 start=$(date -u -d "$end - 940 days" +%F)
 
+# Access: a fresh auth file (mode 0600, only the key's SHA-256 in it; no anonymous tier) with one planner.
+# The key is printed below and kept nowhere else; it goes to `storecast forecast` through the environment,
+# never the command line (where ps shows it).
+AUTH="$DIR/auth.yaml"
+rm -f "$AUTH"
+KEY=$("$BIN/storecast" auth add-key --name demo-planner --tier planner --file "$AUTH" \
+  --description "made by make demo" 2>"$DIR/add-key.err") || { cat "$DIR/add-key.err" >&2; exit 1; }
+chmod 600 "$AUTH"
+
 "$BIN/storecast" data synth --stores "$STORES" --seed 7 --start "$start" --end "$end" --out "$DIR/sales.csv.gz" \
   --calendar-out "$DIR/calendar.csv.gz"
 "$BIN/storecast" train --data "$DIR/sales.csv.gz" --calendar "$DIR/calendar.csv.gz" --alias champion
 mkdir -p "$DIR/logs"
 "$BIN/python" -m pipelines.retrain --data "$DIR/sales.csv.gz" --host 127.0.0.1 --port "$RETRAIN_PORT" \
-  > "$DIR/logs/retrain.log" 2>&1 &
+  --auth-file "$AUTH" --state "$DIR/retrain-state/jobs.sqlite" > "$DIR/logs/retrain.log" 2>&1 &
 retrain=$!
 "$BIN/storecast" serve --model-uri models:/storecast@champion --http-port "$PORT" --grpc-port 0 \
-  --log-dir "$DIR/logs" --dashboard-port "$DASHBOARD_PORT" --dashboard-sales "$DIR/sales.csv.gz" \
-  --dashboard-retrain-url "http://127.0.0.1:$RETRAIN_PORT" > "$DIR/serve.out" &
+  --log-dir "$DIR/logs" --auth-file "$AUTH" --dashboard-port "$DASHBOARD_PORT" \
+  --dashboard-sales "$DIR/sales.csv.gz" --dashboard-retrain-url "http://127.0.0.1:$RETRAIN_PORT" > "$DIR/serve.out" &
 serve=$!
 trap 'kill -TERM $serve $retrain 2>/dev/null; wait $serve $retrain 2>/dev/null' EXIT INT TERM
 for _ in $(seq 1 600); do
@@ -32,9 +42,14 @@ for _ in $(seq 1 600); do
 done
 cat "$DIR/serve.out"
 echo
-"$BIN/storecast" forecast --store 4 --url "http://127.0.0.1:$PORT" --plot "$DIR/forecast.png"
+STORECAST_API_KEY="$KEY" "$BIN/storecast" forecast --store 4 --url "http://127.0.0.1:$PORT" --plot "$DIR/forecast.png"
 echo
 echo "forecast plot: $DIR/forecast.png -- still serving on http://127.0.0.1:$PORT (Ctrl-C stops)"
 echo "dashboard: http://127.0.0.1:$DASHBOARD_PORT/ (stores 1..$STORES; refresh via the retrain service on :$RETRAIN_PORT)"
+echo
+echo "planner key: $KEY"
+echo "  sign in to the dashboard with it; without a key every data route answers 401. Keep it: it is stored"
+echo "  nowhere (only its SHA-256, in $AUTH). More keys: $BIN/storecast auth add-key --file $AUTH --name NAME --tier planner"
+echo "  From a shell: export STORECAST_API_KEY=<the key>; $BIN/storecast forecast --store 4 --url http://127.0.0.1:$PORT"
 if [ "${DEMO_EXIT:-0}" = 1 ]; then exit 0; fi
 wait $serve

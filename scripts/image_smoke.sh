@@ -130,18 +130,21 @@ until podman exec "$NAME-mlflow" python -c \
     sleep 1
 done
 full() { podman run --rm --pod "$NAME" -v "$WORK:/smoke:Z" -w /smoke "$IMAGE" storecast "$@"; }
+full_with_key() { podman run --rm --pod "$NAME" -v "$WORK:/smoke:Z" -w /smoke -e STORECAST_API_KEY=image-smoke "$IMAGE" storecast "$@"; }
 full data synth --stores "$STORES" --seed 7 --out /smoke/sales.csv.gz
 full train --data /smoke/sales.csv.gz --tracking-uri http://127.0.0.1:5000 --alias champion --no-progress --json \
     > "$WORK/train.json"
 version=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["version"])' "$WORK/train.json")
 echo "registered models:/$MODEL/$version in the mlflow server"
 
-# STORECAST_HOST: the servers listen on the pod's interfaces (published on the host's 127.0.0.1 only)
+# STORECAST_HOST: the servers listen on the pod's interfaces (published on the host's 127.0.0.1 only); a
+# server listens wide only with credentials configured (serving/access/settings.py): the smoke's key, which
+# the transformer also shows the predictor as its own service identity (STORECAST_PREDICTOR_API_KEY)
 podman run -d --pod "$NAME" --name "$NAME-predictor" -e MLFLOW_TRACKING_URI=http://127.0.0.1:5000 \
-    -e STORECAST_HOST=0.0.0.0 "$SERVE_IMAGE" \
+    -e STORECAST_HOST=0.0.0.0 -e STORECAST_API_KEY=image-smoke "$SERVE_IMAGE" \
     predictor --model_uri "models:/$MODEL/$version" --http_port 8080 --grpc_port 8081 >/dev/null
-# the transformer listens wide only with credentials configured (serving/access/door.py): the smoke's key
 podman run -d --pod "$NAME" --name "$NAME-transformer" -e STORECAST_HOST=0.0.0.0 -e STORECAST_API_KEY=image-smoke \
+    -e STORECAST_PREDICTOR_API_KEY=image-smoke \
     "$SERVE_IMAGE" transformer --predictor_host 127.0.0.1:8081 --predictor_protocol grpc-v2 --http_port 9080 \
     --grpc_port 9081 --workers 1 >/dev/null
 start=$(date +%s)
@@ -208,7 +211,7 @@ say "batch client (full image) for every store"
 status=$(curl -sS -o /dev/null -w '%{http_code}' -H 'content-type: application/json' \
     --data '{"instances": [{"storeId": "1", "beginDate": "2015-08-01"}]}' "http://127.0.0.1:$tp/v1/models/$MODEL:predict")
 [ "$status" = 401 ] || fail "a business request without the key: expected 401, got HTTP $status"
-full forecast --stores all --url http://127.0.0.1:9080 --predictor-url http://127.0.0.1:8080 --api-key image-smoke \
+full_with_key forecast --stores all --url http://127.0.0.1:9080 --predictor-url http://127.0.0.1:8080 \
     --begin 2015-08-01 --end 2015-08-14 --batch-size 2 --concurrency 2 --out /smoke/fleet.csv --no-progress
 rows=$(( $(wc -l < "$WORK/fleet.csv") - 1 ))
 [ "$rows" = $(( STORES * 14 )) ] || fail "the batch table has $rows rows, expected $(( STORES * 14 ))"

@@ -1,9 +1,11 @@
 """The gRPC server: KServe's servicer and server with the same guarantees as REST.
 
-- :class:`Guard`, the one server interceptor: the doors, the in-flight bound (shared with REST:
+- :class:`Guard`, the one server interceptor: the doors (before the message is parsed: the handler
+  it wraps gets the raw bytes, and the message is deserialized only once the doors admitted the call;
+  its size is bounded by ``--max-body-bytes`` before that), the in-flight bound (shared with REST:
   ``UNAVAILABLE`` with ``retry-after`` and ``grpc-retry-pushback-ms`` trailing metadata), the error
-  mapping of ``serving.errors`` (never ``INTERNAL`` for a client's mistake), one access-log line and
-  the request metrics;
+  mapping of ``serving.errors`` (never ``INTERNAL`` for a client's mistake), one access-log line
+  (a refusal's sampled, as REST's) and the request metrics;
 - :class:`Servicer`: ``ModelInfer`` decoded and checked by ``serving.tensors`` (contents or raw),
   ``model_version`` honoured (another version is ``NOT_FOUND`` naming the served one), answers in
   ``raw_output_contents``; ``ModelMetadata`` with ``platform`` and ``versions``; server metadata
@@ -28,7 +30,7 @@ from kserve.utils.utils import to_headers
 
 from serving import grpc_tensors, tensors
 from serving.access import hook as doors_
-from serving.errors import Unavailable, failure_of
+from serving.errors import ClientError, Unavailable, failure_of
 from serving.http import log_access
 from serving.metrics import Meter
 from serving.rest import _not_ready
@@ -51,18 +53,22 @@ class Guard(aio.ServerInterceptor):
             return handler
         behavior, method = handler.unary_unary, details.method
         kind = doors_.classify_grpc(method)
+        deserialize = handler.request_deserializer
 
-        async def guarded(request: Any, context: aio.ServicerContext) -> Any:
+        async def guarded(raw: bytes, context: aio.ServicerContext) -> Any:
             t0 = time.perf_counter()
-            status, note, who, call, token, counted, shed = 200, "", None, None, None, False, False
+            status, note, who, call, token, counted, shed, refused = 200, "", None, None, None, False, False, False
             peer = context.peer() or ""
             try:
                 if self.doors:
-                    metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-                    model = getattr(request, "model_name", None) or getattr(request, "name", None) or None
-                    call = doors_.Call("grpc", "POST", method, kind, metadata, peer, model, self.component)
+                    metadata = doors_.combined((k, v) for k, v in (context.invocation_metadata() or ())
+                                               if isinstance(v, str))
+                    call = doors_.Call("grpc", "POST", method, kind, metadata, peer, None, self.component)
+                    refused = True
                     who = await self.doors.admit(call)
+                    refused = False
                     token = doors_.set_principal(who)
+                request = _parse(deserialize, raw)
                 if kind == "infer" and self.shedder is not None and self.shedder.limit > 0:
                     if self.shedder.over():
                         self.shedder.count_shed("grpc")
@@ -77,7 +83,7 @@ class Guard(aio.ServerInterceptor):
                 raise
             except Exception as exc:
                 failure = failure_of(exc)
-                status, note = failure.status, failure.message
+                status, note, refused = failure.status, failure.message, refused and failure.client
                 if status >= 500 and status != 503:
                     log.error("gRPC %s failed", method, exc_info=exc)
                 trailing = [(k.lower(), str(v)) for k, v in failure.headers.items()]
@@ -96,10 +102,20 @@ class Guard(aio.ServerInterceptor):
                 if kind == "infer" and not shed:
                     self.meter.request("grpc", status)
                 if self.log_requests:
-                    log_access("grpc", "POST", method, status, t0, peer, who, note, kind)
+                    log_access("grpc", "POST", method, status, t0, peer, who, note, kind, refused)
 
-        return grpc.unary_unary_rpc_method_handler(guarded, request_deserializer=handler.request_deserializer,
-                                                   response_serializer=handler.response_serializer)
+        # no request_deserializer: the raw bytes reach ``guarded``, which parses them after the doors
+        return grpc.unary_unary_rpc_method_handler(guarded, response_serializer=handler.response_serializer)
+
+
+def _parse(deserialize: Any, raw: bytes) -> Any:
+    """The request message of ``raw`` (an unparsable one is INVALID_ARGUMENT)."""
+    if deserialize is None:
+        return raw
+    try:
+        return deserialize(raw)
+    except Exception as exc:  # protobuf's DecodeError and its kin
+        raise ClientError(f"the request message cannot be parsed ({type(exc).__name__})") from None
 
 
 def _grpc_extra(exc: Exception) -> list[tuple[str, str]]:

@@ -2,6 +2,11 @@
 
 For every HTTP request, in this order:
 
+0. the doorstep, on the headers alone: a request a page of another site made a browser send is 403
+   (``Origin`` not this server's own ``Host``; a form or ``text/plain`` POST carrying browser headers
+   without CloudEvents ``ce-*`` headers), and, on an open server (no auth file, loopback only), a
+   ``Host`` that is not a loopback name (DNS rebinding) is 403 too (``serving.access.doorstep.foreign``).
+   Real clients are unaffected: tritonclient, KServe's clients, curl and the CLI send no ``Origin``;
 1. the doors (``serving.access.hook``): admit (the principal is kept for the request) or refuse;
 2. the in-flight bound (``serving.shedding``): past ``--max-inflight`` inference requests, 503 +
    ``Retry-After`` at once (most of these are answered earlier still, by ``FastShedProtocol``);
@@ -10,7 +15,11 @@ For every HTTP request, in this order:
    ``Content-Type`` normalised (JSON sent without one, or as ``text/plain``, is read as JSON);
 4. one access-log line (health probes at DEBUG) and the request counted by outcome (inference only).
 
-Errors are answered ``{"error": "..."}`` by :func:`error_response`, the same mapping as gRPC.
+Every refusal (0, 1, a body over the limit) is answered before the body is read; when a large or chunked
+body is still on its way the answer says ``connection: close``, so the rest is never read. Refusals' access
+lines are sampled (:func:`log_access`: one per status every 10 s, with the number held back), and every
+field of the line is escaped: a ``%0a`` in a path never starts a line. Errors are answered
+``{"error": "..."}`` by :func:`error_response`, the same mapping as gRPC.
 """
 
 from __future__ import annotations
@@ -18,13 +27,16 @@ from __future__ import annotations
 import logging
 import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 
 from serving import shedding
 from serving.access import hook as doors_
+from serving.access.audit import Sampler
+from serving.access.doorstep import foreign, media_type
 from serving.errors import ClientError, Failure, TooLarge, Unsupported, failure_of
 from serving.metrics import Meter
 
@@ -38,6 +50,11 @@ ADMISSION = "storecast_admission"  # scope["state"] key of the doors' principal
 JSON_TYPES = ("application/json", "application/cloudevents+json")
 UTF8 = ("utf-8", "utf8", "us-ascii", "ascii")
 MESSAGE_CHARS = 300  # of an error message in the access log
+DRAIN_BYTES = 64 << 10  # a refused request's unread body up to this is read and dropped; beyond, the connection closes
+FORM_TYPES = ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data")  # a browser sends them anywhere
+BROWSER_HEADERS = ("origin", "sec-fetch-site", "sec-fetch-mode", "sec-fetch-dest")
+ROUTE_SAFE = "/:@!$&'()*+,;=-._~%"  # kept as they are in a logged path; everything else (blanks, controls) escaped
+REFUSED_LINES = Sampler()  # refusals' access lines: one per protocol and status every 10 s
 
 
 def error_response(failure: Failure) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
@@ -48,10 +65,33 @@ def error_response(failure: Failure) -> tuple[int, list[tuple[bytes, bytes]], by
     return failure.status, headers, body
 
 
-async def send_failure(send: Send, failure: Failure) -> None:
+async def send_failure(send: Send, failure: Failure, close: bool = False) -> None:
+    """Answer ``failure``; ``close``: and close the connection after it (a body left unread)."""
     status, headers, body = error_response(failure)
+    if close:
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def browser_problem(method: str, headers: Mapping[str, str], local_only: bool) -> tuple[int, str] | None:
+    """Why a request is one a browser was made to send here by a page of another site (None: it is not)."""
+    refusal = foreign(headers, local_only)
+    if refusal is not None:
+        return refusal
+    if (method == "POST" and media_type(headers) in FORM_TYPES and any(h in headers for h in BROWSER_HEADERS)
+            and not any(name.startswith("ce-") for name in headers)):
+        return 403, (f"a browser's {media_type(headers)} POST is refused (a form or a no-cors fetch can send it "
+                     "from any site): send application/json, or a CloudEvent with ce-* headers")
+    return None
+
+
+def _unread_body(headers: Mapping[str, str]) -> bool:
+    """Whether a body too large to drop cheaply (or of unknown length) may still be on its way."""
+    if "transfer-encoding" in headers:
+        return True
+    length = headers.get("content-length", "0").strip()
+    return not length.isdigit() or int(length) > DRAIN_BYTES
 
 
 class Front:
@@ -59,10 +99,11 @@ class Front:
 
     def __init__(self, app: Any, component: str, meter: Meter, doors: doors_.Doors | None = None,
                  shedder: shedding.LoadShedder | None = None, max_body: int = 32 << 20,
-                 log_requests: bool = True) -> None:
+                 log_requests: bool = True, local_only: bool = False) -> None:
         self.app, self.component, self.meter = app, component, meter
         self.doors = doors or doors_.Doors()
         self.shedder, self.max_body, self.log_requests = shedder, max_body, log_requests
+        self.local_only = local_only  # an open server: only requests addressed to a loopback name
         if shedder is not None:
             shedder.app = app
             shedder.on_shed = meter.shed
@@ -76,7 +117,8 @@ class Front:
         method, path = scope.get("method", "GET"), scope.get("path", "")
         kind, model = doors_.classify_http(method, path)
         counted = bool(scope.get(shedding.ADMITTED))  # FastShedProtocol let it in and counted it
-        status, note, shed = [0], [""], False
+        status, note, shed, refused = [0], [""], False, False
+        headers = _headers(scope)
 
         async def tracked(message: dict) -> None:
             if message["type"] == "http.response.start":
@@ -89,14 +131,19 @@ class Front:
 
         who, call, token = None, None, None
         try:
+            problem = browser_problem(method, headers, self.local_only)
+            if problem is not None:
+                status[0], note[0], refused = problem[0], problem[1], True
+                await send_failure(send, Failure(*problem), _unread_body(headers))
+                return
             if self.doors:
-                call = doors_.Call("http", method, path, kind, _headers(scope), _peer(scope), model, self.component)
+                call = doors_.Call("http", method, path, kind, headers, _peer(scope), model, self.component)
                 try:
                     who = await self.doors.admit(call)
                 except Exception as exc:  # a refusal (or a door failing: never admit on error)
                     failure = failure_of(exc)
-                    status[0], note[0] = failure.status, failure.message
-                    await send_failure(send, failure)
+                    status[0], note[0], refused = failure.status, failure.message, failure.client
+                    await send_failure(send, failure, _unread_body(headers))
                     return
                 scope.setdefault("state", {})[ADMISSION] = who
                 token = doors_.set_principal(who)
@@ -113,8 +160,8 @@ class Front:
                     receive = await self._read_body(scope, receive, path)
                 except Exception as exc:
                     failure = failure_of(exc)
-                    status[0], note[0] = failure.status, failure.message
-                    await send_failure(send, failure)
+                    status[0], note[0], refused = failure.status, failure.message, isinstance(exc, TooLarge)
+                    await send_failure(send, failure, refused)
                     return
             try:
                 await self.app(scope, receive, tracked)
@@ -136,7 +183,7 @@ class Front:
             if kind == "infer" and not shed:
                 self.meter.request("http", code)
             if self.log_requests:
-                _log("http", method, path, code, t0, _peer(scope), who, note[0], kind)
+                _log("http", method, path, code, t0, _peer(scope), who, note[0], kind, refused)
 
     async def _read_body(self, scope: Scope, receive: Receive, path: str) -> Receive:
         """Read the whole body within the limit, decode it, fix the content type; a receive replaying it."""
@@ -227,7 +274,7 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
 
 
 def _headers(scope: Scope) -> dict[str, str]:
-    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or ()}
+    return doors_.combined((k.decode("latin-1"), v.decode("latin-1")) for k, v in scope.get("headers") or ())
 
 
 def _peer(scope: Scope) -> str:
@@ -248,14 +295,30 @@ def _error_text(body: bytes) -> str:
 
 
 def _log(protocol: str, method: str, route: str, status: int, t0: float, peer: str, who: Any, note: str,
-         kind: str) -> None:
+         kind: str, refused: bool = False) -> None:
+    """The access line: ``PROTOCOL METHOD ROUTE STATUS TIME PEER [IDENTITY] ['MESSAGE'] [held_back=N]``, each
+    field escaped (the route percent-encoded, the message as a Python literal); a refusal's (before any
+    work: a door, the doorstep, a body over the limit) at most once per protocol and status every 10 s."""
     level = logging.DEBUG if kind == "health" else logging.ERROR if status >= 500 and status != 503 else logging.INFO
     if not access_log.isEnabledFor(level):
         return
+    held = REFUSED_LINES.take(f"{protocol} {status}") if refused else 0
+    if held is None:
+        return
     name = getattr(who, "name", None) or getattr(getattr(who, "identity", None), "name", None)
-    access_log.log(level, "%s %s %s %d %.1fms %s%s%s", protocol, method, route[:200], status,
-                   (time.perf_counter() - t0) * 1e3, peer, f" {name}" if name else "",
-                   f" {note[:MESSAGE_CHARS]!r}" if note else "")
+    access_log.log(level, "%s %s %s %d %.1fms %s%s%s%s", protocol, _field(method, 16), _route(route), status,
+                   (time.perf_counter() - t0) * 1e3, _field(peer, 64), f" {_field(name, 128)}" if name else "",
+                   f" {note[:MESSAGE_CHARS]!r}" if note else "", f" held_back={held}" if refused else "")
+
+
+def _route(route: str) -> str:
+    """A path as the access line shows it: percent-encoded but for the usual path characters, at most 200."""
+    return quote(route[:200], safe=ROUTE_SAFE)
+
+
+def _field(text: str, limit: int) -> str:
+    """A short field of the line (peer, name, method): no blank or control character."""
+    return quote(str(text)[:limit], safe=ROUTE_SAFE + "[]")
 
 
 log_access = _log  # the gRPC side writes the same line

@@ -20,6 +20,7 @@ In every role artifact downloads draw no progress bar (the output is a log, not 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 QUIET = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 MLFLOW_DEFAULTS: dict[str, dict[str, str]] = {
@@ -34,3 +35,34 @@ def use_mlflow_defaults(role: str) -> None:
     """Set ``role``'s MLflow client defaults (``MLFLOW_DEFAULTS``) where the environment does not set them."""
     for name, value in MLFLOW_DEFAULTS[role].items():
         os.environ.setdefault(name, value)
+
+
+def http_credentials(url: str, *, tracking: bool = False) -> dict[str, Any]:
+    """httpx keyword arguments (``auth``, ``headers``, ``verify``) carrying MLflow's client credentials
+    (``MLFLOW_TRACKING_TOKEN``, or ``MLFLOW_TRACKING_USERNAME`` / ``_PASSWORD``; ``MLFLOW_TRACKING_INSECURE_TLS``,
+    ``MLFLOW_TRACKING_SERVER_CERT_PATH``) to ``url``: only when ``url`` is the tracking server's (``tracking``, or
+    the origin of ``$MLFLOW_TRACKING_URI``), so a sales URL on another host never receives them."""
+    env = os.environ
+    if not tracking and _origin(url) != _origin(env.get("MLFLOW_TRACKING_URI", "")):
+        return {}
+    out: dict[str, Any] = {}
+    if env.get("MLFLOW_TRACKING_TOKEN"):
+        out["headers"] = {"authorization": f"Bearer {env['MLFLOW_TRACKING_TOKEN']}"}
+    elif env.get("MLFLOW_TRACKING_USERNAME"):
+        out["auth"] = (env["MLFLOW_TRACKING_USERNAME"], env.get("MLFLOW_TRACKING_PASSWORD", ""))
+    if env.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        out["verify"] = False
+    elif env.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):
+        out["verify"] = env["MLFLOW_TRACKING_SERVER_CERT_PATH"]
+    return out
+
+
+def _origin(url: str) -> tuple[str, str] | None:
+    """(scheme, host:port) of an http(s) URL; None for anything else."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return parts.scheme, f"{parts.hostname.lower()}:{port}"

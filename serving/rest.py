@@ -1,7 +1,8 @@
 """The REST server: KServe's uvicorn/FastAPI server with our V2 endpoints, errors and front.
 
-:class:`RestServer` is KServe's ``RESTServer`` bound to the configured host, with uvicorn's access
-log replaced by ours, the shed fast path as its HTTP protocol, :class:`~serving.http.Front` as the
+:class:`RestServer` is KServe's ``RESTServer`` bound to the configured host, without uvicorn's own
+``x-forwarded-for`` trust (the access door resolves forwarded addresses from ``--trusted-proxies`` only),
+with uvicorn's access log replaced by ours, the shed fast path as its HTTP protocol, :class:`~serving.http.Front` as the
 only middleware, every error answered ``{"error": "..."}`` (KServe's own 404/422 included, client
 errors without a traceback), and the V2 routes below registered ahead of KServe's:
 
@@ -27,6 +28,7 @@ from kserve.protocol.rest.server import RESTServer
 from starlette.exceptions import HTTPException
 
 from serving import rest_tensors, shedding, tensors
+from serving.access.settings import UVICORN_PROXY_OPTIONS
 from serving.errors import Failure, ServingError, Unavailable, failure_of
 from serving.http import Front, error_response
 
@@ -161,6 +163,8 @@ class RestServer(RESTServer):
         super().__init__(*args, **kwargs)
         self.config.host = host
         self.config.http = shedding.PROTOCOL
+        for name, value in UVICORN_PROXY_OPTIONS.items():  # uvicorn trusts 127.0.0.1's x-forwarded-for otherwise
+            setattr(self.config, name, value)
         self.front = front
 
     def create_application(self) -> None:

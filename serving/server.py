@@ -6,17 +6,26 @@ doors) and call :func:`parse` then :func:`serve`. :func:`build_server` makes KSe
 with its two servers replaced by ours (``serving.rest.RestServer``, ``serving.grpc_server.GrpcServer``):
 both listen on ``--host``, share one in-flight bound and one set of doors, map errors the same way,
 write the same access-log line and count the same metrics.
+
+Closed by default, the same way for both: ``--host`` is loopback unless given, neither listens beyond
+loopback without an auth file (``serving.access.settings.check_exposure``), a ``--doors`` value that
+leaves no door is refused, and the default door is the access door (``serving.access.door:door``).
+Without an auth file (loopback) every caller is anonymous with every permission but ``admin`` (the
+model repository), and the REST front answers only requests addressed to a loopback name that no
+page of another site sent (``serving.http``). A bad setting found at start-up is one line on stderr
+and exit status 1 (:func:`starting`), never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import gc
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,17 +59,38 @@ class Component:
         return parser
 
 
+@contextlib.contextmanager
+def starting(component: Component) -> Iterator[None]:
+    """Start-up work where a bad setting (``ValueError``, an unreadable file's ``OSError``) is the user's to
+    fix: one line on stderr naming it (``python -m predictor: error: ...``), exit status 1, no traceback."""
+    try:
+        yield
+    except (ValueError, OSError) as exc:
+        raise SystemExit(f"{component.prog}: error: {' '.join(str(exc).split())[:2000]}") from None
+
+
 def parse(component: Component, argv: Sequence[str] | None = None) -> ServerSettings:
     """The component's settings from the command line and ``STORECAST_*`` (imports KServe)."""
-    args = component.parser().parse_args(sys.argv[1:] if argv is None else list(argv))
-    return component.settings.from_args(args)
+    with starting(component):
+        args = component.parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+        return component.settings.from_args(args)
+
+
+def build_doors(component: Component, settings: ServerSettings) -> tuple[Any, bool]:
+    """The server's doors and whether it runs open (no auth file: loopback only); ``ValueError`` when it
+    would listen beyond loopback without an auth file or ``--doors`` leaves no door."""
+    from serving.access import hook
+    from serving.access.settings import AccessSettings, check_exposure
+
+    access = AccessSettings.of(settings)
+    check_exposure(access, settings.host)
+    return hook.build_doors(settings.doors, settings), access.open
 
 
 def serve(component: Component, settings: ServerSettings, models: Sequence[Any], repository: Any = None,
           start: Sequence[Any] = ()) -> None:
     """Build the server, register ``models`` (ready or not: readiness is per model) and serve until stopped."""
     from serving import eventloop
-    from serving.access.hook import build_doors
     from serving.budget import SWITCH_SECONDS
     from serving.metrics import Meter
     from serving.shedding import LoadShedder
@@ -69,9 +99,10 @@ def serve(component: Component, settings: ServerSettings, models: Sequence[Any],
     _quiet_warnings()
     sys.setswitchinterval(SWITCH_SECONDS)  # large requests' work runs in the bulk thread (serving.budget)
     meter = Meter(component.name)
-    doors = build_doors(settings.doors, settings)
+    with starting(component):
+        doors, local_only = build_doors(component, settings)
     shedder = LoadShedder(None, settings.max_inflight) if settings.max_inflight > 0 else None
-    server = build_server(component, settings, meter, doors, shedder, repository)
+    server = build_server(component, settings, meter, doors, shedder, repository, local_only)
     for model in models:
         server.register_model(model)
         model.enable_latency_logging = server.enable_latency_logging
@@ -93,9 +124,10 @@ def _quiet_warnings() -> None:
 
 
 def build_server(component: Component, settings: ServerSettings, meter: Any, doors: Any, shedder: Any,
-                 repository: Any = None) -> Any:
-    """KServe's ModelServer, built from the settings, with our REST and gRPC servers."""
-    return _server_class()(component, settings, meter, doors, shedder, repository)
+                 repository: Any = None, local_only: bool = False) -> Any:
+    """KServe's ModelServer, built from the settings, with our REST and gRPC servers (``local_only``: the REST
+    front answers only requests addressed to a loopback name)."""
+    return _server_class()(component, settings, meter, doors, shedder, repository, local_only)
 
 
 @functools.cache
@@ -112,7 +144,7 @@ def _server_class() -> type:
 
     class StorecastServer(ModelServer):
         def __init__(self, component: Component, settings: ServerSettings, meter: Any, doors: Any, shedder: Any,
-                     repository: Any = None) -> None:
+                     repository: Any = None, local_only: bool = False) -> None:
             k = settings.kserve
             names = ("http_port", "grpc_port", "workers", "max_threads", "max_asyncio_workers", "enable_grpc",
                      "enable_docs_url", "enable_latency_logging", "event_loop", "timeout_keep_alive", "ssl_certfile",
@@ -125,6 +157,7 @@ def _server_class() -> type:
                              **{n: k[n] for n in names if n in k})
             self.component, self.settings, self.meter, self.doors, self.shedder = (
                 component, settings, meter, doors, shedder)
+            self.local_only = local_only
             self.dataplane = ServingDataPlane(self.registered_models, f"storecast-{component.name}",
                                               component.event_types)
             self.model_repository_extension = ServingRepositoryExtension(self.registered_models)
@@ -132,7 +165,8 @@ def _server_class() -> type:
         def _rest(self) -> Any:
             s = self.settings
             front = {"component": self.component.name, "meter": self.meter, "doors": self.doors,
-                     "shedder": self.shedder, "max_body": s.max_body_bytes, "log_requests": s.access_log}
+                     "shedder": self.shedder, "max_body": s.max_body_bytes, "log_requests": s.access_log,
+                     "local_only": self.local_only}
             return RestServer("kserve.model_server:app", self.dataplane, self.model_repository_extension,
                               self.http_port, workers=self.workers, grace_period=self.grace_period,
                               event_loop=self.event_loop, timeout_keep_alive=self.timeout_keep_alive,

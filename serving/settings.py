@@ -125,8 +125,8 @@ class Settings:
 class ServerSettings(Settings):
     """What every storecast server takes besides KServe's own flags."""
 
-    host: str = setting("0.0.0.0", "address HTTP and gRPC listen on (KServe's own servers always use every "
-                        "interface); 127.0.0.1 for loopback only")
+    host: str = setting("127.0.0.1", "address HTTP and gRPC listen on: loopback unless given; any other address "
+                        "(0.0.0.0: every interface) needs an auth file (--auth-file) or STORECAST_API_KEY")
     max_inflight: int = setting(64, "inference requests served at once (REST and gRPC together); more are "
                                 "refused at once with 503 + Retry-After / UNAVAILABLE (0: unbounded)", int)
     max_inflight_rows: int = setting(1_000_000, "rows (store-days) of large requests (over 4,096 rows) evaluated and "

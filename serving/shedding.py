@@ -18,6 +18,11 @@ twice the offered load, half the requests are shed). Two layers:
   arrive in one event-loop iteration would otherwise all pass before any reaches the middleware).
   Requests it cannot handle that way (pipelined, ``Expect: 100-continue``, absolute URLs) are
   counted and shed by the middleware.
+
+The same protocol bounds a request's head (request line and headers): past ``HEAD_LIMIT`` bytes it answers
+431 and closes the connection, before the parser has gathered the rest. A 1 MB header costs a few
+reads, not a megabyte of copying and a header table; no credential is near the limit (a key is at most
+512 characters, a token 8 KiB: ``serving.access.admission``).
 """
 
 from __future__ import annotations
@@ -32,6 +37,10 @@ ASGIApp = Callable[[Scope, Callable[[], Awaitable[dict]], Callable[[dict], Await
 PREFIXES = ("/v1/models", "/v2/models")
 _PREFIXES_B = tuple(p.encode() for p in PREFIXES)
 LOG_EVERY = 10.0  # seconds between "shedding" log lines
+HEAD_LIMIT = 64 << 10  # bytes of a request's line and headers
+_HEAD_BODY = b'{"error":"request headers over the limit of %d bytes"}' % HEAD_LIMIT
+HEAD_REFUSAL = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+                b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(_HEAD_BODY), _HEAD_BODY))
 ADMITTED = "storecast.admitted"  # scope key: FastShedProtocol counted this request in
 
 log = logging.getLogger("storecast.shedding")
@@ -100,11 +109,25 @@ def _fast_protocol() -> type | None:
         return None
 
     class FastShedProtocol(HttpToolsProtocol):
-        """Answers a request that would be shed straight from the parser: one write, nothing else."""
+        """Answers a request that would be shed straight from the parser: one write, nothing else; refuses
+        a head over ``HEAD_LIMIT`` (431) before it is read whole."""
 
         _shedding = False
+        _in_head = True  # between requests or in a request's head: what arrives is head
+        _head_bytes = 0
+
+        def data_received(self, data: bytes) -> None:
+            in_head = self._in_head
+            super().data_received(data)
+            if in_head and self._in_head and not self.transport.is_closing():  # all of ``data`` was head
+                self._head_bytes += len(data)
+                if self._head_bytes > HEAD_LIMIT:
+                    self.transport.write(HEAD_REFUSAL)
+                    self.transport.close()
+                    refused_head()
 
         def on_headers_complete(self) -> None:
+            self._in_head, self._head_bytes = False, 0
             shedder = _active
             if (shedder is not None and shedder.limit > 0 and not self.expect_100_continue and not self.pipeline
                     and (self.cycle is None or self.cycle.response_complete) and not self.parser.should_upgrade()
@@ -124,6 +147,7 @@ def _fast_protocol() -> type | None:
                 super().on_body(body)
 
         def on_message_complete(self) -> None:
+            self._in_head = True
             if not self._shedding:
                 super().on_message_complete()
                 return
@@ -139,6 +163,22 @@ def _fast_protocol() -> type | None:
 
     FastShedProtocol.__qualname__ = FastShedProtocol.__name__ = "FastShedProtocol"
     return FastShedProtocol
+
+
+_head_log = {"at": 0.0, "count": 0}
+
+
+def refused_head() -> None:
+    """Count a request refused for its head's size; say so in the log at most every ``LOG_EVERY`` seconds."""
+    from serving.access.audit import REFUSALS
+
+    REFUSALS.labels("oversized_head", "rest").inc()
+    _head_log["count"] += 1
+    now = time.monotonic()
+    if now - _head_log["at"] >= LOG_EVERY:
+        log.warning("refused %d requests whose headers were over %d bytes (431) since the last such line",
+                    _head_log["count"], HEAD_LIMIT)
+        _head_log["at"], _head_log["count"] = now, 0
 
 
 FastShedProtocol = _fast_protocol()

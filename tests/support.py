@@ -787,6 +787,50 @@ def workloads(docs: list[dict]) -> list[tuple[str, dict, dict]]:
     return out
 
 
+def pods(docs: list[dict]) -> list[tuple[str, dict[str, str], dict]]:
+    """(label, pod labels, pod-spec-like dict) of every pod the manifests make, the RayJob's included.
+
+    Pod labels are the ones these manifests set (an InferenceService component's ``labels``, a template's
+    ``metadata.labels``); controllers add their own (Knative's, KServe's, KubeRay's) besides."""
+    out = []
+    for d in docs:
+        name, spec = f"{d['kind']} {d['metadata']['name']}", d.get("spec", {})
+        if gk(d) == ISVC:
+            out += [(f"{name} {c}", s.get("labels", {}), s) for c, s in components(d).items()]
+        elif gk(d) == KSVC or d["kind"] in ("Deployment", "StatefulSet", "Job"):
+            out.append((name, spec["template"].get("metadata", {}).get("labels", {}), spec["template"]["spec"]))
+        elif gk(d) == ("ray.io", "RayJob"):
+            cluster = spec["rayClusterSpec"]
+            templates = [("head", cluster["headGroupSpec"]["template"]),
+                         *((f"worker {g['groupName']}", g["template"]) for g in cluster["workerGroupSpecs"]),
+                         ("submitter", spec["submitterPodTemplate"])]
+            out += [(f"{name} {role}", t.get("metadata", {}).get("labels", {}), t["spec"]) for role, t in templates]
+    return out
+
+
+def json_patch(doc: dict, ops: list[dict]) -> dict:
+    """A JSON patch (RFC 6902: add, replace, remove, test) applied to a copy of ``doc``, as an API server or
+    kustomize applies one."""
+    doc = copy.deepcopy(doc)
+    for op in ops:
+        *parents, last = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
+        node: Any = doc
+        for p in parents:
+            node = node[int(p)] if isinstance(node, list) else node[p]
+        key: Any = (len(node) if last == "-" else int(last)) if isinstance(node, list) else last
+        if op["op"] == "test":
+            assert node[key] == op["value"], f"test failed at {op['path']}"
+        elif op["op"] == "remove":
+            del node[key]
+        elif op["op"] == "add" and isinstance(node, list):
+            node.insert(key, op["value"])
+        else:
+            exists = key < len(node) if isinstance(node, list) else key in node
+            assert op["op"] in ("add", "replace") and (op["op"] == "add" or exists), op
+            node[key] = op["value"]
+    return doc
+
+
 def quantity(text: str) -> float:
     """A Kubernetes resource quantity (``500m``, ``2Gi``, ``4``) as a number."""
     units = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
@@ -868,4 +912,148 @@ def kubeconfig(path: Path, server: str, token: str, namespace: str) -> Path:
         "clusters": [{"name": "test", "cluster": {"server": server}}],
         "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test", "namespace": namespace}}],
         "users": [{"name": "test", "user": {"token": token}}]}))
+    return path
+
+
+# --- an OIDC issuer whose JWKS turns slow: one byte every 2 s, status line and headers included ----------
+class TricklingIssuer(LoopbackServer):
+    """``Issuer``'s keys and tokens; while ``trickle`` is set, its /jwks answer goes out one byte every
+    ``interval`` seconds (status line, headers, body: each byte beats any per-read timeout above ``interval``).
+    ``trickling`` is set when such an answer begins, ``hung_up`` when its client hangs up before the end;
+    ``close()`` ends the trickles."""
+
+    token = Issuer.token
+
+    def __init__(self, interval: float = 2.0) -> None:
+        self.keys = {"k1": new_key()}
+        self.fetches = 0
+        self.interval = interval
+        self.trickle, self.trickling, self.hung_up, self.closing = (threading.Event() for _ in range(4))
+        issuer = self
+
+        class Handler(QuietHandler):
+            def do_GET(self) -> None:
+                if self.path != "/jwks":
+                    self._send(404, b"")
+                    return
+                issuer.fetches += 1
+                body = json.dumps({"keys": [jwk(k, kid) for kid, k in issuer.keys.items()]}).encode()
+                if not issuer.trickle.is_set():
+                    self._send(200, body)
+                    return
+                self.close_connection = True
+                answer = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+                issuer.trickling.set()
+                try:
+                    for i in range(len(answer)):
+                        self.wfile.write(answer[i:i + 1])
+                        if issuer.closing.wait(issuer.interval):
+                            return
+                except OSError:  # the client hung up
+                    issuer.hung_up.set()
+
+        self.serve(Handler)
+
+    def close(self) -> None:
+        self.closing.set()
+        super().close()
+
+
+# --- a predictor whose model repository may be used: anyone forecasts, ADMIN_KEY loads and unloads ----------
+# (without an auth file the repository is refused: serving.access.auth_file.open_config has no ``admin``)
+ADMIN_KEY = "sc_test-admin"
+ADMIN = {"x-api-key": ADMIN_KEY}
+
+
+def admin_auth(folder: Path) -> Path:
+    """An auth file in ``folder``: an ``anonymous`` tier with ``forecast`` and no limit, and one identity,
+    ``ops``, with ``forecast`` and ``admin``, whose key is ``ADMIN_KEY``; give it to a predictor with
+    ``--auth-file`` and send ``ADMIN`` with its repository calls."""
+    from serving.access.auth_file import hash_key
+
+    path = folder / "admin-auth.yaml"
+    path.write_text("tiers:\n"
+                    "  anonymous: {requests_per_second: null, concurrent: null, permissions: [forecast]}\n"
+                    "  ops: {requests_per_second: null, concurrent: null, permissions: [forecast, admin]}\n"
+                    f"identities:\n  - {{name: ops, tier: ops, key_sha256: \"{hash_key(ADMIN_KEY)}\"}}\n")
+    return path
+
+
+# --- an attacker's tools: hand-written HTTP/1.1, gRPC without KServe's stubs, audit lines -----------------
+@dataclass(frozen=True)
+class RawAnswer:
+    """What a server answered a hand-written request: ``status`` 0 when the connection ended without one."""
+
+    status: int
+    body: bytes
+
+
+def raw_request(port: int, method: str, path: str, headers: list[tuple[str, str]] = (), body_bytes: int = 0,
+                timeout: float = 30) -> RawAnswer:
+    """A hand-written HTTP/1.1 request, for what httpx will not send (dot segments kept, a NUL or a control byte
+    in a header, a 1 MB header): the head and ``body_bytes`` of filler go out in 64 KiB pieces only while the
+    server has not answered, so an early answer (401, 413, 431) is read rather than lost to a reset. Each socket
+    operation is bounded by ``timeout`` (a server that neither reads nor answers raises ``TimeoutError``)."""
+    import select
+
+    head = f"{method} {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nconnection: close\r\n"
+    head += f"content-length: {body_bytes}\r\n" if body_bytes else ""
+    data = (head + "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n").encode("latin-1")
+    answer = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        sent, total = 0, len(data) + body_bytes
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            while sent < total and not select.select([s], [], [], 0)[0]:
+                piece = data[sent:sent + 65536] if sent < len(data) else b"x" * min(65536, total - sent)
+                s.sendall(piece)
+                sent += len(piece)
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := s.recv(65536):
+                answer += chunk
+    top, _, rest = answer.partition(b"\r\n\r\n")
+    status = top.split(b" ", 2)[1] if top.startswith(b"HTTP/") else b"0"
+    return RawAnswer(int(status), rest)
+
+
+def proto_string(field_number: int, text: str) -> bytes:
+    """One protobuf string field (shorter than 128 bytes), e.g. a request's ``model_name``."""
+    value = text.encode()
+    return bytes([field_number << 3 | 2, len(value)]) + value
+
+
+def grpc_code(port: int, method: str, message: bytes = b"", metadata: tuple[tuple[str, str], ...] = (),
+              timeout: float = 30) -> str:
+    """The status code name (``OK``, ``UNAUTHENTICATED``, ...) of one call to
+    ``/inference.GRPCInferenceService/METHOD`` on loopback with a hand-encoded ``message`` (no KServe stubs:
+    ``import kserve`` parses sys.argv); ``DEADLINE_EXCEEDED`` when no answer came within ``timeout``."""
+    import grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary(f"/inference.GRPCInferenceService/{method}")
+        try:
+            call(message, timeout=timeout, metadata=metadata)
+        except grpc.RpcError as exc:
+            return exc.code().name
+    return "OK"
+
+
+def audit_lines(log: str) -> list[dict]:
+    """The audit lines of a server's log (``DATE TIME PID storecast.audit INFO {...}``), parsed."""
+    fields = [line.split(" ", 5) for line in log.splitlines()]
+    return [json.loads(f[5]) for f in fields if len(f) == 6 and f[3:5] == ["storecast.audit", "INFO"]]
+
+
+# --- a planner-and-service auth file ------------------------------------------------
+def planner_service_auth(path: Path, identities: dict[str, tuple[str, str]]) -> Path:
+    """An auth file at ``path`` with unlimited tiers ``planner`` (forecast, refresh) and ``service`` (+ retrain),
+    and ``identities``: name -> (tier, key)."""
+    from serving.access.auth_file import hash_key
+
+    who = "".join(f'  - {{name: {name}, tier: {tier}, key_sha256: "{hash_key(key)}"}}\n'
+                  for name, (tier, key) in identities.items())
+    path.write_text("tiers:\n"
+                    "  planner: {requests_per_second: null, concurrent: null, permissions: [forecast, refresh]}\n"
+                    "  service: {requests_per_second: null, concurrent: null, permissions: [forecast, refresh, "
+                    "retrain]}\n"
+                    f"identities:\n{who}")
     return path

@@ -13,6 +13,7 @@ answered. V2 inputs ``store_id``, ``begin_date``, ``end_date`` -> the long-forma
 from __future__ import annotations
 
 import contextlib
+import logging
 import uuid
 from dataclasses import dataclass, replace
 from typing import Any
@@ -36,6 +37,7 @@ V2_DEFAULT = names(TRANSFORMER_OUTPUTS, default=True)
 V2_CALENDAR = ("open", "promo", "holiday", "calendar")  # V2 outputs unpacked from the predictor's day_flags
 PLATFORM = "storecast_business_api"
 INLINE_STORES = 64  # larger requests are parsed in a worker thread
+log = logging.getLogger("storecast.transformer")
 
 
 @dataclass
@@ -76,6 +78,7 @@ class ForecastTransformer(Model):
         return self.ready
 
     def start(self) -> None:
+        log.info("predictor calls carry %s", self.router.credential.describe())
         for thread in (self.watch, self.predictors):
             if thread is not None:
                 thread.start()
@@ -162,7 +165,7 @@ class ForecastTransformer(Model):
         days = np.array([w.days for w in job.windows], dtype=np.int64)
         async with self.budget.hold(job.rows):
             job.forecast = fc = await self.router.infer(ids, begin, days, job.request_id, asked, job.version,
-                                                        what_if(job.windows))
+                                                        what_if(job.windows), headers)
             if job.v2:
                 job.answer = await offload(job.rows > SMALL_ROWS, v2_columns, job.windows, fc.values, job.outputs)
             else:

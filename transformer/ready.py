@@ -5,8 +5,9 @@ The transformer's model-level readiness (V1 ``/v1/models/<name>``, V2 ``/v2/mode
 (gRPC ``ModelReady``, or REST ``GET /v2/models/<name>/ready``). A daemon thread (its own event loop) asks
 every shard at once, each within ``ASK_SECONDS`` in all, every ``WAIT_SECONDS`` until all are ready, then
 every ``READY_SECONDS``; a shard that stops answering (or trickles its answer) turns it false at the next
-round. A probe reads the cached answer and costs nothing. Inference does not wait for it: a request goes
-to the shards, and one that is down is named in its 503.
+round. Each check carries the transformer's own credential (``transformer.settings.Credential``). A probe
+reads the cached answer and costs nothing. Inference does not wait for it: a request goes to the shards,
+and one that is down is named in its 503.
 """
 
 from __future__ import annotations
@@ -95,12 +96,13 @@ class PredictorsReady:
             if target not in self._grpc:
                 channel = grpc.aio.insecure_channel(target, options=GRPC_OPTIONS)
                 self._grpc[target] = (channel, GRPCInferenceServiceStub(channel))
-            answer = await self._grpc[target][1].ModelReady(pb.ModelReadyRequest(name=model), timeout=self.timeout)
+            answer = await self._grpc[target][1].ModelReady(pb.ModelReadyRequest(name=model), timeout=self.timeout,
+                                                            metadata=self.router.credential.metadata())
             return None if answer.ready else "answers not ready"
         if self._http is None:
             self._http = httpx.AsyncClient(timeout=self.timeout)
         base = host if host.startswith(("http://", "https://")) else f"http://{host}"
-        r = await self._http.get(f"{base}/v2/models/{model}/ready")
+        r = await self._http.get(f"{base}/v2/models/{model}/ready", headers=self.router.credential.headers())
         if r.status_code == 200:
             return None
         said = ""

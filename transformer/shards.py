@@ -12,6 +12,12 @@ call, not per read). A shard that is down, slow or broken is named in a ``ShardU
 UNAVAILABLE, with ``Retry-After``); a 4xx from a predictor (unknown store, another version) comes back as
 ``PredictorRejected`` with its status and message. :class:`ShardWatch` asks every shard now and
 then which version it serves, its data end and its stores (for metadata, metrics and the horizon check).
+
+Every call to a predictor (inference, the shard watch, ``transformer.ready``'s checks) carries the
+transformer's :class:`Credential`: its own key (``x-api-key``, gRPC metadata or REST header), or with
+``--forward-authorization`` and no key the caller's ``authorization`` header. A predictor refusing the
+transformer's own credential (401, 403) is a ``ShardRefused`` naming the shard (502: the deployment's
+keys are wrong, not the caller's); refusing a forwarded one is the caller's answer (``PredictorRejected``).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import asyncio
 import itertools
 import logging
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +40,7 @@ from serving import rest_tensors, tensors
 from serving.budget import offload
 from serving.contract import LIST_STORES, shard_of, window_rows
 from serving.errors import ServingError, Unavailable
+from transformer.settings import Credential
 
 FP64 = ("yhat", "yhat_lower", "yhat_upper", "open_rate")
 FLAGS = "day_flags"  # open, promo, holiday, calendar source in one INT32 (serving.contract.pack_day_flags)
@@ -43,6 +51,7 @@ GRPC_OPTIONS = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_m
                 ("grpc.min_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000)]
 MERGE_INLINE_ROWS = 50_000  # larger answers are merged in the bulk thread
 _ids = itertools.count()
+REFUSALS = {grpc.StatusCode.UNAUTHENTICATED: 401, grpc.StatusCode.PERMISSION_DENIED: 403}
 log = logging.getLogger("storecast.transformer")
 
 
@@ -51,6 +60,18 @@ class ShardUnavailable(Unavailable):
 
     def __init__(self, shard: int, host: str, detail: str) -> None:
         super().__init__(f"predictor shard {shard} ({host}) unavailable: {detail}", shard=shard)
+        self.shard, self.host = shard, host
+
+
+class ShardRefused(ServingError):
+    """A predictor shard refused the transformer's own credential (401 / 403): the deployment's keys are wrong."""
+
+    status = 502
+
+    def __init__(self, shard: int, host: str, detail: str) -> None:
+        super().__init__(f"predictor shard {shard} ({host}) refused the transformer ({detail}); give the "
+                         "transformer a key of the predictors' auth file with the forecast permission "
+                         "(STORECAST_PREDICTOR_API_KEY or --predictor-api-key-file)", shard=shard)
         self.shard, self.host = shard, host
 
 
@@ -115,8 +136,8 @@ class GrpcShard:
             self._stub = GRPCInferenceServiceStub(self._channel)
         return self._stub
 
-    async def infer(self, batch: Batch, request_id: str, outputs: tuple[str, ...], version: str | None = None
-                    ) -> tuple[dict[str, np.ndarray], str]:
+    async def infer(self, batch: Batch, request_id: str, outputs: tuple[str, ...], version: str | None = None,
+                    headers: Mapping[str, str] | None = None) -> tuple[dict[str, np.ndarray], str]:
         shapes = batch.shapes()
         parts = batch.tensors()
         request = pb.ModelInferRequest(
@@ -125,7 +146,8 @@ class GrpcShard:
                     for name, datatype, _ in parts],
             raw_input_contents=[blob for _, _, blob in parts],
             outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name=name) for name in outputs])
-        response = await self._client().ModelInfer(request, timeout=self.timeout)
+        response = await self._client().ModelInfer(request, timeout=self.timeout,
+                                                   metadata=tuple(headers.items()) if headers else None)
         return read_grpc(response), response.model_version
 
     async def close(self) -> None:
@@ -154,15 +176,15 @@ class RestShard:
         self.host, self.base, self.model, self.timeout = host, base, model, timeout
         self._http: httpx.AsyncClient | None = None
 
-    async def infer(self, batch: Batch, request_id: str, outputs: tuple[str, ...], version: str | None = None
-                    ) -> tuple[dict[str, np.ndarray], str]:
+    async def infer(self, batch: Batch, request_id: str, outputs: tuple[str, ...], version: str | None = None,
+                    headers: Mapping[str, str] | None = None) -> tuple[dict[str, np.ndarray], str]:
         if self._http is None:
             self._http = httpx.AsyncClient(timeout=self.timeout, limits=httpx.Limits(max_keepalive_connections=64))
         shapes = batch.shapes()
-        body, headers = rest_tensors.binary_request([(name, datatype, [shapes[name]], blob)
-                                                     for name, datatype, blob in batch.tensors()], outputs, request_id)
+        body, sent = rest_tensors.binary_request([(name, datatype, [shapes[name]], blob)
+                                                  for name, datatype, blob in batch.tensors()], outputs, request_id)
         path = f"/v2/models/{self.model}" + (f"/versions/{version}" if version else "") + "/infer"
-        response = await self._http.post(self.base + path, content=body, headers=headers)
+        response = await self._http.post(self.base + path, content=body, headers={**sent, **(headers or {})})
         if response.status_code >= 400:
             raise _HttpStatus(response.status_code, _error_text(response))
         doc, arrays = rest_tensors.read_rest_response(response.content,
@@ -184,33 +206,37 @@ class ShardRouter:
     """Splits store windows by shard (and into batches of at most ``batch_rows`` rows), calls the shards
     concurrently, merges the rows in request order."""
 
-    def __init__(self, hosts: list[str], protocol: str, model: str, timeout: float, batch_rows: int = 50_000):
+    def __init__(self, hosts: list[str], protocol: str, model: str, timeout: float, batch_rows: int = 50_000,
+                 credential: Credential | None = None):
         if protocol not in ("grpc-v2", "v2"):
             raise ValueError(f"predictor protocol must be grpc-v2 or v2 (REST V2), got {protocol!r}")
         kind = GrpcShard if protocol == "grpc-v2" else RestShard
         self.hosts, self.protocol, self.model, self.batch_rows = hosts, protocol, model, batch_rows
-        self.timeout = timeout
+        self.timeout, self.credential = timeout, credential or Credential()
         self.clients = [kind(h, model, timeout) for h in hosts]
         self.versions: dict[int, str] = {}  # the version each shard answered with last
 
     async def infer(self, store_ids: np.ndarray, begin: np.ndarray, days: np.ndarray, request_id: str | None = None,
                     outputs: tuple[str, ...] = OUTPUTS, version: str | None = None,
-                    what_if: tuple[np.ndarray, np.ndarray] | None = None) -> Forecast:
+                    what_if: tuple[np.ndarray, np.ndarray] | None = None,
+                    caller: Mapping[str, str] | None = None) -> Forecast:
         """Every day of every window: ``store_ids`` (str), ``begin`` (days since 1970-01-01) and ``days`` per
-        window; ``what_if``: promo and open per row. The rows come back window by window, day by day."""
+        window; ``what_if``: promo and open per row; ``caller``: the request's headers (a forwarded credential).
+        The rows come back window by window, day by day."""
         days = np.asarray(days, dtype=np.int64)
         begin = np.asarray(begin, dtype=np.int64)
         n = int(days.sum())
         first = np.cumsum(days) - days  # each window's first row
         shard = shard_of(store_ids, len(self.clients))
         request_id = request_id or f"storecast-{next(_ids)}"
+        headers = self.credential.headers(caller)
         calls, places = [], []
         for k in np.unique(shard).tolist():
             for part in _batches(np.flatnonzero(shard == k), days, self.batch_rows):
                 rows = window_rows(first[part], days[part])
                 part_what_if = None if what_if is None else (what_if[0][rows], what_if[1][rows])
                 batch = Batch(store_ids[part].tolist(), begin[part], days[part], part_what_if)
-                calls.append(self._call(k, batch, request_id, outputs, version))
+                calls.append(self._call(k, batch, request_id, outputs, version, headers))
                 places.append((k, rows))
         parts = await asyncio.gather(*calls)
         return await offload(n > MERGE_INLINE_ROWS, self._merge, n, outputs, places, parts)
@@ -234,12 +260,14 @@ class ShardRouter:
         return out
 
     async def _call(self, k: int, batch: Batch, request_id: str, outputs: tuple[str, ...],
-                    version: str | None) -> tuple[dict[str, np.ndarray], str]:
+                    version: str | None, headers: dict[str, str]) -> tuple[dict[str, np.ndarray], str]:
         """One predictor call, bounded in all by ``timeout`` (a predictor trickling its answer byte by byte
-        is cut off too, not only one that stays silent): past it, a 503 naming the shard and the timeout."""
+        is cut off too, not only one that stays silent): past it, a 503 naming the shard and the timeout.
+        A refusal of the caller's forwarded credential is the caller's; of the transformer's own, a 502."""
+        forwarded = "authorization" in headers
         try:
             async with asyncio.timeout(self.timeout):
-                return await self.clients[k].infer(batch, request_id, outputs, version)
+                return await self.clients[k].infer(batch, request_id, outputs, version, headers)
         except TimeoutError:  # before OSError, of which it is one
             raise ShardUnavailable(k, self.hosts[k], self._late()) from None
         except grpc.aio.AioRpcError as err:
@@ -248,12 +276,20 @@ class ShardRouter:
                 raise PredictorRejected(400, err.details() or "invalid input") from None
             if code == grpc.StatusCode.NOT_FOUND:
                 raise PredictorRejected(404, err.details() or "not found") from None
+            if code in REFUSALS:
+                if forwarded:
+                    raise PredictorRejected(REFUSALS[code], err.details() or code.name.lower()) from None
+                raise ShardRefused(k, self.hosts[k], f"{code.name}: {(err.details() or '')[:300]}") from None
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise ShardUnavailable(k, self.hosts[k], self._late()) from None
             raise ShardUnavailable(k, self.hosts[k], f"{code.name}: {(err.details() or '')[:300]}") from None
         except httpx.TimeoutException:
             raise ShardUnavailable(k, self.hosts[k], self._late()) from None
         except _HttpStatus as err:
+            if err.status in (401, 403) and not forwarded:
+                raise ShardRefused(k, self.hosts[k], f"HTTP {err.status}: {str(err)[:300]}") from None
+            if err.status == 429:  # the transformer's own identity over its limit: a busy shard, retried later
+                raise ShardUnavailable(k, self.hosts[k], f"HTTP 429: {str(err)[:300]}") from None
             if 400 <= err.status < 500:
                 raise PredictorRejected(err.status, str(err)) from None
             raise ShardUnavailable(k, self.hosts[k], f"HTTP {err.status}: {str(err)[:300]}") from None
@@ -330,13 +366,14 @@ class ShardWatch:
                 self._channels[target] = grpc.insecure_channel(target, options=GRPC_OPTIONS)
             stub = GRPCInferenceServiceStub(self._channels[target])
             res = stub.ModelInfer(pb.ModelInferRequest(model_name=self.router.model, parameters={
-                LIST_STORES: pb.InferParameter(bool_param=True)}), timeout=self.router.timeout)
+                LIST_STORES: pb.InferParameter(bool_param=True)}), timeout=self.router.timeout,
+                metadata=self.router.credential.metadata())
             params = res.parameters
             return ShardState(res.model_version, int(params["stores"].int64_param),
                               params["data_end"].string_param or None)
         base = host if host.startswith(("http://", "https://")) else f"http://{host}"
         r = httpx.post(f"{base}/v2/models/{self.router.model}/infer", timeout=self.router.timeout,
-                       json={"parameters": {LIST_STORES: True}, "inputs": []})
+                       json={"parameters": {LIST_STORES: True}, "inputs": []}, headers=self.router.credential.headers())
         r.raise_for_status()
         doc = r.json()
         params = doc.get("parameters", {})

@@ -2,8 +2,9 @@
 
 ``storecast auth add-key --name NAME --tier TIER [--file PATH]`` makes a key (``secrets.token_urlsafe``),
 prints it once on stdout, and appends the identity with the key's SHA-256 to the auth file (a new file
-starts with the tiers of ``config/auth.example.yaml``). The file is replaced atomically (written next to
-it, then renamed), so a server watching it never reads half a file. ``storecast auth check --file PATH``
+starts with the tiers of ``config/auth.example.yaml``: no ``anonymous`` tier, so callers without a key
+are refused until someone adds one on purpose; mode 0600). The file is replaced atomically (written next
+to it, then renamed), so a server watching it never reads half a file. ``storecast auth check --file PATH``
 prints what a file means, or what is wrong with it.
 """
 
@@ -22,13 +23,9 @@ KEY_PREFIX = "sc_"  # makes keys easy to spot for secret scanners
 NEW_FILE = """\
 # storecast auth file (--auth-file / STORECAST_AUTH_FILE); documented example: config/auth.example.yaml.
 # Keys are never stored here, only their SHA-256. `storecast auth add-key` appends identities below.
+# Callers without a key are refused (no `anonymous` tier); the example file says how to let them in.
 version: 1
 tiers:
-  anonymous:
-    requests_per_second: 1
-    burst: 5
-    concurrent: 2
-    permissions: [forecast]
   planner:
     requests_per_second: 20
     burst: 40
@@ -43,7 +40,7 @@ tiers:
     requests_per_second: 50
     burst: 100
     concurrent: 8
-    permissions: [forecast, refresh, retrain, rollout]
+    permissions: [forecast, refresh, retrain, rollout, admin]
 identities:
 """
 

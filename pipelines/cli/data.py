@@ -6,8 +6,8 @@ With ``--sales`` the rows are written here as a new part of the store; with a re
 ``--keep-unknown-stores`` (or ``$STORECAST_KEEP_UNKNOWN_STORES=1``: then they wait in the store until those
 stores are trained; with ``--url`` alone the service's own setting decides). With ``--url``
 the retrain service (or the Broker) gets ``com.storecast.sales.appended``: the rows themselves, or the
-name of the part written; ``--api-key`` (``$STORECAST_API_KEY``) goes with it as ``authorization: Bearer``
-(an API key, or an OIDC token the Broker accepts).
+name of the part written; the key (``$STORECAST_API_KEY`` or ``--api-key-file``: ``pipelines.cli.options``)
+goes with it as ``authorization: Bearer`` (an API key, or an OIDC token the Broker accepts).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines.cli.options import add_keep_unknown, keep_unknown_default
+from pipelines.cli.options import add_api_key, add_keep_unknown, keep_unknown_default
 from serving.contract import MODEL_NAME
 
 
@@ -42,13 +42,12 @@ def known_stores(tracking_uri: str | None, model_name: str, alias: str) -> list[
 
 
 def post_event(url: str, ev: Any, api_key: str | None, what: str, timeout: float = 120) -> Any | None:
-    """POST one CloudEvent (binary mode) with ``api_key`` (default ``$STORECAST_API_KEY``) as a Bearer
+    """POST one CloudEvent (binary mode) with ``api_key`` (``pipelines.cli.options.api_key``) as a Bearer
     credential; the response, or None after one line on stderr when it was refused or not delivered."""
     import httpx
     from cloudevents.conversion import to_binary
 
     headers, body = to_binary(ev)
-    api_key = api_key or os.environ.get("STORECAST_API_KEY")
     if api_key:
         headers["authorization"] = f"Bearer {api_key}"
     try:
@@ -108,9 +107,10 @@ def cmd_append(args: argparse.Namespace) -> int:
 
 
 def add_event_arguments(p: argparse.ArgumentParser) -> None:
-    """``--api-key`` of the commands that send an event."""
-    p.add_argument("--api-key", help="sent with the event as 'authorization: Bearer' (an API key of the retrain "
-                   "service's auth file, or an OIDC token for the Broker; default: $STORECAST_API_KEY)")
+    """The key of the commands that send an event (an API key of the retrain service's auth file, or an OIDC
+    token for the Broker): ``--api-key-file`` or ``$STORECAST_API_KEY``."""
+    add_api_key(p, "'authorization: Bearer' with the event (a key of the retrain service's auth file, or an OIDC "
+                   "token for the Broker)")
 
 
 def add_parser(data: Any) -> None:

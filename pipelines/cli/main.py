@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from pipelines.cli.options import add_api_key, api_key
 from pipelines.training.fitting import DEFAULT_MODEL, FITTERS, MODELS
 from predictor.table import TRANSFORMS
 from serving.contract import MODEL_NAME
@@ -82,8 +83,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         auth_file = str(path)
     stack = LocalStack(args.model_uri, tracking_uri(args.tracking_uri), shards=args.shards, http_port=args.http_port,
                        grpc_port=args.grpc_port, mlflow_server=args.mlflow_server, log_dir=Path(args.log_dir),
-                       predictor_args=["--refresh-seconds", str(args.refresh_seconds)],
-                       transformer_args=["--auth-file", auth_file] if auth_file else [],
+                       predictor_args=["--refresh-seconds", str(args.refresh_seconds)], auth_file=auth_file,
                        dashboard_args=None if args.dashboard_port is None else [
                            *(["--sales", args.dashboard_sales] if args.dashboard_sales else []),
                            *(["--retrain-url", args.dashboard_retrain_url] if args.dashboard_retrain_url else [])],
@@ -106,12 +106,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
               "access       STORECAST_API_KEY, one shared key (no identities)" if os.environ.get("STORECAST_API_KEY")
               else "access       open: no auth file, every caller is anonymous with every permission (loopback only)")
         if key:
-            print(f"planner key  {key}  (identity local-planner; send it as x-api-key)")
-        header = f"-H 'x-api-key: {key}' " if key else ""
-        print(f"logs in {args.log_dir}/\n\ntry:\n  curl -s {header}-H 'content-type: application/json' "
+            print(f"planner key  {key}  (identity local-planner; send it as x-api-key; the dashboard's sign-in "
+                  "takes it)")
+        header = "-H \"x-api-key: $STORECAST_API_KEY\" " if auth_file else ""
+        given = f"  export STORECAST_API_KEY={key}\n" if key else \
+            "  export STORECAST_API_KEY=<a key of the auth file>   # storecast auth add-key prints one\n"
+        print(f"logs in {args.log_dir}/\n\ntry:\n" + (given if auth_file else "") +
+              f"  curl -s {header}-H 'content-type: application/json' "
               f"{t.url}/v1/models/{MODEL_NAME}:predict \\\n    -d '{{\"instances\": [{{\"storeId\": \"4\"}}]}}'\n"
-              f"  storecast forecast --store 4 --url {t.url} {'--api-key ' + key + ' ' if key else ''}"
-              "--plot forecast.png\n\nCtrl-C stops everything.",
+              f"  storecast forecast --store 4 --url {t.url} --plot forecast.png\n\nCtrl-C stops everything.",
               flush=True)
         while not stopping.wait(0.5):
             dead = [s for s in stack.services if s.proc.poll() is not None]
@@ -132,8 +135,7 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     from pipelines.clients.forecast import plot, request_forecast, table
 
     try:
-        prediction = request_forecast(args.url, args.store, args.begin, args.end,
-                                      api_key=args.api_key or os.environ.get("STORECAST_API_KEY"))
+        prediction = request_forecast(args.url, args.store, args.begin, args.end, api_key=args.api_key)
     except (RuntimeError, OSError) as exc:
         print(f"forecast failed: {exc}", file=sys.stderr)
         return 1
@@ -244,8 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--refresh-seconds", type=float, default=30.0, help="predictor alias refresh")
     v.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for every model to be ready")
     v.add_argument("--log-dir", default="build/logs", help="each process's log goes to DIR/<name>.log")
-    v.add_argument("--auth-file", help="the transformer's auth file (default $STORECAST_AUTH_FILE; none: every caller "
-                   "anonymous with every permission, on loopback)")
+    v.add_argument("--auth-file", help="the stack's auth file: the transformer's, and the predictors' with the "
+                   "transformer's own identity added (default $STORECAST_AUTH_FILE; none: every caller anonymous with "
+                   "every permission, on loopback)")
     v.add_argument("--make-key", action="store_true",
                    help="make a fresh auth file in --log-dir with one planner key, print the key, serve with it")
     v.add_argument("--dashboard-port", type=int, help="also serve the planners' dashboard here (0: any free port)")
@@ -264,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--plot", help="also draw the forecast with its interval into this PNG")
     from pipelines.clients.batch import add_arguments as add_batch_arguments
     add_batch_arguments(f)
+    add_api_key(f, "x-api-key (a key of the business API's auth file)")
     f.set_defaults(func=cmd_forecast)
 
     b = sub.add_parser("bench", help="run the benchmarks (source checkout): results/bench.md and the README table")
@@ -294,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "alias", None) == "":
         args.alias = None
     try:
+        if hasattr(args, "api_key_file"):  # the key a command sends, read once: pipelines.cli.options
+            args.api_key = api_key(args)
         return args.func(args)
     except KeyboardInterrupt:
         return 130

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from typing import Any
@@ -34,8 +33,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.timeout
     import httpx
 
-    key = args.api_key or os.environ.get("STORECAST_API_KEY")
-    headers = {"authorization": f"Bearer {key}"} if key else {}
+    headers = {"authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     while time.monotonic() < deadline:
         try:
             r = httpx.get(f"{status_url}/jobs/{job_id}", headers=headers, timeout=10)
@@ -65,7 +63,7 @@ def add_parser(sub: Any) -> None:
     r.add_argument("--wait", action="store_true", help="wait for the job and print the new version")
     r.add_argument("--force", action="store_true", help="refit the stores even if their model is up to date")
     r.add_argument("--timeout", type=float, default=300.0, help="seconds --wait waits for the job")
-    from pipelines.cli.data import add_event_arguments  # --api-key
+    from pipelines.cli.data import add_event_arguments  # --api-key-file
 
     add_event_arguments(r)
     r.set_defaults(func=cmd_retrain)

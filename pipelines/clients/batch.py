@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -174,7 +173,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         if args.batch_size < 1 or args.concurrency < 1 or args.max_attempts < 1:
             raise BatchError("--batch-size, --concurrency and --max-attempts must be at least 1")
         begin, end = default_window(args.begin, args.end)
-        api_key = args.api_key or os.environ.get("STORECAST_API_KEY") or None
+        api_key = args.api_key  # pipelines.cli.options.api_key: --api-key-file or $STORECAST_API_KEY
         headers = {"content-type": "application/json", **({"x-api-key": api_key} if api_key else {})}
         stores = parse_stores(args.stores)
         if stores is None:
@@ -234,5 +233,4 @@ def add_arguments(f: argparse.ArgumentParser) -> None:
     f.add_argument("--timeout", type=float, default=60.0, help="with --stores: seconds per request (default 60)")
     f.add_argument("--predictor-url", help="with --stores: the predictor's REST URL, to list the stores of `all` "
                    "and to read the served model version")
-    f.add_argument("--api-key", help="business API key, sent as x-api-key (default: $STORECAST_API_KEY)")
     f.add_argument("--no-progress", action="store_true", help="with --stores: no progress bar on stderr")

@@ -16,8 +16,10 @@ compares the base's (mtime, size) or, for a URL, its ``ETag``/``Last-Modified`` 
 parts' listing; a changed or new file is read alone and merged again, the others come from memory.
 
 Any failure to read is ``SalesUnavailable`` naming the file and the problem (missing, a directory,
-not gzip, truncated gzip, not a table, HTTP status); rows that cannot be trained on are ``BadSales``
-naming the rows (``validate_sales``); rows of stores the caller does not know are ``UnknownStores``.
+not gzip, truncated gzip, not a table, HTTP status; a URL without its credentials or query: ``redact``);
+rows that cannot be trained on are ``BadSales`` naming the rows (``validate_sales``); rows of stores the
+caller does not know are ``UnknownStores``. Only regular files are parts of a local store: a symlink, a
+FIFO or a device in ``<base>.parts/`` is left out, never opened.
 """
 
 from __future__ import annotations
@@ -37,11 +39,12 @@ import pandas as pd
 
 from pipelines.data import store_objects
 from pipelines.data.sales_csv import open_days, read_sales, write_sales
-from pipelines.data.store_objects import CalendarRefused, Objects, SalesUnavailable, describe, object_name
+from pipelines.data.store_objects import CalendarRefused, Objects, SalesUnavailable, describe, object_name, redact
 from serving.contract import store_sort_key
+from serving.mlflow_env import http_credentials
 
 __all__ = ["BadSales", "CalendarRefused", "Sales", "SalesStore", "SalesUnavailable", "UnknownStores", "read_file",
-           "sales_problems", "validate_sales"]
+           "redact", "sales_problems", "validate_sales"]
 
 PARTS = ".parts"
 MAX_SALES = 1e9  # no store sells this much in a day
@@ -141,7 +144,8 @@ class SalesStore:
 
     def _listing(self) -> list[tuple[str, Any]]:
         """(file, change key or None when unknown) of the base and every part, in merge order."""
-        parts = sorted((n, k) for n, k in self.objects.listing(PARTS).items() if n.startswith("part-"))
+        parts = sorted((n, k) for n, k in self.objects.listing(PARTS).items()
+                       if n.startswith("part-") and (self.remote or k is not None))  # local: regular files only
         folder = f"{self.location}{PARTS}/" if self.remote else str(Path(self.location + PARTS)) + "/"
         return [(self.location, self._base_key()), *((folder + n, k) for n, k in parts)]
 
@@ -158,7 +162,8 @@ class SalesStore:
         import httpx
 
         try:
-            r = httpx.head(self.location, timeout=self.timeout, follow_redirects=True)
+            r = httpx.head(self.location, timeout=self.timeout, follow_redirects=True,
+                           **http_credentials(self.location))
         except httpx.HTTPError as exc:
             raise SalesUnavailable(f"sales file {self.location}: unreachable ({type(exc).__name__}: {exc})") from None
         if r.status_code == 404:
@@ -173,7 +178,7 @@ class SalesStore:
         import httpx
 
         try:
-            r = httpx.get(name, timeout=self.timeout, follow_redirects=True)
+            r = httpx.get(name, timeout=self.timeout, follow_redirects=True, **http_credentials(name))
         except httpx.HTTPError as exc:
             raise SalesUnavailable(f"sales file {name}: unreachable ({type(exc).__name__}: {exc})") from None
         if r.status_code == 404:
@@ -231,7 +236,7 @@ class SalesStore:
         if self.checked is None:
             with contextlib.suppress(SalesUnavailable):
                 self.load()
-        return {"ok": self.error is None, "location": self.location, "error": self.error,
+        return {"ok": self.error is None, "location": redact(self.location), "error": self.error,
                 "checked": self.checked}
 
 

@@ -13,9 +13,13 @@ through a bounded reader, because a ref arrives in a request: only a plain calen
 symlink, without blocking, and must be a regular file with one link; a URL is fetched without
 following redirects and must be a file the proxy lists), at most ``MAX_BYTES`` stored and
 ``MAX_TEXT`` unpacked, within ``TIMEOUT`` seconds. Errors never quote the object's contents, and
-anything that is not a calendar object of the store is "not allowed", whatever it is
-(``CalendarRefused``, a ValueError: 400); a store that does not answer, or not in time, is
+anything that is not a calendar object of the store is "not allowed", whatever it is and whether or not
+it exists (a symlink, a FIFO, a device, a hard link, a folder and a missing name get the same words;
+``CalendarRefused``, a ValueError: 400); a store that does not answer, or not in time, is
 ``SalesUnavailable`` (503: asking later may work). Parsing is ``pipelines.data.calendar.read_calendar``'s.
+
+No message of this module or the sales store carries a URL's credentials or query (``redact``): a store
+URL with ``user:password@`` or a token in its query is shown without them.
 """
 
 from __future__ import annotations
@@ -34,20 +38,40 @@ from typing import Any
 
 import pandas as pd
 
+from serving.mlflow_env import http_credentials
+
 PROXY = "/api/2.0/mlflow-artifacts/artifacts"
 CALENDARS = ".calendars"
 REF = re.compile(r"calendar-\d{8}T\d{12}Z-[0-9a-z]{1,32}\.csv\.gz")
 MAX_BYTES = 16 << 20  # a stored calendar (gzip): a year of 1,115 stores is about 1 MB
 MAX_TEXT = 128 << 20  # the same unpacked
 TIMEOUT = 30.0  # seconds to read one calendar, URL or file
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@?#]*@")
+_QUERY = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s?#'\"]*)[?#][^\s'\")]*?([:,;.]?)(?=[\s'\")]|$)")
+
+
+def redact(text: str) -> str:
+    """``text`` with every URL's credentials (``user:password@``) and query or fragment (tokens) left out."""
+    return _QUERY.sub(r"\1\2", _USERINFO.sub(r"\1", text))
 
 
 class SalesUnavailable(RuntimeError):
-    """The sales store cannot be read right now (answered 503; a job fails with this message)."""
+    """The sales store cannot be read right now (answered 503; a job fails with this message, redacted)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))
 
 
 class CalendarRefused(ValueError):
     """A calendar ref that cannot be served from the store (answered 400): the message says why, never the content."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))
+
+
+def not_allowed(what: str) -> CalendarRefused:
+    """The one refusal of anything that is not an object of the store, whether or not it exists."""
+    return CalendarRefused(f"{what}: not allowed (no object of the sales store by that name)")
 
 
 def describe(exc: BaseException) -> str:
@@ -118,7 +142,7 @@ class Objects:
 
         root = self.location.partition(PROXY)[0] + PROXY
         try:
-            r = httpx.get(root, params={"path": path}, timeout=timeout or self.timeout)
+            r = httpx.get(root, params={"path": path}, timeout=timeout or self.timeout, **http_credentials(root))
         except httpx.HTTPError as exc:
             raise SalesUnavailable(f"sales store {self.location}: unreachable ({type(exc).__name__}: {exc})") from None
         if r.status_code >= 400:
@@ -143,7 +167,7 @@ class Objects:
 
         url = f"{self.location}{folder}/{name}"
         try:
-            r = httpx.put(url, content=data, timeout=self.timeout)
+            r = httpx.put(url, content=data, timeout=self.timeout, **http_credentials(url))
         except httpx.HTTPError as exc:
             raise SalesUnavailable(f"sales store {url}: unreachable ({exc})") from None
         if r.status_code >= 400:
@@ -162,11 +186,9 @@ class Objects:
         deadline = time.monotonic() + timeout
         if not self.remote:
             return _read_file(Path(self.location + folder), name, what, limit, deadline, timeout)
-        size = self.listing(folder, timeout).get(name, -1)
-        if size == -1:
-            raise CalendarRefused(f"{what}: no such object in the sales store")
-        if size is None:
-            raise CalendarRefused(f"{what}: not allowed (not a file of the sales store)")
+        size = self.listing(folder, timeout).get(name)
+        if size is None:  # not listed, or not a file
+            raise not_allowed(what)
         if size > limit:
             raise CalendarRefused(f"{what}: {size} bytes, over the limit of {limit}")
         return self._get_bounded(f"{self.location}{folder}/{name}", what, limit, deadline, timeout)
@@ -177,14 +199,12 @@ class Objects:
         chunks, total = [], 0
         step = max(0.5, timeout / 5)  # no single wait longer than this; the deadline bounds the whole read
         try:
-            with httpx.Client(timeout=httpx.Timeout(step), follow_redirects=False) as client, \
+            with httpx.Client(timeout=httpx.Timeout(step), follow_redirects=False, **http_credentials(url)) as client, \
                     client.stream("GET", url, headers={"accept-encoding": "identity"}) as r:
-                if r.status_code == 404:
-                    raise CalendarRefused(f"{what}: no such object in the sales store")
                 if r.status_code >= 500:
                     raise SalesUnavailable(f"sales store {self.location}: HTTP {r.status_code} reading {what}")
-                if r.status_code != 200:  # a redirect, a refusal (the proxy's answer to a symlink): not the store's
-                    raise CalendarRefused(f"{what}: not allowed (not a file of the sales store)")
+                if r.status_code != 200:  # gone, a redirect, a refusal (the proxy's answer to a symlink)
+                    raise not_allowed(what)
                 for chunk in r.iter_raw():  # whatever arrived: a trickle meets the deadline
                     total += len(chunk)
                     if total > limit:
@@ -203,18 +223,14 @@ class Objects:
 
 def _read_file(folder: Path, name: str, what: str, limit: int, deadline: float, timeout: float) -> bytes:
     """A regular file of ``folder`` (itself not a symlink), opened without following links or blocking."""
-    refused = CalendarRefused(f"{what}: not allowed (not a file of the sales store)")
+    refused = not_allowed(what)  # a missing name too: the words never tell what exists
     cloexec = getattr(os, "O_CLOEXEC", 0)
     try:
         dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | cloexec)
-    except FileNotFoundError:
-        raise CalendarRefused(f"{what}: no such object in the sales store") from None
     except OSError:
         raise refused from None
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | cloexec, dir_fd=dfd)
-    except FileNotFoundError:
-        raise CalendarRefused(f"{what}: no such object in the sales store") from None
     except OSError as exc:
         if exc.errno in (errno.EMFILE, errno.ENFILE, errno.EIO):
             raise SalesUnavailable(f"sales store {folder}: cannot open {what} ({exc.strerror})") from None

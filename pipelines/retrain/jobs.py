@@ -74,6 +74,7 @@ class Settings:
     max_attempts: int = D.max_attempts  # runs of one job cut short by restarts before it is failed
     dry_run: bool = False
     reload_urls: tuple[str, ...] = ()  # champion-following predictors to reload at once (local)
+    reload_api_key: str | None = field(default=None, repr=False)  # sent with the reloads (admin), never shown
     fleet_backend: str = D.fleet_backend  # or "rayjob" (pipelines.training.rayjob.submit_fleet_retrain)
     refresh_stores_per_day: int = D.refresh_stores_per_day  # per identity without the retrain permission
     keep_unknown: bool = False  # keep appended sales rows of stores the champion does not hold
@@ -319,7 +320,7 @@ class RetrainManager:
                   "version_gate": {"passed": pub.gate.passed, "reasons": pub.gate.reasons},
                   "config": pub.config, "seconds": pub.seconds, "alias_retries": pub.retries}
         if pub.alias == "champion":
-            reload_predictors(self.s.reload_urls)
+            reload_predictors(self.s.reload_urls, api_key=self.s.reload_api_key)
         elif pub.alias == "challenger" and self.rollout is not None:
             result["rollout"] = "queued"
             self._rollouts.put((pub.version, job.id))

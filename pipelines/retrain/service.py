@@ -9,7 +9,11 @@ answers at once: 202 with a job id (or 200 "up to date"; with ``--dry-run`` 200 
 do). ``GET /jobs/{id}`` reports a job (also after a restart), ``GET /rollouts`` the automatic rollouts,
 ``GET /drift`` the last accuracy report, ``GET /metrics`` Prometheus text, ``GET /healthz`` whether
 the job store can be written (503 when not: nothing would be recorded), the worker runs and the sales
-store can be read. Results go out as CloudEvents to ``$K_SINK``.
+store can be read (to a caller without ``refresh``, only the status; the sales store's URL never with
+its credentials or query). Results go out as CloudEvents to ``$K_SINK``.
+
+Refused before any work (``serving.access.doorstep``): a body over ``--max-body-bytes`` (413), a cross-site
+request (403), a POST that is not a CloudEvent by its headers (415); binary mode: permission by ``ce-type``.
 
 Who may move what: a few named stores need ``refresh``, anything else ``retrain``
 (``serving.access.asgi.retrain_permission``); a caller without ``retrain`` (a planner) may ask for
@@ -33,15 +37,19 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from pipelines import events
-from pipelines.data.sales_store import BadSales, SalesUnavailable
+from pipelines.data.sales_store import BadSales, SalesUnavailable, redact
 from pipelines.retrain.drift import DriftPolicy, read_groups
 from pipelines.retrain.jobs import RetrainManager, Settings
 from pipelines.retrain.jobstore import EventKey, JobStoreUnavailable
 from pipelines.retrain.settings import RetrainSettings
 from pipelines.retrain.watch import Watch
 from pipelines.training.fitting import FitConfig
+from pipelines.versions.calendar_push import event_ref
 from pipelines.versions.registry import RegistryUnavailable
-from serving.access.asgi import admission_of, retrain_permission
+from serving.access.admission import AccessError
+from serving.access.asgi import access_headers, admission_of, retrain_permission
+from serving.access.doorstep import Doorstep, answer_too_large, cloudevents_only
+from serving.access.settings import UVICORN_PROXY_OPTIONS as NO_PROXY_TRUST
 from serving.access.settings import AccessSettings, add_access_arguments, build_access, check_exposure
 from serving.contract import given_store_ids
 from serving.logs import configure_logging
@@ -54,15 +62,10 @@ UNAVAILABLE = (SalesUnavailable, RegistryUnavailable, JobStoreUnavailable)  # 50
 
 
 def authorize(request: Request, permission: str | None) -> None:
-    """The one place a request is authenticated and authorised, called first by every route, before any work.
-
-    ``app.state.authorize(request, permission)`` raises to refuse (e.g. ``serving.access.asgi``: the
-    middleware admits the caller, this checks the permission the route needs); None lets all in.
-    Permissions: ``refresh`` (a few named stores, job views), ``retrain`` (fleet-wide, pings, new sales),
-    None (liveness and metrics).
-    """
-    check = getattr(request.app.state, "authorize", None)
-    if check is not None:
+    """The one place a route checks the permission it needs (``refresh``: a few named stores, job views;
+    ``retrain``: fleet-wide, pings, sales, calendars; None: liveness, metrics), before any work:
+    ``app.state.authorize`` raises to refuse (``serving.access.asgi.require_permission``); None lets all in."""
+    if (check := request.app.state.authorize) is not None:
         check(request, permission)
 
 
@@ -75,20 +78,35 @@ def sender(request: Request) -> tuple[str, bool]:
     return f"id:{admission.identity.name}", not admission.identity.can("retrain")
 
 
-def create_app(manager: RetrainManager, watch: Watch | None = None, authorize_with: Any = None) -> FastAPI:
-    """The ASGI app of the service."""
+async def may_see_details(request: Request) -> bool:
+    """Whether ``/healthz`` may say more than its status: an open service (loopback), or a caller whose
+    credentials the door admits with ``refresh`` (checked, audited and rate-limited as any request)."""
+    access = request.app.state.access
+    if access is None or access.open:
+        return True
+    if "x-api-key" not in request.headers and "authorization" not in request.headers:
+        return False
+    try:
+        admission = await access.admit(access_headers(request.scope["headers"]), request.client, route="/healthz",
+                                       protocol="rest", permission="refresh")
+    except AccessError:
+        return False
+    admission.finish(200)
+    return True
+
+
+def create_app(manager: RetrainManager, watch: Watch | None = None, authorize_with: Any = None,
+               access: Any = None) -> FastAPI:
+    """The ASGI app of the service (``access``: the door's mechanism, for ``/healthz``'s details)."""
     app = FastAPI(title="storecast retrain", docs_url=None, redoc_url=None)
-    app.state.authorize = authorize_with
+    app.state.authorize, app.state.access = authorize_with, access
+    answer_too_large(app)  # a body past --max-body-bytes as it streams: 413 (serving.access.doorstep)
 
     @app.exception_handler(JobStoreUnavailable)
     async def no_job_store(request: Request, exc: JobStoreUnavailable) -> JSONResponse:
         return _unavailable(exc)
 
-    @app.get("/healthz")
-    def healthz(request: Request) -> JSONResponse:
-        """503 while the job store cannot be written or the worker is not running (work would be lost);
-        "degraded" (200) when the sales store cannot be read or the job store was recreated."""
-        authorize(request, None)
+    def health() -> tuple[dict[str, Any], int]:
         source, store = manager.sales.health(), manager.store.health()
         manager.metrics.source.set(1 if source["ok"] else 0)
         manager.metrics.job_store.set(1 if store["ok"] else 0)
@@ -96,9 +114,16 @@ def create_app(manager: RetrainManager, watch: Watch | None = None, authorize_wi
         fine = can_work and source["ok"] and not store["incident"] and not manager.waiting
         worker = ("stopped" if not manager.working else f"waiting: {manager.waiting}" if manager.waiting else
                   "running")
-        return JSONResponse({"status": "ok" if fine else "degraded", "data_source": source, "job_store": store,
-                             "worker": worker, "dry_run": manager.s.dry_run,
-                             "queued": len(set(manager.inflight.values()))}, status_code=200 if can_work else 503)
+        return {"status": "ok" if fine else "degraded", "data_source": source, "job_store": store, "worker": worker,
+                "dry_run": manager.s.dry_run, "queued": len(set(manager.inflight.values()))}, 200 if can_work else 503
+
+    @app.get("/healthz")
+    async def healthz(request: Request) -> JSONResponse:
+        """503 while the job store cannot be written or the worker is not running (work would be lost); "degraded"
+        (200) when the sales store cannot be read or the job store was recreated; details: ``may_see_details``."""
+        detailed = await may_see_details(request)
+        view, status = await anyio.to_thread.run_sync(health)
+        return JSONResponse(view if detailed else {"status": view["status"]}, status_code=status)
 
     @app.get("/metrics")
     def metrics(request: Request) -> Response:
@@ -136,6 +161,11 @@ def create_app(manager: RetrainManager, watch: Watch | None = None, authorize_wi
 
     @app.post("/")
     async def receive(request: Request) -> JSONResponse:
+        if "ce-type" in request.headers:  # binary mode: the type's permission before the body is read
+            try:
+                _before_body(request, request.headers["ce-type"])
+            except events.BadEvent as exc:
+                return JSONResponse({"error": str(exc)}, status_code=400)
         body = await request.body()
         who, budgeted = sender(request)
         try:
@@ -147,11 +177,13 @@ def create_app(manager: RetrainManager, watch: Watch | None = None, authorize_wi
                 if watch is None:
                     raise events.BadEvent(f"{events.SALES_APPENDED}: the accuracy watch is off (--no-drift)")
                 data = _data(ev)
-                return await _guarded(lambda: _dedupe_sales(manager, watch, key, data))
+                return await _guarded(lambda: _once(manager, key, lambda: watch.appended(data),
+                                                    lambda out: f"sales:{out.get('part', '')}"))
             if kind == events.CALENDAR_UPDATED:
                 authorize(request, "retrain")
-                ref = _calendar_ref(_data(ev))
-                return await _guarded(lambda: _calendar(manager, key, ref))
+                ref = event_ref(_data(ev))
+                return await _guarded(lambda: _once(manager, key, lambda: _calendar(manager, ref),
+                                                    lambda out: f"calendar:{out['version']}"))
             stores, reason, force = _request(ev)
         except (events.BadEvent, BadSales) as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
@@ -182,6 +214,21 @@ def create_app(manager: RetrainManager, watch: Watch | None = None, authorize_wi
     return app
 
 
+def _before_body(request: Request, kind: str) -> None:
+    """The least an event of type ``kind`` needs, on its ``ce-type`` alone: ``retrain`` for pings, sales and
+    calendars, ``refresh`` (or ``retrain``) for a retrain request (its stores say which); else ``BadEvent``."""
+    if kind in (events.PING, events.SALES_APPENDED, events.CALENDAR_UPDATED):
+        authorize(request, "retrain")
+    elif kind != events.RETRAIN_REQUESTED:
+        raise events.BadEvent(_UNSUPPORTED.format(kind=kind[:120]))
+    elif (admission := admission_of(request)) is None or not admission.identity.can("retrain"):
+        authorize(request, "refresh")
+
+
+_UNSUPPORTED = (f"unsupported event type {{kind!r}}; expected {events.RETRAIN_REQUESTED}, {events.PING}, "
+                f"{events.SALES_APPENDED} or {events.CALENDAR_UPDATED}")
+
+
 def _over_budget(who: str, day: str, asked: int, used: int, limit: int) -> JSONResponse:
     """429: the identity's refreshes of this UTC day (counted in the job store, so a restart keeps them)."""
     retry = int(86400 - time.time() % 86400) + 1  # until midnight UTC
@@ -208,54 +255,30 @@ async def _guarded(fn: Any) -> JSONResponse:
     return out if isinstance(out, JSONResponse) else JSONResponse(out)
 
 
-def _dedupe_sales(manager: RetrainManager, watch: Watch, key: EventKey, data: Any) -> dict[str, Any]:
+def _once(manager: RetrainManager, key: EventKey, work: Any, tag: Any) -> dict[str, Any] | JSONResponse:
+    """``work()`` unless the event was taken already (then what it was); a taken one is remembered as ``tag(out)``."""
     first = manager.store.job_of_event(key)
     if first is not None:
         return {"duplicate": True, "first": first}
-    out = watch.appended(data)
-    if not manager.s.dry_run:
-        manager.store.remember_event(key, f"sales:{out.get('part', '')}")
+    out = work()
+    if isinstance(out, dict) and not manager.s.dry_run:
+        manager.store.remember_event(key, tag(out))
     return out
 
 
-def _calendar_ref(data: Any) -> str:
-    """The calendar an event names (data.calendar); a path on the server (data.path) is refused."""
-    if isinstance(data, dict) and "path" in data:
-        raise events.BadEvent("data.path: not accepted: a calendar update names a calendar held in the sales store, "
-                              "not a path on the server; upload it (storecast calendar upload FILE --sales STORE) and "
-                              "send its reference as data.calendar")
-    ref = data.get("calendar") if isinstance(data, dict) else None
-    if not isinstance(ref, str) or not ref.strip():
-        raise events.BadEvent("data.calendar: expected the reference of a calendar in the sales store "
-                              "(storecast calendar upload prints it)")
-    return ref.strip()
+def _calendar(manager: RetrainManager, ref: str) -> dict[str, Any] | JSONResponse:
+    """A new calendar (``calendar_push.push_ref``: read through the bounded reader, pushed without a refit)."""
+    from pipelines.versions.calendar_push import push_ref
 
-
-def _calendar(manager: RetrainManager, key: EventKey, ref: str) -> dict[str, Any] | JSONResponse:
-    """A new calendar: read from the sales store (bounded), pushed onto the champion: a derived version with
-    the same parameters, champion moved by compare-and-set (no refit, seconds)."""
-    from pipelines.versions.calendar_push import push
-
-    first = manager.store.job_of_event(key)
-    if first is not None:
-        return {"duplicate": True, "first": first}
     try:
-        frame = manager.sales.read_calendar(ref)  # CalendarRefused (a ValueError) never quotes the contents
-    except ValueError as exc:
-        return JSONResponse({"error": f"data.calendar: {exc}"}, status_code=400)
-    if manager.s.dry_run:
-        return {"dry_run": True, "would": f"register the champion again with calendar {ref} ({len(frame)} rows) "
-                                          "and move champion"}
-    try:
-        pushed = push(frame, tracking_uri=manager.s.uri, model_name=manager.s.model_name, alias="champion",
-                      keep_unknown=manager.s.keep_unknown, source=ref)
-    except ValueError as exc:  # stores the version does not hold, or nothing to push: named, nothing registered
-        return JSONResponse({"error": f"data.calendar {ref}: {exc}"}, status_code=400)
+        return push_ref(manager.sales, ref, dry_run=manager.s.dry_run, tracking_uri=manager.s.uri,
+                        model_name=manager.s.model_name, keep_unknown=manager.s.keep_unknown)
+    except ValueError as exc:  # not allowed, not a calendar, stores the version does not hold: named, nothing done
+        return JSONResponse({"error": str(exc)}, status_code=400)
+    except SalesUnavailable:
+        raise
     except Exception as exc:  # the registry: retry later
         raise RegistryUnavailable(f"calendar push: {type(exc).__name__}: {exc}") from exc
-    out = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in vars(pushed).items()}
-    manager.store.remember_event(key, f"calendar:{out['version']}")
-    return {"calendar": ref, **out}
 
 
 def _data(ev: Any) -> Any:
@@ -275,8 +298,7 @@ def _request(ev: Any) -> tuple[list[str] | None, str, bool]:
         data = _data(ev) if ev.get_data() else {}
         return None, "scheduled ping", bool(isinstance(data, dict) and data.get("force"))
     if kind != events.RETRAIN_REQUESTED:
-        raise events.BadEvent(f"unsupported event type {kind!r}; expected {events.RETRAIN_REQUESTED}, {events.PING}, "
-                              f"{events.SALES_APPENDED} or {events.CALENDAR_UPDATED}")
+        raise events.BadEvent(_UNSUPPORTED.format(kind=str(kind)[:120]))
     data = _data(ev)
     try:
         stores = given_store_ids(data.get("store_ids") if isinstance(data, dict) else None, "data.store_ids")
@@ -303,14 +325,12 @@ def parse(argv: list[str] | None = None) -> RetrainSettings:
 
 def settings_from(s: RetrainSettings) -> Settings:
     """What the job manager takes of the settings."""
-    overrides = {k: getattr(s, k) for k in ("holdout_days", "gate_margin", "interval_width")
-                 if getattr(s, k) is not None}
-    return Settings(data=s.data, model_name=s.model_name, state=s.state, promote=s.promote,
-                    auto_champion_stores=s.auto_champion_stores, max_age_days=s.max_age_days, workers=s.workers,
-                    sink=os.environ.get("K_SINK"), overrides=overrides, base_config=FitConfig.preset(s.model),
-                    gate=s.policy(), retries=s.retries, retry_seconds=s.retry_seconds, max_attempts=s.max_attempts,
-                    dry_run=s.dry_run, reload_urls=s.reload_url, fleet_backend=s.fleet_backend,
-                    refresh_stores_per_day=s.refresh_stores_per_day, keep_unknown=s.keep_unknown_stores)
+    same = ("data", "model_name", "state", "promote", "auto_champion_stores", "max_age_days", "workers", "retries",
+            "retry_seconds", "max_attempts", "dry_run", "fleet_backend", "refresh_stores_per_day")
+    overrides = {k: v for k in ("holdout_days", "gate_margin", "interval_width") if (v := getattr(s, k)) is not None}
+    return Settings(**{k: getattr(s, k) for k in same}, sink=os.environ.get("K_SINK"), overrides=overrides,
+                    base_config=FitConfig.preset(s.model), gate=s.policy(), reload_urls=s.reload_url,
+                    keep_unknown=s.keep_unknown_stores, reload_api_key=s.predictor_key())
 
 
 def build_rollout(s: RetrainSettings, manager: RetrainManager) -> Any:
@@ -326,7 +346,7 @@ def build_rollout(s: RetrainSettings, manager: RetrainManager) -> Any:
     else:
         if not s.canary_url:
             raise SystemExit("--rollout local needs --canary-url (the challenger-following predictor)")
-        target = LocalTarget(s.canary_url, s.reload_url, s.served_model_name)
+        target = LocalTarget(s.canary_url, s.reload_url, s.served_model_name, api_key=manager.s.reload_api_key)
     policy = RolloutPolicy(steps=s.rollout_steps, watch_seconds=s.rollout_watch_seconds,
                            poll_seconds=s.rollout_poll_seconds, ready_timeout=s.rollout_ready_timeout,
                            max_error_ratio=s.canary_max_error_ratio, max_p95_ms=s.canary_max_p95_ms,
@@ -365,13 +385,16 @@ def main(argv: list[str] | None = None) -> None:
         watch = Watch(manager, DriftPolicy(s.drift_factor, s.drift_window_days, s.drift_min_days, s.drift_floor),
                       groups, refit=not s.no_drift_refit)
     log.info("retrain service on %s:%s, registry %s, sales %s, state %s, sink %s%s", s.host, s.port,
-             manager.uri, s.data, s.state, manager.s.sink or "-", " (dry run)" if s.dry_run else "")
-    inner = create_app(manager, watch, authorize_with=require_permission)
+             redact(manager.uri), redact(s.data), s.state, redact(manager.s.sink or "-"),
+             " (dry run)" if s.dry_run else "")
+    inner = create_app(manager, watch, authorize_with=require_permission, access=access)
 
     def let_go() -> None:  # SIGTERM: the job store let go cleanly (a state file deleted under it written back)
         manager.close()
         manager.store.close()
 
     inner.router.add_event_handler("shutdown", let_go)
-    uvicorn.run(guard(inner, access, retrain_rules), host=s.host, port=s.port, log_level="warning")
+    app = Doorstep(guard(inner, access, retrain_rules), max_body=s.max_body_bytes, limit_name="--max-body-bytes",
+                   local_only=access.open, content=cloudevents_only)
+    uvicorn.run(app, host=s.host, port=s.port, log_level="warning", **NO_PROXY_TRUST)
 

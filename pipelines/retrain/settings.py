@@ -6,16 +6,20 @@ The variables are ``STORECAST_RETRAIN_<FLAG>``, so that none means something els
 ``STORECAST_REFRESH_STORES_PER_DAY``, ``STORECAST_KEEP_UNKNOWN_STORES`` and
 ``STORECAST_ROLLOUT_MAX_MISSED_SCRAPES``. The access flags (``--auth-file``, ...) come from
 ``serving.access.settings``. :class:`GateSettings`, the gate flags, are ``storecast train``'s too.
+The service's key for the predictors it reloads (``--predictor-api-key-file``, or the key itself in
+``STORECAST_RETRAIN_PREDICTOR_API_KEY``, never a flag) is read once at start: :meth:`RetrainSettings.predictor_key`.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 
 from pipelines.training.fitting import DEFAULT_MODEL, MODELS
 from pipelines.versions.lineage import KEEP_UNKNOWN_ENV
 from pipelines.versions.publish import GatePolicy
+from serving.access.key_file import read_key
 from serving.contract import MODEL_NAME, REFRESH_MAX_STORES
 from serving.settings import Settings, boolean, setting
 
@@ -25,6 +29,7 @@ FIT = "fit configuration (inherited from the parent version unless given)"
 RETRIES = "retries and recovery"
 ROLLOUT = "automatic rollout of fleet versions"
 DRIFT = "accuracy watch (com.storecast.sales.appended)"
+PREDICTOR_KEY_ENV = "STORECAST_RETRAIN_PREDICTOR_API_KEY"  # never a flag: argv is visible to ps
 
 
 def steps(text: str) -> tuple[int, ...]:
@@ -33,6 +38,13 @@ def steps(text: str) -> tuple[int, ...]:
         return tuple(int(p) for p in text.split(",") if p.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected percentages like 10,50; got {text!r}") from None
+
+
+def byte_count(text: str) -> int:
+    """A number of bytes: a whole number > 0."""
+    if not str(text).strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of bytes > 0, got {text!r}")
+    return int(text)
 
 
 @dataclass(frozen=True)
@@ -62,6 +74,10 @@ class RetrainSettings(GateSettings):
                         "behind MLflow's artifact proxy", required=True)
     port: int = setting(8080, "HTTP port", int)
     host: str = setting("127.0.0.1", "address to bind (loopback; in a Knative pod the queue-proxy reaches it there)")
+    max_body_bytes: int = setting(8 << 20, "largest request body taken (an event with sales rows included); a larger "
+                                  "one is refused with 413 before it is read or parsed, by its Content-Length or as "
+                                  "it streams (bigger appends: storecast data append --sales, then the part's name)",
+                                  byte_count)
     model_name: str = setting(MODEL_NAME, "registered model name")
     state: str = setting("retrain-state/jobs.sqlite", "SQLite file of the jobs, events seen and rollouts; keep it on "
                          "a volume")
@@ -119,6 +135,10 @@ class RetrainSettings(GateSettings):
     reload_url: tuple[str, ...] = setting((), "predictor URL to reload when champion moves (repeat; local: served at "
                                           "once instead of at its next --refresh-seconds)", repeat=True, group=ROLLOUT)
     served_model_name: str = setting(MODEL_NAME, "the predictors' KServe model name", group=ROLLOUT)
+    predictor_api_key_file: str | None = setting(None, "file holding this service's key for the predictors it "
+                                                 "reloads (--reload-url, --canary-url; their repository needs the "
+                                                 "admin permission), read once at start and sent as x-api-key; or "
+                                                 f"the key itself in {PREDICTOR_KEY_ENV}", group=ROLLOUT)
 
     no_drift: bool = setting(False, "no accuracy watch", boolean, switch=True, group=DRIFT)
     no_drift_refit: bool = setting(False, "score and export only; refit nothing", boolean, switch=True, group=DRIFT)
@@ -129,3 +149,9 @@ class RetrainSettings(GateSettings):
     drift_floor: float = setting(0.05, "the holdout WAPE counts as at least this", float, group=DRIFT)
     store_groups: str | None = setting(None, "CSV of Store and a group column (e.g. Rossmann store.csv: StoreType) "
                                        "for the per-group WAPE", group=DRIFT)
+
+    def predictor_key(self) -> str | None:
+        """This service's key for the predictors it reloads (None: none given: no header); ``SystemExit`` with
+        one line when it cannot be used."""
+        return read_key(os.environ.get(PREDICTOR_KEY_ENV), self.predictor_api_key_file, PREDICTOR_KEY_ENV,
+                        "--predictor-api-key-file")

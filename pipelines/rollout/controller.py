@@ -143,14 +143,16 @@ class Target(Protocol):
 
 class LocalTarget:
     """A challenger-following predictor on this machine (``--model_uri models:/NAME@challenger``): the
-    canary is that predictor; the traffic split is whoever calls it (``percent`` is recorded only)."""
+    canary is that predictor; the traffic split is whoever calls it (``percent`` is recorded only).
+    ``api_key``: sent with the reloads (a protected predictor's repository needs ``admin``)."""
 
     def __init__(self, canary_url: str, reload_urls: tuple[str, ...] = (), model: str = MODEL_NAME,
-                 timeout: float = 5.0) -> None:
+                 timeout: float = 5.0, api_key: str | None = None) -> None:
         self.url, self.reload_urls, self.model, self.timeout = canary_url.rstrip("/"), reload_urls, model, timeout
+        self._key = api_key
 
     def start(self, version: str, percent: int) -> None:
-        reload_predictors([self.url], self.model)
+        reload_predictors([self.url], self.model, api_key=self._key)
 
     def ready(self, version: str) -> tuple[bool, str]:
         import httpx
@@ -172,7 +174,7 @@ class LocalTarget:
         return [httpx.get(f"{self.url}/metrics", timeout=self.timeout).raise_for_status().text]
 
     def promote(self, version: str) -> None:
-        reload_predictors(self.reload_urls, self.model)  # champion-following predictors: now, not at their refresh
+        reload_predictors(self.reload_urls, self.model, api_key=self._key)  # now, not at their next refresh
 
     def rollback(self, version: str) -> None:
         pass

@@ -6,9 +6,11 @@ gives), registers the result as a new version whose parent is the old one, and m
 compare-and-set (when another writer moved it first, the calendar is laid over that version instead):
 a planner's promotion entered this morning is served as soon as the predictors follow the alias.
 ``storecast calendar push`` and the retrain service's ``calendar.updated`` event both
-come here. A calendar naming stores the version does not hold is refused (``UnknownStores`` naming
-them, nothing registered) unless ``keep_unknown``: then those rows wait in the version as pending rows
-and become the stores' calendar when they are first fitted.
+come here: the event names a calendar held in the sales store (``event_ref``; never a path on the
+server), which ``push_ref`` reads through the store's bounded reader (``pipelines.data.store_objects``).
+A calendar naming stores the version does not hold is refused (``UnknownStores`` naming them, nothing
+registered) unless ``keep_unknown``: then those rows wait in the version as pending rows and become the
+stores' calendar when they are first fitted.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipelines.events import BadEvent
 from pipelines.versions.landing import land
 from pipelines.versions.lineage import Parent, derive, resolve_parent
 from pipelines.versions.registry import Registry, VersionFiles
@@ -81,3 +84,39 @@ def main_push(path: str, **kwargs: Any) -> dict[str, Any]:
 
     pushed = push(read_calendar(Path(path)), **{"source": f"file {Path(path).name}", **kwargs})
     return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in pushed.__dict__.items()}
+
+
+def event_ref(data: Any) -> str:
+    """The calendar a ``com.storecast.calendar.updated`` event names (``data.calendar``); ``BadEvent`` naming
+    the field otherwise, and for ``data.path`` (a path on the server is never read)."""
+    if isinstance(data, dict) and "path" in data:
+        raise BadEvent("data.path: not accepted: a calendar update names a calendar held in the sales store, not a "
+                       "path on the server; upload it (storecast calendar upload FILE --sales STORE) and send its "
+                       "reference as data.calendar")
+    ref = data.get("calendar") if isinstance(data, dict) else None
+    if not isinstance(ref, str) or not ref.strip():
+        raise BadEvent("data.calendar: expected the reference of a calendar in the sales store (storecast calendar "
+                       "upload prints it)")
+    return ref.strip()
+
+
+def push_ref(sales: Any, ref: str, *, dry_run: bool = False, **kwargs: Any) -> dict[str, Any]:
+    """Calendar ``ref`` of the sales store ``sales`` (a ``SalesStore``), read through its bounded reader, pushed
+    onto the champion (``push``'s ``kwargs``); with ``dry_run`` only read, and what it would do said.
+
+    ``ValueError`` (400) naming ``data.calendar`` for a ref that is not allowed, not a calendar, or names stores
+    the version does not hold (the message never quotes the calendar's contents); ``SalesUnavailable`` when the
+    store cannot be read now; anything else is the registry's.
+    """
+    try:
+        frame = sales.read_calendar(ref)  # CalendarRefused (a ValueError) never quotes the contents
+    except ValueError as exc:
+        raise ValueError(f"data.calendar: {exc}") from None
+    if dry_run:
+        return {"dry_run": True, "would": f"register the champion again with calendar {ref} ({len(frame)} rows) and "
+                                          "move champion"}
+    try:
+        pushed = push(frame, alias="champion", source=ref, **kwargs)
+    except ValueError as exc:  # stores the version does not hold, or nothing to push: named, nothing registered
+        raise ValueError(f"data.calendar {ref}: {exc}") from None
+    return {"calendar": ref, **{k: (round(v, 3) if isinstance(v, float) else v) for k, v in vars(pushed).items()}}

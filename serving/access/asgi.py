@@ -13,10 +13,11 @@ before the app sees the request; admitted responses carry the ``RateLimit-Policy
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from serving.access.admission import Access, AccessError, Admission, Forbidden
+from serving.access.hook import combined
 from serving.contract import REFRESH_MAX_STORES  # a refresh of more named stores is a fleet-wide retrain
 
 OPEN = "open"
@@ -62,6 +63,12 @@ def require_permission(request: Any, permission: str | None) -> None:
     admission.require(permission)
 
 
+def access_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The headers access reads (``WANTED``), lower-case; a header sent twice is one value, joined with ", "
+    as HTTP combines fields: two keys are no key (401), never the last one sent."""
+    return combined((k.decode("latin-1"), v.decode("latin-1")) for k, v in raw if k.lower() in WANTED)
+
+
 def admission_of(scope_or_request: Any) -> Admission | None:
     """The admission of a request (an ASGI scope, or a Starlette/FastAPI request)."""
     scope = getattr(scope_or_request, "scope", scope_or_request)
@@ -85,8 +92,7 @@ class AccessMiddleware:
         if rule == OPEN:
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())
-                   if k.lower() in WANTED}
+        headers = access_headers(scope.get("headers", ()))
         try:
             admission = await self.access.admit(headers, scope.get("client"), route=path, protocol=self.protocol,
                                                 permission=rule)

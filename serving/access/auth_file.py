@@ -13,6 +13,11 @@ YAML (documented example: ``config/auth.example.yaml``)::
         tier: service
         oidc_subject: system:serviceaccount:storecast:storecast-forecast-requested-oidc-eventing.knative.dev-trigger
 
+Permissions: ``forecast`` (inference and metadata), ``refresh`` (a few named stores), ``retrain`` (fleet-wide),
+``rollout`` (canaries), ``admin`` (the model repository: ``/v2/repository/models/{m}/load`` and ``unload``,
+``/v2/repository/index``, gRPC ``RepositoryModelLoad`` / ``Unload``; the retrain service's and the local
+rollout's reloads).
+
 A tier's rate limit is a moving window: at most ``burst`` requests in any ``burst / requests_per_second``
 seconds (rounded to whole seconds, at least one), so the long-run rate is ``requests_per_second`` and a
 client may spend its ``burst`` at once. ``null`` means no limit. Without an ``anonymous`` tier, requests
@@ -35,7 +40,8 @@ from typing import Any
 
 import yaml
 
-PERMISSIONS = ("forecast", "refresh", "retrain", "rollout")
+PERMISSIONS = ("forecast", "refresh", "retrain", "rollout", "admin")
+ADMIN = "admin"  # never granted without an auth file (``open_config``)
 ANONYMOUS = "anonymous"
 TIER_KEYS = {"requests_per_second", "burst", "concurrent", "permissions", "description"}
 IDENTITY_KEYS = {"name", "tier", "key_sha256", "oidc_subject", "description"}
@@ -115,11 +121,15 @@ class AuthConfig:
 
 
 def open_config() -> AuthConfig:
-    """The configuration without an auth file: every caller is anonymous with every permission, no limit.
+    """The configuration without an auth file: every caller is anonymous with every permission but ``admin``,
+    no limit.
 
-    For loopback development only (``serving.access.admission.check_exposure`` refuses it on other addresses).
+    For loopback development only: ``serving.access.settings.check_exposure`` refuses it on other addresses, and
+    ``serving.access.admission.Access`` answers it only requests addressed to a loopback name, never a cross-site
+    one. The model repository (``admin``: load, unload, index) needs an identity of an auth file, so an open
+    local stack cannot be made to unload its model by a page in a browser.
     """
-    tier = Tier(ANONYMOUS, None, None, None, frozenset(PERMISSIONS))
+    tier = Tier(ANONYMOUS, None, None, None, frozenset(PERMISSIONS) - {ADMIN})
     return AuthConfig({ANONYMOUS: tier}, (), source="no --auth-file (open, loopback only)")
 
 

@@ -1,10 +1,11 @@
-"""The access mechanism as a door of the serving layer: ``--doors serving.access.door:door``.
+"""The access mechanism as a door of the serving layer: ``--doors serving.access.door:door``, both servers' default.
 
 The serving layer (``serving.access.hook``) asks its doors about every call, REST and gRPC alike, before any
 work. This door authenticates the call (``x-api-key`` / ``authorization: Bearer`` key or OIDC token),
-checks the permission its kind needs (``infer`` and ``metadata``: ``forecast``; ``repository``:
-``rollout``; health, readiness and metrics stay open; the retrain service's routes by
-``serving.access.asgi.retrain_rules``), counts the rate limit and takes a concurrency slot, or refuses with
+checks the permission its kind needs (``infer`` and ``metadata``: ``forecast``; ``repository`` (load, unload,
+index): ``admin``, which no caller has without an auth file; health, readiness and metrics stay open; the
+retrain service's routes by ``serving.access.asgi.retrain_rules``), counts the rate limit and takes a
+concurrency slot, or refuses with
 ``serving.errors.Refused`` (401 / 403 / 429 with ``Retry-After``, ``RateLimit-Policy`` and ``RateLimit``,
 which the layer sends as HTTP headers or gRPC trailing metadata). The principal it admits has
 ``headers()`` (the rate-limit headers of the answer), ``identity``, ``require(permission)`` for a
@@ -18,9 +19,10 @@ from typing import Any
 
 from serving.access.admission import Access, AccessError, Admission, Identity
 from serving.access.asgi import OPEN, retrain_rules
+from serving.access.auth_file import ADMIN
 from serving.access.settings import AccessSettings, build_access, check_exposure
 
-KIND_PERMISSION = {"infer": "forecast", "metadata": "forecast", "other": "forecast", "repository": "rollout",
+KIND_PERMISSION = {"infer": "forecast", "metadata": "forecast", "other": "forecast", "repository": ADMIN,
                    "health": OPEN, "metrics": OPEN}
 
 
@@ -92,18 +94,10 @@ class AccessDoor:
 
 def door(settings: Any) -> AccessDoor:
     """The factory ``--doors`` names: access settings from the server's parsed flags (when it added
-    ``serving.access.settings.add_access_arguments``) or the ``STORECAST_*`` environment; refuses to run
-    without an auth file on anything but loopback."""
-    args = getattr(settings, "args", None)
-    access_settings = AccessSettings.from_args(args) if args is not None and hasattr(args, "auth_file") \
-        else AccessSettings.from_env()
+    ``serving.access.settings.add_access_arguments``) or the ``STORECAST_*`` environment; refuses
+    (``ValueError``) to run without an auth file on anything but loopback. Without an auth file (on loopback)
+    every caller is anonymous with every permission but ``admin``; only requests addressed to a loopback name
+    and sent by no page of another site are answered (``serving.http``)."""
+    access_settings = AccessSettings.of(settings)
     check_exposure(access_settings, getattr(settings, "host", "127.0.0.1"))
     return AccessDoor(build_access(access_settings))
-
-
-def door_if_configured(settings: Any) -> AccessDoor | None:
-    """The door only when ``--auth-file`` is given on the command line (``STORECAST_AUTH_FILE`` and
-    ``STORECAST_API_KEY`` are not enough), else none: the predictor's, which is cluster-internal behind the
-    NetworkPolicy, called by the transformer, and takes the check by flag."""
-    args = getattr(settings, "args", None)
-    return door(settings) if getattr(args, "auth_file", None) else None

@@ -10,19 +10,24 @@ once the answer is known (for audit logs).
 
 Doors are built per component by :func:`build_doors`, from the ``--doors`` setting
 (``STORECAST_DOORS``): comma-separated ``module:factory`` names, each factory called with the
-component's settings and returning a door (or ``None`` to stay out). Authentication and rate limits
-are installed here, once, for both protocols.
+component's settings and returning a door (or ``None`` to stay out). A setting that leaves a server
+with no door at all is refused (``ValueError``): a server is never open by omission. Authentication
+and rate limits are installed here, once, for both protocols.
 """
 
 from __future__ import annotations
 
 import contextvars
 import importlib
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 KINDS = ("infer", "metadata", "health", "repository", "metrics", "other")
+# the open model routes: V1 status, V2 readiness, matched whole (a Starlette route's "$" also matches before a
+# trailing newline, so ":predict%0a" reaches predict: no prefix or suffix of a path proves it harmless)
+MODEL_STATUS = re.compile(r"/v1/models/[^/:\s]+|/v2/models/[^/\s]+(/versions/[^/\s]+)?/ready")
 
 _principal: contextvars.ContextVar[Any] = contextvars.ContextVar("storecast_principal", default=None)
 
@@ -78,6 +83,16 @@ class Doors:
                 done(call, who, status)
 
 
+def combined(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Headers (or gRPC metadata) as one mapping with lower-case names; a name sent twice is one value, joined
+    with ", " as HTTP combines fields: two keys are no key (401), never the first or the last one sent."""
+    out: dict[str, str] = {}
+    for name, value in pairs:
+        name = name.lower()
+        out[name] = f"{out[name]}, {value}" if name in out else value
+    return out
+
+
 def principal() -> Any:
     """The principal the doors admitted for the request being served (None: anonymous or no door)."""
     return _principal.get()
@@ -96,9 +111,9 @@ def classify_http(method: str, path: str) -> tuple[str, str | None]:
     if path.startswith("/v1/models/") or path.startswith("/v2/models/"):
         rest = path[len("/v1/models/"):]
         name = rest.split("/", 1)[0].split(":", 1)[0] or None
-        if method == "POST" and (path.endswith(":predict") or path.endswith(":explain") or path.endswith("/infer")):
+        if method == "POST":  # predict, explain, infer, generate, or no route at all
             return "infer", name
-        if path.endswith("/ready") or path.startswith("/v1/models/"):
+        if method in ("GET", "HEAD") and MODEL_STATUS.fullmatch(path):
             return "health", name
         return "metadata", name
     if path.startswith("/v2/repository"):
@@ -114,7 +129,8 @@ def classify_http(method: str, path: str) -> tuple[str, str | None]:
 
 GRPC_KINDS = {"ModelInfer": "infer", "ModelStreamInfer": "infer", "ModelMetadata": "metadata",
               "ServerMetadata": "metadata", "ServerLive": "health", "ServerReady": "health", "ModelReady": "health",
-              "RepositoryModelLoad": "repository", "RepositoryModelUnload": "repository"}
+              "RepositoryModelLoad": "repository", "RepositoryModelUnload": "repository",
+              "RepositoryIndex": "repository"}
 
 
 def classify_grpc(method: str) -> str:
@@ -122,18 +138,27 @@ def classify_grpc(method: str) -> str:
 
 
 def build_doors(spec: str, settings: Any) -> Doors:
-    """Doors from ``module:factory`` names (comma-separated); each factory gets the settings."""
+    """Doors from ``module:factory`` names (comma-separated); each factory gets the settings. ``ValueError``
+    (one line, naming the door) when a name cannot be imported, is not a door, or no door results."""
     doors = []
     for name in (s.strip() for s in (spec or "").split(",")):
         if not name:
             continue
         module, _, attr = name.partition(":")
         if not attr:
-            raise ValueError(f"door {name!r}: expected module:factory")
-        factory = getattr(importlib.import_module(module), attr)
+            raise ValueError(f"--doors: {name!r}: expected module:factory, e.g. serving.access.door:door")
+        try:
+            factory = getattr(importlib.import_module(module), attr)
+        except ImportError as exc:
+            raise ValueError(f"--doors: {name!r}: cannot import {module!r} ({exc})") from None
+        except AttributeError:
+            raise ValueError(f"--doors: {name!r}: {module!r} has no {attr!r}") from None
         door = factory(settings)
         if door is not None:
             if not hasattr(door, "admit"):
-                raise TypeError(f"door {name!r}: {type(door).__name__} has no admit(call)")
+                raise ValueError(f"--doors: {name!r}: {type(door).__name__} has no admit(call)")
             doors.append(door)
+    if not doors:
+        raise ValueError(f"--doors {spec!r}: no door, so every caller could do everything; name one, e.g. "
+                         "serving.access.door:door (without --auth-file: open on loopback, no admin)")
     return Doors(doors)

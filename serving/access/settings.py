@@ -2,7 +2,10 @@
 
 A server adds them to its parser with ``add_access_arguments(parser)`` and builds the mechanism with
 ``build_access(AccessSettings.from_args(args))``; ``check_exposure(settings, host)`` refuses to run
-without an auth file on anything but loopback.
+without an auth file on anything but loopback. ``UVICORN_PROXY_OPTIONS`` turns uvicorn's own
+``x-forwarded-for`` handling off (it trusts 127.0.0.1 whatever ``--trusted-proxies`` says): the client
+address is the access mechanism's to resolve, from the proxies named, and the audit line keeps the
+socket's address beside it.
 
 Flags (each defaults to its environment variable; the README's settings table says the same):
 ``--auth-file`` (``STORECAST_AUTH_FILE``), ``--rate-limit-storage`` (``STORECAST_RATE_LIMIT_STORAGE``,
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import ipaddress
 import logging
 import os
 from dataclasses import dataclass
@@ -26,6 +30,9 @@ from serving.access.ratelimit import RateLimiter
 
 log = logging.getLogger("storecast.auth")
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+# uvicorn.Config / uvicorn.run keywords: no forwarded-header trust of its own (serving.access.admission resolves
+# x-forwarded-for from --trusted-proxies, none by default, and keeps the socket's address for the audit line)
+UVICORN_PROXY_OPTIONS = {"proxy_headers": False, "forwarded_allow_ips": ""}
 
 
 def _env(name: str) -> str | None:
@@ -59,6 +66,18 @@ class AccessSettings:
                    oidc_jwks_token_file=args.oidc_jwks_token_file, trusted_proxies=args.trusted_proxies or "")
 
     @classmethod
+    def of(cls, settings: object) -> AccessSettings:
+        """The access settings of a server's settings: its parsed flags when its parser has the access flags
+        (``settings.args``), else the ``STORECAST_*`` environment."""
+        args = getattr(settings, "args", None)
+        return cls.from_args(args) if args is not None and hasattr(args, "auth_file") else cls.from_env()
+
+    @property
+    def open(self) -> bool:
+        """No auth file and no ``STORECAST_API_KEY``: every caller anonymous (loopback use only)."""
+        return self.auth_file is None and not _env("STORECAST_API_KEY")
+
+    @classmethod
     def from_env(cls) -> AccessSettings:
         """The settings from the environment alone (what the flags default to)."""
         parser = argparse.ArgumentParser(add_help=False)
@@ -71,7 +90,7 @@ def add_access_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("access (authentication, rate limits)")
     g.add_argument("--auth-file", default=None,  # STORECAST_AUTH_FILE is read by AccessSettings.from_args
                    help="YAML tiers and identities, re-read when it changes (env STORECAST_AUTH_FILE); without it "
-                        "every caller is anonymous with every permission, allowed on loopback only")
+                        "every caller is anonymous with every permission but admin, allowed on loopback only")
     g.add_argument("--rate-limit-storage", default=_env("STORECAST_RATE_LIMIT_STORAGE") or "memory://",
                    help="memory:// (per replica, default) or redis://host:port[/db] to share one limit across "
                         "replicas (env STORECAST_RATE_LIMIT_STORAGE)")
@@ -90,7 +109,8 @@ def add_access_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--trusted-proxies", default=_env("STORECAST_TRUSTED_PROXIES") or "",
                    help="comma-separated CIDRs of the proxies in front (ingress gateway, activator, queue-proxy): "
                         "from them, the client address of anonymous limits is the right-most x-forwarded-for entry "
-                        "outside these networks (default none: the socket peer; env STORECAST_TRUSTED_PROXIES)")
+                        "outside these networks (default none: the socket peer, x-forwarded-for ignored; env "
+                        "STORECAST_TRUSTED_PROXIES)")
 
 
 def legacy_config(key: str) -> AuthConfig:
@@ -101,11 +121,21 @@ def legacy_config(key: str) -> AuthConfig:
     return AuthConfig({"api-key": tier}, (entry,), source="STORECAST_API_KEY")
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a listening address reaches this machine only (``127.0.0.0/8``, ``::1``, ``localhost``)."""
+    if host in LOOPBACK:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def check_exposure(settings: AccessSettings, host: str) -> None:
     """Refuse (ValueError) to serve without an auth file (or a key) on anything but a loopback address."""
-    if settings.auth_file is None and not _env("STORECAST_API_KEY") and host not in LOOPBACK:
-        raise ValueError(f"--auth-file is required to listen on {host} (without it every caller is anonymous with "
-                         "every permission, which is for loopback only)")
+    if settings.open and not is_loopback(host):
+        raise ValueError(f"--auth-file is required to listen on {host or 'every address'} (without it every caller "
+                         "is anonymous, which is for loopback only: --host 127.0.0.1)")
 
 
 def build_access(settings: AccessSettings) -> Access:

@@ -1,10 +1,11 @@
 """The dashboard in a real browser (Debian's Chromium driven by Playwright) against the real local stack.
 
 One module-wide stack: a real ``mlflow server``, four synthetic stores trained with the CLI on sales up
-to two weeks ago (champion), predictor (alias following, 1 s) and transformer with an API key, the
-retrain service on the latest sales (store 4 left out, so its refresh fails for a real reason), and the
-dashboard server. Each test gets a fresh browser context (empty storage) and fails on any console error
-or page error it did not expect. Screenshots go to build/dashboard/.
+to two weeks ago (champion), predictor (alias following, 1 s) and transformer protected by an auth file
+as a deployment is (a planner key; no anonymous callers), the retrain service on the latest sales with the
+same auth file (store 4 left out, so its refresh fails for a real reason), and the dashboard server. Each
+test gets a fresh browser context (empty storage) and fails on any console error or page error it did not
+expect. Screenshots go to build/dashboard/.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import pytest
 from pipelines.data.sales_csv import write_sales
 from pipelines.data.synth import synthesize
 from pipelines.stack import LocalStack, Service, free_port, wait_ready
+from serving.access.auth_file import hash_key
 from tests.support import BROWSER_ARGS, CHROMIUM, REPO, FakeUpstream, run_cli, start_dashboard, stop_service
 
 if not Path(CHROMIUM).exists():
@@ -62,18 +64,21 @@ def stack(mlflow_server: str, data: SimpleNamespace) -> Iterator[SimpleNamespace
     port = free_port()
     (data.root / "logs").mkdir()
     log = data.root / "logs" / "retrain.log"
+    auth = data.root / "auth.yaml"  # the planner's key; callers without one are refused
+    auth.write_text("tiers:\n  planner: {requests_per_second: null, concurrent: null, "
+                    "permissions: [forecast, refresh]}\n"
+                    f"identities:\n  - {{name: planner, tier: planner, key_sha256: \"{hash_key(KEY)}\"}}\n")
     # started first: its imports overlap the training
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.retrain", "--data", str(data.retrain), "--port",
-                             str(port), "--host", "127.0.0.1", "--model-name", MODEL], env=env, cwd=data.root,
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+                             str(port), "--host", "127.0.0.1", "--model-name", MODEL, "--auth-file", str(auth)],
+                            env=env, cwd=data.root, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
     retrain, serving, dash = Service("retrain", proc, port, log=log), None, None
     try:
         run_cli("train", "--data", str(data.old), "--tracking-uri", mlflow_server, "--model-name", MODEL, "--alias",
                 "champion", "--workers", "1", "--no-progress", cwd=data.root)
-        with pytest.MonkeyPatch.context() as mp:  # the key of the business API, for its processes only
-            mp.setenv("STORECAST_API_KEY", KEY)
-            serving = LocalStack(f"models:/{MODEL}@champion", mlflow_server, log_dir=data.root / "logs",
-                                 predictor_args=["--refresh-seconds", "1"]).start()
+        serving = LocalStack(f"models:/{MODEL}@champion", mlflow_server, log_dir=data.root / "logs",
+                             predictor_args=["--refresh-seconds", "1"], auth_file=auth).start()
         wait_ready(f"{retrain.url}/healthz", retrain, 120)
         dash = start_dashboard("--api-url", serving.transformer.url, "--retrain-url", retrain.url, "--tracking-uri",
                                mlflow_server, "--registry-model", MODEL, "--sales", str(data.latest),

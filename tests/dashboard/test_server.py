@@ -25,6 +25,7 @@ from pipelines.data.synth import synthesize
 from pipelines.stack import Service, free_port
 from tests.support import REPO, FakeUpstream, run_cli, schema_errors, start_dashboard, stop_service
 
+PLANNER = {"x-api-key": "k-planner"}
 TESTIDS = ("login-key", "login-submit", "store-search", "store-list", "forecast-chart", "forecast-table",
            "window-select", "refresh-button", "job-status", "version-label", "error-banner", "download-csv")
 UPLOT_VERSION = "1.6.32"
@@ -32,6 +33,10 @@ UPLOT_VERSION = "1.6.32"
 
 def respond(method: str, path: str, headers: dict[str, str], body: bytes):
     key = headers.get("x-api-key") or headers.get("authorization", "").removeprefix("Bearer ")
+    if key == "cookie-setter":  # an upstream that hands out a session cookie
+        return 200, {"predictions": []}, {"set-cookie": "session=of-cookie-setter; Path=/"}
+    if path.rstrip("/") in ("/jobs", "/jobs/.", "/jobs/.."):  # what a path trick would reach: every job
+        return 200, {"jobs": [{"job_id": "someone-elses"}]}, {}
     if key == "wrong":
         return 401, {"error": "missing or wrong API key"}, {"www-authenticate": "Bearer"}
     if key == "limited":
@@ -107,8 +112,8 @@ def test_job_status_is_the_retrain_services(dash: Service, upstream: FakeUpstrea
     r = httpx.get(f"{dash.url}/api/jobs/j1", headers={"x-api-key": "k-planner"})
     assert r.status_code == 200 and r.json()["status"] == "running"
     assert last(upstream)["path"] == "/jobs/j1" and last(upstream)["headers"]["x-api-key"] == "k-planner"
-    assert httpx.get(f"{dash.url}/api/jobs/nope").status_code == 404  # the service's own answer
-    r = httpx.get(f"{dash.url}/api/jobs/{'x' * 65}")
+    assert httpx.get(f"{dash.url}/api/jobs/nope", headers=PLANNER).status_code == 404  # the service's own answer
+    r = httpx.get(f"{dash.url}/api/jobs/{'x' * 65}", headers=PLANNER)
     assert r.status_code == 400 and "job id" in r.json()["error"]
 
 
@@ -123,14 +128,24 @@ def test_job_status_is_the_retrain_services(dash: Service, upstream: FakeUpstrea
 def test_bad_refresh_requests_are_400_naming_the_field(dash: Service, upstream: FakeUpstream, body: bytes,
                                                         words: str) -> None:
     before = len(upstream.requests)
-    r = httpx.post(f"{dash.url}/api/retrain", content=body, headers={"content-type": "application/json"})
+    r = httpx.post(f"{dash.url}/api/retrain", content=body, headers={"content-type": "application/json", **PLANNER})
     assert r.status_code == 400 and words in r.json()["error"], r.text
     assert len(upstream.requests) == before  # nothing went up
 
 
-def test_oversized_body_is_413(dash: Service) -> None:
+def test_oversized_body_is_413(dash: Service, upstream: FakeUpstream) -> None:
+    before = len(upstream.requests)
     r = httpx.post(f"{dash.url}/api/forecast", content=b"{" + b" " * (1 << 20) + b"}")
-    assert r.status_code == 413
+    assert r.status_code == 413 and "over the limit of 1048576 bytes" in r.json()["error"]
+
+    def chunks():  # no Content-Length: refused as it streams
+        for _ in range(20):
+            yield b" " * 65536
+
+    r = httpx.post(f"{dash.url}/api/forecast", content=chunks(), headers={"content-type": "application/json",
+                                                                          **PLANNER}, timeout=30)
+    assert r.status_code == 413, r.text
+    assert len(upstream.requests) == before
 
 
 def test_upstream_refusals_come_back_with_their_headers(dash: Service) -> None:
@@ -146,9 +161,9 @@ def test_an_unreachable_upstream_is_502_naming_it(tmp_path: Path) -> None:
     svc = start_dashboard("--api-url", closed, "--retrain-url", closed, "--tracking-uri", "",
                           log=tmp_path / "dashboard.log")
     try:
-        r = httpx.post(f"{svc.url}/api/forecast", json={"instances": [{"storeId": "1"}]})
+        r = httpx.post(f"{svc.url}/api/forecast", json={"instances": [{"storeId": "1"}]}, headers=PLANNER)
         assert r.status_code == 502 and "forecast service is not reachable" in r.json()["error"]
-        r = httpx.post(f"{svc.url}/api/retrain", json={"store_ids": ["1"]})
+        r = httpx.post(f"{svc.url}/api/retrain", json={"store_ids": ["1"]}, headers=PLANNER)
         assert r.status_code == 502 and "retrain service is not reachable" in r.json()["error"]
         r = httpx.post(f"{svc.url}/api/session", headers={"x-api-key": "k"})
         assert r.status_code == 502
@@ -275,3 +290,74 @@ def test_manifest_is_a_knative_service_through_the_ingress() -> None:
     assert args[0] == "dashboard" and args[args.index("--port") + 1] == "8080"
     assert "dashboard.yaml" in (REPO / "manifests" / "base" / "kustomization.yaml").read_text()
     assert not any("key" in str(e).lower() for e in container.get("env", []))  # it never holds a key
+
+
+# ---- closed by default: keys, exact proxy paths, no shared cookies, no cross-site requests (issue 23) ----------
+def test_every_data_route_needs_a_key(dash: Service, upstream: FakeUpstream) -> None:
+    """Without a key: 401 before anything goes upstream, even though this upstream (an open stack's) would
+    answer anyone. Only the page, health, the page's config and the sign-in form are open."""
+    before = len(upstream.requests)
+    for method, path, body in (("GET", "/api/sales?stores=1&days=7", None), ("GET", "/api/model", None),
+                               ("GET", "/api/metrics?stores=1", None), ("GET", "/api/jobs/j1", None),
+                               ("POST", "/api/forecast", {"instances": [{"storeId": "1"}]}),
+                               ("POST", "/api/retrain", {"store_ids": ["1"]}), ("POST", "/api/session", None),
+                               ("GET", "/api/sales?stores=1", None)):
+        for headers in ({}, {"x-api-key": ""}, {"authorization": "Bearer"}):
+            r = httpx.request(method, f"{dash.url}{path}", json=body, headers=headers, timeout=30)
+            assert r.status_code == 401 and "sign in first" in r.json()["error"], (path, r.text)
+            assert r.headers["www-authenticate"].startswith("Bearer")
+    assert len(upstream.requests) == before
+    for path in ("/", "/healthz", "/api/config", "/js/app.js"):
+        assert httpx.get(f"{dash.url}{path}", timeout=30).status_code == 200, path
+
+
+@pytest.mark.parametrize("path", ["/api/jobs/.", "/api/jobs/..", "/api/jobs/%2e", "/api/jobs/%2E%2e",
+                                  "/api/jobs/.%2e", "/api/jobs//", "/api/jobs/", "/api/jobs/%2F",
+                                  "/api/jobs/..%2Fjobs", "/api/jobs/j1%2F..%2F..%2Fjobs", "/api/jobs/j1/../..",
+                                  "/api/jobs/%00", "/api/jobs/-x", "/api/jobs/j1%3Fa=1"])
+def test_only_exact_job_ids_are_proxied(dash: Service, upstream: FakeUpstream, path: str) -> None:
+    """Sent as written (http.client normalises nothing): no dot segment, slash or encoded trick reaches another
+    upstream path, let alone the list of every job."""
+    import http.client
+
+    before = len(upstream.requests)
+    conn = http.client.HTTPConnection("127.0.0.1", dash.http_port, timeout=30)
+    try:
+        conn.request("GET", path, headers={"x-api-key": "k-planner"})
+        r = conn.getresponse()
+        status, text = r.status, r.read().decode()
+    finally:
+        conn.close()
+    assert status in (400, 404), (status, text)
+    assert "someone-elses" not in text and len(upstream.requests) == before, upstream.requests[before:]
+
+
+def test_a_cookie_one_user_earned_upstream_never_goes_with_another(dash: Service, upstream: FakeUpstream) -> None:
+    body = {"instances": [{"storeId": "4"}]}
+    r = httpx.post(f"{dash.url}/api/forecast", json=body, headers={"x-api-key": "cookie-setter"}, timeout=30)
+    assert r.status_code == 200 and "set-cookie" not in r.headers  # not passed down either
+    httpx.post(f"{dash.url}/api/forecast", json=body, headers={"x-api-key": "k-other-planner"}, timeout=30)
+    httpx.post(f"{dash.url}/api/retrain", json={"store_ids": ["4"]}, headers={"x-api-key": "k-other"}, timeout=30)
+    assert all("cookie" not in sent["headers"] for sent in upstream.requests[-2:]), upstream.requests[-2:]
+
+
+def test_cross_site_posts_are_refused(dash: Service, upstream: FakeUpstream) -> None:
+    """A page of another site can make a browser POST text/plain or a form with its Origin, and a rebound name
+    sends its own Host: refused before anything goes upstream. The page's own requests pass."""
+    before = len(upstream.requests)
+    own = f"http://127.0.0.1:{dash.http_port}"
+    cases = [("/api/forecast", {"origin": "https://evil.example", "content-type": "application/json"}, 403),
+             ("/api/retrain", {"origin": "null", "content-type": "application/json"}, 403),
+             ("/api/session", {"origin": "http://127.0.0.1:1"}, 403),
+             ("/api/forecast", {"content-type": "text/plain"}, 415),
+             ("/api/retrain", {"content-type": "application/x-www-form-urlencoded"}, 415),
+             ("/api/retrain", {"content-type": "multipart/form-data; boundary=x"}, 415),
+             ("/api/forecast", {"host": f"evil.example:{dash.http_port}", "origin": f"http://evil.example:"
+                                f"{dash.http_port}", "content-type": "application/json"}, 403)]
+    for path, headers, status in cases:
+        r = httpx.post(f"{dash.url}{path}", content=b'{"store_ids": ["4"], "instances": []}',
+                       headers={**PLANNER, **headers}, timeout=30)
+        assert r.status_code == status and r.json()["error"], (path, headers, r.text)
+    assert len(upstream.requests) == before
+    r = httpx.post(f"{dash.url}/api/forecast", json={"instances": []}, headers={**PLANNER, "origin": own}, timeout=30)
+    assert r.status_code == 200, r.text

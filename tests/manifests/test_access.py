@@ -1,12 +1,14 @@
-"""Access in the manifests (issue 13): rendered with kubectl kustomize, checked against the real CRD schemas.
+"""Access in the manifests (issues 13 and 23): rendered with kubectl kustomize, checked against the real CRD schemas.
 
 No cluster here, so what can be checked offline is: the EventPolicy (eventing.knative.dev/v1alpha1)
 validates against its CRD schema and admits only senders that exist in the rendered set, into the
-Broker; every Trigger requests a token for its subscriber's audience and that subscriber verifies
-exactly that audience; the auth Secret is mounted (whole folder, so rotation reaches the file) where
+Broker, every source that sends into the Broker among them (the Kafka overlay's KafkaSource); every
+Trigger requests a token for its subscriber's audience and that subscriber verifies exactly that
+audience; the auth Secret is mounted (whole folder, so rotation reaches the file) where
 STORECAST_AUTH_FILE points, in the transformer and the retrain service; the example auth file maps
-every Trigger's OIDC service account (Knative's naming) to an identity allowed to do what it delivers.
-"""
+every Trigger's OIDC service account (Knative's naming) to an identity of its own whose tier holds
+exactly the permissions of what it delivers; every predictor checks its own auth file and the transformer
+reads its key for them from a Secret of its own (tests/manifests/test_wiring.py runs that wiring)."""
 
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from tests.support import (
     render,
     resolves,
     schema_errors,
+    workloads,
 )
 
 POLICY = ("eventing.knative.dev", "EventPolicy")
@@ -38,7 +41,9 @@ EXAMPLE = REPO / "config" / "auth.example.yaml"
 NEEDS = {"com.storecast.forecast.requested": {"forecast"}, "dev.knative.kafka.event": {"forecast"},
          "com.storecast.sales.appended": {"retrain"},  # new actual sales (issue 14)
          "com.storecast.calendar.updated": {"retrain"},  # a calendar of the sales store pushed (issue 21)
-         "com.storecast.retrain.requested": {retrain_permission(["4"])}, "dev.knative.sources.ping": {"retrain"}}
+         # a few named stores, or the fleet
+         "com.storecast.retrain.requested": {retrain_permission(["4"]), retrain_permission(None)},
+         "dev.knative.sources.ping": {retrain_permission(None)}}
 
 
 def env_of(container: dict) -> dict[str, str]:
@@ -90,8 +95,13 @@ def test_event_policy_validates_and_admits_only_senders_of_the_rendered_set(targ
         assert resolves(docs, spec["to"][0]["ref"], NAMESPACE)
     spec = found["storecast-broker"]["spec"]
     senders = {(f["ref"]["kind"], f["ref"]["name"]) for f in spec["from"]}
-    assert senders == {("PingSource", "storecast-nightly"), ("SinkBinding", "storecast-retrain"),
-                       ("Trigger", "storecast-forecast-requested")}
+    # every source of the rendered set that sends into the Broker is admitted, the Kafka overlay's too
+    sources = {(d["kind"], d["metadata"]["name"]) for d in docs if d["kind"].endswith("Source")
+               and gk({"apiVersion": d["spec"]["sink"]["ref"]["apiVersion"], "kind": d["spec"]["sink"]["ref"]["kind"]})
+               == ("eventing.knative.dev", "Broker")}
+    assert senders == {("SinkBinding", "storecast-retrain"), ("Trigger", "storecast-forecast-requested"), *sources}
+    assert ("PingSource", "storecast-nightly") in sources
+    assert (("KafkaSource", "storecast-forecast-requests") in sources) == (target == "overlays/kafka")
     assert all("sub" not in f for f in spec["from"]), "no free-form subjects: only objects of these manifests"
     for f in spec["from"]:
         assert resolves(docs, f["ref"], NAMESPACE), f["ref"]
@@ -177,11 +187,53 @@ def test_the_patches_keep_the_volumes_of_the_source_files():
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_example_auth_file_knows_every_trigger_sender_with_enough_permissions(target):
+def test_each_trigger_sender_may_do_what_it_delivers_and_nothing_else(target):
+    """One identity per Trigger, in a tier with exactly the permissions of what it delivers (issue 23: not the
+    whole `service` tier), so a Trigger that is made to deliver something else is refused at the door."""
     config = load(EXAMPLE)
+    names = set()
     for t in find(render(target), TRIGGER):
         subject = oidc_subject(t)
         entry = config.by_subject.get(subject)
         assert entry is not None, f"{EXAMPLE.name}: no identity with oidc_subject {subject}"
         needs = NEEDS[t["spec"]["filter"]["attributes"]["type"]]
-        assert needs <= config.tier_of(entry).permissions, (subject, needs)
+        assert config.tier_of(entry).permissions == needs, (subject, needs)
+        names.add(entry.name)
+    assert len(names) == len(find(render(target), TRIGGER)), "one identity per Trigger"
+
+
+def mounted_file(pod: dict, container: dict, path: str) -> str:
+    """The Secret whose whole folder is mounted (read-only, no subPath) where ``path`` lies."""
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    [mount] = [m for m in container.get("volumeMounts", []) if path.startswith(m["mountPath"].rstrip("/") + "/")]
+    assert mount["readOnly"] and "subPath" not in mount, f"{path}: a subPath mount never sees a rotation"
+    return volumes[mount["name"]]["secret"]["secretName"]
+
+
+@by_target
+def test_the_predictors_admit_the_transformer_by_its_own_key(target):
+    """Every predictor checks the auth file of the Secret storecast-predictor-auth (so none is open); the
+    transformer reads its key for them from storecast-transformer-predictor-key (tests/manifests/test_wiring.py
+    runs this wiring); no other pod holds either."""
+    docs = render(target)
+    holders: dict[str, set[str]] = {}
+    for isvc in find(docs, ISVC):
+        for name, spec in (("predictor", isvc["spec"]["predictor"]), ("transformer", isvc["spec"].get("transformer"))):
+            if spec is None:
+                continue
+            [c] = spec["containers"]
+            where = f"{isvc['metadata']['name']} {name}"
+            if name == "predictor":
+                args = c["args"]
+                secret = mounted_file(spec, c, args[args.index("--auth-file") + 1])
+                assert secret == "storecast-predictor-auth", where
+            else:
+                secret = mounted_file(spec, c, env_of(c)["STORECAST_PREDICTOR_API_KEY_FILE"])
+                assert secret == "storecast-transformer-predictor-key", where
+                assert not {"STORECAST_API_KEY", "MLFLOW_TRACKING_URI"} & env_of(c).keys(), where
+            holders.setdefault(secret, set()).add(name)
+    assert holders == {"storecast-predictor-auth": {"predictor"},
+                       "storecast-transformer-predictor-key": {"transformer"}}
+    for label, pod, _ in workloads(docs):
+        if not label.startswith("InferenceService"):
+            assert not {v.get("secret", {}).get("secretName") for v in pod.get("volumes", [])} & holders.keys(), label

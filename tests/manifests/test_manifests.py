@@ -7,30 +7,26 @@
   ``kubernetes-validate`` in strict mode. Unknown kinds fail.
 * Semantics the schemas cannot check: autoscaling and scale to zero, canary percent, model-level
   readiness probes, every Trigger subscriber / sink / SinkBinding subject exists, delivery with
-  retries, exponential backoff and a dead-letter sink, RBAC exactly as stated, the API-key Secret
-  referenced and never committed, the shards, the Kafka path, and every container argument is a
-  flag (with a valid value) that the component's ``--help`` really lists.
+  retries, exponential backoff and a dead-letter sink, the shards, the Kafka path, and every container
+  argument is a flag (with a valid value) that the component's ``--help`` really lists.
 
-Rendering, lookups and schema validation are tests/support.py's (the other manifest tests share them).
+Security has files of its own: test_hardening.py (containers, Secrets, trusted proxies), test_network.py
+(NetworkPolicies), test_admission.py (RBAC and the retrain service's admission policies),
+test_mlflow_auth.py (MLflow behind basic-auth), test_access.py (identities, the Broker), test_wiring.py
+(the transformer's key for the predictors, run). Rendering, lookups and schema validation are
+tests/support.py's (the other manifest tests share them).
 """
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from tests.support import (
-    BIN,
     ISVC,
     KSVC,
-    MANIFESTS,
     NAMESPACE,
-    REPO,
     TARGETS,
     TRIGGER,
     by_target,
@@ -43,28 +39,14 @@ from tests.support import (
     render,
     resolves,
     schema_errors,
-    selects,
     workloads,
 )
 
 OVERLAYS = ("local", "canary", "sharded", "kafka")  # the overlays issue 5 asks for
 BROKER = ("eventing.knative.dev", "Broker")
 PREDICT_URI = "/v1/models/storecast:predict"
-API_KEY_SECRET = "storecast-api-key"
 DASHBOARD = "storecast-dashboard"  # the one Knative Service exposed through the ingress
-ROLE_RULES = [{"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"], "verbs": ["get", "patch"]},
-              {"apiGroups": ["ray.io"], "resources": ["rayjobs"], "verbs": ["create", "get"]},  # fleet retrains (RAY)
-              {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]  # the canary pods' /metrics (LIFE)
 
-# The image's first argument picks the component (Dockerfile, docker/entrypoint.sh); how to ask each for --help.
-HELP_COMMANDS = {
-    "predictor": [sys.executable, "-m", "predictor", "--help"],
-    "transformer": [sys.executable, "-m", "transformer", "--help"],
-    "retrain": [sys.executable, "-m", "pipelines.retrain", "--help"],
-    "deadletter": [sys.executable, str(REPO / "docker" / "deadletter.py"), "--help"],
-    "dashboard": [sys.executable, "-m", "dashboard", "--help"],
-    "mlflow server": [str(BIN / "mlflow"), "server", "--help"],
-}
 
 
 def arg_value(args: list[str], flag: str) -> str | None:
@@ -99,6 +81,8 @@ def test_every_document_validates(target):
     ("Trigger", lambda d: d["spec"].update(subscribers=d["spec"]["subscriber"])),  # webhook-strict object
     ("Broker", lambda d: d["spec"]["delivery"].update(retries=3)),
     ("Deployment", lambda d: d["spec"].update(replica=1)),  # core kind, strict
+    ("ValidatingAdmissionPolicy", lambda d: d["spec"].update(validation=d["spec"]["validations"])),
+    ("NetworkPolicy", lambda d: d["spec"].update(egres=[])),
 ])
 def test_validation_is_strict(kind, mutate):
     """The validators really reject what a cluster would: misspelt and wrongly typed fields."""
@@ -112,11 +96,19 @@ def test_validation_is_strict(kind, mutate):
 # Serving: Knative mode, autoscaling, probes, canary
 
 
+CLUSTER_SCOPED = {("", "Namespace"), ("admissionregistration.k8s.io", "ValidatingAdmissionPolicy"),
+                  ("admissionregistration.k8s.io", "ValidatingAdmissionPolicyBinding")}
+
+
 @by_target
 def test_everything_is_in_the_namespace(target):
-    for d in render(target):
-        if d["kind"] != "Namespace":
+    docs = render(target)
+    for d in docs:
+        if gk(d) in CLUSTER_SCOPED:  # base/cluster-scoped.yaml takes the namespace kustomize gives them off again
+            assert "namespace" not in d["metadata"], f"{d['kind']} {d['metadata']['name']} is cluster-scoped"
+        else:
             assert d["metadata"].get("namespace") == NAMESPACE, f"{d['kind']} {d['metadata']['name']}"
+    assert {gk(d) for d in docs} & CLUSTER_SCOPED == CLUSTER_SCOPED
 
 
 @by_target
@@ -188,7 +180,6 @@ def test_containers_run_the_image_with_limits_as_non_root(target):
     assert len(serving) == 1 and len(full) == 1 and serving != full, (serving, full)
     assert next(iter(serving)).split(":")[0].endswith("-serve"), serving
     for label, spec, container in found:
-        assert container["args"][0] in {cmd.split()[0] for cmd in HELP_COMMANDS}, f"{label}: unknown component"
         for kind in ("requests", "limits"):
             assert {"cpu", "memory"} <= container.get("resources", {}).get(kind, {}).keys(), f"{label}: {kind}"
         security = {**spec.get("securityContext", {}), **container.get("securityContext", {})}
@@ -205,9 +196,10 @@ def test_mlflow_server_and_its_clients_meet(target):
     assert args[:2] == ["mlflow", "server"] and "--serve-artifacts" in args
     assert arg_value(args, "--backend-store-uri").startswith("sqlite:////data/")
     assert arg_value(args, "--artifacts-destination").startswith("/data/")
-    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/data"}
-    [volume] = deployment["spec"]["template"]["spec"]["volumes"]
-    assert find(docs, ("", "PersistentVolumeClaim"), volume["persistentVolumeClaim"]["claimName"])
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert mounts.keys() == {"/data", "/etc/mlflow/auth", "/tmp"}  # the store, its auth config, scratch
+    assert find(docs, ("", "PersistentVolumeClaim"), volumes[mounts["/data"]]["persistentVolumeClaim"]["claimName"])
     # Every MLFLOW_TRACKING_URI (and the retrain service's --data URL) names the Service and its port.
     service = one(docs, ("", "Service"), "mlflow")
     address = f"http://mlflow.{NAMESPACE}.svc.cluster.local:{service['spec']['ports'][0]['port']}"
@@ -294,65 +286,6 @@ def test_delivery_retries_with_backoff_then_dead_letters(target):
 
 
 # ---------------------------------------------------------------------------------------------
-# Security: RBAC, secrets, network
-
-
-@by_target
-def test_rbac_is_least_privilege(target):
-    docs = render(target)
-    assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
-    [role] = find(docs, ("rbac.authorization.k8s.io", "Role"))
-    assert role["rules"] == ROLE_RULES, "get and patch inferenceservices, create and get rayjobs, nothing else"
-    [binding] = find(docs, ("rbac.authorization.k8s.io", "RoleBinding"))
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                                  "name": role["metadata"]["name"]}
-    accounts = {a["metadata"]["name"]: a for a in find(docs, ("", "ServiceAccount"))}
-    account = accounts.pop("storecast-retrain")
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"],
-                                    "namespace": NAMESPACE}]
-    # The other account is the uploaders' identity for the Broker (components/auth): bound to nothing, no token
-    assert list(accounts) == ["storecast-uploader"] and accounts["storecast-uploader"][
-        "automountServiceAccountToken"] is False
-    # Only the retrain service runs as that account; no other pod even mounts a token.
-    for label, spec, container in workloads(docs):
-        if container["args"][0] == "retrain":
-            assert spec["serviceAccountName"] == account["metadata"]["name"], label
-        else:
-            assert "serviceAccountName" not in spec and spec.get("automountServiceAccountToken") is False, label
-
-
-@by_target
-def test_api_key_secret_is_referenced_not_committed(target):
-    docs = render(target)
-    assert not find(docs, ("", "Secret")), "a Secret is rendered: secrets never go into the repository"
-    refs = [e["valueFrom"]["secretKeyRef"] for _, _, c in workloads(docs) for e in c.get("env", [])
-            if "secretKeyRef" in e.get("valueFrom", {})]
-    assert refs and all(r["name"] == API_KEY_SECRET for r in refs)
-
-
-def test_no_secret_in_any_manifest_file():
-    for path in MANIFESTS.rglob("*.yaml"):
-        assert not re.search(r"^kind:\s*Secret\s*$", path.read_text(), re.M), path
-        assert "secretGenerator" not in path.read_text(), path
-
-
-@by_target
-def test_network_policies_cover_every_pod(target):
-    docs = render(target)
-    policies = find(docs, ("networking.k8s.io", "NetworkPolicy"))
-    assert policies and all("Ingress" in p["spec"]["policyTypes"] for p in policies)
-    # KServe and Knative pods carry labels set by their controllers: a policy must select them unlabelled.
-    assert any(selects(p["spec"]["podSelector"], {}) for p in policies), "serving pods are not covered"
-    mlflow_labels = one(docs, ("apps", "Deployment"), "mlflow")["spec"]["template"]["metadata"]["labels"]
-    mlflow = [p for p in policies if selects(p["spec"]["podSelector"], mlflow_labels)]
-    assert mlflow, "MLflow is not covered"
-    for p in mlflow:  # MLflow: its port only, from this namespace only
-        for rule in p["spec"]["ingress"]:
-            assert rule["ports"] == [{"protocol": "TCP", "port": 5000}], p["metadata"]["name"]
-            assert all(set(peer) == {"podSelector"} for peer in rule["from"]), p["metadata"]["name"]
-
-
-# ---------------------------------------------------------------------------------------------
 # Overlays: local, sharded, kafka
 
 
@@ -413,81 +346,3 @@ def test_kafka_overlay_feeds_forecast_requests_to_the_transformer():
         assert subscriber == {
             "ref": {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "name": "storecast"},
             "uri": PREDICT_URI}
-
-
-# ---------------------------------------------------------------------------------------------
-# Container arguments against the components' --help
-
-
-def _run_help(command: list[str]) -> tuple[int, str]:
-    env = {**os.environ, "COLUMNS": "200"}  # no wrapped option lines
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
-    return proc.returncode, proc.stdout + proc.stderr
-
-
-@pytest.fixture(scope="module")
-def helps() -> dict[str, tuple[int, str]]:
-    """Each component's --help, run once and concurrently (KServe's imports take a second or two)."""
-    with ThreadPoolExecutor(len(HELP_COMMANDS)) as pool:
-        return dict(zip(HELP_COMMANDS, pool.map(_run_help, HELP_COMMANDS.values()), strict=True))
-
-
-OPTION = re.compile(r"(?<![\w-])(--[A-Za-z0-9][\w-]*)(?:[ =](\{[^}]*\}|\[[\w|-]+\]|[A-Z][A-Z0-9_]*)(?![\w-]))?")
-
-
-def parse_help(text: str) -> dict[str, set[str] | bool]:
-    """option -> True (takes a value), a set of choices, or False (a switch), from --help text."""
-    options: dict[str, set[str] | bool] = {}
-    for flag, meta in OPTION.findall(text):
-        if meta.startswith(("{", "[")):
-            options[flag] = set(re.split(r"[,|]", meta[1:-1]))
-        elif meta:
-            options[flag] = options.get(flag) or True
-        else:
-            options.setdefault(flag, False)
-    return options
-
-
-def component_of(args: list[str]) -> tuple[str, list[str]]:
-    if args[0] == "mlflow":
-        return f"mlflow {args[1]}", args[2:]
-    return args[0], args[1:]
-
-
-@by_target
-def test_container_args_are_flags_the_entry_point_accepts(target, helps):
-    problems = []
-    for label, _, container in workloads(render(target)):
-        component, args = component_of(container["args"])
-        code, text = helps[component]
-        if code != 0:
-            problems.append(f"{label}: `{' '.join(HELP_COMMANDS[component][1:])}` failed: {text.strip()[-300:]}")
-            continue
-        options = parse_help(text)
-        i = 0
-        while i < len(args):
-            flag, _, inline = args[i].partition("=")
-            if not flag.startswith("--") or flag not in options:
-                problems.append(f"{label}: {args[i]!r} is not an option of {component} --help")
-                i += 1
-                continue
-            kind = options[flag]
-            if kind is False:
-                i += 1
-                continue
-            value = inline or (args[i + 1] if i + 1 < len(args) else None)
-            if value is None or value.startswith("--"):
-                problems.append(f"{label}: {flag} needs a value")
-            elif isinstance(kind, set) and value not in kind:
-                problems.append(f"{label}: {flag} {value!r} not one of {sorted(kind)}")
-            i += 1 if inline else 2
-    assert not problems, "\n".join(problems)
-
-
-def test_help_parser_reads_argparse_and_click():
-    text = ("usage: x [--http_port HTTP_PORT] [--predictor_protocol {v1,v2,grpc-v2}] [--enable_check]\n"
-            "  -p, --port INTEGER   the port\n  --serve-artifacts / --no-serve-artifacts\n"
-            "  --app-name [basic-auth]   app\n  --dev  If enabled")
-    assert parse_help(text) == {"--http_port": True, "--predictor_protocol": {"v1", "v2", "grpc-v2"},
-                                "--enable_check": False, "--port": True, "--serve-artifacts": False,
-                                "--no-serve-artifacts": False, "--app-name": {"basic-auth"}, "--dev": False}

@@ -1,7 +1,8 @@
 """manifests/overlays/ray (issue 16): the first training as a KubeRay RayJob, validated offline.
 
 The overlay renders with ``kubectl kustomize``; its RayJob validates against the KubeRay v1.7.0
-CRD schema (schemas/ray.io), is the document ``pipelines.training.rayjob.build_rayjob`` writes, runs a
+CRD schema (schemas/ray.io), is the document ``pipelines.training.rayjob.build_rayjob`` writes (plus the
+overlay's hardening: a read-only root filesystem, the driver's MLflow credentials), runs a
 ``storecast train`` that the CLI accepts against the in-cluster MLflow on an ephemeral cluster (with
 the calendars uploaded to the sales store, issue 21), with
 sized, non-root pods that the NetworkPolicies cover; the rest of the overlay is base unchanged.
@@ -14,13 +15,16 @@ import copy
 import shlex
 
 import pytest
+import yaml
 
 from pipelines.cli.main import build_parser
 from pipelines.training import rayjob
 from tests.support import (
+    MANIFESTS,
     NAMESPACE,
     find,
     gk,
+    json_patch,
     one,
     quantity,
     render,
@@ -30,6 +34,7 @@ from tests.support import (
 )
 
 TARGET = "overlays/ray"
+OVERLAY = MANIFESTS / TARGET
 FIRST_CALENDAR = ("--calendar-ref", "all")  # every calendar uploaded to the sales store (issue 21)
 RAYJOB = ("ray.io", "RayJob")
 
@@ -64,11 +69,20 @@ def test_rayjob_validates_and_validation_is_strict():
         assert schema_errors(broken), "a broken RayJob passed validation"
 
 
-def test_rayjob_is_what_the_builder_writes():
-    job = the_rayjob()
-    image = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]
+def test_rayjob_is_what_the_builder_writes_plus_the_hardening():
+    """rayjob.yaml is build_rayjob's document; the overlay adds a read-only root filesystem with /tmp and the
+    driver's MLflow credentials (harden.yaml), and nothing else."""
+    written = yaml.safe_load((OVERLAY / "rayjob.yaml").read_text())
+    image = written["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]
     command = rayjob.entrypoint(alias="champion", extra=FIRST_CALENDAR)
-    assert job == rayjob.build_rayjob("storecast-train", image=image, command=command, namespace=NAMESPACE)
+    assert written == rayjob.build_rayjob("storecast-train", image=image, command=command, namespace=NAMESPACE)
+    assert the_rayjob() == json_patch(written, yaml.safe_load((OVERLAY / "harden.yaml").read_text()))
+    pods_ = dict(pods(the_rayjob()))
+    head = pods_["head"]["spec"]["containers"][0]
+    assert head["envFrom"] == [{"secretRef": {"name": "storecast-mlflow-writer"}}]  # the driver registers
+    for role, pod in pods_.items():
+        assert pod["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True, role
+        assert role == "head" or "envFrom" not in pod["spec"]["containers"][0], f"{role}: MLflow credentials"
 
 
 def test_rayjob_trains_against_the_in_cluster_mlflow():
@@ -124,19 +138,21 @@ def test_ray_resources_match_the_pods():
         assert quantity(c["resources"]["limits"]["memory"]) >= int(cpus) * 2**30, "~1 GiB per fitting process"
     for _, pod in pods(the_rayjob())[:-1]:  # Ray's object store: a shared-memory /dev/shm, not the 64 MB default
         [c] = pod["spec"]["containers"]
-        [volume] = pod["spec"]["volumes"]
-        assert volume["emptyDir"]["medium"] == "Memory" and c["volumeMounts"] == [
-            {"name": volume["name"], "mountPath": "/dev/shm"}]
+        [shm] = [m["name"] for m in c["volumeMounts"] if m["mountPath"] == "/dev/shm"]
+        [volume] = [v for v in pod["spec"]["volumes"] if v["name"] == shm]
+        assert volume["emptyDir"]["medium"] == "Memory"
 
 
 def test_network_policies_cover_the_ray_pods():
+    """Each pod is under a policy; head, workers and submitter reach each other (tests/manifests/test_network.py
+    evaluates the rest: MLflow from the head only, the operator to the head's dashboard, nothing outside)."""
     policies = find(render(TARGET), ("networking.k8s.io", "NetworkPolicy"))
     for label, pod in pods(the_rayjob()):
         labels = pod["metadata"]["labels"]
         covering = [p for p in policies if selects(p["spec"]["podSelector"], labels)]
         assert covering, f"{label} pod is not covered by a NetworkPolicy"
-        for p in covering:  # reachable from this namespace (head <-> workers <-> submitter), not from outside
-            assert any(peer == {"podSelector": {}} for rule in p["spec"]["ingress"] for peer in rule["from"]), label
+        assert any(peer == {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "storecast-train"}}}
+                   for p in covering for rule in p["spec"].get("ingress", []) for peer in rule["from"]), label
 
 
 def test_retrain_service_may_create_and_read_rayjobs_only():

@@ -20,7 +20,7 @@ from predictor.forecast import forecast
 from predictor.table import ParamTable
 from predictor.validate import VersionRefused, check, horizon
 from serving.contract import iso
-from tests.support import MODEL, Predictor, random_table
+from tests.support import ADMIN, MODEL, Predictor, admin_auth, random_table
 
 FAR = 800  # days after the data: past the 366 precomputed, inside the 1096 a request may reach
 
@@ -95,14 +95,14 @@ def test_a_real_predictor_refuses_it_and_keeps_serving(good: ParamTable, tmp_pat
     folder = tmp_path / "version"
     base = replace(late_promotion(good), reg_beta=np.zeros((len(good), 1)))  # the same version, a sane promotion
     base.save(folder / "params.npz")
-    p = Predictor(tmp_path / "p.log", ["--model_uri", str(folder)])
+    p = Predictor(tmp_path / "p.log", ["--model_uri", str(folder), "--auth-file", str(admin_auth(tmp_path))])
     try:
         p.wait_ready()
         far = iso(int(base.last_day[3]) + FAR)
         before, version = p.forecast([base.store_id[3]], [far])
         assert np.isfinite(before["yhat"]).all() and before["yhat"][0] > 0
         late_promotion(good).save(folder / "params.npz")
-        assert p.http.post(f"/v2/repository/models/{MODEL}/load").status_code == 200
+        assert p.http.post(f"/v2/repository/models/{MODEL}/load", headers=ADMIN).status_code == 200
         after, still = p.forecast([base.store_id[3]], [far])
         assert still == version and after["yhat"].tolist() == before["yhat"].tolist()
         lines = [line for line in p.output().splitlines() if "refused version" in line]

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -23,10 +25,12 @@ import pytest
 from pipelines.training.export import future_frame
 from predictor.forecast import forecast
 from tests.support import (
+    ADMIN,
     MODEL,
     Predictor,
     TcpProxy,
     TrainedRegistry,
+    admin_auth,
     dates,
     day_after,
     free_port,
@@ -463,6 +467,35 @@ def test_a_registry_outage_after_load_does_not_affect_serving(mlflow_server: str
         p.stop()
 
 
+# ---- stopping -------------------------------------------------------------------------------------------
+def test_sigterm_while_the_first_version_is_fetched_leaves_no_process(tmp_path: Path) -> None:
+    import psutil
+
+    silent = socket.create_server(("127.0.0.1", 0))  # a registry that accepts and never answers: the fetch hangs
+    try:
+        p = Predictor(tmp_path / "stopped.log", tracking_uri=f"http://127.0.0.1:{silent.getsockname()[1]}",
+                      env={"MLFLOW_HTTP_REQUEST_TIMEOUT": "600"})  # the child would wait ten minutes
+        try:
+            p.wait_live()
+            parent = psutil.Process(p.proc.pid)
+            assert wait_until(lambda: bool(parent.children(recursive=True)), 30)  # the prefetch child, fetching
+            children = parent.children(recursive=True)
+            p.proc.send_signal(signal.SIGTERM)
+            assert p.proc.wait(30) == 0 or p.proc.returncode is not None
+        finally:
+            p.stop()
+
+        def gone(child: psutil.Process) -> bool:
+            try:
+                return child.status() == psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return True
+
+        assert wait_until(lambda: all(gone(c) for c in children), 30), [c.pid for c in children]
+    finally:
+        silent.close()
+
+
 # ---- registry unreachable at start ------------------------------------------------------------------
 def test_not_ready_while_the_registry_is_unreachable(tmp_path: Path) -> None:
     registry_uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
@@ -516,7 +549,8 @@ def test_alias_swap_without_failed_or_mixed_requests(registry: TrainedRegistry, 
     follower = Predictor(root / "follower.log", ["--refresh-seconds", "1"], tracking_uri=uri)
     pinned = Predictor(root / "pinned.log", ["--model_uri", f"models:/{MODEL}/1", "--refresh-seconds", "1"],
                        tracking_uri=uri)
-    manual = Predictor(root / "manual.log", ["--refresh-seconds", "0"], tracking_uri=uri)
+    manual = Predictor(root / "manual.log", ["--refresh-seconds", "0", "--auth-file", str(admin_auth(root))],
+                       tracking_uri=uri)  # the repository's load needs admin (anyone may forecast here)
     try:
         for p in (follower, pinned, manual):
             p.wait_ready()
@@ -565,7 +599,8 @@ def test_alias_swap_without_failed_or_mixed_requests(registry: TrainedRegistry, 
         # a pinned version never changes; a load through the repository endpoint picks the new one up
         assert pinned.forecast(["1"], ds[:1])[1] == "1"
         assert manual.forecast(["1"], ds[:1])[1] == "1"
-        r = manual.http.post(f"/v2/repository/models/{MODEL}/load")
+        assert manual.http.post(f"/v2/repository/models/{MODEL}/load").status_code == 403  # anonymous: no admin
+        r = manual.http.post(f"/v2/repository/models/{MODEL}/load", headers=ADMIN)
         assert r.status_code == 200, r.text
         assert manual.forecast(["1"], ds[:1])[1] == "2"
         assert manual.http.get(f"/v2/models/{MODEL}").json()["versions"] == ["2"]

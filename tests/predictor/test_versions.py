@@ -21,7 +21,7 @@ import pytest
 from predictor.table import ParamTable
 from predictor.validate import VersionRefused, check
 from serving.contract import Shard
-from tests.support import MODEL, Predictor, metric, random_table, wait_until
+from tests.support import ADMIN, MODEL, Predictor, admin_auth, metric, random_table, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -66,13 +66,14 @@ def test_a_good_version_passes_and_an_empty_shard_does_not(good: ParamTable) -> 
 def test_a_bad_version_is_refused_and_the_good_one_keeps_serving(good: ParamTable, tmp_path: Path) -> None:
     folder = tmp_path / "version"
     good.save(folder / "params.npz")
-    p = Predictor(tmp_path / "p.log", ["--model_uri", str(folder), "--precompute-days", "30"])
+    p = Predictor(tmp_path / "p.log", ["--model_uri", str(folder), "--precompute-days", "30",
+                                       "--auth-file", str(admin_auth(tmp_path))])
     try:
         p.wait_ready()
         sid, day = good.store_id[0], str(np.datetime64(int(good.last_day[0]) + 1, "D"))
         before, version = p.forecast([sid], [day])
         nan_beta(good).save(folder / "params.npz")
-        assert p.http.post(f"/v2/repository/models/{MODEL}/load").status_code == 200
+        assert p.http.post(f"/v2/repository/models/{MODEL}/load", headers=ADMIN).status_code == 200
         after, still = p.forecast([sid], [day])
         assert still == version and after["yhat"].tolist() == before["yhat"].tolist()
         lines = [line for line in p.output().splitlines() if "refused version" in line]
@@ -89,10 +90,10 @@ def test_a_bad_version_is_refused_and_the_good_one_keeps_serving(good: ParamTabl
         assert metric(text, "storecast_requests_total", component="predictor", protocol="http", outcome="4xx") == 1
         assert metric(text, "storecast_requests_total", component="predictor", protocol="grpc", outcome="shed") == 0
         # the same bad file again is not fetched and logged again; a good one is taken
-        assert p.http.post(f"/v2/repository/models/{MODEL}/load").status_code == 200
+        assert p.http.post(f"/v2/repository/models/{MODEL}/load", headers=ADMIN).status_code == 200
         assert len([line for line in p.output().splitlines() if "refused version" in line]) == 1
         random_table(12, seed=4).save(folder / "params.npz")
-        p.http.post(f"/v2/repository/models/{MODEL}/load")
+        p.http.post(f"/v2/repository/models/{MODEL}/load", headers=ADMIN)
         assert p.forecast([sid], [day])[1] != version
     finally:
         p.stop()

@@ -38,12 +38,13 @@ WINDOW = 7  # the page's default: today and the next six days
 
 
 def pick_days(calendar: pd.DataFrame, first: str, last: str) -> tuple[str, str]:
-    """Two days of store 2 in [first, last] it is open (not Sundays): one without a promotion (to promote), another
-    (to close)."""
+    """Two days of store 2 in [first, last] it is open (not Sundays): one to promote (one without a promotion when
+    the window has one: a week of promotions has none), another (to close)."""
     rows = calendar[(calendar["Store"].astype(str) == STORE) & (calendar["Date"] >= pd.Timestamp(first))
                     & (calendar["Date"] <= pd.Timestamp(last)) & (calendar["Open"] == 1)
                     & (calendar["Date"].dt.dayofweek < 6)]
-    promo = rows.loc[rows["Promo"] == 0, "Date"].iloc[0]
+    unpromoted = rows.loc[rows["Promo"] == 0, "Date"]
+    promo = unpromoted.iloc[0] if len(unpromoted) else rows["Date"].iloc[0]
     closed = rows.loc[rows["Date"] != promo, "Date"].iloc[0]
     return promo.strftime("%Y-%m-%d"), closed.strftime("%Y-%m-%d")
 

@@ -63,13 +63,14 @@ Facts = dict[tuple[str, str], tuple[bool, bool, str]]  # (store, ISO day) -> (op
 
 
 def write_auth(path: Path, keys: dict[str, str]) -> Path:
-    """An auth file with one identity per tier: planner (forecast, refresh), service (+ retrain), admin (+ rollout)."""
+    """An auth file with one identity per tier: planner (forecast, refresh), service (+ retrain), admin (+ rollout,
+    and the predictors' repository: the retrain service's reloads)."""
     who = "\n".join(f'  - {{name: month-{tier}, tier: {tier}, key_sha256: "{hash_key(key)}"}}'
                     for tier, key in keys.items())
     path.write_text(f"""tiers:
   planner: {{requests_per_second: 50, burst: 100, concurrent: 8, permissions: [forecast, refresh]}}
   service: {{requests_per_second: null, concurrent: null, permissions: [forecast, refresh, retrain]}}
-  admin: {{requests_per_second: null, concurrent: null, permissions: [forecast, refresh, retrain, rollout]}}
+  admin: {{requests_per_second: null, concurrent: null, permissions: [forecast, refresh, retrain, rollout, admin]}}
 identities:
 {who}
 """)
@@ -168,15 +169,16 @@ class World:
         self.registry.set_registered_model_alias(MODEL, "challenger", first)  # the canary's first version
         self.canary = self._predictor("challenger", logs / "canary.log")  # starts while the stack starts
         self.stack = LocalStack(f"models:/{MODEL}@champion", self.uri, log_dir=logs,
-                                predictor_args=["--refresh-seconds", "1"],
-                                transformer_args=["--auth-file", str(self.auth_file), "--watch-seconds", "1"])
+                                predictor_args=["--refresh-seconds", "1"], auth_file=self.auth_file,
+                                transformer_args=["--watch-seconds", "1"])
         self.stack.start(timeout=180)
         self.retrain = start_service(
             self.month.base, self.uri, MODEL, self.root, "--auth-file", str(self.auth_file),
             "--auto-champion-stores", str(FEW), "--rollout", "local", "--canary-url", self.canary.url,
             "--reload-url", self.stack.predictors[0].url, "--rollout-steps", "10,50", "--rollout-watch-seconds", "3",
             "--rollout-poll-seconds", "0.5", "--canary-min-requests", "10", "--canary-max-error-ratio", "0.05",
-            "--canary-max-p95-ms", "3000", "--rollout-ready-timeout", "120", env={"K_SINK": self.sink.url},
+            "--canary-max-p95-ms", "3000", "--rollout-ready-timeout", "120",
+            env={"K_SINK": self.sink.url, "STORECAST_RETRAIN_PREDICTOR_API_KEY": self.keys["admin"]},
             wait=False)
         self.dashboard = start_dashboard(
             "--api-url", self.transformer.url, "--retrain-url", self.retrain.url, "--tracking-uri", self.uri,
@@ -320,8 +322,8 @@ class World:
         """``storecast data append`` into the sales store, the stores checked against the champion, the retrain
         service told with the service key."""
         return self.cli("data", "append", "--data", str(path), "--sales", str(self.month.base), "--url",
-                        self.retrain.url, "--api-key", self.keys["service"], "--tracking-uri", self.uri,
-                        "--model-name", MODEL)
+                        self.retrain.url, "--tracking-uri", self.uri, "--model-name", MODEL,
+                        env={"STORECAST_API_KEY": self.keys["service"]})
 
     def refresh(self, stores: list[str]) -> dict[str, Any]:
         """A planner presses "Refresh forecast" and follows the job, as the page does."""
@@ -348,10 +350,10 @@ class World:
         frame.to_csv(path, index=False)
         return path
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess:
+    def cli(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         """``storecast ARGS`` (its exit status and output are the caller's to judge)."""
         return subprocess.run([str(BIN / "storecast"), *args], capture_output=True, text=True, timeout=180,
-                              cwd=self.root)
+                              cwd=self.root, env={**os.environ, **(env or {})})
 
     def upload_calendar(self, path: Path) -> subprocess.CompletedProcess:
         """``storecast calendar upload FILE --sales STORE``: the calendar into the sales store; prints its ref."""

@@ -83,3 +83,66 @@ def test_the_dry_run_default_is_the_base_manifests_predictor() -> None:
     base = yaml.safe_load((ROOT / "manifests" / "base" / "inferenceservice.yaml").read_text())
     offline, _ = canary.offline("storecast", "storecast")
     assert canary.uri_arg(offline) == canary.uri_arg(base)
+
+
+# ---- closed by default (issue 23): new auth files refuse anonymous callers; keys never in argv -------------------
+def test_add_key_makes_a_file_that_refuses_callers_without_a_key(tmp_path: Path) -> None:
+    import asyncio
+    import stat
+
+    import pytest
+
+    from serving.access.admission import Access, Unauthenticated
+    from serving.access.auth_file import load
+
+    path = tmp_path / "auth.yaml"
+    key = run_cli("auth", "add-key", "--name", "alice", "--tier", "planner", "--file", str(path)).stdout.strip()
+    admin = run_cli("auth", "add-key", "--name", "root", "--tier", "admin", "--file", str(path)).stdout.strip()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    config = load(path)
+    assert config.anonymous is None and "anonymous denied" in config.summary()
+    assert "admin" in config.tiers["admin"].permissions and "admin" not in config.tiers["service"].permissions
+    access = Access(config)
+    with pytest.raises(Unauthenticated, match="credentials required"):
+        asyncio.run(access.admit({}, ("127.0.0.1", 1), route="/v1/models/storecast:predict", protocol="rest",
+                                 permission="forecast"))
+    assert access.authenticate({"x-api-key": key}).name == "alice"
+    assert access.authenticate({"x-api-key": admin}).tier.name == "admin"
+    assert "anonymous" in run_cli("auth", "check", "--file", str(path)).stdout  # says they are denied
+
+
+def test_the_key_comes_from_the_environment_or_a_file_not_the_command_line(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from tests.support import BIN
+
+    receiver = Recorder(lambda method, path, body: (200, {"status": "up_to_date", "job_id": "j"}))
+    (tmp_path / "key").write_text("k-file\n")
+    os.mkfifo(tmp_path / "fifo")
+
+    def retrain(*extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        environ = {k: v for k, v in os.environ.items() if k != "STORECAST_API_KEY"}
+        return subprocess.run([str(BIN / "storecast"), "retrain", "--store", "1", "--url", receiver.url, *extra],
+                              capture_output=True, text=True, timeout=60, env={**environ, **(env or {})})
+
+    try:
+        sent = []
+        for extra, env in (((), {"STORECAST_API_KEY": "k-env"}),
+                           (("--api-key-file", str(tmp_path / "key")), {"STORECAST_API_KEY": "k-env"}),
+                           ((), None)):
+            before = len(receiver.requests)
+            proc = retrain(*extra, env=env)
+            assert proc.returncode == 0, proc.stderr
+            sent.append(receiver.requests[before]["headers"].get("authorization"))
+        assert sent == ["Bearer k-env", "Bearer k-file", None]
+        proc = retrain("--api-key", "k-argv")  # a key is never taken from the command line, where ps shows it
+        assert proc.returncode == 2 and "never taken from the command line" in proc.stderr, proc.stderr
+        assert "k-argv" not in proc.stderr
+        before = len(receiver.requests)
+        for path, says in ((tmp_path / "fifo", "not a regular file"), (tmp_path / "nope", "cannot read the key file")):
+            proc = retrain("--api-key-file", str(path))  # a FIFO is refused, never waited on
+            assert proc.returncode != 0 and says in proc.stderr and str(path) in proc.stderr, proc.stderr
+        assert len(receiver.requests) == before  # nothing sent without the key asked for
+    finally:
+        receiver.close()

@@ -183,8 +183,9 @@ def test_every_store_arrives_within_the_bound_and_no_retry_is_early(stack: Local
     gate = Gate(stack.transformer.url, budget=3, window=1.0, hold=0.05)
     try:
         out = tmp_path / "fleet.parquet"
+        (tmp_path / "key").write_text("k-123\n")  # a mounted Secret: the key never in the command line
         proc = forecast("--stores", "1-8", "--batch-size", "1", "--concurrency", "3", "--url", gate.url,
-                        "--out", str(out), "--api-key", "k-123", "--backoff", "0.1")
+                        "--out", str(out), "--api-key-file", str(tmp_path / "key"), "--backoff", "0.1")
     finally:
         gate.close()
     assert proc.returncode == 0, proc.stderr

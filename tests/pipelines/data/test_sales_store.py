@@ -190,7 +190,7 @@ def test_upload_prints_the_ref_and_sends_the_event(calendar_file: Path, tmp_path
     receiver = Recorder(lambda method, path, body: (200, {"ok": True}))
     try:
         out = run_cli("calendar", "upload", str(calendar_file), "--sales", str(base), "--url", receiver.url,
-                      "--api-key", "k-service", "--json", cwd=tmp_path)
+                      "--json", cwd=tmp_path, env={"STORECAST_API_KEY": "k-service"})
     finally:
         receiver.close()
     line, answer = out.stdout.strip().splitlines()
@@ -239,7 +239,7 @@ def test_the_same_calendars_through_the_artifact_proxy(mlflow_server: str, calen
     store = SalesStore(url)
     assert store.calendar_refs() == [ref]
     pd.testing.assert_frame_equal(store.read_calendar(ref), read_calendar_file(calendar_file))
-    with pytest.raises(CalendarRefused, match="no such object in the sales store"):
+    with pytest.raises(CalendarRefused, match="not allowed"):
         store.read_calendar("calendar-20200101T000000000000Z-0.csv.gz")
     with pytest.raises(CalendarRefused, match="not allowed"):
         store.read_calendar("../train.csv.gz")
@@ -309,6 +309,22 @@ def test_only_regular_calendar_objects_of_the_store_are_read(tmp_path: Path, kin
         SalesStore(str(base)).read_calendar(name)
     assert HOSTILE[kind] in str(info.value) and SECRET not in str(info.value), str(info.value)
     assert str(tmp_path) not in str(info.value)
+
+
+def test_the_words_never_tell_whether_a_name_exists(tmp_path: Path) -> None:
+    """A missing name and a FIFO, a symlink or a device under it: the same refusal, word for word."""
+    folder = Path(f"{tmp_path / 's.csv.gz'}.calendars")
+    folder.mkdir()
+    name = "calendar-20200101T000000000000Z-a.csv.gz"
+    words = set()
+    for kind in ("missing", "fifo", "symlink-proc", "directory"):
+        _hostile(folder, name, kind)
+        with pytest.raises(CalendarRefused) as info:
+            SalesStore(str(tmp_path / "s.csv.gz")).read_calendar(name)
+        words.add(str(info.value))
+        for p in folder.iterdir():
+            p.rmdir() if p.is_dir() and not p.is_symlink() else p.unlink()
+    assert words == {f"calendar {name}: not allowed (no object of the sales store by that name)"}
 
 
 def test_a_symlinked_calendar_folder_is_not_followed(tmp_path: Path, calendar_file: Path) -> None:
@@ -396,7 +412,7 @@ def hostile(calendar_file: Path) -> Iterator[HostileProxy]:
     ("fifo", CalendarRefused, "not allowed"),
     ("huge", CalendarRefused, "over the limit"),
     ("broken", SalesUnavailable, "HTTP 500"),
-    ("missing", CalendarRefused, "no such object in the sales store"),
+    ("missing", CalendarRefused, "not allowed (no object of the sales store by that name)"),
 ])
 def test_a_calendar_url_is_read_within_size_and_time(hostile: HostileProxy, name: str, error: type,
                                                      words: str) -> None:

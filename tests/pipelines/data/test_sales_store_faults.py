@@ -173,3 +173,38 @@ def test_the_sales_store_behind_mlflows_artifact_proxy(mlflow_server: str, tmp_p
         SalesStore(url).load()
     with pytest.raises(SalesUnavailable, match="does not exist"):
         SalesStore(f"{mlflow_server}/api/2.0/mlflow-artifacts/artifacts/sales-test/missing.csv.gz").load()
+
+
+# ---- what a store's messages and its parts folder may hold --------------------------------------------------
+def test_a_store_url_is_never_shown_with_its_credentials_or_query(tmp_path: Path) -> None:
+    from pipelines.stack import free_port
+
+    url = f"http://planner:s3cret-pass@127.0.0.1:{free_port()}/api/2.0/mlflow-artifacts/artifacts/s.csv.gz?token=tok-77"
+    store = SalesStore(url, timeout=2)
+    with pytest.raises(SalesUnavailable) as info:
+        store.load()
+    health = store.health()
+    for text in (str(info.value), str(health)):
+        assert "s3cret-pass" not in text and "tok-77" not in text and "planner" not in text, text
+    assert health["location"] == url.replace("planner:s3cret-pass@", "").split("?")[0]
+    assert "127.0.0.1" in str(info.value) and "unreachable" in str(info.value)
+
+
+def test_only_regular_files_are_parts_of_a_local_store(tmp_path: Path) -> None:
+    """A FIFO (which would block a reader for good), a symlink out of the store and a folder in ``.parts/`` are
+    left out; the store still loads, without their rows."""
+    import os
+
+    base = write_sales(synthesize(2, seed=3, start="2015-01-01", end="2015-03-31"), tmp_path / "s.csv.gz")
+    store = SalesStore(str(base))
+    rows = pd.DataFrame({"Store": ["1"], "Date": pd.to_datetime(["2015-04-01"]), "Sales": [5000.0], "Open": [1]})
+    store.append(rows)
+    parts = Path(f"{base}.parts")
+    outside = write_sales(rows.assign(Store="2", Sales=6000.0), tmp_path / "outside.csv.gz")
+    os.mkfifo(parts / "part-20990101T000000000000Z-fifo.csv.gz")
+    (parts / "part-20990101T000000000001Z-link.csv.gz").symlink_to(outside)
+    (parts / "part-20990101T000000000002Z-dir.csv.gz").mkdir()
+    sales = SalesStore(str(base)).load()  # no hang on the FIFO
+    assert len(sales.files) == 2  # the base and the one real part
+    last = sales.frame[sales.frame["Date"] == "2015-04-01"]
+    assert last["Store"].tolist() == ["1"]  # the symlink's row (store 2) never read

@@ -22,8 +22,7 @@ import pytest
 from pipelines.data.sales_csv import write_sales
 from pipelines.data.sales_store import SalesStore
 from pipelines.data.synth import synthesize
-from serving.access.auth_file import hash_key
-from tests.support import FINISHED, alias, log_tail, send, start_service, stop, train
+from tests.support import FINISHED, alias, log_tail, planner_service_auth, send, start_service, stop, train
 
 MODEL = "storecast-rules"
 KEYS = {"planner-a": "sc_rules-planner-a", "planner-b": "sc_rules-planner-b", "svc": "sc_rules-service"}
@@ -35,16 +34,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     sales = write_sales(synthesize(4, seed=41), root / "sales.csv.gz")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     first = train(sales, uri, MODEL, root)
-    auth = root / "auth.yaml"
-    auth.write_text(f"""
-tiers:
-  planner: {{requests_per_second: null, concurrent: null, permissions: [forecast, refresh]}}
-  service: {{requests_per_second: null, concurrent: null, permissions: [forecast, refresh, retrain]}}
-identities:
-  - {{name: planner-a, tier: planner, key_sha256: "{hash_key(KEYS['planner-a'])}"}}
-  - {{name: planner-b, tier: planner, key_sha256: "{hash_key(KEYS['planner-b'])}"}}
-  - {{name: svc, tier: service, key_sha256: "{hash_key(KEYS['svc'])}"}}
-""")
+    auth = planner_service_auth(root / "auth.yaml", {"planner-a": ("planner", KEYS["planner-a"]),
+                                                     "planner-b": ("planner", KEYS["planner-b"]),
+                                                     "svc": ("service", KEYS["svc"])})
     state: dict = {"svc": None}
 
     def start(env: dict | None = None) -> str:

@@ -327,7 +327,7 @@ def test_calendar_updates_that_cannot_be_taken_get_400_and_move_nothing(world: d
         "none": ({}, "data.calendar"),
         "outside": ({"calendar": "../secret.csv"}, "not allowed"),
         "absolute": ({"calendar": str(secret)}, "not allowed"),
-        "unknown": ({"calendar": "calendar-20990101T000000000000Z-nope.csv.gz"}, "no such object"),
+        "unknown": ({"calendar": "calendar-20990101T000000000000Z-nope.csv.gz"}, "not allowed"),
     }
     path = world["root"] / "foreign.csv"
     path.write_text("Store,Date,Open,Promo,StateHoliday,SchoolHoliday\n77,2015-08-04,1,1,0,0\n")

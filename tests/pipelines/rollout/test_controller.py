@@ -28,7 +28,7 @@ from mlflow import MlflowClient
 from pipelines.data.sales_csv import write_sales
 from pipelines.data.synth import synthesize
 from pipelines.stack import Service, free_port, wait_ready
-from tests.support import Recorder, alias, log_tail, send, start_service, stop, train, wait_job
+from tests.support import ADMIN_KEY, Recorder, admin_auth, alias, log_tail, send, start_service, stop, train, wait_job
 
 MODEL = "storecast-rollout"
 STORES = [str(s) for s in range(1, 7)]
@@ -38,7 +38,8 @@ def predictor(uri: str, model_uri: str, root, name: str) -> Service:
     http, grpc = free_port(), free_port()
     log = root / f"{name}.log"
     proc = subprocess.Popen([sys.executable, "-m", "predictor", "--model_uri", model_uri, "--refresh-seconds", "1",
-                             "--http_port", str(http), "--grpc_port", str(grpc)],
+                             "--http_port", str(http), "--grpc_port", str(grpc),
+                             "--auth-file", str(admin_auth(root))],  # reloads need admin: the rollout's key
                             env={**os.environ, "MLFLOW_TRACKING_URI": uri}, stdout=subprocess.DEVNULL,
                             stderr=log.open("w"))
     svc = Service(name, proc, http, grpc, log)
@@ -102,7 +103,7 @@ def world(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
                             "--rollout-watch-seconds", "4", "--rollout-poll-seconds", "0.5",
                             "--canary-min-requests", "20", "--canary-max-error-ratio", "0.05",
                             "--canary-max-p95-ms", "2000", "--rollout-ready-timeout", "90",
-                            env={"K_SINK": sink.url})
+                            env={"K_SINK": sink.url, "STORECAST_RETRAIN_PREDICTOR_API_KEY": ADMIN_KEY})
         services.append(svc)
         traffic = Traffic(stable, canary)
         yield {"uri": mlflow_server, "svc": svc, "stable": stable, "canary": canary, "sink": sink, "first": first,

@@ -35,7 +35,7 @@ def auth_text(anonymous: bool = True, planner_rps: float = 5, planner_burst: int
         " permissions: [forecast, refresh]}\n"
         "  service: {requests_per_second: null, concurrent: null, permissions: [forecast, refresh, retrain]}\n"
         "  admin: {requests_per_second: 100, burst: 100, concurrent: 8,"
-        " permissions: [forecast, refresh, retrain, rollout]}\n"
+        " permissions: [forecast, refresh, retrain, rollout, admin]}\n"
         "identities:\n"
         f"  - {{name: alice, tier: planner, key_sha256: {hash_key(KEYS['alice'])}}}\n"
         f"  - {{name: svc, tier: service, key_sha256: [{hash_key(KEYS['svc'])}]}}\n"
@@ -118,22 +118,25 @@ def test_missing_file_is_a_clear_error(tmp_path):
         load(tmp_path / "nope.yaml")
 
 
-def test_example_file_parses_with_the_four_tiers_and_their_permissions():
+def test_example_file_parses_with_its_tiers_and_no_anonymous_access():
     config = load(ROOT / "config" / "auth.example.yaml")
-    assert list(config.tiers) == ["anonymous", "planner", "service", "admin"]
+    assert list(config.tiers) == ["planner", "service", "broker-forecast", "broker-retrain", "broker-fleet", "admin"]
+    assert config.anonymous is None  # callers without credentials are refused unless the file says otherwise
     perms = {name: tier.permissions for name, tier in config.tiers.items()}
-    assert perms == {"anonymous": {"forecast"}, "planner": {"forecast", "refresh"},
-                     "service": {"forecast", "refresh", "retrain"},
-                     "admin": {"forecast", "refresh", "retrain", "rollout"}}
+    assert perms == {"planner": {"forecast", "refresh"}, "service": {"forecast", "refresh", "retrain"},
+                     "broker-forecast": {"forecast"}, "broker-retrain": {"refresh", "retrain"},
+                     "broker-fleet": {"retrain"}, "admin": {"forecast", "refresh", "retrain", "rollout", "admin"}}
     # The window: at most `burst` requests in any burst/rps seconds.
     planner = config.tiers["planner"]
     assert (planner.quota, planner.window_seconds) == (40, 2)
 
 
-def test_new_files_from_the_cli_have_the_example_tiers():
+def test_new_files_from_the_cli_have_the_examples_people_and_service_tiers():
     from pipelines.cli.auth import NEW_FILE
 
-    assert parse(NEW_FILE).tiers == load(ROOT / "config" / "auth.example.yaml").tiers
+    new, example = parse(NEW_FILE), load(ROOT / "config" / "auth.example.yaml")
+    assert list(new.tiers) == ["planner", "service", "admin"] and new.anonymous is None
+    assert all(tier == example.tiers[name] for name, tier in new.tiers.items())
 
 
 def test_hash_is_sha256_hex_and_the_key_is_not_in_the_parsed_config():
@@ -204,6 +207,10 @@ def test_forwarded_address_only_from_trusted_hops():
     assert access.client_address(headers, ("198.51.100.1", 1)) == "198.51.100.1"  # not from a trusted proxy
     assert access.client_address({}, ("10.0.0.1", 1)) == "10.0.0.1"
     assert Access(parse(auth_text())).client_address(headers, ("10.0.0.1", 1)) == "10.0.0.1"
+    who = ok(access, headers, peer=("127.0.0.1", 1))  # both addresses kept, the budget the forwarded one's
+    assert (who.peer, who.forwarded, who.subject, who.limit_key) == ("127.0.0.1", "203.0.113.7", None,
+                                                                     "addr:203.0.113.7")
+    assert access.addresses({"x-forwarded-for": "10.4.0.2, not-an-address"}, ("127.0.0.1", 1)) == ("127.0.0.1", None)
     with pytest.raises(ValueError, match="not an address or CIDR"):
         Access(parse(auth_text()), trusted_proxies="10.0.0.0/8,gateway")
     assert peer_address("ipv4:127.0.0.1:5555") == "127.0.0.1"
@@ -282,6 +289,8 @@ def test_open_mode_without_auth_file_and_its_loopback_guard():
     assert access.open
     who = ok(access, {"x-api-key": "anything"}, "rollout")
     assert who.via == "anonymous" and who.tier.permissions == {"forecast", "refresh", "retrain", "rollout"}
+    err = refused(access, {}, "admin")  # the model repository is never open, not even on loopback
+    assert isinstance(err, Forbidden) and "admin permission" in err.message and "--auth-file" in err.message
     check_exposure(AccessSettings(), "127.0.0.1")
     with pytest.raises(ValueError, match=r"--auth-file is required to listen on 0\.0\.0\.0"):
         check_exposure(AccessSettings(), "0.0.0.0")
@@ -405,11 +414,18 @@ def test_audit_line_per_request_never_the_key(caplog):
 
     before = REGISTRY.get_sample_value("storecast_access_requests_total",
                                        {"tier": "planner", "outcome": "ok", "protocol": "rest"}) or 0
+    unknown = REGISTRY.get_sample_value("storecast_access_refusals_total",
+                                        {"reason": "unknown_key", "protocol": "rest"}) or 0
     run(scenario())
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "storecast.audit"]
+    # every admitted request has its line; refusals one line per reason (the second unknown key is counted only)
     assert [(x["identity"], x["tier"], x["status"], x["outcome"]) for x in lines] == [
         ("alice", "planner", 200, "ok"), ("alice", "planner", 429, "rate_limited"),
-        ("-", "-", 401, "unauthenticated"), ("-", "-", 401, "unauthenticated")]
+        ("-", "-", 401, "unauthenticated")]
+    assert (lines[1]["refusal"], lines[2]["refusal"], lines[2]["reason"]) == (
+        "rate_limited", "unknown_key", "unknown API key")
+    assert REGISTRY.get_sample_value("storecast_access_refusals_total",
+                                     {"reason": "unknown_key", "protocol": "rest"}) == unknown + 2
     first = lines[0]
     assert first["route"] == "/v1/models/storecast:predict" and first["protocol"] == "rest"
     assert first["rows"] == 7 and first["latency_ms"] >= 0 and first["via"] == "key" and first["peer"] == "10.0.0.1"

@@ -15,22 +15,23 @@ from types import SimpleNamespace
 
 import pytest
 
-door_module = pytest.importorskip("serving.access.hook", reason="the serving layer's hook (issue 12) is not here yet")
-errors = pytest.importorskip("serving.errors")
+from serving import errors
+from serving.access import hook as door_module
+from serving.access.auth_file import hash_key
+from serving.access.door import AccessDoor, Principal, door
+from serving.access.settings import add_access_arguments
 
-from serving.access.auth_file import hash_key  # noqa: E402
-from serving.access.door import AccessDoor, Principal, door, door_if_configured  # noqa: E402
-from serving.access.settings import add_access_arguments  # noqa: E402
-
-KEY, SVC = "sc_planner", "sc_service"
+KEY, SVC, ADMIN = "sc_planner", "sc_service", "sc_admin"
 AUTH = f"""
 tiers:
   anonymous: {{requests_per_second: 1, burst: 2, concurrent: 2, permissions: [forecast]}}
   planner: {{requests_per_second: 2, burst: 4, concurrent: 4, permissions: [forecast, refresh]}}
-  service: {{requests_per_second: null, concurrent: null, permissions: [forecast, refresh, retrain]}}
+  service: {{requests_per_second: null, concurrent: null, permissions: [forecast, refresh, retrain, rollout]}}
+  admin: {{requests_per_second: null, concurrent: null, permissions: [admin]}}
 identities:
   - {{name: planner-1, tier: planner, key_sha256: "{hash_key(KEY)}"}}
   - {{name: svc, tier: service, key_sha256: "{hash_key(SVC)}"}}
+  - {{name: ops, tier: admin, key_sha256: "{hash_key(ADMIN)}"}}
 """
 
 
@@ -84,7 +85,7 @@ def test_refusals_map_to_status_headers_and_grpc_codes(access_door):
     assert failure.headers["www-authenticate"].startswith("Bearer") and "sc_wrong" not in failure.message
     _, failure = refusal(access_door, call({"x-api-key": KEY}, route="/v2/repository/models/x/load",
                                            kind="repository"))
-    assert (failure.status, failure.grpc_code) == (403, "PERMISSION_DENIED") and "may not rollout" in failure.message
+    assert (failure.status, failure.grpc_code) == (403, "PERMISSION_DENIED") and "may not admin" in failure.message
     for _ in range(4):
         who = admit(access_door, call({"x-api-key": KEY}))
         assert dict(who.headers())["RateLimit-Policy"] == '"planner";q=4;w=2' and who.name == "planner-1"
@@ -136,19 +137,54 @@ def test_the_door_refuses_to_open_wide_without_an_auth_file(monkeypatch):
     assert open_door.access.open
 
 
-def test_the_predictor_door_only_with_an_auth_file_flag(monkeypatch, tmp_path):
+@pytest.mark.parametrize("route,protocol,method", [
+    ("/v2/repository/models/storecast/load", "http", "POST"),
+    ("/v2/repository/models/storecast/unload", "http", "POST"),
+    ("/v2/repository/index", "http", "POST"), ("/inference.GRPCInferenceService/RepositoryModelLoad", "grpc", "POST"),
+    ("/inference.GRPCInferenceService/RepositoryModelUnload", "grpc", "POST"),
+    ("/inference.GRPCInferenceService/RepositoryIndex", "grpc", "POST")])
+def test_the_model_repository_needs_admin_on_every_protocol(access_door, monkeypatch, route, protocol, method):
+    kind = (door_module.classify_http(method, route)[0] if protocol == "http"
+            else door_module.classify_grpc(route))
+    assert kind == "repository"
+    for headers in ({}, {"x-api-key": KEY}, {"x-api-key": SVC}):  # anonymous, a planner, a service with rollout
+        _, failure = refusal(access_door, call(headers, route=route, kind=kind, protocol=protocol, method=method))
+        assert failure.status == 403 and "may not admin" in failure.message
+    who = admit(access_door, call({"x-api-key": ADMIN}, route=route, kind=kind, protocol=protocol, method=method))
+    assert who.name == "ops"
+    monkeypatch.delenv("STORECAST_AUTH_FILE", raising=False)
+    monkeypatch.delenv("STORECAST_API_KEY", raising=False)
+    open_door = door(SimpleNamespace(args=None, host="127.0.0.1"))  # open on loopback: still no repository
+    _, failure = refusal(open_door, call({"x-api-key": ADMIN}, route=route, kind=kind, protocol=protocol))
+    assert failure.status == 403 and "admin permission" in failure.message and "--auth-file" in failure.message
+
+
+def test_the_predictor_and_the_transformer_take_the_same_door(monkeypatch, tmp_path):
+    from predictor.settings import COMPONENT as PREDICTOR
+    from transformer.settings import COMPONENT as TRANSFORMER
+
+    assert PREDICTOR.doors == TRANSFORMER.doors == "serving.access.door:door"
     path = tmp_path / "auth.yaml"
     path.write_text(AUTH)
-    monkeypatch.setenv("STORECAST_AUTH_FILE", str(path))  # meant for the transformer: not the predictor's
+    monkeypatch.setenv("STORECAST_AUTH_FILE", str(path))  # the variable counts as the flag does, for both
     parser = argparse.ArgumentParser()
     add_access_arguments(parser)
-    assert door_if_configured(SimpleNamespace(args=parser.parse_args([]), host="0.0.0.0")) is None
-    assert door_if_configured(SimpleNamespace(args=None, host="0.0.0.0")) is None
-    made = door_if_configured(SimpleNamespace(args=parser.parse_args(["--auth-file", str(path)]), host="0.0.0.0"))
+    made = door(SimpleNamespace(args=parser.parse_args([]), host="0.0.0.0"))
     try:
         assert isinstance(made, AccessDoor) and not made.access.open
     finally:
         made.access.close()
+
+
+def test_no_door_is_refused(monkeypatch):
+    monkeypatch.delenv("STORECAST_AUTH_FILE", raising=False)
+    for spec in ("", " , ", "tests.support:__name__x"):
+        with pytest.raises(ValueError, match="--doors"):
+            door_module.build_doors(spec, SimpleNamespace(args=None, host="127.0.0.1"))
+    with pytest.raises(ValueError, match="has no admit"):
+        door_module.build_doors("builtins:id", SimpleNamespace(args=None, host="127.0.0.1"))  # not a door
+    with pytest.raises(ValueError, match="no door, so every caller could do everything"):
+        door_module.build_doors("atexit:unregister", SimpleNamespace(args=None, host="127.0.0.1"))  # None: no door
 
 
 def test_the_single_shared_key_of_earlier_releases_closes_the_bypass(monkeypatch):
@@ -162,3 +198,18 @@ def test_the_single_shared_key_of_earlier_releases_closes_the_bypass(monkeypatch
         assert failure.status == 401, headers
     who = admit(legacy, call({"x-api-key": "sc_shared", "ce-id": "x"}))
     assert who.name == "api-key" and who.identity.tier.permissions == {"forecast", "refresh"}
+
+
+@pytest.mark.parametrize(("method", "path", "kind"), [
+    ("POST", "/v1/models/storecast:predict", "infer"),
+    ("POST", "/v1/models/storecast:predict\n", "infer"),  # Starlette's `$` matches before a final newline
+    ("POST", "/v1/models/storecast", "infer"),  # any POST under a model is inference, whatever the suffix
+    ("GET", "/v1/models/storecast", "health"),
+    ("GET", "/v1/models/storecast\n", "metadata"),  # only the exact status route is open
+    ("GET", "/v2/models/storecast/ready", "health"),
+    ("GET", "/v2/models/storecast", "metadata"),
+    ("POST", "/v2/repository/models/storecast/unload", "repository"),
+    ("GET", "/v2/repository/index", "repository"),
+])
+def test_every_route_under_a_model_is_classified_closed_unless_exactly_a_status(method, path, kind):
+    assert door_module.classify_http(method, path)[0] == kind
