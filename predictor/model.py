@@ -31,24 +31,13 @@ from kserve import Model
 from kserve.errors import ModelNotReady
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
-from predictor.codec import (
-    ALL_OUTPUTS,
-    INPUTS,
-    OUTPUT_TYPES,
-    OUTPUTS,
-    V1_OUTPUTS,
-    Rows,
-    decode_v1,
-    decode_v2,
-    encode_v1,
-    json_body,
-)
+from predictor.codec import INPUTS, OUTPUT_TYPES, V1_OUTPUTS, Rows, decode_v1, decode_v2, encode_v1, json_body
+from predictor.inference import evaluate, list_stores, requested_outputs
 from predictor.loader import Loader
 from predictor.request_values import RequestError
 from predictor.snapshot import Snapshot
-from predictor.table import UnknownStoresError
 from serving.budget import SMALL_ROWS, RowBudget, offload
-from serving.contract import LIST_STORES, MAX_DAYS_AHEAD, PREDICTOR_INPUTS, PREDICTOR_OUTPUTS, iso
+from serving.contract import LIST_STORES, MAX_DAYS_AHEAD, PREDICTOR_INPUTS, PREDICTOR_OUTPUTS
 from serving.errors import ClientError
 
 PLATFORM = "storecast_prophet_numpy"
@@ -142,22 +131,16 @@ class StorecastModel(Model):
     async def _predict_v1(self, body: Any, snapshot: Snapshot) -> dict[str, Any]:
         body = json_body(body)
         if isinstance(body, dict) and body.get(LIST_STORES) is True:
-            return {"stores": snapshot.table.store_id.tolist(), "model_version": snapshot.version}
+            return {"stores": list_stores(snapshot)[0], "model_version": snapshot.version}
         rows = decode_v1(body, self.max_rows)
         return encode_v1(rows, await self._forecast(rows, snapshot, V1_OUTPUTS), snapshot.version)
 
     async def _predict_v2(self, request: InferRequest, snapshot: Snapshot) -> InferResponse:
         params = request.parameters or {}
         if params.get(LIST_STORES) is True and not request.inputs:
-            ids = snapshot.table.store_id
-            outputs = [InferOutput("store_id", [len(ids)], "BYTES", ids.tolist())]
-            return self._response(request, snapshot, outputs,
-                                  {"stores": len(ids), "data_end": str(snapshot.table.meta.get("data_end", ""))})
-        names = [o.name for o in request.request_outputs] if request.request_outputs else list(OUTPUTS)
-        unknown = [name for name in names if name not in ALL_OUTPUTS]
-        if unknown:
-            raise RequestError(f"unknown output {', '.join(map(repr, unknown))}: the outputs are "
-                               f"{', '.join(ALL_OUTPUTS)}")
+            ids, parameters = list_stores(snapshot)
+            return self._response(request, snapshot, [InferOutput("store_id", [len(ids)], "BYTES", ids)], parameters)
+        names = requested_outputs([o.name for o in request.request_outputs or ()])
         rows = decode_v2(request.inputs, self.max_rows)
         values = await self._forecast(rows, snapshot, names)
         outputs = [InferOutput(name, [len(rows)], OUTPUT_TYPES[name], values[name]) for name in names]
@@ -174,28 +157,4 @@ class StorecastModel(Model):
             return await offload(len(rows) > SMALL_ROWS, evaluate, rows, snapshot, tuple(names),
                                  self.max_days_ahead)
 
-
-def evaluate(rows: Rows, snapshot: Snapshot, names: tuple[str, ...] = OUTPUTS,
-             max_days_ahead: int = MAX_DAYS_AHEAD) -> dict[str, np.ndarray]:
-    """The named outputs of every row, in one vectorized evaluation."""
-    try:
-        index = snapshot.rows(rows.store_id)
-        if rows.repeat is not None:
-            index = np.repeat(index, rows.repeat)
-    except UnknownStoresError as exc:
-        shard = f", shard {snapshot.shard}" if snapshot.shard else ""
-        raise RequestError(f"{exc} (not among the {len(snapshot.table)} stores of model version "
-                           f"{snapshot.version}{shard})") from None
-    if len(index):
-        ahead = rows.days - snapshot.table.last_day[index]
-        far = np.flatnonzero(ahead > max_days_ahead)
-        if len(far):
-            i = int(far[0])
-            where, store = rows.where(i)
-            raise RequestError(f"{where}: {iso(rows.days[i])} is {int(ahead[i])} days after the last day "
-                               f"of data of store {store!r} ({iso(snapshot.table.last_day[index[i]])}); "
-                               f"the limit is {max_days_ahead} (--max-days-ahead)")
-    return snapshot.outputs(rows.store_id, rows.days, names, rows.promo, rows.open, index, rows.group())
-
-
-__all__ = ["INPUTS", "StorecastModel", "evaluate"]
+__all__ = ["INPUTS", "StorecastModel"]

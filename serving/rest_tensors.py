@@ -22,7 +22,6 @@ import orjson
 from serving.contract import short
 from serving.errors import ClientError
 from serving.tensors import (
-    DTYPES,
     MAX_ID,
     MAX_NAME,
     Input,
@@ -33,6 +32,7 @@ from serving.tensors import (
     check_name,
     check_shape,
     check_unique,
+    check_values,
     from_bytes,
     plain_parameters,
     raw_values,
@@ -111,7 +111,7 @@ def _json_input(item: Any, i: int, raw: bytes, offset: int) -> tuple[Input, int]
         if data and isinstance(data[0], list):
             raise ClientError(f"{where}: data must be a flat list (row-major), not nested lists")
         check_count(where, shape, len(data))
-        return Input(name, datatype, shape, _json_values(data, datatype, where), parameters), offset
+        return Input(name, datatype, shape, check_values(data, datatype, where), parameters), offset
     if size is None:
         raise ClientError(f"{where}: has no data (and no binary_data_size)")
     if type(size) is not int or size < 0:
@@ -141,35 +141,6 @@ def _json_outputs(doc: Any) -> list[Output]:
         outputs.append(Output(name, binary, params))
     check_unique(outputs, "output")
     return outputs
-
-
-def _json_values(data: list[Any], datatype: str, where: str) -> list[Any]:
-    if datatype == "BYTES":
-        ok = all(type(v) is str for v in data)
-    elif datatype == "BOOL":
-        ok = all(type(v) is bool for v in data)
-    elif datatype.startswith(("INT", "UINT")):
-        ok = all(type(v) is int for v in data)
-        if ok and data:
-            info = np.iinfo(DTYPES[datatype])
-            ok = info.min <= min(data) and max(data) <= info.max
-    else:
-        ok = all(type(v) in (int, float) for v in data)
-    if not ok:
-        bad = next((i, v) for i, v in enumerate(data) if not _fits(v, datatype))
-        raise ClientError(f"{where}: element {bad[0]} {short(bad[1])} is not a {datatype} value")
-    return data
-
-
-def _fits(v: Any, datatype: str) -> bool:
-    if datatype == "BYTES":
-        return type(v) is str
-    if datatype == "BOOL":
-        return type(v) is bool
-    if datatype.startswith(("INT", "UINT")):
-        info = np.iinfo(DTYPES[datatype])
-        return type(v) is int and info.min <= v <= info.max
-    return type(v) in (int, float)
 
 
 def _known_keys(doc: dict[str, Any], known: Sequence[str], where: str) -> None:

@@ -166,6 +166,36 @@ def check_count(where: str, shape: list[int], count: int) -> None:
         raise ClientError(f"{where}: shape {shape} holds {prod(shape)} elements but {count} were sent")
 
 
+def check_values(data: list[Any], datatype: str, where: str, allow_bytes: bool = False) -> list[Any]:
+    """Every element a value of ``datatype`` (BYTES: strings, or also ``bytes`` where gRPC gave them)."""
+    if datatype == "BYTES":
+        ok = all(type(v) is str for v in data) or (allow_bytes and all(type(v) in (str, bytes) for v in data))
+    elif datatype == "BOOL":
+        ok = all(type(v) is bool for v in data)
+    elif datatype.startswith(("INT", "UINT")):
+        ok = all(type(v) is int for v in data)
+        if ok and data:
+            info = np.iinfo(DTYPES[datatype])
+            ok = info.min <= min(data) and max(data) <= info.max
+    else:
+        ok = all(type(v) in (int, float) for v in data)
+    if not ok:
+        bad = next((i, v) for i, v in enumerate(data) if not _fits(v, datatype, allow_bytes))
+        raise ClientError(f"{where}: element {bad[0]} {short(bad[1])} is not a {datatype} value")
+    return data
+
+
+def _fits(v: Any, datatype: str, allow_bytes: bool) -> bool:
+    if datatype == "BYTES":
+        return type(v) is str or (allow_bytes and type(v) is bytes)
+    if datatype == "BOOL":
+        return type(v) is bool
+    if datatype.startswith(("INT", "UINT")):
+        info = np.iinfo(DTYPES[datatype])
+        return type(v) is int and info.min <= v <= info.max
+    return type(v) in (int, float)
+
+
 def check_unique(items: Sequence[Input | Output], what: str) -> None:
     """No name given twice."""
     seen = set()

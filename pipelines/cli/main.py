@@ -282,10 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_auth(sub)
     from loadtest.runner import add_parser as add_loadtest
     from pipelines.cli.canary import add_parser as add_canary
+    from pipelines.cli.mlserver import add_parser as add_mlserver
     from pipelines.cli.retrain import add_parser as add_retrain
 
     add_retrain(sub)
     add_canary(sub)
+    add_mlserver(sub)
     add_loadtest(sub)
     return p
 
