@@ -24,13 +24,14 @@ from typing import Any
 
 from mlserver import MLModel
 from mlserver.errors import MLServerError
-from mlserver.types import InferenceRequest, InferenceResponse, ResponseOutput
+from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelResponse, ResponseOutput
 from mlserver.utils import get_model_uri
 
+from mlserver_runtime.metrics import BATCH_ROWS
 from mlserver_runtime.settings import RuntimeSettings, SettingsError
 from mlserver_runtime.tensors import outputs, tensors
 from predictor.codec import INPUTS, decode_v2
-from predictor.inference import evaluate, list_stores, locate, requested_outputs
+from predictor.inference import evaluate, list_stores, locate, metadata, requested_outputs
 from predictor.loader import Loader
 from predictor.request_values import RequestError
 from predictor.snapshot import Snapshot
@@ -93,6 +94,11 @@ class StorecastRuntime(MLModel):
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 10.0)
 
+    async def metadata(self) -> MetadataModelResponse:
+        """The KServe predictor's metadata: the contract's inputs and outputs, the version being served."""
+        current = self.loader.current if hasattr(self, "loader") else None
+        return MetadataModelResponse(**metadata(self.name, current.version if current else None))
+
     async def unload(self) -> bool:
         self.loader.stop()
         return True
@@ -103,7 +109,9 @@ class StorecastRuntime(MLModel):
         try:
             batched = self.__dict__.get("_batched")
             if payload.id is None:  # the batcher's merged request: each part was checked on its own
-                return await self._answer(payload, snapshot, self.options.max_rows * self.settings.max_batch_size)
+                response = await self._answer(payload, snapshot, self.options.max_rows * self.settings.max_batch_size)
+                BATCH_ROWS.labels(model=self.name).observe(response.outputs[0].shape[0])
+                return response
             if batched is not None and _plain(payload):
                 locate(decode_v2(tensors(payload.inputs), self.options.max_rows), snapshot,
                        self.options.max_days_ahead)

@@ -19,7 +19,20 @@ from predictor.codec import ALL_OUTPUTS, OUTPUTS, Rows
 from predictor.request_values import RequestError
 from predictor.snapshot import Snapshot
 from predictor.table import UnknownStoresError
-from serving.contract import MAX_DAYS_AHEAD, iso
+from serving.contract import MAX_DAYS_AHEAD, PREDICTOR_INPUTS, PREDICTOR_OUTPUTS, iso
+
+PLATFORM = "storecast_prophet_numpy"  # the V2 metadata's platform
+
+
+def metadata(name: str, version: str | None) -> dict[str, Any]:
+    """The V2 model metadata (``GET /v2/models/<name>``): the contract's inputs and outputs, the version served."""
+    md: dict[str, Any] = {"name": name, "platform": PLATFORM,
+                          "inputs": [{"name": t.name, "datatype": t.datatype, "shape": [-1]} for t in PREDICTOR_INPUTS],
+                          "outputs": [{"name": t.name, "datatype": t.datatype, "shape": [-1]}
+                                      for t in PREDICTOR_OUTPUTS]}
+    if version:
+        md["versions"] = [version]
+    return md
 
 
 def requested_outputs(names: Sequence[str] | None) -> tuple[str, ...]:

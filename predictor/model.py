@@ -32,15 +32,13 @@ from kserve.errors import ModelNotReady
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from predictor.codec import INPUTS, OUTPUT_TYPES, V1_OUTPUTS, Rows, decode_v1, decode_v2, encode_v1, json_body
-from predictor.inference import evaluate, list_stores, requested_outputs
+from predictor.inference import evaluate, list_stores, metadata, requested_outputs
 from predictor.loader import Loader
 from predictor.request_values import RequestError
 from predictor.snapshot import Snapshot
 from serving.budget import SMALL_ROWS, RowBudget, offload
-from serving.contract import LIST_STORES, MAX_DAYS_AHEAD, PREDICTOR_INPUTS, PREDICTOR_OUTPUTS
+from serving.contract import LIST_STORES, MAX_DAYS_AHEAD
 from serving.errors import ClientError
-
-PLATFORM = "storecast_prophet_numpy"
 
 
 class StorecastModel(Model):
@@ -103,17 +101,13 @@ class StorecastModel(Model):
 
     # ---- metadata --------------------------------------------------------------------------------
     def get_input_types(self) -> list[dict[str, Any]]:
-        return [{"name": t.name, "datatype": t.datatype, "shape": [-1]} for t in PREDICTOR_INPUTS]
+        return metadata(self.name, None)["inputs"]
 
     def get_output_types(self) -> list[dict[str, Any]]:
-        return [{"name": t.name, "datatype": t.datatype, "shape": [-1]} for t in PREDICTOR_OUTPUTS]
+        return metadata(self.name, None)["outputs"]
 
     def metadata(self) -> dict[str, Any]:
-        md: dict[str, Any] = {"name": self.name, "platform": PLATFORM, "inputs": self.get_input_types(),
-                              "outputs": self.get_output_types()}
-        if self.version:
-            md["versions"] = [self.version]
-        return md
+        return metadata(self.name, self.version)
 
     # ---- inference -------------------------------------------------------------------------------
     async def predict(self, payload: dict | InferRequest, headers: dict[str, str] | None = None,

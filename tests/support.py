@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -468,6 +468,34 @@ class Transformer(Predictor):
 
     def v1(self, body: Any, timeout: float = 60) -> httpx.Response:
         return self.http.post(f"/v1/models/{MODEL}:predict", json=body, timeout=timeout)
+
+
+class MLServer(Predictor):
+    """``storecast mlserver`` (a real ``mlserver start`` with the storecast runtime) on free loopback ports.
+
+    ``storecast mlserver`` makes MLServer's environment on first use and then becomes ``mlserver start``: this
+    process is MLServer, and ``stop()`` stops it."""
+
+    MODULE = "mlserver"
+
+    def __init__(self, log: Path, model_uri: str, tracking_uri: str | None = None, args: Sequence[str] = (),
+                 env: dict[str, str] | None = None) -> None:
+        self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
+        self.log = log
+        self.state = log.with_suffix("")
+        environ = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+        if tracking_uri:
+            environ["MLFLOW_TRACKING_URI"] = tracking_uri
+        environ.update(env or {})
+        command = [str(BIN / "storecast"), "mlserver", "--model-uri", model_uri, "--http-port", str(self.http_port),
+                   "--grpc-port", str(self.grpc_port), "--metrics-port", str(self.metrics_port),
+                   "--state", str(self.state), *args]
+        with open(log, "wb") as fh:
+            self.proc = subprocess.Popen(command, cwd=REPO, env=environ, stdout=fh, stderr=subprocess.STDOUT)
+        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.http_port}", timeout=30)
+
+    def metrics(self) -> str:
+        return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).text
 
 
 def v2_body(store_ids: list[str], dates: list[str], **extra: Any) -> dict[str, Any]:
