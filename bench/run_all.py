@@ -23,9 +23,9 @@ README = BENCH.parent / "README.md"
 MARKERS = ("<!-- bench:start -->", "<!-- bench:end -->")
 ORDER = ["train", "predictor_inprocess", "predictor_http", "e2e_http", "bulk", "batch_fleet", "predictor_coldstart",
          "retrain_served", "alias_move", "dashboard_refresh", "overload", "soak", "scale", "scale_predictor", "access",
-         "protected_chain", "refusal_cost"]
+         "protected_chain", "refusal_cost", "mlserver"]
 SHARED = {"predictor_inprocess", "predictor_http", "e2e_http", "bulk", "batch_fleet", "predictor_coldstart", "overload",
-          "soak", "scale", "scale_predictor", "access", "protected_chain"}
+          "soak", "scale", "scale_predictor", "access", "protected_chain", "mlserver"}
 
 
 def main() -> None:

@@ -1,8 +1,9 @@
 #!/bin/sh
 # storecast image entrypoint: the first argument picks the component (see the top of the Dockerfile).
 # `exec` makes the component PID 1, so it receives Kubernetes' SIGTERM directly.
-# STORECAST_IMAGE (set by the Dockerfile) is `serve` or `full`: the serving image has no training,
-# no MLflow and no CLI, and says so instead of failing on an import.
+# STORECAST_IMAGE (set by the Dockerfile) is `serve`, `mlserver` or `full`: each image runs only its own
+# components (the serving image has no training, no MLflow and no CLI; the MLServer image only MLServer)
+# and says which image has the others instead of failing on an import.
 set -eu
 
 image="${STORECAST_IMAGE:-full}"
@@ -17,14 +18,35 @@ usage: <image> COMPONENT [ARGS...]        (this is the ${image} image)
   dashboard   [flags]   python -m dashboard          (the planners' dashboard)                full image only
   storecast   [args]    the storecast CLI (data, train, export, serve, forecast, ...)      full image only
   mlflow      [args]    the MLflow CLI (e.g. mlflow server ...)                          full image only
+  mlserver    [args]    the MLServer CLI (mlserver start FOLDER: HTTP 8080 / gRPC 8081)  mlserver image only
   anything else is executed as given (e.g. bash).
 Each component answers --help.
 USAGE
 }
 
-full_only() {
-    echo "'$1' is not in the serving image (storecast-serve: predictor, transformer, deadletter only);" \
-        "use the full image (storecast)" >&2
+# needs COMPONENT IMAGE...: refuse COMPONENT (exit 2, naming the images that have it) unless this is one of them.
+needs() {
+    wanted="$1"
+    shift
+    case "$image" in serve | mlserver) current="$image" ;; *) current=full ;; esac
+    for have in "$@"; do
+        [ "$current" = "$have" ] && return 0
+    done
+    case "$current" in
+        serve) here="serving image (storecast-serve: predictor, transformer, deadletter only)" ;;
+        mlserver) here="MLServer image (storecast-mlserver: mlserver only)" ;;
+        *) here="full image (storecast: every component but mlserver)" ;;
+    esac
+    where=""
+    for have in "$@"; do
+        case "$have" in
+            serve) name="the serving image (storecast-serve)" ;;
+            mlserver) name="the MLServer image (storecast-mlserver)" ;;
+            *) name="the full image (storecast)" ;;
+        esac
+        where="${where:+$where or }$name"
+    done
+    echo "'$wanted' is not in the $here;" "use $where" >&2
     exit 2
 }
 
@@ -36,17 +58,24 @@ fi
 component="$1"
 shift
 case "$component" in
-    predictor | transformer) exec python -m "$component" "$@" ;;
+    predictor | transformer)
+        needs "$component" serve full
+        exec python -m "$component" "$@" ;;
     retrain)
-        [ "$image" = serve ] && full_only retrain
+        needs retrain full
         exec python -m pipelines.retrain "$@" ;;
     dashboard)
-        [ "$image" = serve ] && full_only dashboard
+        needs dashboard full
         exec python -m dashboard "$@" ;;
     storecast | mlflow)
-        [ "$image" = serve ] && full_only "$component"
+        needs "$component" full
         exec "$component" "$@" ;;
-    deadletter) exec python /opt/storecast/deadletter.py "$@" ;;
+    deadletter)
+        needs deadletter serve full
+        exec python /opt/storecast/deadletter.py "$@" ;;
+    mlserver)
+        needs mlserver mlserver
+        exec mlserver "$@" ;;
     help | -h | --help) usage ;;
     *) exec "$component" "$@" ;;
 esac

@@ -10,6 +10,7 @@ same defaults: :class:`~predictor.settings.PredictorSettings` defines each setti
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -64,4 +65,14 @@ class RuntimeSettings:
             except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
                 where = "parameters.uri" if name == "model_uri" else f"parameters.extra.{name}"
                 raise SettingsError(f"model-settings {where}={given!r}: {exc}") from None
+        check_registry(values["model_uri"], os.environ.get("MLFLOW_TRACKING_URI"))
         return cls(**values)
+
+
+def check_registry(source: ModelSource, tracking_uri: str | None) -> None:
+    """A ``models:/`` URI needs an ``mlflow server``: the runtime's environment has no MLflow client."""
+    if source.kind != "folder" and not (tracking_uri or "").startswith(("http://", "https://")):
+        raise SettingsError(f"{source.uri}: the MLServer runtime reads versions over MLflow's REST API: set "
+                            f"MLFLOW_TRACKING_URI (--tracking-uri) to an `mlflow server` (http(s)://...; `storecast "
+                            f"serve --mlflow-server` runs one), not {tracking_uri or 'nothing'}; or serve a folder of "
+                            "a downloaded version")

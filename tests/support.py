@@ -745,6 +745,8 @@ TARGETS = ("base", *sorted(f"overlays/{p.name}" for p in (MANIFESTS / "overlays"
 ISVC = ("serving.kserve.io", "InferenceService")
 KSVC = ("serving.knative.dev", "Service")
 TRIGGER = ("eventing.knative.dev", "Trigger")
+SERVING_RUNTIME = ("serving.kserve.io", "ServingRuntime")
+MODEL_ONLY = ("modelFormat", "runtime", "runtimeVersion", "protocolVersion", "storageUri", "storage")  # not container fields
 CRD_GROUPS = {p.name for p in SCHEMAS.iterdir() if p.is_dir() and not p.name.startswith("_")}
 
 
@@ -815,16 +817,41 @@ def workloads(docs: list[dict]) -> list[tuple[str, dict, dict]]:
     return out
 
 
+def _merged(base: list[dict], over: list[dict], key: str) -> list[dict]:
+    """Two lists of objects merged by ``key``, as a strategic merge patch merges a list-map: ``over`` wins."""
+    out = {item[key]: item for item in base}
+    out.update({item[key]: item for item in over})
+    return list(out.values())
+
+
+def served(docs: list[dict], spec: dict) -> dict:
+    """An InferenceService component as KServe runs it: a ``model`` gets its ServingRuntime's containers and
+    volumes, with the model's own container fields laid over the runtime's kserve-container (KServe's strategic
+    merge: env by name, mounts by path); a custom component is returned as it is."""
+    if "model" not in spec:
+        return spec
+    runtime = one(docs, SERVING_RUNTIME, spec["model"]["runtime"])["spec"]
+    own = {k: v for k, v in spec["model"].items() if k not in MODEL_ONLY}
+    containers = [c if c["name"] != "kserve-container" else {
+        **c, **own, "env": _merged(c.get("env", []), own.get("env", []), "name"),
+        "volumeMounts": _merged(c.get("volumeMounts", []), own.get("volumeMounts", []), "mountPath"),
+        "securityContext": {**c.get("securityContext", {}), **own.get("securityContext", {})}}
+        for c in runtime["containers"]]
+    return {**{k: v for k, v in spec.items() if k != "model"}, "containers": containers,
+            "volumes": _merged(runtime.get("volumes", []), spec.get("volumes", []), "name")}
+
+
 def pods(docs: list[dict]) -> list[tuple[str, dict[str, str], dict]]:
     """(label, pod labels, pod-spec-like dict) of every pod the manifests make, the RayJob's included.
 
     Pod labels are the ones these manifests set (an InferenceService component's ``labels``, a template's
-    ``metadata.labels``); controllers add their own (Knative's, KServe's, KubeRay's) besides."""
+    ``metadata.labels``); controllers add their own (Knative's, KServe's, KubeRay's) besides. A ``model``
+    component is its pod as KServe makes it from the ServingRuntime (``served``)."""
     out = []
     for d in docs:
         name, spec = f"{d['kind']} {d['metadata']['name']}", d.get("spec", {})
         if gk(d) == ISVC:
-            out += [(f"{name} {c}", s.get("labels", {}), s) for c, s in components(d).items()]
+            out += [(f"{name} {c}", s.get("labels", {}), served(docs, s)) for c, s in components(d).items()]
         elif gk(d) == KSVC or d["kind"] in ("Deployment", "StatefulSet", "Job"):
             out.append((name, spec["template"].get("metadata", {}).get("labels", {}), spec["template"]["spec"]))
         elif gk(d) == ("ray.io", "RayJob"):

@@ -19,7 +19,7 @@ from functools import cache
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PRODUCTION = ("serving", "predictor", "transformer", "pipelines", "dashboard", "loadtest")
+PRODUCTION = ("serving", "predictor", "transformer", "pipelines", "dashboard", "loadtest", "mlserver_runtime")
 NAME = re.compile(r"STORECAST_[A-Z0-9_]*[A-Z0-9]")
 PROCESSES = {"PredictorSettings", "TransformerSettings", "RetrainSettings", "dashboard.config.Settings"}
 

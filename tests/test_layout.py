@@ -9,7 +9,7 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("serving", "predictor", "transformer", "pipelines", "dashboard", "loadtest")
+PACKAGES = ("serving", "predictor", "transformer", "pipelines", "dashboard", "loadtest", "mlserver_runtime")
 WINGS = ("data", "training", "versions", "rollout", "retrain", "clients", "cli")
 # A wing may import the wings before it in this order (and the flat modules ``events`` and ``stack``);
 # ``clients`` stands apart: it speaks to the business API as any client does.
@@ -89,6 +89,32 @@ def test_who_imports_whom() -> None:
             (module, deps)
     for module, deps in imports("dashboard").items():
         assert not any(top(d) in ("transformer", "loadtest") for d in deps), (module, deps)
+
+
+def test_the_mlserver_runtime_is_the_predictors_core_under_another_server() -> None:
+    """``mlserver_runtime`` imports only the predictor's core and version loader and ``serving``'s framework-free
+    modules (never KServe, MLflow's client or pandas: its own environment has none); only its ``runtime`` and
+    ``tensors`` import MLServer; only the CLI imports the runtime's package, and only its launcher."""
+    core = ("predictor.codec", "predictor.inference", "predictor.loader", "predictor.request_values",
+            "predictor.snapshot", "predictor.settings", "predictor.source", "serving.budget", "serving.contract",
+            "serving.errors", "serving.logs", "serving.settings", "serving.tensors", "serving.access.settings")
+    for module, deps in imports("mlserver_runtime").items():
+        for d in deps:
+            assert top(d) in ("mlserver_runtime", "predictor", "serving"), (module, d)
+            assert top(d) == "mlserver_runtime" or d.startswith(core) or d in ("predictor", "serving"), (module, d)
+        if module == "mlserver_runtime.launch":
+            continue
+        assert "serving.access.settings" not in deps, module  # the launcher runs in the KServe environment
+    for path in sorted((REPO / "mlserver_runtime").glob("*.py")):
+        names = {n.split(".")[0] for node in ast.walk(ast.parse(path.read_text()))
+                 for n in ([a.name for a in node.names] if isinstance(node, ast.Import)
+                           else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])}
+        assert not names & {"kserve", "mlflow", "pandas", "fastapi"}, path
+        assert ("mlserver" in names) == (path.stem in ("runtime", "tensors")), path
+    for package in PACKAGES:
+        for module, deps in imports(package).items():
+            if top(module) != "mlserver_runtime" and any(top(d) == "mlserver_runtime" for d in deps):
+                assert module == "pipelines.cli.mlserver", module
 
 
 def test_the_wings_of_pipelines_stand_in_layers() -> None:

@@ -8,6 +8,7 @@ visible to ``ps``) or the file of ``--predictor-api-key-file`` (``serving.access
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -43,6 +44,9 @@ class TransformerSettings(ServerSettings):
     forward_authorization: bool = setting(False, "without a predictor key: forward each caller's authorization "
                                           "header to the predictors (as KServe's transformer does); the key wins "
                                           "when both are set", boolean)
+    predictor_metadata: tuple[tuple[str, str], ...] = setting(
+        (), "extra gRPC metadata (REST headers) on every predictor call, comma-separated key=value, e.g. "
+        "seldon-model=storecast (Seldon Core 2's mesh routes on it)", lambda text: parse_metadata(text))
 
     def predictor_key(self) -> str | None:
         """The transformer's own key for the predictors (None: none given); ``SystemExit`` with one line when
@@ -51,8 +55,19 @@ class TransformerSettings(ServerSettings):
                         "--predictor-api-key-file")
 
     def credential(self) -> Credential:
-        """What the transformer shows its predictors (the key read now, once)."""
-        return Credential(self.predictor_key(), self.forward_authorization)
+        """What the transformer shows its predictors (the key read now, once), with --predictor-metadata."""
+        return Credential(self.predictor_key(), self.forward_authorization, self.predictor_metadata)
+
+
+def parse_metadata(text: str | None) -> tuple[tuple[str, str], ...]:
+    """``key=value,key=value`` as gRPC metadata pairs (keys lower-case); a malformed item is named."""
+    pairs = []
+    for item in filter(None, (i.strip() for i in (text or "").split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise argparse.ArgumentTypeError(f"{item!r} is not key=value")
+        pairs.append((key.strip().lower(), value.strip()))
+    return tuple(pairs)
 
 
 @dataclass(frozen=True)
@@ -62,9 +77,13 @@ class Credential:
 
     key: str | None = field(default=None, repr=False)
     forward: bool = False
+    extra: tuple[tuple[str, str], ...] = ()  # --predictor-metadata, on every call
 
     def headers(self, caller: Mapping[str, str] | None = None) -> dict[str, str]:
         """The headers (gRPC metadata) of a call made for ``caller``'s request (None: the transformer's own)."""
+        return {**dict(self.extra), **self._credential(caller)}
+
+    def _credential(self, caller: Mapping[str, str] | None) -> dict[str, str]:
         if self.key:
             return {"x-api-key": self.key}
         if self.forward and caller:

@@ -42,20 +42,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_mlserver(args: argparse.Namespace) -> int:
     from mlserver_runtime import environment, launch
+    from mlserver_runtime.settings import check_registry
+    from predictor.source import ModelSource
 
     env = Path(args.env).expanduser() if args.env else environment.default_env()
-    mlserver = environment.ensure(env)
     if args.install_only:
+        environment.ensure(env)
         print(env)
         return 0
     tracking = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if args.model_uri.startswith("models:") and not (tracking or "").startswith(("http://", "https://")):
-        raise ValueError(f"{args.model_uri}: the MLServer runtime reads versions over MLflow's REST API: give an "
-                         f"`mlflow server` (--tracking-uri http://...; `storecast serve --mlflow-server` runs one), "
-                         f"not {tracking or 'no registry'}; or a folder of a downloaded version")
-    model_uri = args.model_uri if args.model_uri.startswith("models:") else str(Path(args.model_uri).resolve())
+    source = ModelSource.parse(args.model_uri)
+    check_registry(source, tracking)
+    model_uri = source.uri if source.kind != "folder" else str(Path(source.uri).resolve())
     options = launch.ServerOptions(model_uri, args.host, args.http_port, args.grpc_port, args.metrics_port,
                                    args.max_batch_size, args.max_batch_time)
+    mlserver = environment.ensure(env)  # after the checks: a mistake is told at once
     folder = launch.write_folder(Path(args.state), options)
     print(f"MLServer: V2 REST http://{args.host}:{args.http_port}/v2/models/{MODEL_NAME}, gRPC {args.host}:"
           f"{args.grpc_port}, metrics http://{args.host}:{args.metrics_port}/metrics; serving {args.model_uri}",

@@ -201,7 +201,8 @@ def rollout(isvc: dict) -> list[tuple[str, dict, list[dict]]]:
     return steps
 
 
-@pytest.mark.parametrize("target", [t for t in TARGETS if t != "overlays/ray"])
+# overlays/mlserver: the automatic canary patches the custom predictor's --model_uri, which a `model` has not
+@pytest.mark.parametrize("target", [t for t in TARGETS if t not in ("overlays/ray", "overlays/mlserver")])
 def test_every_rollout_patch_is_admitted(target):
     docs = render(target)
     isvc = one(docs, ISVC, "storecast")

@@ -39,6 +39,7 @@ from tests.support import (
     render,
     resolves,
     schema_errors,
+    served,
     workloads,
 )
 
@@ -113,7 +114,8 @@ def test_everything_is_in_the_namespace(target):
 
 @by_target
 def test_inference_services_autoscale_in_knative_mode(target):
-    isvcs = find(render(target), ISVC)
+    docs = render(target)
+    isvcs = find(docs, ISVC)
     assert isvcs
     for isvc in isvcs:
         name = isvc["metadata"]["name"]
@@ -126,7 +128,7 @@ def test_inference_services_autoscale_in_knative_mode(target):
             assert 0 < spec["scaleTarget"] <= spec["containerConcurrency"], where
             if "canaryTrafficPercent" in spec:
                 assert 0 <= spec["canaryTrafficPercent"] <= 100, where
-            [container] = spec["containers"]
+            [container] = served(docs, spec)["containers"]  # a `model`: its ServingRuntime's (overlays/mlserver)
             assert container["name"] == "kserve-container", where
 
 

@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 KUBECTL = shutil.which("kubectl")
 PLACEHOLDERS = {"full": "registry.example.com/storecast/storecast",
-                "serve": "registry.example.com/storecast/storecast-serve"}
+                "serve": "registry.example.com/storecast/storecast-serve",
+                "mlserver": "registry.example.com/storecast/storecast-mlserver"}  # overlays/mlserver only
 SERVING = ("predictor", "transformer", "deadletter")  # the components the serving image runs
 NEVER_SERVED = ("mlflow", "prophet", "prophet-batch", "cmdstanpy", "matplotlib", "pyarrow", "scipy", "scikit-learn",
                 "kubernetes", "sqlalchemy", "flask", "locust", "pillow")
@@ -169,11 +170,13 @@ def set_image(kustomization: Path, name: str, new: str) -> None:
 def rendered_images(root: Path, target: str) -> dict[str, set[str]]:
     proc = subprocess.run([KUBECTL, "kustomize", str(root / target)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    found: dict[str, set[str]] = {"serve": set(), "full": set()}
+    found: dict[str, set[str]] = {"serve": set(), "full": set(), "mlserver": set()}
 
     def visit(node: object) -> None:
         if isinstance(node, dict):
-            if isinstance(node.get("image"), str) and isinstance(node.get("args"), list) and node["args"]:
+            if isinstance(node.get("image"), str) and node["image"].split(":")[0].endswith("-mlserver"):
+                found["mlserver"].add(node["image"])  # a ServingRuntime's container: the image's own command
+            elif isinstance(node.get("image"), str) and isinstance(node.get("args"), list) and node["args"]:
                 found["serve" if node["args"][0] in SERVING else "full"].add(node["image"])
             elif isinstance(node.get("image"), str):  # a RayJob's containers: the full image
                 found["full"].add(node["image"])
@@ -185,7 +188,7 @@ def rendered_images(root: Path, target: str) -> dict[str, set[str]]:
 
     for doc in yaml.safe_load_all(proc.stdout):
         visit(doc)
-    return found
+    return {role: images for role, images in found.items() if images}
 
 
 TARGETS = ["base", *sorted(f"overlays/{p.name}" for p in (ROOT / "manifests" / "overlays").iterdir() if p.is_dir())]
@@ -199,8 +202,9 @@ def test_one_set_image_recipe_for_base_and_every_overlay(target: str, tmp_path: 
     for name in PLACEHOLDERS.values():
         set_image(tmp_path / "manifests" / target / "kustomization.yaml", name,
                   f"reg.test/team/{name.rsplit('/', 1)[1]}:7")
+    mlserver = {"mlserver": {"reg.test/team/storecast-mlserver:7"}} if target == "overlays/mlserver" else {}
     assert rendered_images(tmp_path / "manifests", target) == {
-        "serve": {"reg.test/team/storecast-serve:7"}, "full": {"reg.test/team/storecast:7"}}, target
+        "serve": {"reg.test/team/storecast-serve:7"}, "full": {"reg.test/team/storecast:7"}, **mlserver}, target
 
 
 def test_untouched_targets_use_the_placeholders_and_local_its_own_build() -> None:
@@ -208,7 +212,8 @@ def test_untouched_targets_use_the_placeholders_and_local_its_own_build() -> Non
         pytest.skip("kubectl is not installed, so the kustomize targets cannot be rendered")
     for target in TARGETS:
         expected = ({"serve": {"dev.local/storecast-serve:dev"}, "full": {"dev.local/storecast:dev"}}
-                    if target == "overlays/local" else {r: {f"{n}:0.1.0"} for r, n in PLACEHOLDERS.items()})
+                    if target == "overlays/local" else {r: {f"{n}:0.1.0"} for r, n in PLACEHOLDERS.items()
+                                                        if r != "mlserver" or target == "overlays/mlserver"})
         assert rendered_images(ROOT / "manifests", target) == expected, target
 
 
