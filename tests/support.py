@@ -746,7 +746,8 @@ ISVC = ("serving.kserve.io", "InferenceService")
 KSVC = ("serving.knative.dev", "Service")
 TRIGGER = ("eventing.knative.dev", "Trigger")
 SERVING_RUNTIME = ("serving.kserve.io", "ServingRuntime")
-MODEL_ONLY = ("modelFormat", "runtime", "runtimeVersion", "protocolVersion", "storageUri", "storage")  # not container fields
+# the fields of a ``model`` that are not container fields
+MODEL_ONLY = ("modelFormat", "runtime", "runtimeVersion", "protocolVersion", "storageUri", "storage")
 CRD_GROUPS = {p.name for p in SCHEMAS.iterdir() if p.is_dir() and not p.name.startswith("_")}
 
 
@@ -824,7 +825,7 @@ def _merged(base: list[dict], over: list[dict], key: str) -> list[dict]:
     return list(out.values())
 
 
-def served(docs: list[dict], spec: dict) -> dict:
+def as_served(docs: list[dict], spec: dict) -> dict:
     """An InferenceService component as KServe runs it: a ``model`` gets its ServingRuntime's containers and
     volumes, with the model's own container fields laid over the runtime's kserve-container (KServe's strategic
     merge: env by name, mounts by path); a custom component is returned as it is."""
@@ -851,7 +852,7 @@ def pods(docs: list[dict]) -> list[tuple[str, dict[str, str], dict]]:
     for d in docs:
         name, spec = f"{d['kind']} {d['metadata']['name']}", d.get("spec", {})
         if gk(d) == ISVC:
-            out += [(f"{name} {c}", s.get("labels", {}), served(docs, s)) for c, s in components(d).items()]
+            out += [(f"{name} {c}", s.get("labels", {}), as_served(docs, s)) for c, s in components(d).items()]
         elif gk(d) == KSVC or d["kind"] in ("Deployment", "StatefulSet", "Job"):
             out.append((name, spec["template"].get("metadata", {}).get("labels", {}), spec["template"]["spec"]))
         elif gk(d) == ("ray.io", "RayJob"):

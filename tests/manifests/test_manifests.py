@@ -29,6 +29,7 @@ from tests.support import (
     NAMESPACE,
     TARGETS,
     TRIGGER,
+    as_served,
     by_target,
     components,
     find,
@@ -39,7 +40,6 @@ from tests.support import (
     render,
     resolves,
     schema_errors,
-    served,
     workloads,
 )
 
@@ -128,7 +128,7 @@ def test_inference_services_autoscale_in_knative_mode(target):
             assert 0 < spec["scaleTarget"] <= spec["containerConcurrency"], where
             if "canaryTrafficPercent" in spec:
                 assert 0 <= spec["canaryTrafficPercent"] <= 100, where
-            [container] = served(docs, spec)["containers"]  # a `model`: its ServingRuntime's (overlays/mlserver)
+            [container] = as_served(docs, spec)["containers"]  # a `model`: its ServingRuntime's (overlays/mlserver)
             assert container["name"] == "kserve-container", where
 
 

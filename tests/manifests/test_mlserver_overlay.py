@@ -150,7 +150,7 @@ def test_the_runtime_serves_the_champion_with_the_storecast_class_in_process():
     assert cls in {n.name for n in tree.body if isinstance(n, ast.ClassDef)}, f"{module} defines no {cls}"
     assert env["MLSERVER_MODEL_URI"] == "models:/storecast@champion"
     assert env["MLSERVER_PARALLEL_WORKERS"] == "0", "adaptive batching needs inference in the server process"
-    assert int(env["MLSERVER_MODEL_MAX_BATCH_SIZE"]) > 1 and 0 < float(env["MLSERVER_MODEL_MAX_BATCH_TIME"]) < 0.1
+    assert int(env["MLSERVER_MODEL_MAX_BATCH_SIZE"]) == 1 and 0 < float(env["MLSERVER_MODEL_MAX_BATCH_TIME"]) < 0.1
     transformer = isvc()["spec"]["transformer"]["containers"][0]["args"]
     assert env["MLSERVER_MODEL_NAME"] == arg(transformer, "--model_name"), "the model the transformer asks for"
     [port] = c["ports"]

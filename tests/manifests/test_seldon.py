@@ -213,7 +213,8 @@ def test_each_model_settings_file_loads_the_runtime_and_follows_an_alias(name, s
     runtime = RuntimeSettings.of(params["uri"], params.get("extra"))  # the runtime's own parsing: unknown keys fail
     assert runtime.model_uri.kind == "alias" and runtime.model_uri.name == "storecast", params["uri"]
     assert 0 < runtime.refresh_seconds <= 60
-    assert settings["max_batch_size"] > 1 and 0 < settings["max_batch_time"] < 0.1, "adaptive batching on"
+    # adaptive batching off, as measured (bench/mlserver.py: no gain, a 5x p99); one value turns it on
+    assert settings["max_batch_size"] == 1 and 0 < settings["max_batch_time"] < 0.1
     assert set(settings) <= {"name", "implementation", "max_batch_size", "max_batch_time", "parameters"}
 
 

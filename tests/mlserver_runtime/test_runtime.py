@@ -262,7 +262,8 @@ def test_batching_with_parallel_workers_is_refused_saying_why(mlserver_env: Path
         proc = subprocess.Popen(launch.command(environment.mlserver_bin(mlserver_env), state),
                                 env=launch.environment(state, None), stdout=fh, stderr=subprocess.STDOUT)
     try:
-        wait_until(lambda: "parallel_workers to 0" in log.read_text(errors="replace"), 90)
+        refused = wait_until(lambda: "parallel_workers to 0" in log.read_text(errors="replace"), 90)
+        assert refused, log.read_text()[-3000:]
     finally:
         proc.terminate()
         proc.wait(30)
@@ -282,7 +283,7 @@ def test_an_alias_move_is_followed(registry: TrainedRegistry, model_name: str, m
         assert infer(m, body).json()["model_version"] == first
         moved = register(registry.result, uri=mlflow_server, model_name=name, alias="champion").version
         assert moved != first
-        wait_until(lambda: infer(m, body).json()["model_version"] == moved, 30)
+        assert wait_until(lambda: infer(m, body).json()["model_version"] == moved, 30)
         assert f"swapped from version {first} to version {moved}" in m.output()
     finally:
         m.stop()
