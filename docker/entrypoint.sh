@@ -19,6 +19,7 @@ usage: <image> COMPONENT [ARGS...]        (this is the ${image} image)
   storecast   [args]    the storecast CLI (data, train, export, serve, forecast, ...)      full image only
   mlflow      [args]    the MLflow CLI (e.g. mlflow server ...)                          full image only
   mlserver    [args]    the MLServer CLI (mlserver start FOLDER: HTTP 8080 / gRPC 8081)  mlserver image only
+  --master | --worker [args]  locust --master|--worker (the Locust operator's pods)     full image only
   anything else is executed as given (e.g. bash).
 Each component answers --help.
 USAGE
@@ -76,6 +77,9 @@ case "$component" in
     mlserver)
         needs mlserver mlserver
         exec mlserver "$@" ;;
+    --master | --worker) # the Locust operator passes arguments only (manifests/loadtest/locusttest.yaml)
+        needs locust full
+        exec locust "$component" "$@" ;;
     help | -h | --help) usage ;;
     *) exec "$component" "$@" ;;
 esac

@@ -1,8 +1,8 @@
 """Pin the images' dependencies: every runtime dependency of storecast, as installed in the venv.
 
 Run with the project's venv (``make image-lock``). It walks the requirement graph from
-``pyproject.toml``'s dependencies (no extras) and pins each package at the version found in that
-venv, the same set ``make test`` runs with:
+``pyproject.toml``'s dependencies and the full image's extras (``FULL_IMAGE_EXTRAS``) and pins each
+package at the version found in that venv, the same set ``make test`` runs with:
 
 - ``docker/constraints.txt``: the full image (training, retrain service, CLI, MLflow server);
 - ``docker/serve-requirements.txt``: the serving image, the closure of ``docker/serve.in``'s roots
@@ -86,10 +86,15 @@ def closure(roots: list[str], exclude: frozenset[str] = frozenset()) -> dict[str
     return pins
 
 
+FULL_IMAGE_EXTRAS = ("server", "parquet", "loadtest")  # the full image runs the MLflow server and Locust
+
+
 def project_dependencies() -> list[str]:
-    """``[project].dependencies`` of pyproject.toml (the project's own metadata may be stale in an editable venv)."""
+    """``[project].dependencies`` of pyproject.toml and the full image's extras (the project's own metadata may
+    be stale in an editable venv)."""
     with open(HERE.parent / "pyproject.toml", "rb") as fh:
-        return tomllib.load(fh)["project"]["dependencies"]
+        project = tomllib.load(fh)["project"]
+    return [*project["dependencies"], *(r for e in FULL_IMAGE_EXTRAS for r in project["optional-dependencies"][e])]
 
 
 def read_in(path: Path) -> tuple[list[str], frozenset[str]]:

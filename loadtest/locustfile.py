@@ -10,14 +10,18 @@ User classes (pick them on the command line, weights by ``STORECAST_WEIGHTS``):
 user paces itself at ``STORECAST_USER_RPS`` requests per second (``paced``: at its own random phase), so the
 offered load is users x rate whatever the latency, spread over each second. Requests shed by a server
 (429/503) are reported under the name ``shed``; the other rows hold successful requests only, so their
-percentiles are those of successes. ``STORECAST_SHAPE`` = ``surge`` (steady, a 10x holiday spike, back) or
-``ramp`` (steps up until saturation) drives the user count instead of ``-u``.
+percentiles are those of successes. ``STORECAST_SHAPE`` = ``surge`` (steady, a 10x holiday spike, back),
+``ramp`` (steps up until saturation) or ``step`` (``STORECAST_STEPS`` steps of one offered rate each, for the
+goodput report, ``loadtest.goodput``) drives the user count instead of ``-u``. ``STORECAST_REQUEST_LOG`` names a
+CSV file where each Locust process writes one row per request (step, offered rate, latency, success): the
+exact input of the goodput report.
 
 Environment: STORECAST_STORES ("1-1115" or "1,2,7"), STORECAST_PREDICTOR_URL, STORECAST_RETRAIN_URL,
 STORECAST_USER_RPS (default 2), STORECAST_WEIGHTS ("Planner=8,Service=2,Event=1,Refresher=1"),
 STORECAST_SHAPE, STORECAST_BASE_USERS (20), STORECAST_STEP_USERS (10), STORECAST_STEP_SECONDS (10),
-STORECAST_MAX_USERS (400), STORECAST_PHASE_SECONDS (20), STORECAST_API_KEY (sent as x-api-key),
-STORECAST_ALLOW_WRITES (``loadtest.guard``); all of them are in the README's table of environment variables.
+STORECAST_MAX_USERS (400), STORECAST_STEPS (8), STORECAST_REQUEST_LOG, STORECAST_PHASE_SECONDS (20),
+STORECAST_API_KEY (sent as x-api-key), STORECAST_ALLOW_WRITES (``loadtest.guard``); all of them are in the
+README's table of environment variables.
 """
 
 from __future__ import annotations
@@ -214,3 +218,66 @@ elif SHAPE == "ramp":
             step, every = _env_int("STORECAST_STEP_USERS", 10), _env_int("STORECAST_STEP_SECONDS", 10)
             users = step * (int(self.get_run_time() // every) + 1)
             return (users, users) if users <= _env_int("STORECAST_MAX_USERS", 400) else None
+
+elif SHAPE == "step":
+
+    class StepLoad(LoadTestShape):
+        """STORECAST_STEPS steps of STORECAST_STEP_SECONDS: step k runs STORECAST_STEP_USERS x (k + 1) users at
+        once (at most STORECAST_MAX_USERS), paced users, so it offers users x STORECAST_USER_RPS requests/s."""
+
+        def tick(self) -> tuple[int, float] | None:
+            plan = step_plan(self.get_run_time())
+            return None if plan is None else (plan[1], plan[1])
+
+
+def step_plan(t: float) -> tuple[int, int] | None:
+    """(step index, users) of the ``step`` shape at ``t`` seconds into the run; None once it is over."""
+    step, every = _env_int("STORECAST_STEP_USERS", 10), float(os.environ.get("STORECAST_STEP_SECONDS", "10"))
+    k = int(t // every)
+    users = step * (k + 1)
+    return None if k >= _env_int("STORECAST_STEPS", 8) or users > _env_int("STORECAST_MAX_USERS", 400) else (k, users)
+
+
+REQUEST_LOG = os.environ.get("STORECAST_REQUEST_LOG", "")
+
+if REQUEST_LOG:
+    import csv
+
+    from locust import events
+
+    _log: dict = {}
+
+    @events.test_start.add_listener
+    def _open_request_log(environment, **_: object) -> None:
+        """One file per process that sends requests (workers add their pid to the name); none on a master."""
+        kind = type(environment.runner).__name__
+        if kind == "MasterRunner":
+            return
+        path = Path(REQUEST_LOG)
+        if kind == "WorkerRunner":
+            path = path.with_name(f"{path.stem}-{os.getpid()}{path.suffix}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _log["fh"] = fh = open(path, "w", newline="")  # noqa: SIM115 (closed at test stop)
+        _log["csv"] = csv.writer(fh)
+        _log["csv"].writerow(["step", "offered", "step_seconds", "since_step", "name", "ms", "ok"])
+        _log["t0"] = time.time()
+        _log["every"] = float(os.environ.get("STORECAST_STEP_SECONDS", "10")) if SHAPE == "step" else 0.0
+
+    @events.request.add_listener
+    def _log_request(name: str, response_time: float, exception: BaseException | None, start_time: float = 0.0,
+                     **_: object) -> None:
+        if "csv" not in _log:
+            return
+        t = (start_time or time.time()) - _log["t0"]
+        every = _log["every"]
+        plan = step_plan(t) if every else None
+        k, users = plan if plan is not None else (-1, 0)
+        _log["csv"].writerow([k, f"{users * RATE:g}", f"{every:g}", f"{t - max(k, 0) * every:.3f}", name,
+                              f"{response_time:.2f}", 0 if exception else 1])
+
+    @events.test_stop.add_listener
+    def _close_request_log(**_: object) -> None:
+        fh = _log.pop("fh", None)
+        _log.pop("csv", None)
+        if fh is not None:
+            fh.close()

@@ -95,3 +95,50 @@ def plot(out: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def goodput_report(out: Path, target_ms: float, user_rps: float | None = None, settle: float = 1.0,
+                   names: set[str] | None = None) -> tuple[list, float | None, str]:
+    """The goodput of a step-load run in ``out`` (``STORECAST_SHAPE=step``): exact from the request logs
+    ``requests*.csv`` (``STORECAST_REQUEST_LOG``, workers' files merged) when there are any, else approximate
+    from ``locust_stats_history.csv`` (needs ``user_rps``). Writes ``goodput.png``; returns the steps, the
+    goodput (req/s, None when even the first step missed) and the method used."""
+    from loadtest import goodput as gp
+
+    logs = sorted(out.glob("requests*.csv"))
+    if logs:
+        steps, method = gp.from_request_log(logs, target_ms, settle, names), "exact, per-request log"
+    else:
+        if user_rps is None:
+            raise ValueError(f"no request log in {out}: the history approximation needs the users' request rate")
+        steps = gp.from_history(out / "locust_stats_history.csv", target_ms, user_rps)
+        method = "approximate, from Locust's percentile history (a lower bound)"
+    best = gp.goodput(steps)
+    gp.plot(steps, target_ms, out / "goodput.png", f"storecast goodput ({method.split(',')[0]}), {out.name}")
+    return steps, best, method
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m loadtest.report OUT --target-ms 50``: the goodput table and ``OUT/goodput.png``."""
+    import argparse
+
+    from loadtest import goodput as gp
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("out", type=Path, help="the folder of a step-load run (Locust's CSV files, request logs)")
+    p.add_argument("--target-ms", type=float, default=50.0, help="latency target (50 one store x 7 days, 2000 for "
+                   "1,115 stores x 42 days)")
+    p.add_argument("--user-rps", type=float, help="requests/s of each user (without a request log)")
+    p.add_argument("--settle", type=float, default=1.0, help="seconds left out at the start of each step")
+    p.add_argument("--names", help="only these request names, comma-separated (e.g. 'predictor v2 week')")
+    args = p.parse_args(argv)
+    names = {n.strip() for n in args.names.split(",")} if args.names else None
+    steps, best, method = goodput_report(args.out, args.target_ms, args.user_rps, args.settle, names)
+    print(gp.table(steps, args.target_ms))
+    print(f"goodput: {'none' if best is None else f'{best:g} req/s'} ({gp.SHARE:.0%} within {args.target_ms:g} ms; "
+          f"{method}); plot {args.out / 'goodput.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

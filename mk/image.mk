@@ -25,5 +25,5 @@ image:
 image-smoke:
 	IMAGE=$(IMAGE) SERVE_IMAGE=$(SERVE_IMAGE) MLSERVER_IMAGE=$(MLSERVER_IMAGE) bash scripts/image_smoke.sh
 
-image-lock: install
+image-lock: install-test
 	$(VENV)/bin/python docker/lock.py

@@ -20,6 +20,10 @@ PARAMS_ARTIFACT = "params"
 class StorecastPyfunc(mlflow.pyfunc.PythonModel):
     """Evaluates every store of the version from its parameter table (no Prophet objects)."""
 
+    # predict has no type hints on purpose (below): MLflow would wrap it with a no-op and warn ("Add type hints
+    # to the `predict` method") at every import, under a filter of its own that no warnings filter overrides
+    _skip_type_hint_validation = True
+
     def load_context(self, context) -> None:
         self.table = ParamTable.load(context.artifacts[PARAMS_ARTIFACT])
 

@@ -13,6 +13,8 @@ mkdir -p "$DIR"
 export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///$PWD/$DIR/mlflow.db}
 end=$(date -u -d yesterday +%F)
 start=$(date -u -d "$end - 940 days" +%F)
+step() { echo "== [$1/4] $2 ($((SECONDS - t0)) s so far)" >&2; }
+t0=$SECONDS
 
 # Access: a fresh auth file (mode 0600, only the key's SHA-256 in it; no anonymous tier) with one planner.
 # The key is printed below and kept nowhere else; it goes to `storecast forecast` through the environment,
@@ -23,10 +25,13 @@ KEY=$("$BIN/storecast" auth add-key --name demo-planner --tier planner --file "$
   --description "made by make demo" 2>"$DIR/add-key.err") || { cat "$DIR/add-key.err" >&2; exit 1; }
 chmod 600 "$AUTH"
 
+step 1 "synthetic sales of $STORES stores, $start .. $end"
 "$BIN/storecast" data synth --stores "$STORES" --seed 7 --start "$start" --end "$end" --out "$DIR/sales.csv.gz" \
   --calendar-out "$DIR/calendar.csv.gz"
+step 2 "training $STORES stores, one Prophet model each (the bar counts the stores fitted)"
 "$BIN/storecast" train --data "$DIR/sales.csv.gz" --calendar "$DIR/calendar.csv.gz" --alias champion
 mkdir -p "$DIR/logs"
+step 3 "starting the predictor, the transformer, the dashboard and the retrain service on 127.0.0.1 (logs: $DIR/logs)"
 "$BIN/python" -m pipelines.retrain --data "$DIR/sales.csv.gz" --host 127.0.0.1 --port "$RETRAIN_PORT" \
   --auth-file "$AUTH" --state "$DIR/retrain-state/jobs.sqlite" > "$DIR/logs/retrain.log" 2>&1 &
 retrain=$!
@@ -42,6 +47,7 @@ for _ in $(seq 1 600); do
 done
 cat "$DIR/serve.out"
 echo
+step 4 "one forecast through the business API"
 STORECAST_API_KEY="$KEY" "$BIN/storecast" forecast --store 4 --url "http://127.0.0.1:$PORT" --plot "$DIR/forecast.png"
 echo
 echo "forecast plot: $DIR/forecast.png -- still serving on http://127.0.0.1:$PORT (Ctrl-C stops)"

@@ -1,9 +1,11 @@
 """The gRPC server: KServe's servicer and server with the same guarantees as REST.
 
-- :class:`Guard`, the one server interceptor: the doors (before the message is parsed: the handler
+- :class:`Guard`, the one server interceptor: a caller the door refused for its rate limit is refused again
+  (``RESOURCE_EXHAUSTED`` with its retry metadata) from its metadata alone until its window frees a slot
+  (``serving.access.fastpath``), then the doors (before the message is parsed: the handler
   it wraps gets the raw bytes, and the message is deserialized only once the doors admitted the call;
-  its size is bounded by ``--max-body-bytes`` before that), the in-flight bound (shared with REST:
-  ``UNAVAILABLE`` with ``retry-after`` and ``grpc-retry-pushback-ms`` trailing metadata), the error
+  its size is bounded by ``--max-body-bytes`` before that), the in-flight bound (shared with REST, counted per
+  caller as there: ``UNAVAILABLE`` with ``retry-after`` and ``grpc-retry-pushback-ms`` trailing metadata), the error
   mapping of ``serving.errors`` (never ``INTERNAL`` for a client's mistake), one access-log line
   (a refusal's sampled, as REST's) and the request metrics;
 - :class:`Servicer`: ``ModelInfer`` decoded and checked by ``serving.tensors`` (contents or raw),
@@ -30,8 +32,9 @@ from kserve.utils.utils import to_headers
 
 from serving import grpc_tensors, tensors
 from serving.access import hook as doors_
+from serving.access.fastpath import gate_of
 from serving.errors import ClientError, Unavailable, failure_of
-from serving.http import log_access
+from serving.http import caller_key, log_access
 from serving.metrics import Meter
 from serving.rest import _not_ready
 from serving.shedding import LoadShedder
@@ -46,6 +49,7 @@ class Guard(aio.ServerInterceptor):
                  shedder: LoadShedder | None = None, log_requests: bool = True) -> None:
         self.component, self.meter, self.doors = component, meter, doors or doors_.Doors()
         self.shedder, self.log_requests = shedder, log_requests
+        self.gate = gate_of(self.doors)  # callers over their rate limit: refused before the doors
 
     async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
@@ -57,12 +61,18 @@ class Guard(aio.ServerInterceptor):
 
         async def guarded(raw: bytes, context: aio.ServicerContext) -> Any:
             t0 = time.perf_counter()
-            status, note, who, call, token, counted, shed, refused = 200, "", None, None, None, False, False, False
+            status, note, who, call, token, counted, shed, refused = 200, "", None, None, None, None, False, False
             peer = context.peer() or ""
             try:
                 if self.doors:
                     metadata = doors_.combined((k, v) for k, v in (context.invocation_metadata() or ())
                                                if isinstance(v, str))
+                    boxed = self.gate.refusal(self.gate.key_of(metadata, peer), "grpc") if (
+                        self.gate is not None and kind == "infer") else None
+                    if boxed is not None:  # over its rate limit: refused before the doors, the message unread
+                        status, note, refused = 429, boxed.message, True
+                        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, boxed.message,
+                                            trailing_metadata=boxed.grpc_metadata)
                     call = doors_.Call("grpc", "POST", method, kind, metadata, peer, None, self.component)
                     refused = True
                     who = await self.doors.admit(call)
@@ -70,16 +80,15 @@ class Guard(aio.ServerInterceptor):
                     token = doors_.set_principal(who)
                 request = _parse(deserialize, raw)
                 if kind == "infer" and self.shedder is not None and self.shedder.limit > 0:
-                    if self.shedder.over():
+                    key = caller_key(who)
+                    if not self.shedder.enter(key):
                         self.shedder.count_shed("grpc")
                         shed = True
-                        raise Unavailable(f"overloaded: {self.shedder.limit} inference requests in flight, the limit; "
-                                          "retry after 1 s")
-                    self.shedder.inflight += 1
-                    counted = True
+                        raise Unavailable(self.shedder.message(key))
+                    counted = key
                 return await behavior(request, context)
             except aio.AbortError:
-                status = _http_status(context)
+                status = status if refused else _http_status(context)
                 raise
             except Exception as exc:
                 failure = failure_of(exc)
@@ -93,8 +102,8 @@ class Guard(aio.ServerInterceptor):
                 await context.abort(grpc.StatusCode[failure.grpc_code], failure.message,
                                     trailing_metadata=tuple(trailing))
             finally:
-                if counted:
-                    self.shedder.inflight -= 1
+                if counted is not None:
+                    self.shedder.leave(counted)
                 if token is not None:
                     doors_.reset_principal(token)
                 if call is not None:

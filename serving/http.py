@@ -8,8 +8,10 @@ For every HTTP request, in this order:
    ``Host`` that is not a loopback name (DNS rebinding) is 403 too (``serving.access.doorstep.foreign``).
    Real clients are unaffected: tritonclient, KServe's clients, curl and the CLI send no ``Origin``;
 1. the doors (``serving.access.hook``): admit (the principal is kept for the request) or refuse;
-2. the in-flight bound (``serving.shedding``): past ``--max-inflight`` inference requests, 503 +
-   ``Retry-After`` at once (most of these are answered earlier still, by ``FastShedProtocol``);
+2. the in-flight bound (``serving.shedding``), counted per caller: past ``--max-inflight`` inference requests,
+   a caller holding its share or more gets 503 + ``Retry-After`` at once, others still get in (most of these
+   are answered earlier still, by ``FastShedProtocol``, which also answers a caller the door refused for its
+   rate limit with a pre-built 429 until its window frees a slot: ``serving.access.fastpath``);
 3. the body of a POST: at most ``--max-body-bytes`` (413), ``Content-Encoding: gzip`` decoded (other
    encodings 415, naming them), the charset checked (UTF-8 only, 415 otherwise) and a V1 body's
    ``Content-Type`` normalised (JSON sent without one, or as ``text/plain``, is read as JSON);
@@ -37,6 +39,7 @@ from serving import shedding
 from serving.access import hook as doors_
 from serving.access.audit import Sampler
 from serving.access.doorstep import foreign, media_type
+from serving.access.fastpath import gate_of
 from serving.errors import ClientError, Failure, TooLarge, Unsupported, failure_of
 from serving.metrics import Meter
 
@@ -104,10 +107,11 @@ class Front:
         self.doors = doors or doors_.Doors()
         self.shedder, self.max_body, self.log_requests = shedder, max_body, log_requests
         self.local_only = local_only  # an open server: only requests addressed to a loopback name
+        self.gate = gate_of(self.doors)  # callers over their rate limit: 429 from the protocol
         if shedder is not None:
             shedder.app = app
             shedder.on_shed = meter.shed
-            shedding.activate(shedder)
+        shedding.activate(shedder, self.gate, meter.request)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -116,7 +120,7 @@ class Front:
         t0 = time.perf_counter()
         method, path = scope.get("method", "GET"), scope.get("path", "")
         kind, model = doors_.classify_http(method, path)
-        counted = bool(scope.get(shedding.ADMITTED))  # FastShedProtocol let it in and counted it
+        counted = scope.get(shedding.ADMITTED)  # the caller FastShedProtocol let in and counted, or None
         status, note, shed, refused = [0], [""], False, False
         headers = _headers(scope)
 
@@ -147,14 +151,14 @@ class Front:
                     return
                 scope.setdefault("state", {})[ADMISSION] = who
                 token = doors_.set_principal(who)
-            if kind == "infer" and not counted and self.shedder is not None and self.shedder.limit > 0:
-                if self.shedder.over():
+            if kind == "infer" and counted is None and self.shedder is not None and self.shedder.limit > 0:
+                key = caller_key(who)
+                if not self.shedder.enter(key):
                     self.shedder.count_shed("http")
                     status[0], shed = 503, True
-                    await send_failure(send, _overloaded(self.shedder))
+                    await send_failure(send, _overloaded(self.shedder, key))
                     return
-                self.shedder.inflight += 1
-                counted = True
+                counted = key
             if method == "POST":
                 try:
                     receive = await self._read_body(scope, receive, path)
@@ -173,8 +177,8 @@ class Front:
                     status[0], note[0] = failure.status, failure.message
                     await send_failure(send, failure)
         finally:
-            if counted and self.shedder is not None:
-                self.shedder.inflight -= 1
+            if counted is not None and self.shedder is not None:
+                self.shedder.leave(counted)
             if token is not None:
                 doors_.reset_principal(token)
             code = status[0] or 500
@@ -261,9 +265,14 @@ def _gunzip(body: bytes, limit: int) -> bytes:
     return out
 
 
-def _overloaded(shedder: shedding.LoadShedder) -> Failure:
-    return Failure(503, f"overloaded: {shedder.limit} inference requests in flight, the limit; retry after 1 s",
-                   {"retry-after": "1"})
+def _overloaded(shedder: shedding.LoadShedder, key: str = shedding.ANYONE) -> Failure:
+    return Failure(503, shedder.message(key), {"retry-after": str(shedder.retry_after)})
+
+
+def caller_key(who: Any) -> str:
+    """Whose share of the in-flight bound a request takes: the admitted identity's budget key, else anyone's."""
+    identity = getattr(who, "identity", None)
+    return getattr(identity, "limit_key", None) or shedding.ANYONE
 
 
 def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:

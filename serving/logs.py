@@ -11,6 +11,9 @@ import sys
 
 LOG_FORMAT = "%(asctime)s.%(msecs)03d %(process)s %(name)s %(levelname)s %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+# libraries' lines that say nothing to a storecast user: Prophet logs an error at import when plotly (its
+# interactive plots, which storecast never draws) is missing
+QUIET_LOGGERS = {"prophet.plot": logging.CRITICAL}
 
 
 def configure_logging(level: int = logging.INFO, libraries: int | None = None) -> logging.Logger:
@@ -19,6 +22,8 @@ def configure_logging(level: int = logging.INFO, libraries: int | None = None) -
     ``libraries``: other loggers' lines too, from that level, in the same format (the retrain service
     and the dashboard; the servers leave them to KServe's own set-up). Returns the ``storecast`` logger.
     """
+    for name, quiet in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(quiet)
     ours = logging.getLogger("storecast")
     if not ours.handlers:
         ours.addHandler(_stderr())

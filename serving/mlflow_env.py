@@ -14,7 +14,9 @@ retrain  2       1 s     30 s    a registry outage is a quick 503 and a job retr
 tools    MLflow  MLflow  MLflow  the CLI and the dashboard: a person waits, MLflow's retries are fine
 ======== ======= ======= ======= ==================================================================
 
-In every role artifact downloads draw no progress bar (the output is a log, not a terminal).
+In every role artifact downloads draw no progress bar (the output is a log, not a terminal). The tools
+also keep MLflow's own log to errors (``MLFLOW_LOGGING_LEVEL``): its INFO lines ("Creating initial MLflow
+database tables") and notices (CloudPickle) are not the user's business; the CLI says what it did.
 """
 
 from __future__ import annotations
@@ -27,14 +29,16 @@ MLFLOW_DEFAULTS: dict[str, dict[str, str]] = {
     "serving": {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20", **QUIET},
     "retrain": {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30", **QUIET},
-    "tools": dict(QUIET),
+    "tools": {"MLFLOW_LOGGING_LEVEL": "ERROR", **QUIET},
 }
 
 
-def use_mlflow_defaults(role: str) -> None:
-    """Set ``role``'s MLflow client defaults (``MLFLOW_DEFAULTS``) where the environment does not set them."""
-    for name, value in MLFLOW_DEFAULTS[role].items():
-        os.environ.setdefault(name, value)
+def use_mlflow_defaults(role: str) -> dict[str, str]:
+    """Set ``role``'s MLflow client defaults (``MLFLOW_DEFAULTS``) where the environment does not set them;
+    returns the variables set here (a process that starts others may take them back out)."""
+    added = {name: value for name, value in MLFLOW_DEFAULTS[role].items() if name not in os.environ}
+    os.environ.update(added)
+    return added
 
 
 def http_credentials(url: str, *, tracking: bool = False) -> dict[str, Any]:

@@ -127,8 +127,10 @@ class ServerSettings(Settings):
 
     host: str = setting("127.0.0.1", "address HTTP and gRPC listen on: loopback unless given; any other address "
                         "(0.0.0.0: every interface) needs an auth file (--auth-file) or STORECAST_API_KEY")
-    max_inflight: int = setting(64, "inference requests served at once (REST and gRPC together); more are "
-                                "refused at once with 503 + Retry-After / UNAVAILABLE (0: unbounded)", int)
+    max_inflight: int = setting(64, "inference requests served at once (REST and gRPC together), counted per "
+                                "caller: at the limit a caller holding its share (the limit / callers in flight) or "
+                                "more is refused at once with 503 + Retry-After / UNAVAILABLE naming its count, others "
+                                "still get in (0: unbounded)", int)
     max_inflight_rows: int = setting(1_000_000, "rows (store-days) of large requests (over 4,096 rows) evaluated and "
                                      "encoded at once; more wait their turn, a request larger than this runs "
                                      "alone; small requests never wait (0: unbounded)", int)

@@ -5,7 +5,11 @@ retry into the queue ("self-denial of service"). Knative's ``containerConcurrenc
 requests a pod takes; this does the same inside the process, so the local stack and any plain
 deployment behave alike: at most ``limit`` inference requests (POST under ``/v1/models`` or
 ``/v2/models``) run at once, and the next ones are answered at once with 503 and ``Retry-After``.
-Health, readiness and metadata (GET) are never shed.
+Health, readiness and metadata (GET) are never shed. The bound is counted per caller (the identity whose budget
+a request spends, named from its headers by ``serving.access.fastpath.FastGate``): at the limit, a caller
+holding less than its share (the limit over the callers in flight) still gets in, one holding its share or
+more is refused with a 503 naming its own count, so a flooding caller cannot take the slots of the others.
+Without a gate (no access door) every request is one caller's, and the bound is global as before.
 
 A shed answer must cost far less than a served one, or shedding eats the capacity it protects (at
 twice the offered load, half the requests are shed). Two layers:
@@ -14,8 +18,10 @@ twice the offered load, half the requests are shed). Two layers:
   requests in flight and is the exact bound;
 - :class:`FastShedProtocol`, uvicorn's httptools protocol with one shortcut: a request that would be
   shed is answered from the parser callbacks, as one pre-built write, with no ASGI scope, task,
-  middleware or access-log line. It also counts the requests it lets in, at once (requests that
-  arrive in one event-loop iteration would otherwise all pass before any reaches the middleware).
+  middleware or access-log line; a caller the door refused for its rate limit gets the gate's pre-built 429
+  (``Retry-After``, ``RateLimit``) the same way until its window frees a slot. It also counts the requests it
+  lets in, at once (requests that arrive in one event-loop iteration would otherwise all pass before any
+  reaches the middleware).
   Requests it cannot handle that way (pipelined, ``Expect: 100-continue``, absolute URLs) are
   counted and shed by the middleware.
 
@@ -32,6 +38,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
+
 Scope = dict[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
 PREFIXES = ("/v1/models", "/v2/models")
@@ -41,17 +49,30 @@ HEAD_LIMIT = 64 << 10  # bytes of a request's line and headers
 _HEAD_BODY = b'{"error":"request headers over the limit of %d bytes"}' % HEAD_LIMIT
 HEAD_REFUSAL = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
                 b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(_HEAD_BODY), _HEAD_BODY))
-ADMITTED = "storecast.admitted"  # scope key: FastShedProtocol counted this request in
+ADMITTED = "storecast.admitted"  # scope key: FastShedProtocol counted this request in, for this caller
+HTTP_429 = b"HTTP/1.1 429 Too Many Requests\r\n"
+ANYONE = "-"  # the caller key of a server without a gate (one caller: the bound is global)
 
 log = logging.getLogger("storecast.shedding")
 _active: LoadShedder | None = None  # the shedder of this process, read by FastShedProtocol
+_on_refused: Callable[[str, int], None] | None = None
+_gate: Any = None  # the FastGate of this process's doors (serving.access.fastpath), read by FastShedProtocol
 
 
 class LoadShedder:
-    """Pure ASGI middleware: counts inference requests in flight and rejects past ``limit``."""
+    """Pure ASGI middleware: counts inference requests in flight, per caller, and rejects past ``limit``.
+
+    Counted per caller (``key``: ``serving.access.fastpath.FastGate.key_of``, ``Identity.limit_key``): under
+    ``limit`` in all, every request is let in; at the limit, a caller holding less than its share
+    (``limit`` / the callers with requests in flight) still gets in, one holding its share or more is refused
+    (503 naming its own count and share). A flooding caller cannot hold the slots another needs, and the
+    total stays under ``limit`` plus one share per new caller.
+    """
 
     def __init__(self, app: ASGIApp, limit: int, retry_after: int = 1) -> None:
         self.app, self.limit, self.inflight, self.shed = app, limit, 0, 0
+        self.retry_after = retry_after
+        self.by: dict[str, int] = {}  # requests in flight per caller
         self.on_shed: Callable[[str], None] | None = None  # called with the protocol: a metrics counter
         self._body = (b'{"error":"overloaded: %d inference requests in flight, the limit; retry after %d s"}'
                       % (limit, retry_after))
@@ -63,9 +84,49 @@ class LoadShedder:
         self.tail_close = b"connection: close\r\n" + self.tail
         self._logged_at, self._logged_shed = time.monotonic(), 0
 
-    def over(self) -> bool:
-        """Whether a new inference request would be shed now."""
-        return 0 < self.limit <= self.inflight
+    def over(self, key: str = ANYONE) -> bool:
+        """Whether a new inference request of ``key`` would be shed now."""
+        if self.limit <= 0 or self.inflight < self.limit:
+            return False
+        return self.by.get(key, 0) >= self.share(key)
+
+    def share(self, key: str = ANYONE) -> int:
+        """The slots ``key`` may hold once the limit is reached: ``limit`` over the callers in flight (with it)."""
+        callers = len(self.by) + (key not in self.by)
+        return max(1, self.limit // callers)
+
+    def enter(self, key: str = ANYONE) -> bool:
+        """Count one request of ``key`` in, or False (not counted) when it is to be shed."""
+        if self.over(key):
+            return False
+        self.inflight += 1
+        self.by[key] = self.by.get(key, 0) + 1
+        return True
+
+    def leave(self, key: str = ANYONE) -> None:
+        self.inflight -= 1
+        n = self.by.get(key, 0) - 1
+        if n > 0:
+            self.by[key] = n
+        else:
+            self.by.pop(key, None)
+
+    def message(self, key: str = ANYONE) -> str:
+        """Why a request of ``key`` is shed: the limit, and the caller's own count and share."""
+        text = f"overloaded: {self.limit} inference requests in flight, the limit"
+        if key != ANYONE and key in self.by:
+            text += (f"; {key.partition(':')[2] or key} has {self.by[key]} of them, its share while "
+                     f"{len(self.by)} callers are served is {self.share(key)}")
+        return f"{text}; retry after {self.retry_after} s"
+
+    def answer(self, key: str, close: bool) -> bytes:
+        """The pre-built 503 (after the status line and the default headers) for ``key``."""
+        if key == ANYONE or key not in self.by:
+            return self.tail_close if close else self.tail
+        body = orjson.dumps({"error": self.message(key)})
+        head = (b"content-type: application/json\r\nretry-after: %d\r\ncontent-length: %d\r\n"
+                % (self.retry_after, len(body)))
+        return (b"connection: close\r\n" if close else b"") + head + b"\r\n" + body
 
     def count_shed(self, protocol: str = "http") -> None:
         """Count one shed request; say so in the log at most every ``LOG_EVERY`` seconds."""
@@ -74,31 +135,31 @@ class LoadShedder:
             self.on_shed(protocol)
         now = time.monotonic()
         if now - self._logged_at >= LOG_EVERY:
-            log.warning("overloaded: shed %d inference requests in the last %.0f s (limit %d in flight)",
-                        self.shed - self._logged_shed, now - self._logged_at, self.limit)
+            log.warning("overloaded: shed %d inference requests in the last %.0f s (limit %d in flight, %d callers)",
+                        self.shed - self._logged_shed, now - self._logged_at, self.limit, len(self.by))
             self._logged_at, self._logged_shed = now, self.shed
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope.get(ADMITTED):  # counted by FastShedProtocol when it let the request in
+        key = scope.get(ADMITTED)
+        if key is not None:  # counted by FastShedProtocol when it let the request in
             try:
                 await self.app(scope, receive, send)
             finally:
-                self.inflight -= 1
+                self.leave(key)
             return
         if (self.limit <= 0 or scope["type"] != "http" or scope.get("method") != "POST"
                 or not scope.get("path", "").startswith(PREFIXES)):
             await self.app(scope, receive, send)
             return
-        if self.inflight >= self.limit:
+        if not self.enter():
             self.count_shed()
             await send({"type": "http.response.start", "status": 503, "headers": self._headers})
             await send({"type": "http.response.body", "body": self._body})
             return
-        self.inflight += 1
         try:
             await self.app(scope, receive, send)
         finally:
-            self.inflight -= 1
+            self.leave()
 
 
 def _fast_protocol() -> type | None:
@@ -112,7 +173,7 @@ def _fast_protocol() -> type | None:
         """Answers a request that would be shed straight from the parser: one write, nothing else; refuses
         a head over ``HEAD_LIMIT`` (431) before it is read whole."""
 
-        _shedding = False
+        _answer: tuple[bytes, bytes, bytes] | None = None  # (status line, tail, tail closing): the body is dropped
         _in_head = True  # between requests or in a request's head: what arrives is head
         _head_bytes = 0
 
@@ -128,34 +189,41 @@ def _fast_protocol() -> type | None:
 
         def on_headers_complete(self) -> None:
             self._in_head, self._head_bytes = False, 0
-            shedder = _active
-            if (shedder is not None and shedder.limit > 0 and not self.expect_100_continue and not self.pipeline
-                    and (self.cycle is None or self.cycle.response_complete) and not self.parser.should_upgrade()
-                    and self.parser.get_method() == b"POST" and self.url.startswith(_PREFIXES_B)):
-                if shedder.over():
-                    self._shedding = True  # the body is parsed and dropped; answered once it is complete
-                    shedder.count_shed()
+            shedder, gate = _active, _gate
+            if ((gate is not None or (shedder is not None and shedder.limit > 0)) and not self.expect_100_continue
+                    and not self.pipeline and (self.cycle is None or self.cycle.response_complete)
+                    and not self.parser.should_upgrade() and self.parser.get_method() == b"POST"
+                    and self.url.startswith(_PREFIXES_B)):
+                key = gate.key_of_raw(self.headers, self.client) if gate is not None else ANYONE
+                boxed = gate.refusal(key) if gate is not None else None
+                if boxed is not None:  # over its rate limit: the door would refuse it; answered once the body is in
+                    self._answer = (HTTP_429, boxed.http_tail, b"connection: close\r\n" + boxed.http_tail)
+                    if _on_refused is not None:
+                        _on_refused("http", 429)
                     return
-                # counted here, not when its task reaches the middleware: requests arriving in one
-                # loop iteration would all pass the check otherwise
-                shedder.inflight += 1
-                self.scope[ADMITTED] = True  # type: ignore[literal-required]
+                if shedder is not None and shedder.limit > 0:
+                    # counted here, not when its task reaches the middleware: requests arriving in one
+                    # loop iteration would all pass the check otherwise
+                    if not shedder.enter(key):
+                        self._answer = (shedder.status_line, shedder.answer(key, False), shedder.answer(key, True))
+                        shedder.count_shed()
+                        return
+                    self.scope[ADMITTED] = key  # type: ignore[literal-required]
             super().on_headers_complete()
 
         def on_body(self, body: bytes) -> None:
-            if not self._shedding:
+            if self._answer is None:
                 super().on_body(body)
 
         def on_message_complete(self) -> None:
             self._in_head = True
-            if not self._shedding:
+            answer, self._answer = self._answer, None
+            if answer is None:
                 super().on_message_complete()
                 return
-            self._shedding = False
-            assert _active is not None
             keep_alive = self.parser.should_keep_alive()
             defaults = b"".join(k + b": " + v + b"\r\n" for k, v in self.server_state.default_headers)
-            self.transport.write(_active.status_line + defaults + (_active.tail if keep_alive else _active.tail_close))
+            self.transport.write(answer[0] + defaults + (answer[1] if keep_alive else answer[2]))
             if keep_alive:
                 self.on_response_complete()  # re-arms the keep-alive timeout, resumes reading
             else:
@@ -184,10 +252,13 @@ def refused_head() -> None:
 FastShedProtocol = _fast_protocol()
 
 
-def activate(shedder: LoadShedder | None) -> None:
-    """Make ``shedder`` the one :class:`FastShedProtocol` consults in this process."""
-    global _active
-    _active = shedder
+def activate(shedder: LoadShedder | None, gate: Any = None,
+             on_refused: Callable[[str, int], None] | None = None) -> None:
+    """Make ``shedder`` and ``gate`` (a ``serving.access.fastpath.FastGate``: callers over their rate limit get
+    its 429 from the protocol) the ones :class:`FastShedProtocol` consults in this process; ``on_refused``
+    counts those 429s (protocol, status: a metrics counter)."""
+    global _active, _gate, _on_refused
+    _active, _gate, _on_refused = shedder, gate, on_refused
 
 
 PROTOCOL = f"{__name__}:FastShedProtocol" if FastShedProtocol is not None else "auto"  # for uvicorn.Config(http=)

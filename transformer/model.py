@@ -8,28 +8,62 @@ A closed day (``open`` false: by the calendar, the request's what-if, or the wee
 ``transformer.answer.zero_closed``). The answer carries ``model_version``: the predictor version that
 answered. V2 inputs ``store_id``, ``begin_date``, ``end_date`` -> the long-format outputs of
 ``serving.contract.TRANSFORMER_OUTPUTS`` (those requested).
+
+Listing the stores served, behind the same door as a forecast (``forecast`` permission, the same rate
+limit): V1 ``{"list_stores": true}`` -> ``{"stores": [...], "model_version"}``; V2 request parameter
+``list_stores: true`` with no inputs -> one output ``store_id`` (BYTES) and parameters ``stores`` (count)
+and ``data_end``, as the predictor answers it. Every shard is asked at the time (its stores, sorted by
+``serving.contract.store_sort_key``); a shard that does not answer is a 503 naming it, never a partial list.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
+import grpc
+import httpx
 import numpy as np
 import orjson
 from kserve import InferOutput, InferRequest, InferResponse, Model
+from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 
 from serving import cloudevents
 from serving.budget import SMALL_ROWS, RowBudget, offload
-from serving.contract import TRANSFORMER_INPUTS, TRANSFORMER_OUTPUTS, names, to_day
+from serving.contract import LIST_STORES, TRANSFORMER_INPUTS, TRANSFORMER_OUTPUTS, names, store_sort_key, to_day
 from serving.errors import ClientError
 from transformer.answer import FORECASTS, v1_body, v2_columns
 from transformer.ready import PredictorsReady
-from transformer.request import BusinessRequestError, Limits, StoreWindow, parse_columns, parse_v1, what_if
-from transformer.shards import FLAGS, FP64, OUTPUTS, Forecast, ShardRouter, ShardState, ShardWatch
+from transformer.request import (
+    BusinessRequestError,
+    Limits,
+    StoreWindow,
+    asks_stores,
+    parse_columns,
+    parse_v1,
+    what_if,
+)
+from transformer.shards import (
+    FLAGS,
+    FP64,
+    GRPC_OPTIONS,
+    OUTPUTS,
+    REFUSALS,
+    Forecast,
+    GrpcShard,
+    PredictorRejected,
+    ShardRefused,
+    ShardRouter,
+    ShardState,
+    ShardUnavailable,
+    ShardWatch,
+    read_grpc,
+)
 
 V2_INPUTS = tuple(t.name for t in TRANSFORMER_INPUTS)
 V2_OUTPUTS = {t.name: t.datatype for t in TRANSFORMER_OUTPUTS}
@@ -52,6 +86,7 @@ class Job:
     event: bool = False  # V1 asked as a CloudEvent (KServe wraps the answer: a dict, not bytes)
     forecast: Forecast | None = None
     answer: Any = None
+    listing: bool = False  # the stores served, not a forecast
 
     @property
     def rows(self) -> int:
@@ -135,15 +170,20 @@ class ForecastTransformer(Model):
         limits = replace(self.limits, data_end=self.data_end)
         try:
             if isinstance(payload, InferRequest):
+                if (payload.parameters or {}).get(LIST_STORES) is True and not payload.inputs:
+                    return Job([], True, payload.id or str(uuid.uuid4()), version=payload.model_version or None,
+                               listing=True)
                 cols = _columns(payload)
                 outputs = _outputs(payload)
                 windows = await offload(len(cols["store_id"]) > INLINE_STORES, parse_columns, cols["store_id"],
                                         cols.get("begin_date"), cols.get("end_date"), limits)
                 return Job(windows, True, payload.id or str(uuid.uuid4()), outputs, payload.model_version or None)
+            event = bool(headers) and (cloudevents.is_binary(headers) or cloudevents.is_structured(headers))
+            if asks_stores(payload):
+                return Job([], False, _request_id(headers), event=event, listing=True)
             instances = payload.get("instances") if isinstance(payload, dict) else None
             many = isinstance(instances, list) and len(instances) > INLINE_STORES
             windows = await offload(many, parse_v1, payload, limits)
-            event = bool(headers) and (cloudevents.is_binary(headers) or cloudevents.is_structured(headers))
             return Job(windows, False, _request_id(headers), event=event)
         except BusinessRequestError as err:
             raise ClientError(str(err)) from None
@@ -154,6 +194,9 @@ class ForecastTransformer(Model):
     async def predict(self, job: Job, headers: dict[str, str] | None = None,
                       response_headers: dict[str, str] | None = None) -> Job:
         """Ask the predictors for every window and build the answer, within the row budget."""
+        if job.listing:
+            job.answer = await self.list_stores(job.version, headers)
+            return job
         if job.v2:
             asked = tuple(o for o in FP64 if o in job.outputs)
             if not asked or any(o in V2_CALENDAR or o in FORECASTS for o in job.outputs):
@@ -176,6 +219,13 @@ class ForecastTransformer(Model):
 
     async def postprocess(self, job: Job, headers: dict[str, str] | None = None,
                           response_headers: Any = None) -> dict | bytearray | InferResponse:
+        if job.listing:
+            ids, version, data_end = job.answer
+            if not job.v2:
+                return {"stores": ids, "model_version": version}
+            return InferResponse(response_id=job.request_id, model_name=self.name, model_version=version,
+                                 infer_outputs=[InferOutput("store_id", [len(ids)], "BYTES", ids)],
+                                 parameters={"stores": len(ids), "data_end": data_end or ""})
         fc = job.forecast
         assert fc is not None
         if job.v2:
@@ -186,6 +236,80 @@ class ForecastTransformer(Model):
         if job.event:  # KServe wraps a CloudEvent answer around a document
             return orjson.loads(job.answer)
         return job.answer  # a ready JSON buffer, sent as it is (serving.rest)
+
+
+    # ---- the stores served -------------------------------------------------------------------------
+    async def list_stores(self, version: str | None = None, caller: dict[str, str] | None = None
+                          ) -> tuple[list[str], str | None, str | None]:
+        """Every shard's stores (asked now, all shards at once), sorted; the version(s) and the latest data end."""
+        headers = self.router.credential.headers(caller)
+        answers = await asyncio.gather(*(self._shard_stores(k, version, headers)
+                                         for k in range(len(self.router.hosts))))
+        ids = sorted({s for shard_ids, _, _ in answers for s in shard_ids}, key=store_sort_key)
+        versions = ",".join(sorted({v for _, v, _ in answers if v})) or None
+        ends = [end for _, _, end in answers if end]
+        return ids, versions, max(ends) if ends else None
+
+    async def _shard_stores(self, k: int, version: str | None, headers: dict[str, str]
+                            ) -> tuple[list[str], str, str | None]:
+        """One shard's ``list_stores`` answer over the router's protocol, bounded by the predictor timeout;
+        failures as inference maps them (a shard down: 503 naming it; the transformer's key refused: 502)."""
+        router, host = self.router, self.router.hosts[k]
+        forwarded = "authorization" in headers
+        try:
+            async with asyncio.timeout(router.timeout):
+                if router.protocol == "grpc-v2":
+                    return await _grpc_stores(GrpcShard(host, router.model, router.timeout).host, router.model,
+                                              version, headers)
+                return await _rest_stores(host, router.model, version, headers, router.timeout)
+        except TimeoutError:
+            raise ShardUnavailable(k, host, f"no store list within {router.timeout:g} s") from None
+        except grpc.aio.AioRpcError as err:
+            code, detail = err.code(), err.details() or ""
+            if code in REFUSALS and not forwarded:
+                raise ShardRefused(k, host, f"{code.name}: {detail[:300]}") from None
+            if code in REFUSALS or code == grpc.StatusCode.NOT_FOUND:
+                raise PredictorRejected(REFUSALS.get(code, 404), detail or code.name.lower()) from None
+            raise ShardUnavailable(k, host, f"{code.name}: {detail[:300]}") from None
+        except httpx.HTTPStatusError as err:
+            status, text = err.response.status_code, err.response.text[:300]
+            if status in (401, 403) and not forwarded:
+                raise ShardRefused(k, host, f"HTTP {status}: {text}") from None
+            if status in (401, 403, 404):
+                raise PredictorRejected(status, text) from None
+            raise ShardUnavailable(k, host, f"HTTP {status}: {text}") from None
+        except (httpx.HTTPError, OSError, KeyError, ValueError, TypeError) as err:
+            raise ShardUnavailable(k, host, f"{type(err).__name__}: {str(err)[:300]}") from None
+
+
+async def _grpc_stores(target: str, model: str, version: str | None, headers: dict[str, str]
+                       ) -> tuple[list[str], str, str | None]:
+    """``list_stores`` over gRPC V2 on a channel of its own (a listing is rare; inference keeps its channels)."""
+    async with grpc.aio.insecure_channel(target, options=GRPC_OPTIONS) as channel:
+        res = await GRPCInferenceServiceStub(channel).ModelInfer(
+            pb.ModelInferRequest(model_name=model, model_version=version or "",
+                                 parameters={LIST_STORES: pb.InferParameter(bool_param=True)}),
+            metadata=tuple(headers.items()) or None)
+    ids = read_grpc(res).get("store_id")
+    if ids is None:
+        raise KeyError("the answer has no store_id output")
+    return [str(s) for s in ids.tolist()], res.model_version, res.parameters["data_end"].string_param or None
+
+
+async def _rest_stores(host: str, model: str, version: str | None, headers: dict[str, str], timeout: float
+                       ) -> tuple[list[str], str, str | None]:
+    """``list_stores`` over REST V2 (JSON)."""
+    base = host if host.startswith(("http://", "https://")) else f"http://{host}"
+    path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
+    async with httpx.AsyncClient(timeout=timeout) as http:
+        r = await http.post(base + path, json={"parameters": {LIST_STORES: True}, "inputs": []}, headers=headers)
+    r.raise_for_status()
+    doc = r.json()
+    out = next((o for o in doc.get("outputs") or () if o.get("name") == "store_id"), None)
+    if out is None:
+        raise KeyError("the answer has no store_id output")
+    return [str(s) for s in out["data"]], str(doc.get("model_version", "")), \
+        (doc.get("parameters") or {}).get("data_end") or None
 
 
 def _columns(request: InferRequest) -> dict[str, list[Any]]:

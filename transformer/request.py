@@ -3,7 +3,8 @@
 No kserve import here: the parsing is plain Python over the decoded JSON, so it is testable and
 usable from anywhere (the CLI, Locust). The rules are the contract's (``serving.contract``): store
 ids printable and at most 64 characters, dates ISO between 1900 and 2199, the instance keys of
-``INSTANCE_KEYS`` only (camelCase or snake_case; any other key is named in a 400).
+``INSTANCE_KEYS`` only (camelCase or snake_case; any other key is named in a 400). A body
+``{"list_stores": true}`` asks for the stores served instead of a forecast (:func:`asks_stores`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from serving.contract import (
     EPOCH,
     INSTANCE_KEYS,
+    LIST_STORES,
     MAX_DAYS_AHEAD,
     DateError,
     iso,
@@ -32,8 +34,8 @@ ALIASES = INSTANCE_KEYS
 KNOWN_KEYS = tuple(k for names in INSTANCE_KEYS.values() for k in names)
 BODY_KEYS = ("instances",)
 
-__all__ = ["BusinessRequestError", "Limits", "StoreWindow", "expand", "iso", "parse_columns", "parse_day",
-           "parse_v1", "row_days"]
+__all__ = ["BusinessRequestError", "Limits", "StoreWindow", "asks_stores", "expand", "iso", "parse_columns",
+           "parse_day", "parse_v1", "row_days"]
 
 
 class BusinessRequestError(ValueError):
@@ -148,13 +150,24 @@ def _days(value: Any, field: str, begin: int, end: int) -> tuple[int, ...]:
     return tuple(sorted(days))
 
 
+def asks_stores(body: Any) -> bool:
+    """True for the V1 listing ``{"list_stores": true}`` (alone); a listing mixed with a forecast is a 400."""
+    if not isinstance(body, dict) or LIST_STORES not in body:
+        return False
+    if body[LIST_STORES] is not True or len(body) > 1:
+        raise BusinessRequestError(LIST_STORES, "the store listing is the body {\"list_stores\": true} alone "
+                                   f"(got {short(body[LIST_STORES])}{' beside other keys' if len(body) > 1 else ''})")
+    return True
+
+
 def parse_v1(body: Any, limits: Limits, now: int | None = None) -> list[StoreWindow]:
     """``{"instances": [{"storeId": "4", "beginDate": ..., "endDate": ...}, ...]}`` (camel or snake case)."""
     if not isinstance(body, dict):
         raise BusinessRequestError("body", f"expected a JSON object with 'instances', got {type(body).__name__}")
     unknown = [k for k in body if k not in BODY_KEYS]
     if unknown:
-        raise BusinessRequestError("body", f"unknown key {short(unknown[0])}; the body has only 'instances'")
+        raise BusinessRequestError("body", f"unknown key {short(unknown[0])}; the body has only 'instances' "
+                                   "(or is {\"list_stores\": true})")
     instances = body.get("instances")
     if not isinstance(instances, list) or not instances:
         raise BusinessRequestError("instances", "expected a non-empty list of {storeId, beginDate, endDate} objects")

@@ -10,8 +10,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from pipelines.cli.options import add_keep_unknown
 from serving.contract import MODEL_NAME
 
@@ -37,6 +35,8 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def _day(text: str, flag: str) -> int:
+    import numpy as np
+
     try:
         return int(np.datetime64(text, "D").astype(np.int64))
     except ValueError:
@@ -45,6 +45,8 @@ def _day(text: str, flag: str) -> int:
 
 def export_window_cmd(args: argparse.Namespace, model_json: str) -> int:
     """``storecast export --begin D [--end D] --out DIR``: stock model, future frame, served numbers."""
+    import numpy as np
+
     from pipelines.training.export import export_window
     from pipelines.versions.registry import PARAMS_FILE, download
     from predictor.table import ParamTable

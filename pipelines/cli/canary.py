@@ -9,9 +9,30 @@ from typing import Any
 from serving.contract import MODEL_NAME
 
 
+def emit(args: argparse.Namespace) -> int:
+    """``start --emit``: print the values of manifests/components/canary, read no cluster."""
+    from pipelines.rollout.canary import COMPONENT_VALUES, component_values
+
+    if args.isvc != "storecast":
+        print(f"canary start --emit: the component canaries the InferenceService storecast, not {args.isvc!r}",
+              file=sys.stderr)
+        return 1
+    try:
+        text = component_values(args.model_name, args.version, args.percent)
+    except ValueError as exc:
+        print(f"canary start --emit: {exc}", file=sys.stderr)
+        return 1
+    print(text, end="")
+    print(f"write it to {COMPONENT_VALUES}; the overlay you deployed takes the component (manifests/README.md, "
+          "\"Canary rollout\"), then kubectl apply -k that overlay", file=sys.stderr)
+    return 0
+
+
 def cmd_canary(args: argparse.Namespace) -> int:
     from pipelines.rollout import canary as c
 
+    if getattr(args, "emit", False):
+        return emit(args)
     if getattr(args, "dry_run", False):  # no kubeconfig, no API call: a file or the base manifest's predictor
         can = None
         try:
@@ -93,6 +114,9 @@ def add_parser(sub: Any) -> None:
         if name == "start":
             s.add_argument("--version", required=True, help="model version to canary (models:/NAME/N)")
             s.add_argument("--percent", type=int, default=10, help="share of the traffic it gets, 0..100")
+            s.add_argument("--emit", action="store_true",
+                           help="print the values file of manifests/components/canary for --version and --percent "
+                           "(the declarative canary), change nothing (no cluster)")
         if name == "rollback":
             s.add_argument("--to-version", help="pin to this version instead (default: follow the champion alias)")
         s.set_defaults(func=cmd_canary)

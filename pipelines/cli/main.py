@@ -1,4 +1,9 @@
-"""``storecast``: the command line for people (data, train, export, ...)."""
+"""``storecast``: the command line for people (data, train, export, ...).
+
+It starts fast: only the chosen command's parser is built in full (the training stack, pandas and MLflow
+are imported by the commands that use them), and every failure is one line on stderr (``--debug``: the
+traceback).
+"""
 
 from __future__ import annotations
 
@@ -11,13 +16,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from pipelines.cli.errors import CliParser, missing_extra, one_line
 from pipelines.cli.options import add_api_key, api_key
-from pipelines.training.fitting import DEFAULT_MODEL, FITTERS, MODELS
-from predictor.table import TRANSFORMS
 from serving.contract import MODEL_NAME
 from serving.mlflow_env import use_mlflow_defaults
 
-use_mlflow_defaults("tools")
+MLFLOW_SET_HERE = use_mlflow_defaults("tools")
+ALL = "*"  # build_parser: every command in full
 
 
 def _store_list(text: str) -> list[str]:
@@ -52,14 +57,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _train_defaults() -> dict[str, Any]:
     """The train parser's defaults (to tell flags given from flags left as they are)."""
-    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    sub = next(a for a in build_parser("train")._actions if isinstance(a, argparse._SubParsersAction))
     return {a.dest: a.default for a in sub.choices["train"]._actions}
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from pipelines.versions.registry import prophet_json, tracking_uri
 
-    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri(args.tracking_uri)
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri(args.tracking_uri)  # found by main(): pipelines.cli.locate
     text = prophet_json(args.model_uri, args.store)
     if args.begin or args.end:
         from pipelines.cli.calendar import export_window_cmd
@@ -76,6 +81,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from pipelines.versions.registry import tracking_uri
 
     auth_file, key = args.auth_file or os.environ.get("STORECAST_AUTH_FILE"), None
+    for name in MLFLOW_SET_HERE:  # the servers' own defaults (pipelines.stack passes the environment on)
+        os.environ.pop(name, None)
     if args.make_key:  # access (issue 13): a fresh auth file with one planner identity
         from pipelines.cli.auth import local_auth_file
 
@@ -166,8 +173,16 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="storecast", description=__doc__)
+def command_of(argv: list[str]) -> str | None:
+    """The command named in ``argv`` (its first word that is not an option: storecast's own options take no
+    value), None for none."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(only: str | None = ALL) -> argparse.ArgumentParser:
+    """The parser of every command (``only`` ``ALL``); with a command name, that command's in full and the others'
+    names and help only (``storecast --help``: ``only`` None), so a start imports what the command needs."""
+    p = CliParser(prog="storecast", description=__doc__.split("\n\n")[0])
     p.add_argument("--version", action="version", version=f"storecast {_version()}", help="print the version and exit")
     p.add_argument("--debug", action="store_true", help="show the whole traceback when a command fails")
     sub = p.add_subparsers(dest="command", required=True)
@@ -186,43 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_append(data)
 
     t = sub.add_parser("train", help="fit every store, evaluate, register one model version")
-    t.add_argument("--data", required=True, help="Rossmann-format sales (.csv, .csv.gz, .parquet)")
-    t.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
-                   "sqlite:///mlflow.db in the working directory)")
-    t.add_argument("--model-name", default=MODEL_NAME, help="registered model (and experiment) name")
-    pick = t.add_mutually_exclusive_group()
-    pick.add_argument("--stores", type=_store_list, help="only these stores, e.g. 1,2,3")
-    pick.add_argument("--limit", type=int, help="only the first N stores")
-    t.add_argument("--holdout-days", type=int, default=42,
-                   help="days held out for evaluation (the registered model is fitted on all data)")
-    t.add_argument("--min-days", type=int, default=30, help="open days a store needs to be fitted")
-    t.add_argument("--gate-margin", type=float, default=0.10,
-                   help="a store fails the gate if its holdout WAPE > baseline WAPE * (1 + margin)")
-    t.add_argument("--interval-width", type=float, default=0.95, help="Prophet's interval_width")
-    t.add_argument("--seed", type=int, default=0, help="seed of the interval simulation")
-    t.add_argument("--alias", default="challenger", help="alias to point at the new version ('' for none)")
-    t.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-    t.add_argument("--backend", choices=("local", "ray"), default="local",
-                   help="where the fits run: local (processes on this machine) or ray (Ray tasks; "
-                   "pip install storecast[ray])")
-    t.add_argument("--ray-address", help="with --backend ray: the cluster (auto inside a Ray cluster or RayJob, "
-                   "HOST:PORT, ray://HOST:10001); default: a local Ray on loopback, started and stopped")
-    t.add_argument("--fitter", choices=FITTERS, default="prophet-batch",
-                   help="prophet-batch (exact batched MAP, default) or prophet (stock Stan, the reference)")
-    t.add_argument("--model", choices=list(MODELS), default=DEFAULT_MODEL,
-                   help="calendar: log1p target, calendar regressors, monthly seasonality (default); "
-                        "calendar-linear: the regressors on raw sales; seed: the reference without the calendar")
-    t.add_argument("--transform", choices=TRANSFORMS, default=None, help="override the model's target transform")
-    t.add_argument("--calendar", help="known-ahead days (test.csv layout: Store, Date, Open, Promo, StateHoliday, "
-                                      "SchoolHoliday; .csv, .csv.gz, .parquet)")
-    t.add_argument("--calendar-ref", metavar="REF|all",
-                   help="known-ahead days held in the sales store (--data): a ref printed by `storecast calendar "
-                        "upload`, or `all` (every uploaded calendar, later uploads winning); not with --calendar")
-    t.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    from pipelines.cli.train import add_arguments as add_publish_arguments  # --parent, --force, gate flags
-    add_publish_arguments(t)
-    t.set_defaults(func=cmd_train)
+    if only in (ALL, "train"):
+        _train_arguments(t)
 
     e = sub.add_parser("export", help="write one store's stock Prophet JSON from a model version")
     e.add_argument("--model-uri", required=True, help="models:/storecast/N, models:/storecast@alias or a folder")
@@ -231,13 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "its future frame and the served numbers")
     e.add_argument("--begin", help="first day of the window to export the future frame of (YYYY-MM-DD)")
     e.add_argument("--end", help="last day of the window (YYYY-MM-DD; default: --begin + 41 days)")
-    e.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)")
+    e.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the project's "
+                   "registry: ./mlflow.db, the checkout's build/demo/mlflow.db)")
     e.set_defaults(func=cmd_export)
 
     v = sub.add_parser("serve", help="run predictor and transformer on loopback until Ctrl-C")
     v.add_argument("--model-uri", default=f"models:/{MODEL_NAME}@champion",
                    help="models:/NAME@ALIAS (followed), models:/NAME/N (pinned) or a downloaded folder")
-    v.add_argument("--tracking-uri", help="registry (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    v.add_argument("--tracking-uri", help="registry (default: $MLFLOW_TRACKING_URI, else ./mlflow.db, else the "
+                   "checkout's build/demo/mlflow.db)")
     v.add_argument("--mlflow-server", action="store_true",
                    help="also run a real `mlflow server` over the (sqlite) tracking store; the servers use it")
     v.add_argument("--shards", type=int, default=1, help="predictor shards behind the transformer")
@@ -292,14 +274,72 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _train_arguments(t: argparse.ArgumentParser) -> None:
+    """``storecast train``'s flags (their choices come from the training stack: imported only for train)."""
+    from pipelines.training.fitting import DEFAULT_MODEL, FITTERS, MODELS
+    from predictor.table import TRANSFORMS
+
+    t.add_argument("--data", required=True, help="Rossmann-format sales (.csv, .csv.gz, .parquet)")
+    t.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the "
+                   "project's registry (./mlflow.db, the checkout's build/demo/mlflow.db), else a new ./mlflow.db)")
+    t.add_argument("--model-name", default=MODEL_NAME, help="registered model (and experiment) name")
+    pick = t.add_mutually_exclusive_group()
+    pick.add_argument("--stores", type=_store_list, help="only these stores, e.g. 1,2,3")
+    pick.add_argument("--limit", type=int, help="only the first N stores")
+    t.add_argument("--holdout-days", type=int, default=42,
+                   help="days held out for evaluation (the registered model is fitted on all data)")
+    t.add_argument("--min-days", type=int, default=30, help="open days a store needs to be fitted")
+    t.add_argument("--gate-margin", type=float, default=0.10,
+                   help="a store fails the gate if its holdout WAPE > baseline WAPE * (1 + margin)")
+    t.add_argument("--interval-width", type=float, default=0.95, help="Prophet's interval_width")
+    t.add_argument("--seed", type=int, default=0, help="seed of the interval simulation")
+    t.add_argument("--alias", default="challenger", help="alias to point at the new version ('' for none)")
+    t.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    t.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="where the fits run: local (processes on this machine) or ray (Ray tasks; "
+                   "pip install storecast[ray])")
+    t.add_argument("--ray-address", help="with --backend ray: the cluster (auto inside a Ray cluster or RayJob, "
+                   "HOST:PORT, ray://HOST:10001); default: a local Ray on loopback, started and stopped")
+    t.add_argument("--fitter", choices=FITTERS, default="prophet-batch",
+                   help="prophet-batch (exact batched MAP, default) or prophet (stock Stan, the reference)")
+    t.add_argument("--model", choices=list(MODELS), default=DEFAULT_MODEL,
+                   help="calendar: log1p target, calendar regressors, monthly seasonality (default); "
+                        "calendar-linear: the regressors on raw sales; seed: the reference without the calendar")
+    t.add_argument("--transform", choices=TRANSFORMS, default=None, help="override the model's target transform")
+    t.add_argument("--calendar", help="known-ahead days (test.csv layout: Store, Date, Open, Promo, StateHoliday, "
+                                      "SchoolHoliday; .csv, .csv.gz, .parquet)")
+    t.add_argument("--calendar-ref", metavar="REF|all",
+                   help="known-ahead days held in the sales store (--data): a ref printed by `storecast calendar "
+                        "upload`, or `all` (every uploaded calendar, later uploads winning); not with --calendar")
+    t.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    from pipelines.cli.train import add_arguments as add_publish_arguments  # --parent, --force, gate flags
+
+    add_publish_arguments(t)
+    t.set_defaults(func=cmd_train)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(command_of(argv)).parse_args(argv)
     from serving.logs import configure_logging
 
     configure_logging(logging.WARNING)  # storecast's warnings in the one format; the commands print the rest
     if getattr(args, "alias", None) == "":
         args.alias = None
     try:
+        hint = missing_extra(args)
+        if hint:
+            print(f"storecast {args.command}: {hint}", file=sys.stderr)
+            return 2
+        if hasattr(args, "tracking_uri"):  # the registry: given, or found (pipelines.cli.locate), or none
+            from pipelines.cli.locate import READERS, resolve
+
+            reads = (args.command in READERS and str(getattr(args, "model_uri", "models:/")).startswith("models:/")
+                     and not (args.command == "loadtest" and getattr(args, "host", None)))  # --host: no stack
+            args.tracking_uri, note = resolve(args.tracking_uri, must_exist=reads)
+            if note:
+                print(f"storecast {args.command}: {note}", file=sys.stderr)
         if hasattr(args, "api_key_file"):  # the key a command sends, read once: pipelines.cli.options
             args.api_key = api_key(args)
         return args.func(args)
@@ -308,13 +348,6 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # one line naming the problem, the traceback only with --debug
         if args.debug:
             raise
-        print(f"storecast {args.command}: {_one_line(exc)}", file=sys.stderr)
+        print(f"storecast {args.command}: {one_line(exc)}", file=sys.stderr)
         return 1
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).split("; log tail:")[0].strip().splitlines()[0] if str(exc).strip() else ""
-    name = type(exc).__name__
-    text = text if text.startswith(name) or isinstance(exc, RuntimeError | ValueError) else f"{name}: {text}"
-    return (text[:400] + " ...") if len(text) > 400 else (text or name)
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 import argparse
 import os
 
-from pipelines.versions.lineage import KEEP_UNKNOWN_ENV
 from serving.access.key_file import read_key
 from serving.settings import boolean
+
+# pipelines.versions.lineage.KEEP_UNKNOWN_ENV, spelled here so that building the parser does not import the
+# training stack (pandas): tests/pipelines/cli/test_first_hour.py checks that both are the same
+KEEP_UNKNOWN_ENV = "STORECAST_KEEP_UNKNOWN_STORES"
 
 
 def keep_unknown_default() -> bool:

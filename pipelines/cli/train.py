@@ -30,6 +30,17 @@ def add_arguments(t: argparse.ArgumentParser) -> None:
     add_gate_arguments(t)
 
 
+def gate_line(summary: dict[str, Any], failed: list[str], margin: float, gate: Any) -> str:
+    """The quality gate in words: how many stores passed, which failed, and whether the version passed."""
+    evaluated, n_failed = int(summary.get("stores_evaluated", 0)), int(summary.get("gate_failed", len(failed)))
+    stores = (f"{evaluated - n_failed} of {evaluated} stores passed the quality gate (holdout WAPE at most "
+              f"{1 + margin:.2f} x the seasonal-naive baseline's)")
+    if n_failed:
+        shown = ", ".join(map(str, failed[:10])) + (" ..." if len(failed) > 10 else "")
+        stores += f"; {n_failed} failed: {shown}"
+    return f"{stores}; version {'passed' if gate.passed else 'failed: ' + '; '.join(gate.reasons)}"
+
+
 def _overrides(args: argparse.Namespace, parser_defaults: dict[str, Any]) -> dict[str, Any]:
     return {k: getattr(args, k) for k in CONFIG_FLAGS
             if getattr(args, k, None) is not None and getattr(args, k) != parser_defaults.get(k)}
@@ -158,8 +169,9 @@ def train_via_publish(args: argparse.Namespace, parser_defaults: dict[str, Any])
         print(f"registered {pub.model_uri} ({len(result.table)} stores fitted, alias {pub.alias or '-'}) "
               f"in {out['seconds']['total']} s")
         print(f"holdout WAPE {s.get('holdout_wape', float('nan')):.4f} vs seasonal-naive "
-              f"{s.get('baseline_wape', float('nan')):.4f}; coverage {s.get('holdout_coverage', float('nan')):.3f}; "
-              f"gate failed: {s['gate_failed']} of {s['stores_evaluated']} evaluated")
+              f"{s.get('baseline_wape', float('nan')):.4f}; interval coverage "
+              f"{s.get('holdout_coverage', float('nan')):.3f}")
+        print(gate_line(s, result.gate_failed, result.config.gate_margin, gate))
         for f in pub.failed:
             print(f"skipped store {f['store_id']}: {f['reason']}")
         if pub.retries:

@@ -10,10 +10,9 @@ The table has one row per store-day, exactly as the API answered it (a closed da
 model_version`` (``promo``/``holiday`` when the business rows carry them, ``model_version`` when the
 answer carries it or ``--predictor-url`` says what is served; else null).
 
-Which stores ``all`` means: the business API has no store listing (yet), so ``all`` asks it first
-(``{"list_stores": true}``) and otherwise the predictor's listing (``--predictor-url``, V1
-``{"list_stores": true}``; on a cluster the predictor's REST port stays in its pod, so
-``kubectl port-forward`` to it, or pass ``--stores FILE``).
+Which stores ``all`` means: the business API lists the stores its shards serve (V1
+``{"list_stores": true}``, with the same key and permission as a forecast), so the business URL alone
+is enough; ``--predictor-url`` is asked only if the business API has no listing (an older transformer).
 """
 
 from __future__ import annotations
@@ -90,7 +89,8 @@ def default_window(begin: str | None, end: str | None) -> tuple[str, str]:
 
 
 def list_stores(url: str, predictor_url: str | None, headers: dict[str, str], timeout: float = 30.0) -> list[str]:
-    """Every store served: the business API's listing if it has one, else the predictor's."""
+    """Every store served: the business API's listing (its shards' stores); the predictor's only if the business
+    API has none (an older transformer). A refusal of the key (401, 403) is said as it is, in one line."""
     tried = []
     for base in [url] + ([predictor_url] if predictor_url else []):
         target = f"{base.rstrip('/')}/v1/models/{MODEL}:predict"
@@ -99,11 +99,23 @@ def list_stores(url: str, predictor_url: str | None, headers: dict[str, str], ti
         except httpx.HTTPError as exc:
             tried.append(f"{target}: {exc}")
             continue
-        if r.status_code == 200 and isinstance(r.json().get("stores"), list):
-            return [str(s) for s in r.json()["stores"]]
+        listed = _stores(r)
+        if listed is not None:
+            return listed
+        if r.status_code in (401, 403):
+            raise BatchError(f"--stores all: {base} refused the store listing: HTTP {r.status_code} "
+                             f"{error_text(r)[:160]} (give the key as STORECAST_API_KEY or --api-key-file)")
         tried.append(f"{target}: HTTP {r.status_code} {error_text(r)[:120]}")
-    raise BatchError("--stores all: no store list (" + "; ".join(tried) + "); give --predictor-url (the "
-                     "predictor's REST URL lists its stores) or --stores FILE")
+    raise BatchError("--stores all: no store list (" + "; ".join(tried) + "); give --stores FILE")
+
+
+def _stores(r: httpx.Response) -> list[str] | None:
+    """The ``stores`` of a listing answer, or None."""
+    try:
+        stores = r.json().get("stores") if r.status_code == 200 else None
+    except (ValueError, AttributeError):
+        return None
+    return [str(s) for s in stores] if isinstance(stores, list) else None
 
 
 def served_version(predictor_url: str | None, timeout: float = 10.0) -> str | None:
@@ -137,25 +149,31 @@ def to_columns(stores: list[str], answers: dict[str, tuple[dict[str, Any], str |
 
 
 def write_table(cols: dict[str, list[Any]], out: Path) -> Path:
-    """``.parquet`` (typed: date32, float64, nullable bool/string) or ``.csv`` (ISO dates, exact floats)."""
-    import pyarrow as pa
-
-    types = {"store": pa.string(), "date": pa.date32(), "value": pa.float64(), "lower": pa.float64(),
-             "upper": pa.float64(), "open": pa.bool_(), "promo": pa.bool_(), "holiday": pa.string(),
-             "model_version": pa.string()}
-    arrays = {c: pa.array([dt.date.fromisoformat(d) for d in v] if c == "date" else v, type=types[c])
-              for c, v in cols.items()}
-    table = pa.table(arrays)
+    """``.parquet`` (typed: date32, float64, nullable bool/string; the ``parquet`` extra) or ``.csv`` (ISO dates,
+    exact floats, ``true``/``false``; no extra needed)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
     if out.suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        pq.write_table(table, tmp)
+        types = {"store": pa.string(), "date": pa.date32(), "value": pa.float64(), "lower": pa.float64(),
+                 "upper": pa.float64(), "open": pa.bool_(), "promo": pa.bool_(), "holiday": pa.string(),
+                 "model_version": pa.string()}
+        arrays = {c: pa.array([dt.date.fromisoformat(d) for d in v] if c == "date" else v, type=types[c])
+                  for c, v in cols.items()}
+        pq.write_table(pa.table(arrays), tmp)
     elif out.suffix == ".csv":
-        import pyarrow.csv as pcsv
+        import csv
 
-        pcsv.write_csv(table, tmp)
+        def cell(v: Any) -> Any:
+            return "" if v is None else ("true" if v else "false") if isinstance(v, bool) else repr(v) \
+                if isinstance(v, float) else v
+
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.writer(fh, quoting=csv.QUOTE_MINIMAL)
+            writer.writerow(list(cols))
+            writer.writerows([cell(v) for v in row] for row in zip(*cols.values(), strict=True))
     else:
         raise BatchError(f"--out {out}: give a .parquet or .csv file")
     tmp.replace(out)
@@ -231,6 +249,6 @@ def add_arguments(f: argparse.ArgumentParser) -> None:
     f.add_argument("--max-backoff", type=float, default=30.0,
                    help="with --stores: largest backoff cap in seconds, added to any Retry-After (default 30)")
     f.add_argument("--timeout", type=float, default=60.0, help="with --stores: seconds per request (default 60)")
-    f.add_argument("--predictor-url", help="with --stores: the predictor's REST URL, to list the stores of `all` "
-                   "and to read the served model version")
+    f.add_argument("--predictor-url", help="with --stores: the predictor's REST URL, to read the served model "
+                   "version (and to list the stores of `all` if the business API cannot)")
     f.add_argument("--no-progress", action="store_true", help="with --stores: no progress bar on stderr")

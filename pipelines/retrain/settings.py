@@ -79,8 +79,8 @@ class RetrainSettings(GateSettings):
                                   "it streams (bigger appends: storecast data append --sales, then the part's name)",
                                   byte_count)
     model_name: str = setting(MODEL_NAME, "registered model name")
-    state: str = setting("retrain-state/jobs.sqlite", "SQLite file of the jobs, events seen and rollouts; keep it on "
-                         "a volume")
+    state: str = setting("build/retrain-state/jobs.sqlite", "SQLite file of the jobs, events seen and rollouts; "
+                         "keep it on a volume")
     dry_run: bool = setting(False, "answer what a request would do; fit, register and move nothing (load tests)",
                             boolean, switch=True)
     max_age_days: float = setting(30.0, "a ping refits every store when the champion version is older than this",

@@ -193,6 +193,34 @@ def offline(name: str, namespace: str, path: str | None = None) -> tuple[dict[st
     return found[0], path
 
 
+# --- the declarative canary: the values of manifests/components/canary --------------------------------
+# `storecast canary start --version N --percent P --emit` prints them; the component sets them on the
+# InferenceService of the overlay it is added to (tests/manifests/test_canary_component.py renders it on each).
+COMPONENT_VALUES = "manifests/components/canary/values/canary.yaml"
+
+
+def component_values(model_name: str, version: str | int, percent: int) -> str:
+    """The canary component's values file (``COMPONENT_VALUES``): version N of ``model_name`` on ``percent``
+    of the predictor's traffic (a kustomize local-config object: read by kustomize, never applied)."""
+    if not 0 <= percent <= 100:
+        raise ValueError(f"percent must be within 0..100, got {percent}")
+    if not str(version).isdigit():
+        raise ValueError(f"version must be a model version number, got {version!r}")
+    return ("# What to canary: edit modelUri (and percent), or write this file with\n"
+            f"#   storecast canary start --version N --percent 10 --emit > {COMPONENT_VALUES}\n"
+            "# kustomize reads it (local-config) and never applies it: no such object reaches the cluster.\n"
+            "apiVersion: storecast/v1\n"
+            "kind: Canary\n"
+            "metadata:\n"
+            "  name: storecast\n"
+            "  annotations:\n"
+            '    config.kubernetes.io/local-config: "true"\n'
+            "spec:\n"
+            f"  modelUri: {version_uri(model_name, int(version))} # the version to canary: models:/{model_name}/N\n"
+            f"  percent: {percent} # its share of the predictor's traffic, 0..100; the rest stays on the serving "
+            "revision\n")
+
+
 # --- the rollout's target on a cluster -----------------------------------------------------------
 REVISION_LABEL = "serving.knative.dev/revision"
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import gzip
 import zlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from prophet import Prophet
-from prophet.serialize import model_to_json
 
 from pipelines.training.intervals import simulate_offsets
+
+if TYPE_CHECKING:  # Prophet is imported where a model is serialised: `storecast export` never imports it
+    from prophet import Prophet
 
 
 class UnsupportedModelError(ValueError):
@@ -91,6 +92,8 @@ def store_row(model: Prophet, store_id: str, seed: int, grid: np.ndarray) -> dic
 
 def prophet_json_gz(model: Prophet) -> bytes:
     """The stock ``model_to_json`` of a model, gzip-compressed (reproducible bytes)."""
+    from prophet.serialize import model_to_json
+
     return gzip.compress(model_to_json(model).encode(), compresslevel=1, mtime=0)
 
 

@@ -7,7 +7,10 @@ index): ``admin``, which no caller has without an auth file; health, readiness a
 retrain service's routes by ``serving.access.asgi.retrain_rules``), counts the rate limit and takes a
 concurrency slot, or refuses with
 ``serving.errors.Refused`` (401 / 403 / 429 with ``Retry-After``, ``RateLimit-Policy`` and ``RateLimit``,
-which the layer sends as HTTP headers or gRPC trailing metadata). The principal it admits has
+which the layer sends as HTTP headers or gRPC trailing metadata). A caller refused for its rate limit is
+noted in the door's ``gate`` (``serving.access.fastpath.FastGate``): until its window frees a slot, the
+protocol answers it a pre-built 429 before any work, and names callers for the per-caller in-flight bound
+(``serving.shedding``). The principal it admits has
 ``headers()`` (the rate-limit headers of the answer), ``identity``, ``require(permission)`` for a
 permission known only once the request is read, and ``note_rows(n)`` for the audit line, which
 ``finished`` writes.
@@ -20,6 +23,7 @@ from typing import Any
 from serving.access.admission import Access, AccessError, Admission, Identity
 from serving.access.asgi import OPEN, retrain_rules
 from serving.access.auth_file import ADMIN
+from serving.access.fastpath import FastGate
 from serving.access.settings import AccessSettings, build_access, check_exposure
 
 KIND_PERMISSION = {"infer": "forecast", "metadata": "forecast", "other": "forecast", "repository": ADMIN,
@@ -68,6 +72,7 @@ class AccessDoor:
 
     def __init__(self, access: Access) -> None:
         self.access = access
+        self.gate = FastGate(access)  # the protocol's cheap look at the caller (serving.shedding, serving.grpc_server)
 
     @staticmethod
     def permission(call: Any) -> str | None:
@@ -84,6 +89,8 @@ class AccessDoor:
             admission = await self.access.admit(call.headers, call.peer, route=call.route, protocol=protocol,
                                                 permission=rule)
         except AccessError as exc:
+            if exc.reason == "rate_limited":  # every request of the caller is refused until its window frees a slot
+                self.gate.note(exc.identity, exc.decision, exc.message)
             raise refused(exc) from None
         return Principal(admission)
 

@@ -466,6 +466,99 @@ def test_page_weight_and_time_to_first_chart(browser: object, stack: SimpleNames
         stop_service(dash)
 
 
+def what_if_rows(stack: SimpleNamespace, store: str, days: int, promo: list[str], closed: list[str]) -> list[dict]:
+    """The business API's what-if answer for the shown future days of ``store``."""
+    today = datetime.now(UTC).date()
+    inst = {"storeId": store, "beginDate": str(today), "endDate": str(today + timedelta(days=days - 1)),
+            "promoDays": promo, "closedDays": closed}
+    r = httpx.post(f"{stack.serving.transformer.url}/v1/models/storecast:predict", headers={"x-api-key": KEY},
+                   json={"instances": [inst]}, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()["predictions"][0]["forecast"]
+
+
+def test_a_what_if_promotion_and_closure_change_the_shown_numbers(planner: Planner, stack: SimpleNamespace) -> None:
+    planner.open().sign_in().add("2")
+    planner.wait_points("2", 7)
+    page = planner.page
+    base = api_rows(stack, ["2"], 7)["2"][HISTORY:]
+    open_days = [r["timestamp"][:10] for r in base if r["open"] and not r.get("promo")]
+    promo_day, closed_day = open_days[0], open_days[1]
+    result = page.locator("[data-testid=whatif-result][data-store='2']")
+    assert result.is_hidden()
+    tried: dict[str, list[str]] = {"promo": [], "closed": []}
+    for kind, day in (("promo", promo_day), ("closed", closed_day)):
+        page.locator("[data-testid=whatif-kind][data-store='2']").select_option(kind)
+        page.locator("[data-testid=whatif-day][data-store='2']").select_option(day)
+        page.locator("[data-testid=whatif-apply][data-store='2']").click()
+        tried[kind].append(day)
+        page.wait_for_selector(f"[data-testid=whatif-result][data-store='2'][data-changed*='{day}']", timeout=30_000)
+        want = what_if_rows(stack, "2", 7, tried["promo"], tried["closed"])
+        d = planner.chart_data("2")
+        shown = planner.chart("2").evaluate("el => el.uplot.data[6]")
+        assert d["labels"][6:] == ["what-if"]
+        assert shown[HISTORY:] == [r["value"] for r in want]  # the API's what-if, drawn beside ...
+        assert d["forecast"][HISTORY:] == [r["value"] for r in base]  # ... the unchanged baseline
+        diff = sum(r["value"] for r in want) - sum(r["value"] for r in base)
+        assert float(result.get_attribute("data-diff")) == pytest.approx(diff)
+        changed = [b["timestamp"][:10] for b, w in zip(base, want, strict=True) if w["value"] != b["value"]]
+        assert result.get_attribute("data-changed") == ",".join(changed) and day in changed
+    by_day = {r["timestamp"][:10]: r for r in want}
+    assert by_day[closed_day]["value"] == 0 and by_day[closed_day]["calendar"] == "what-if"
+    assert by_day[promo_day]["promo"] is True
+    text = result.inner_text()
+    assert "promotion on" in text and promo_day in text and "closed on" in text and closed_day in text
+    cells = page.locator(f"[data-testid=forecast-table][data-store='2'] tr[data-date='{closed_day}'] td")
+    assert cells.all_text_contents()[-1] == "0"  # the table's what-if column
+    planner.shot("what-if")
+    page.locator("[data-testid=whatif-clear][data-store='2']").click()
+    assert result.is_hidden() and planner.chart_data("2")["labels"][4:] == ["lower", "upper"]
+    assert planner.errors() == []
+
+
+def no_side_scroll(page: object) -> bool:
+    return page.evaluate("document.scrollingElement.scrollWidth <= window.innerWidth")
+
+
+def test_a_phone_width_screen(planner: Planner) -> None:
+    """375 px wide: no horizontal scroll (sign-in, three cards, the fleet view, an open table, a what-if), every
+    control inside the screen; the charts follow the width both ways. The two buttons say what they do."""
+    page = planner.page
+    page.set_viewport_size({"width": 375, "height": 740})
+    planner.open()
+    assert no_side_scroll(page)
+    planner.sign_in().add("1, 2, 3")
+    for s in ("1", "2", "3"):
+        planner.wait_points(s, 7)
+    assert page.get_by_test_id("fleet-view").is_visible()
+    assert no_side_scroll(page), page.evaluate("[document.scrollingElement.scrollWidth, window.innerWidth]")
+    controls = [page.get_by_test_id(t) for t in ("store-search", "window-select", "reload-data", "download-csv")]
+    controls += [page.locator(f"[data-testid={t}][data-store='1']")
+                 for t in ("refresh-button", "whatif-kind", "whatif-day", "whatif-apply", "forecast-chart")]
+    for c in controls:
+        box = c.bounding_box()
+        assert c.is_visible() and box and box["x"] >= 0 and box["x"] + box["width"] <= 375, box
+    assert all(w <= 375 for w in page.locator("[data-testid=forecast-chart]").evaluate_all(
+        "els => els.map(e => e.uplot.width)"))
+    page.locator("[data-testid=forecast-table][data-store='1']").locator("xpath=..").locator("summary").click()
+    page.locator("[data-testid=whatif-apply][data-store='1']").click()
+    page.locator("[data-testid=whatif-result][data-store='1']").wait_for(state="visible")
+    assert no_side_scroll(page)
+    planner.shot("phone")
+    # the two buttons: reloading the page's data (the bar) and refitting one store (its card)
+    reload, retrain = page.get_by_test_id("reload-data"), page.locator("[data-testid=refresh-button][data-store='1']")
+    assert reload.inner_text() == "Reload data" and "nothing is retrained" in reload.get_attribute("title")
+    assert retrain.inner_text() == "Retrain this store" and "retrain service" in retrain.get_attribute("title")
+    assert page.locator(".controls #reload").count() == 1 and page.locator(".card .controls").count() == 0
+    # wider, then narrow again: the charts follow
+    page.set_viewport_size({"width": 1200, "height": 900})
+    page.wait_for_function("() => document.querySelector('[data-testid=forecast-chart]').uplot.width > 800")
+    page.set_viewport_size({"width": 375, "height": 740})
+    page.wait_for_function("() => document.querySelector('[data-testid=forecast-chart]').uplot.width <= 375")
+    assert no_side_scroll(page)
+    assert planner.errors() == []
+
+
 def test_a_predictor_down_is_explained(planner: Planner, stack: SimpleNamespace) -> None:
     """Runs last: it stops the predictor; the transformer answers 503 naming the shard."""
     planner.open().sign_in().add("2")

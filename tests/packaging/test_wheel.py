@@ -69,7 +69,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     proc = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                           "--no-compile", "-c", str(ROOT / "docker" / "constraints.txt"), str(wheel)],
+                           "--no-compile", "-c", str(ROOT / "docker" / "constraints.txt"), f"{wheel}[loadtest]"],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     work = root / "work"

@@ -1,4 +1,5 @@
-// The planners' page: sign in, pick stores, see each store's forecast, compare stores, refresh one.
+// The planners' page: sign in, pick stores, see each store's forecast, compare stores, try a promotion or a
+// closure on a day (what-if), ask the retrain service to refit one store.
 
 import { ApiError, call, clearKey, getKey, setKey } from "./api.js";
 import { drawChart, followWidth, legendExtra } from "./chart.js";
@@ -6,6 +7,7 @@ import { addDays, todayUTC } from "./dates.js";
 import { demand, storeRows } from "./model.js";
 import { refreshStore } from "./refresh.js";
 import { download, fillTable, toCSV } from "./table.js";
+import { emptyWhatIf, instance, isEmpty, renderWhatIf, valuesByDate, withDay, within } from "./whatif.js";
 
 const $ = (id) => document.getElementById(id);
 const SAVED = "storecast.stores";
@@ -15,7 +17,7 @@ const MAX_STORES = 50;
 const state = {
   config: { refresh: false, registry: false, sales: false, history_days: 28, windows: [7, 14, 42] },
   model: null, stores: [], window: 7, data: new Map(), bad: new Map(), versions: new Map(), generation: 0,
-  firstChart: false, refreshing: new Set(),
+  firstChart: false, refreshing: new Set(), whatIf: new Map(),
 };
 
 // ---- errors ------------------------------------------------------------------------------------
@@ -78,6 +80,7 @@ function removeStore(id) {
   state.stores = state.stores.filter((s) => s !== id);
   state.data.delete(id);
   state.bad.delete(id);
+  state.whatIf.delete(id);
   save();
   const card = document.querySelector(`.card[data-store="${CSS.escape(id)}"]`);
   if (card) card.remove();
@@ -158,6 +161,7 @@ async function reloadAll() {
     renderCards();
     renderFleet();
     renderVersion();
+    for (const id of ids) if (!isEmpty(state.whatIf.get(id))) applyWhatIf(id); // the what-if on the new data
   } catch (err) {
     if (generation === state.generation) showError(err);
   } finally {
@@ -240,11 +244,48 @@ function card(id) {
   for (const sel of ["[data-testid]"]) el.querySelectorAll(sel).forEach((c) => { c.dataset.store = id; });
   el.querySelector(".title").textContent = `Store ${id}`;
   const button = el.querySelector(".refresh");
-  button.hidden = !state.config.refresh;
+  el.querySelector(".retrain").hidden = !state.config.refresh;
   button.addEventListener("click", () => onRefresh(id));
+  el.querySelector(".whatif").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const kind = el.querySelector(".whatif-kind").value, day = el.querySelector(".whatif-day").value;
+    if (!day) return;
+    state.whatIf.set(id, withDay(state.whatIf.get(id) || emptyWhatIf(), kind, day));
+    applyWhatIf(id);
+  });
+  el.querySelector(".whatif-clear").addEventListener("click", () => {
+    state.whatIf.delete(id);
+    drawCard(id);
+  });
   $("cards").append(el);
   return el;
 }
+
+// ---- what-if -----------------------------------------------------------------------------------
+/** Ask the business API for the store's shown future days with its what-if days; redraw with both. */
+async function applyWhatIf(id) {
+  const d = state.data.get(id);
+  const future = d ? d.rows.filter((r) => !r.past) : [];
+  if (!future.length) return;
+  const first = future[0].date, last = future[future.length - 1].date;
+  const wi = within(state.whatIf.get(id) || emptyWhatIf(), first, last);
+  if (isEmpty(wi)) { state.whatIf.delete(id); drawCard(id); return; }
+  const el = card(id);
+  const apply = el.querySelector("[data-testid=whatif-apply]");
+  apply.disabled = true;
+  try {
+    const body = { instances: [instance(id, first, last, wi)] };
+    const { data } = await call("/api/forecast", { method: "POST", body, what: "forecast" });
+    if (state.data.get(id) !== d) return; // reloaded meanwhile: that reload asks again
+    state.whatIf.set(id, { ...wi, values: valuesByDate(data.predictions[0]) });
+    drawCard(id);
+  } catch (err) {
+    showError(err);
+  } finally {
+    apply.disabled = false;
+  }
+}
+
 
 function drawCard(id) {
   const el = card(id);
@@ -256,11 +297,12 @@ function drawCard(id) {
   }
   el.querySelector(".accuracy").textContent = accuracyText(id, d.version);
   const chart = el.querySelector(".chart");
-  drawChart(chart, d.rows, null);
+  const whatIf = renderWhatIf(el, d.rows, state.whatIf.get(id));
+  drawChart(chart, d.rows, null, whatIf);
   chart.dataset.version = d.version || "";
   followWidth(chart);
-  legendExtra(el.querySelector(".legend-extra"), d.rows);
-  fillTable(el.querySelector("table.numbers"), d.rows);
+  legendExtra(el.querySelector(".legend-extra"), d.rows, whatIf);
+  fillTable(el.querySelector("table.numbers"), d.rows, whatIf);
   if (!state.firstChart) {
     state.firstChart = true;
     performance.mark("first-chart");
@@ -347,6 +389,7 @@ function onRefresh(id) {
       for (const s of moved) if (s !== id) state.data.get(s).version = served;
       state.bad.delete(id);
       for (const s of moved) drawCard(s);
+      for (const s of moved) if (!isEmpty(state.whatIf.get(s))) applyWhatIf(s);
       renderFleet();
       renderVersion();
     },

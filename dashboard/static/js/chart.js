@@ -1,17 +1,18 @@
 // One store's chart with uPlot: actual sales and the version's forecast for the last weeks, the forecast
-// of the next days with its interval band, and promotions, holidays and closed days as day columns.
+// of the next days with its interval band, and promotions, holidays and closed days as day columns; with a
+// what-if, its forecast of the next days beside the baseline.
 
 const COLORS = { line: "#1f6fb4", band: "rgba(31, 111, 180, 0.18)", actual: "#222", past: "#6a9fd0",
                  promo: "rgba(245, 158, 11, 0.22)", holiday: "#8e44ad", closed: "rgba(120, 120, 120, 0.16)",
-                 today: "#1f6fb4" };
+                 today: "#1f6fb4", whatIf: "#d97706" };
 const DAY = 86400;
 const fmt = (v) => (v === null || v === undefined ? "–" : Math.round(v).toLocaleString("en-US"));
 
 /** The series arrays of the chart (x in seconds, UTC midnight); nulls where nothing is drawn. The numbers are
  * the API's: a closed day (shaded) is drawn at 0, as the API answers it, forecast and band alike. */
-export function series(rows) {
+export function series(rows, whatIf = null) {
   const x = rows.map((r) => Date.parse(`${r.date}T00:00:00Z`) / 1000);
-  return [
+  const out = [
     x,
     rows.map((r) => (r.past && r.actual !== null ? r.actual : null)),
     rows.map((r) => (r.past ? r.value : null)),
@@ -19,6 +20,8 @@ export function series(rows) {
     rows.map((r) => r.lower),
     rows.map((r) => r.upper),
   ];
+  if (whatIf) out.push(rows.map((r) => (!r.past && whatIf.has(r.date) ? whatIf.get(r.date) : null)));
+  return out;
 }
 
 function dayColumns(u, rows) {
@@ -47,12 +50,13 @@ function dayColumns(u, rows) {
   ctx.restore();
 }
 
-/** Draw (or redraw) the chart of ``rows`` into ``el``; the uPlot instance is kept as ``el.uplot``. */
-export function drawChart(el, rows, title) {
+/** Draw (or redraw) the chart of ``rows`` into ``el`` (with ``whatIf``, a Map date -> value: a what-if series);
+ * the uPlot instance is kept as ``el.uplot``. As wide as its card, however narrow the screen. */
+export function drawChart(el, rows, title, whatIf = null) {
   if (el.uplot) { el.uplot.destroy(); el.uplot = null; }
   el.textContent = "";
-  const data = series(rows);
-  const width = Math.max(320, el.clientWidth || el.parentElement.clientWidth || 800);
+  const data = series(rows, whatIf);
+  const width = Math.max(200, el.clientWidth || el.parentElement.clientWidth || 800);
   const opts = {
     title, width, height: 260,
     tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"),
@@ -65,9 +69,11 @@ export function drawChart(el, rows, title) {
       { label: "forecast", stroke: COLORS.line, width: 2, points: { show: true, size: 6 }, value: (u, v) => fmt(v) },
       { label: "lower", stroke: "rgba(31, 111, 180, 0.35)", width: 1, value: (u, v) => fmt(v) },
       { label: "upper", stroke: "rgba(31, 111, 180, 0.35)", width: 1, value: (u, v) => fmt(v) },
+      ...(whatIf ? [{ label: "what-if", stroke: COLORS.whatIf, width: 2, dash: [6, 3], points: { show: true, size: 6 },
+                      value: (u, v) => fmt(v) }] : []),
     ],
     bands: [{ series: [5, 4], fill: COLORS.band }],
-    axes: [{}, { size: 60, values: (u, ticks) => ticks.map((v) => (v >= 1000 ? `${Math.round(v / 100) / 10}k` : v)) }],
+    axes: [{}, { size: width < 420 ? 44 : 60, values: (u, ticks) => ticks.map((v) => (v >= 1000 ? `${Math.round(v / 100) / 10}k` : v)) }],
     hooks: { drawClear: [(u) => dayColumns(u, rows)] },
   };
   const u = new uPlot(opts, data, el);
@@ -78,12 +84,14 @@ export function drawChart(el, rows, title) {
   el.dataset.bandPoints = String(future.filter((i) => data[4][i] !== null && data[5][i] !== null).length);
   el.dataset.pastPoints = String(rows.length - future.length);
   el.dataset.actualPoints = String(data[1].filter((v) => v !== null).length);
+  el.dataset.whatIfPoints = whatIf ? String(data[6].filter((v) => v !== null).length) : "0";
   return u;
 }
 
 /** Swatches for the day columns this chart shows. */
-export function legendExtra(el, rows) {
+export function legendExtra(el, rows, whatIf = null) {
   const items = [];
+  if (whatIf) items.push(["what-if (dashed orange) vs forecast (blue)", COLORS.whatIf]);
   if (rows.some((r) => r.promo)) items.push(["promotion", COLORS.promo]);
   if (rows.some((r) => r.holiday)) items.push(["holiday", COLORS.holiday]);
   if (rows.some((r) => !r.open)) items.push(["closed", COLORS.closed]);
@@ -102,7 +110,7 @@ export function followWidth(el) {
   if (el.resizeObserver) return;
   el.resizeObserver = new ResizeObserver(() => {
     if (el.uplot && el.clientWidth && Math.abs(el.uplot.width - el.clientWidth) > 4) {
-      el.uplot.setSize({ width: el.clientWidth, height: 260 });
+      el.uplot.setSize({ width: Math.max(200, el.clientWidth), height: 260 });
     }
   });
   el.resizeObserver.observe(el);

@@ -12,11 +12,12 @@ function cell(tr, text, cls) {
   tr.append(td);
 }
 
-/** Fill ``table`` with one row per day: date, weekday, actual, forecast, lower, upper, notes. */
-export function fillTable(table, rows) {
+/** Fill ``table`` with one row per day: date, weekday, actual, forecast, lower, upper, notes (and with
+ * ``whatIf``, a Map date -> value, the what-if's forecast last). */
+export function fillTable(table, rows, whatIf = null) {
   table.textContent = "";
   const head = table.createTHead().insertRow();
-  for (const h of ["date", "day", "actual", "forecast", "lower", "upper", "notes"]) {
+  for (const h of ["date", "day", "actual", "forecast", "lower", "upper", "notes", ...(whatIf ? ["what-if"] : [])]) {
     const th = document.createElement("th");
     th.textContent = h;
     head.append(th);
@@ -34,6 +35,7 @@ export function fillTable(table, rows) {
     cell(tr, fmt(r.lower));
     cell(tr, fmt(r.upper));
     cell(tr, notes(r), "note");
+    if (whatIf) cell(tr, !r.past && whatIf.has(r.date) ? fmt(whatIf.get(r.date)) : "");
   });
 }
 

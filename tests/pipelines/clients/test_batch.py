@@ -27,7 +27,7 @@ import pytest
 
 from pipelines.clients import batch, retrying
 from pipelines.stack import LocalStack
-from tests.support import BIN
+from tests.support import BIN, FakeUpstream
 
 STORES = [str(i) for i in range(1, 9)]
 BEGIN, END = "2015-08-01", "2015-08-07"
@@ -248,18 +248,29 @@ def test_dropped_connections_give_up_and_bad_stores(stack: LocalStack, tmp_path:
     assert dropped.count(("1", "2", "3", "999")) == 2  # dropped once, then answered (400: split)
 
 
-def test_all_stores_from_the_predictor_listing_with_the_served_version(stack: LocalStack, tmp_path: Path) -> None:
+def test_all_stores_with_the_business_url_alone(stack: LocalStack, tmp_path: Path) -> None:
+    """``--stores all`` with only ``--url``: the transformer lists its shards' stores; every store's rows are
+    the API's and carry the version that answered."""
     out = tmp_path / "all.csv"
-    proc = forecast("--stores", "all", "--url", stack.transformer.url, "--out", str(out), "--concurrency", "1")
-    assert proc.returncode == 2 and "--predictor-url" in proc.stderr, proc.stderr  # the business API has no list
-    predictor = stack.predictors[0].url
-    proc = forecast("--stores", "all", "--url", stack.transformer.url, "--predictor-url", predictor,
-                    "--out", str(out), "--batch-size", "3", "--concurrency", "1")
+    proc = forecast("--stores", "all", "--url", stack.transformer.url, "--out", str(out), "--batch-size", "3",
+                    "--concurrency", "1")
     assert proc.returncode == 0, proc.stderr
     cols = read(out)
-    listed = httpx.post(f"{predictor}/v1/models/storecast:predict", json={"list_stores": True}).json()
-    assert_rows_equal_api(cols, direct(stack, listed["stores"]), listed["stores"])
+    listed = httpx.post(f"{stack.predictors[0].url}/v1/models/storecast:predict", json={"list_stores": True}).json()
+    assert sorted(listed["stores"], key=int) == STORES
+    assert_rows_equal_api(cols, direct(stack, STORES), STORES)
     assert set(cols["model_version"]) == {listed["model_version"]}
+
+
+def test_all_stores_refused_says_so_in_one_line(tmp_path: Path) -> None:
+    fake = FakeUpstream(lambda method, path, headers, body: (403, {"error": "identity x may not forecast"}, {}))
+    try:
+        proc = forecast("--stores", "all", "--url", fake.url, "--out", str(tmp_path / "x.csv"))
+    finally:
+        fake.close()
+    assert proc.returncode == 2, proc.stderr
+    line = proc.stderr.strip()
+    assert "\n" not in line and "refused the store listing: HTTP 403" in line and "STORECAST_API_KEY" in line
 
 
 @pytest.mark.parametrize(("spec", "stores"), [

@@ -202,7 +202,7 @@ def test_health_and_unknown_job(world: dict) -> None:
 
 
 def test_cli_retrain_waits_for_the_version(world: dict, tmp_path: Path) -> None:
-    out = run_cli("retrain", "--store", "2", "--url", world["url"], "--wait", cwd=tmp_path)
+    out = run_cli("retrain", "--store", "2", "--url", world["url"], "--wait", "--json", cwd=tmp_path)
     assert '"status": "up_to_date"' in out.stdout  # refitted by the ping above
 
 

@@ -126,7 +126,7 @@ def test_no_champion_a_retrain_builds_every_store(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     svc = start_service(data, uri, MODEL, tmp_path)
     try:
-        out = run_cli("retrain", "--store", "2", "--url", svc.url, "--wait", "--timeout", "240", cwd=tmp_path,
+        out = run_cli("retrain", "--store", "2", "--url", svc.url, "--wait", "--json", "--timeout", "240", cwd=tmp_path,
                       env={"MLFLOW_TRACKING_URI": uri})
         job = json.loads(out.stdout.strip().splitlines()[-1])
         assert job["status"] == "done" and job["kind"] == "bootstrap", job
