@@ -28,9 +28,9 @@ README = BENCH.parent / "README.md"
 MARKERS = ("<!-- bench:start -->", "<!-- bench:end -->")
 ORDER = ["train", "goodput", "predictor_inprocess", "predictor_http", "e2e_http", "bulk", "batch_fleet",
          "predictor_coldstart", "retrain_served", "alias_move", "dashboard_refresh", "overload", "soak", "scale",
-         "scale_predictor", "access", "protected_chain", "refusal_cost", "mlserver"]
+         "scale_predictor", "access", "protected_chain", "refusal_cost", "mlserver", "noisy_neighbour"]
 SHARED = {"goodput", "predictor_inprocess", "predictor_http", "e2e_http", "bulk", "batch_fleet", "predictor_coldstart",
-          "overload", "soak", "scale", "scale_predictor", "access", "protected_chain", "mlserver"}
+          "overload", "soak", "scale", "scale_predictor", "access", "protected_chain", "mlserver", "noisy_neighbour"}
 
 
 def main() -> None:

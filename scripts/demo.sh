@@ -57,5 +57,8 @@ echo "planner key: $KEY"
 echo "  sign in to the dashboard with it; without a key every data route answers 401. Keep it: it is stored"
 echo "  nowhere (only its SHA-256, in $AUTH). More keys: $BIN/storecast auth add-key --file $AUTH --name NAME --tier planner"
 echo "  From a shell: export STORECAST_API_KEY=<the key>; $BIN/storecast forecast --store 4 --url http://127.0.0.1:$PORT"
+echo
+echo "data: stores 1..$STORES, sales up to $end (yesterday); forecasts start $(date -u +%F) (UTC)"
+echo "README examples (\"The APIs\", \"What-if\"): export STORECAST_API_KEY=$KEY URL=http://127.0.0.1:$PORT"
 if [ "${DEMO_EXIT:-0}" = 1 ]; then exit 0; fi
 wait $serve
