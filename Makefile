@@ -10,7 +10,7 @@ export DEMO_STORES DEMO_DIR
 
 install: $(VENV)/.installed  # the demo's runtime only; the test tools: install-test (mk/install.mk)
 
-install-test: $(VENV)/.installed-test
+install-test: $(VENV)/.compiled-test
 
 system-deps:
 	bash scripts/system_deps.sh

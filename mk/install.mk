@@ -12,7 +12,7 @@ PIP_STEPS = awk '/^Collecting /{n++; printf "\r  resolved %3d packages: %-50s", 
   fflush()} /^(ERROR|error)/{print}'
 
 # the installs' recipes run in bash with pipefail: a failing pip fails the step although its output is filtered
-$(VENV)/.installed $(VENV)/.installed-%: SHELL := bash
+$(VENV)/.installed $(VENV)/.installed-% $(VENV)/.compiled-test: SHELL := bash
 $(VENV)/.installed $(VENV)/.installed-%: .SHELLFLAGS := -o pipefail -c
 
 $(VENV)/bin/python:
@@ -29,6 +29,15 @@ $(VENV)/.installed-%: $(VENV)/.installed pyproject.toml
 	@echo "== installing the extra '$*' (pip install -e '.[$*]'; log: $(VENV)/install-$*.log)"
 	@SECONDS=0; $(PIP_INSTALL) -e ".[$*]" 2>&1 | tee $(VENV)/install-$*.log | $(PIP_STEPS) \
 	  && echo "  installed in $${SECONDS} s: $$(du -sh $(VENV) | cut -f1) in $(VENV)"
+	@touch $@
+
+# The tests start hundreds of processes: compile every module once, so none of them compiles its imports again
+# (where PYTHONDONTWRITEBYTECODE is set, Python would otherwise compile them in every process). The demo's venv
+# stays uncompiled: there Python caches what runs.
+$(VENV)/.compiled-test: $(VENV)/.installed-test
+	@echo "== byte-compiling the test venv (once)"
+	@SECONDS=0; $(BIN)/python -m compileall -q -j 0 $(VENV)/lib > $(VENV)/compile.log 2>&1 || true; \
+	  echo "  compiled in $${SECONDS} s: $$(du -sh $(VENV) | cut -f1) in $(VENV)"
 	@touch $@
 
 install-%: $(VENV)/.installed-%
