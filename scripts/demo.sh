@@ -39,7 +39,7 @@ retrain=$!
   --log-dir "$DIR/logs" --auth-file "$AUTH" --dashboard-port "$DASHBOARD_PORT" \
   --dashboard-sales "$DIR/sales.csv.gz" --dashboard-retrain-url "http://127.0.0.1:$RETRAIN_PORT" > "$DIR/serve.out" &
 serve=$!
-trap 'kill -TERM $serve $retrain 2>/dev/null; wait $serve $retrain 2>/dev/null' EXIT INT TERM
+trap 'kill -TERM $serve $retrain 2>/dev/null; wait $serve $retrain 2>/dev/null || true' EXIT INT TERM
 for _ in $(seq 1 600); do
   grep -q "Ctrl-C" "$DIR/serve.out" 2>/dev/null && break
   kill -0 $serve 2>/dev/null || { echo "storecast serve failed; see $DIR/logs" >&2; exit 1; }
