@@ -24,6 +24,9 @@ Layout (``n`` stores sorted by id, ``S`` changepoints, ``K`` Fourier features, `
   the calendar); ``transform`` () the target transform (``none`` or ``log1p``: the model was fitted on
   ``log1p(sales)`` and forecasts are ``expm1`` of Prophet's); ``iv_scale`` (n,) the split-conformal
   calibration of the interval offsets (1: as simulated);
+- the store's own history: ``best_day`` (n,) its highest daily sales (the plausible band a version's
+  forecasts are checked against; inf: unknown), ``level_day`` (n,) int64 the day it reopened after its last
+  long gap in sales (``predictor.special_days``; ``NO_GAP`` when it never had one);
 - ``interval_width`` () and ``meta`` () a JSON string.
 
 ``storecast-params/1`` tables (no ``open_rate``) load with every weekday open; format 1 and 2 tables
@@ -47,8 +50,9 @@ TRANSFORMS = ("none", "log1p")
 PER_STORE = (
     "store_id", "start", "t_scale", "y_scale", "floor", "k", "m", "sigma_obs", "delta", "cp_t", "beta",
     "last_day", "iv_lower", "iv_upper", "iv_trend_var", "iv_noise_var", "open_rate", "reg_beta", "calendar",
-    "iv_scale",
+    "iv_scale", "best_day", "level_day",
 )
+NO_GAP = 10**9  # level_day of a store that never reopened after a gap (far after any served day)
 
 
 class UnknownStoresError(KeyError):
@@ -95,6 +99,8 @@ class ParamTable:
     reg_beta: np.ndarray
     calendar: np.ndarray
     iv_scale: np.ndarray
+    best_day: np.ndarray
+    level_day: np.ndarray
     feat_period: np.ndarray
     feat_harmonic: np.ndarray
     feat_cos: np.ndarray
@@ -174,6 +180,8 @@ class ParamTable:
             open_rate=np.array([r.get("open_rate", np.ones(7)) for r in rows], dtype=np.float64).reshape(n, 7),
             reg_beta=reg_beta, calendar=calendar,
             iv_scale=np.array([float(r.get("iv_scale", 1.0)) for r in rows], dtype=np.float64),
+            best_day=np.array([float(r.get("best_day", np.inf)) for r in rows], dtype=np.float64),
+            level_day=np.array([int(r.get("level_day", NO_GAP)) for r in rows], dtype=np.int64),
             feat_period=np.array([f[0] for f in keys], dtype=np.float64),
             feat_harmonic=np.array([f[1] for f in keys], dtype=np.float64),
             feat_cos=np.array([f[2] for f in keys], dtype=bool),
@@ -249,6 +257,8 @@ class ParamTable:
         data.setdefault("reg_beta", np.zeros((n, len(data["reg_names"]))))
         data.setdefault("calendar", np.zeros((n, 0, 4), dtype=np.int8))
         data.setdefault("iv_scale", np.ones(n))
+        data.setdefault("best_day", np.full(n, np.inf))
+        data.setdefault("level_day", np.full(n, NO_GAP, dtype=np.int64))
         data["cal_start"] = int(data.get("cal_start", 0))
         data["transform"] = str(data.get("transform", "none"))
         return cls(meta=meta, **data)
