@@ -23,7 +23,8 @@ Layout (``n`` stores sorted by id, ``S`` changepoints, ``K`` Fourier features, `
   ``calendar`` (n, D, 4) int8 cells on the day grid ``cal_start`` () .. ``cal_start + D - 1`` (-1: not in
   the calendar); ``transform`` () the target transform (``none`` or ``log1p``: the model was fitted on
   ``log1p(sales)`` and forecasts are ``expm1`` of Prophet's); ``iv_scale`` (n,) the split-conformal
-  calibration of the interval offsets (1: as simulated);
+  calibration of the interval offsets (1: as simulated); ``reg_iv`` (n, R) how much wider the interval is
+  on a day a regressor is active (>= 1; the widest active one applies: rare days are known less well);
 - the store's own history: ``best_day`` (n,) its highest daily sales (the plausible band a version's
   forecasts are checked against; inf: unknown), ``level_day`` (n,) int64 the day it reopened after its last
   long gap in sales (``predictor.special_days``; ``NO_GAP`` when it never had one);
@@ -50,7 +51,7 @@ TRANSFORMS = ("none", "log1p")
 PER_STORE = (
     "store_id", "start", "t_scale", "y_scale", "floor", "k", "m", "sigma_obs", "delta", "cp_t", "beta",
     "last_day", "iv_lower", "iv_upper", "iv_trend_var", "iv_noise_var", "open_rate", "reg_beta", "calendar",
-    "iv_scale", "best_day", "level_day",
+    "iv_scale", "best_day", "level_day", "reg_iv",
 )
 NO_GAP = 10**9  # level_day of a store that never reopened after a gap (far after any served day)
 
@@ -101,6 +102,7 @@ class ParamTable:
     iv_scale: np.ndarray
     best_day: np.ndarray
     level_day: np.ndarray
+    reg_iv: np.ndarray
     feat_period: np.ndarray
     feat_harmonic: np.ndarray
     feat_cos: np.ndarray
@@ -154,12 +156,15 @@ class ParamTable:
         n_cp = max((len(r["delta"]) for r in rows), default=0)
         beta = np.zeros((n, n_feat))
         reg_beta = np.zeros((n, len(reg_layout)))
+        reg_iv = np.ones((n, len(reg_layout)))
         delta = np.zeros((n, n_cp))
         cp_t = np.full((n, n_cp), np.inf)
         for i, r in enumerate(rows):
             cols = [layout[tuple(f)] for f in r["features"]]
             beta[i, cols] = r["beta"]
-            reg_beta[i, [reg_layout[str(x)] for x in r.get("regressors", ())]] = r.get("reg_beta", ())
+            reg_cols = [reg_layout[str(x)] for x in r.get("regressors", ())]
+            reg_beta[i, reg_cols] = r.get("reg_beta", ())
+            reg_iv[i, reg_cols] = r.get("reg_iv", np.ones(len(reg_cols)))
             delta[i, : len(r["delta"])] = r["delta"]
             cp_t[i, : len(r["cp_t"])] = r["cp_t"]
         keys = list(layout)
@@ -178,7 +183,7 @@ class ParamTable:
             iv_upper=np.array([r["iv_upper"] for r in rows]).reshape(n, grid),
             iv_trend_var=col("iv_trend_var"), iv_noise_var=col("iv_noise_var"),
             open_rate=np.array([r.get("open_rate", np.ones(7)) for r in rows], dtype=np.float64).reshape(n, 7),
-            reg_beta=reg_beta, calendar=calendar,
+            reg_beta=reg_beta, reg_iv=reg_iv, calendar=calendar,
             iv_scale=np.array([float(r.get("iv_scale", 1.0)) for r in rows], dtype=np.float64),
             best_day=np.array([float(r.get("best_day", np.inf)) for r in rows], dtype=np.float64),
             level_day=np.array([int(r.get("level_day", NO_GAP)) for r in rows], dtype=np.int64),
@@ -259,6 +264,7 @@ class ParamTable:
         data.setdefault("iv_scale", np.ones(n))
         data.setdefault("best_day", np.full(n, np.inf))
         data.setdefault("level_day", np.full(n, NO_GAP, dtype=np.int64))
+        data.setdefault("reg_iv", np.ones_like(data["reg_beta"]))
         data["cal_start"] = int(data.get("cal_start", 0))
         data["transform"] = str(data.get("transform", "none"))
         return cls(meta=meta, **data)
@@ -267,14 +273,14 @@ class ParamTable:
 def _row(table: ParamTable, i: int) -> dict[str, Any]:
     """One store of a table back as a row for ``from_rows``."""
     used = table.cp_t[i] < np.inf
-    skip = ("store_id", "delta", "cp_t", "beta", "reg_beta", "calendar")
+    skip = ("store_id", "delta", "cp_t", "beta", "reg_beta", "reg_iv", "calendar")
     return {
         "store_id": str(table.store_id[i]),
         **{name: getattr(table, name)[i] for name in PER_STORE if name not in skip},
         "delta": table.delta[i][used], "cp_t": table.cp_t[i][used], "beta": table.beta[i],
         "features": list(zip(table.feat_period.tolist(), table.feat_harmonic.astype(int).tolist(),
                              table.feat_cos.tolist(), strict=True)),
-        "regressors": table.reg_names.tolist(), "reg_beta": table.reg_beta[i],
+        "regressors": table.reg_names.tolist(), "reg_beta": table.reg_beta[i], "reg_iv": table.reg_iv[i],
         "cal_start": table.cal_start, "calendar": table.calendar[i],
     }
 
