@@ -3,8 +3,9 @@
 ``forecast(table, rows, days)`` computes yhat exactly as stock ``Prophet.predict`` does (piecewise
 linear trend, additive Fourier seasonalities and additive extra regressors, the regressors derived
 from the version's calendar by ``predictor.calendar``) for any mix of stores and dates at once, and
-the interval bounds from the offsets simulated at training time (``pipelines.training.intervals``), scaled by
-the version's calibration, so a store's interval for a date is the same whatever window, batch or
+the interval bounds from the offsets simulated at training time (``pipelines.training.intervals``), widened
+on the special days a store knows little about (``predictor.special_days.widening``) and scaled by the
+version's calibration, so a store's interval for a date is the same whatever window, batch or
 replica it is asked in. A version fitted on ``log1p(sales)`` answers ``expm1`` of all three.
 ``promo`` / ``open_`` (int8 per row, -1: as the calendar says) evaluate a what-if. The numbers are
 model-ready: a closed day keeps Prophet's value beside its open flag (``calendar_outputs``); the
@@ -16,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from predictor import calendar as cal
+from predictor import special_days
 from predictor.table import ParamTable
 from serving.contract import CALENDAR_SOURCES, HOLIDAY_CODES, pack_day_flags
 
@@ -42,27 +44,23 @@ def fitted_scale(table: ParamTable, rows: np.ndarray, days: np.ndarray, promo: n
     rows = np.asarray(rows, dtype=np.int64)
     days = np.asarray(days, dtype=np.int64)
     yhat = trend(table, rows, days) + seasonality(table, rows, days)
-    if table.reg_beta.shape[1]:
-        yhat = yhat + regressors(table, rows, days, promo, open_, group)
     lower, upper = interval_offsets(table, rows, days)
+    if table.reg_beta.shape[1]:
+        x = regressor_matrix(table, rows, days, promo, open_, group)
+        yhat = yhat + np.einsum("ij,ij->i", x, table.reg_beta[rows]) * table.y_scale[rows]
+        wide = special_days.widening(x, table.reg_iv[rows])
+        lower, upper = lower * wide, upper * wide
     return yhat, lower, upper
-
-
-def regressors(table: ParamTable, rows: np.ndarray, days: np.ndarray, promo: np.ndarray | None = None,
-               open_: np.ndarray | None = None, group: np.ndarray | None = None) -> np.ndarray:
-    """The additive extra-regressor terms, from the calendar (and a what-if) of each row."""
-    x = regressor_matrix(table, rows, days, promo, open_, group)
-    return np.einsum("ij,ij->i", x, table.reg_beta[rows]) * table.y_scale[rows]
 
 
 def regressor_matrix(table: ParamTable, rows: np.ndarray, days: np.ndarray, promo: np.ndarray | None = None,
                      open_: np.ndarray | None = None, group: np.ndarray | None = None) -> np.ndarray:
     """Each row's regressor values, in the table's ``reg_names`` order (the columns of the export frame)."""
     cells, _ = cal.resolve(table.calendar, table.cal_start, table.open_rate, rows, days, promo, open_, group)
-    x = cal.features(cells, days)
-    if tuple(table.reg_names.tolist()) == cal.REGRESSORS:
+    x = special_days.matrix(cells, days, table.level_day[rows])
+    if tuple(table.reg_names.tolist()) == special_days.ALL:
         return x
-    pos = {name: j for j, name in enumerate(cal.REGRESSORS)}
+    pos = {name: j for j, name in enumerate(special_days.ALL)}
     missing = [n for n in table.reg_names.tolist() if n not in pos]
     if missing:
         raise ValueError(f"regressors this predictor cannot derive from a calendar: {', '.join(missing)}")

@@ -28,10 +28,16 @@ Layout (``n`` stores sorted by id, ``S`` changepoints, ``K`` Fourier features, `
 - the store's own history: ``best_day`` (n,) its highest daily sales (the plausible band a version's
   forecasts are checked against; inf: unknown), ``level_day`` (n,) int64 the day it reopened after its last
   long gap in sales (``predictor.special_days``; ``NO_GAP`` when it never had one);
+- the default calendar beyond the known one (``predictor.calendar.Holidays``): fleet-wide ``hol_days`` (H,)
+  int64 sorted, ``hol_codes`` (H,) int8 StateHoliday codes 1..3, ``hol_kinds`` (H,) int8 (index into
+  ``predictor.calendar.HOLIDAY_KINDS``, -1 none): the public holidays from the first history day to decades
+  ahead; per store ``holiday_open`` (n, 4) the share of its history days with each code on which it was
+  open (column 0 unused, 1) and ``holiday_kind_open`` (n, K) the same per holiday kind (-1: no evidence);
 - ``interval_width`` () and ``meta`` () a JSON string.
 
 ``storecast-params/1`` tables (no ``open_rate``) load with every weekday open; format 1 and 2 tables
-load with no regressors, an empty calendar, no transform and ``iv_scale`` 1.
+load with no regressors, an empty calendar, no transform and ``iv_scale`` 1; tables without a default
+calendar load without one (no default holiday: open as the weekday pattern says, as before).
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from predictor import calendar as cal
 from serving.contract import store_sort_key
 
 FORMAT = "storecast-params/3"
@@ -51,9 +58,11 @@ TRANSFORMS = ("none", "log1p")
 PER_STORE = (
     "store_id", "start", "t_scale", "y_scale", "floor", "k", "m", "sigma_obs", "delta", "cp_t", "beta",
     "last_day", "iv_lower", "iv_upper", "iv_trend_var", "iv_noise_var", "open_rate", "reg_beta", "calendar",
-    "iv_scale", "best_day", "level_day", "reg_iv",
+    "iv_scale", "best_day", "level_day", "reg_iv", "holiday_open", "holiday_kind_open",
 )
 NO_GAP = 10**9  # level_day of a store that never reopened after a gap (far after any served day)
+# holiday_open of a store nothing is known of: closed on every public holiday (Germany's shops close by law)
+NO_HABIT = np.array([1.0, 0.0, 0.0, 0.0])
 
 
 class UnknownStoresError(KeyError):
@@ -103,11 +112,16 @@ class ParamTable:
     best_day: np.ndarray
     level_day: np.ndarray
     reg_iv: np.ndarray
+    holiday_open: np.ndarray
+    holiday_kind_open: np.ndarray
     feat_period: np.ndarray
     feat_harmonic: np.ndarray
     feat_cos: np.ndarray
     iv_days: np.ndarray
     reg_names: np.ndarray
+    hol_days: np.ndarray
+    hol_codes: np.ndarray
+    hol_kinds: np.ndarray
     cal_start: int
     transform: str
     interval_width: float
@@ -115,6 +129,19 @@ class ParamTable:
 
     def __len__(self) -> int:
         return len(self.store_id)
+
+    @property
+    def hol_table(self) -> cal.HolidayTable:
+        """The default holidays (days, codes, kinds); empty in a version without a default calendar."""
+        return cal.HolidayTable(self.hol_days, self.hol_codes, self.hol_kinds)
+
+    @property
+    def holidays(self) -> cal.Holidays | None:
+        """The default holidays and every store's habit on them, for ``predictor.calendar.resolve``; None when
+        the version has no default calendar."""
+        if not len(self.hol_days):
+            return None
+        return cal.Holidays(self.hol_table, self.holiday_open, self.holiday_kind_open)
 
     # ---- lookup -------------------------------------------------------------------------
     def index(self, store_ids: np.ndarray) -> np.ndarray:
@@ -134,13 +161,18 @@ class ParamTable:
     # ---- building -----------------------------------------------------------------------
     @classmethod
     def from_rows(cls, rows: list[dict[str, Any]], iv_days: np.ndarray, interval_width: float,
-                  meta: dict[str, Any] | None = None, transform: str = "none") -> ParamTable:
+                  meta: dict[str, Any] | None = None, transform: str = "none",
+                  holidays: cal.HolidayTable | tuple[np.ndarray, ...] | None = None) -> ParamTable:
         """Assemble a table from per-store rows (``pipelines.training.export.store_row`` output).
 
         Each row carries its own Fourier layout (``features``: list of (period, harmonic, cos)) and
         regressors (``regressors`` names, ``reg_beta``); the table uses the unions, so stores with
         different seasonalities can share a version. A row's calendar (``cal_start``, ``calendar``
-        (D, 4)) is optional; the table puts every store's on one day grid.
+        (D, 4)) is optional; the table puts every store's on one day grid. ``holidays``: the default
+        calendar (``pipelines.data.public_holidays``; (days, codes[, kinds])); when not given, the one the
+        rows were fitted with (``default_holidays``, ``pipelines.data.calendar.StoreCalendar.habits``), if any.
+        A row's habits on it: ``holiday_open`` (4,) and ``holiday_kind_open`` (K,) (absent: closed on every
+        holiday).
         """
         if transform not in TRANSFORMS:
             raise ValueError(f"transform must be one of {', '.join(TRANSFORMS)}; got {transform!r}")
@@ -174,6 +206,14 @@ class ParamTable:
             return np.array([r[name] for r in rows], dtype=dtype)
 
         grid = len(iv_days)
+        hol = cal.NO_HOLIDAYS
+        if holidays is not None:
+            hol = cal.holiday_table(*holidays)
+        else:  # the rows' own (one object for a whole job's rows)
+            for given in {id(r["default_holidays"]): r["default_holidays"] for r in rows
+                          if r.get("default_holidays") is not None}.values():
+                hol = _merged_holidays(hol, cal.holiday_table(*given))
+        kinds = len(cal.HOLIDAY_KINDS)
         return cls(
             store_id=np.array([str(r["store_id"]) for r in rows], dtype=str),
             start=col("start"), t_scale=col("t_scale"), y_scale=col("y_scale"), floor=col("floor"),
@@ -187,6 +227,10 @@ class ParamTable:
             iv_scale=np.array([float(r.get("iv_scale", 1.0)) for r in rows], dtype=np.float64),
             best_day=np.array([float(r.get("best_day", np.inf)) for r in rows], dtype=np.float64),
             level_day=np.array([int(r.get("level_day", NO_GAP)) for r in rows], dtype=np.int64),
+            holiday_open=np.array([r.get("holiday_open", NO_HABIT) for r in rows], dtype=np.float64).reshape(n, 4),
+            holiday_kind_open=np.array([r.get("holiday_kind_open", np.full(kinds, -1.0)) for r in rows],
+                                       dtype=np.float64).reshape(n, kinds),
+            hol_days=hol.days, hol_codes=hol.codes, hol_kinds=hol.kinds,
             feat_period=np.array([f[0] for f in keys], dtype=np.float64),
             feat_harmonic=np.array([f[1] for f in keys], dtype=np.float64),
             feat_cos=np.array([f[2] for f in keys], dtype=bool),
@@ -204,7 +248,8 @@ class ParamTable:
             if sid in calendars:
                 row["cal_start"], row["calendar"] = calendars[sid]
             rows.append(row)
-        return ParamTable.from_rows(rows, self.iv_days, self.interval_width, self.meta, self.transform)
+        return ParamTable.from_rows(rows, self.iv_days, self.interval_width, self.meta, self.transform,
+                                    self.hol_table)
 
     def with_meta(self, **meta: Any) -> ParamTable:
         """This table with some ``meta`` keys set."""
@@ -231,7 +276,8 @@ class ParamTable:
         keep = self.take(~np.isin(self.store_id, newer.store_id))
         rows = [_row(keep, i) for i in range(len(keep))] + [_row(newer, i) for i in range(len(newer))]
         return ParamTable.from_rows(rows, self.iv_days, newer.interval_width, {**self.meta, **newer.meta},
-                                    newer.transform if len(newer) else self.transform)
+                                    newer.transform if len(newer) else self.transform,
+                                    _merged_holidays(self.hol_table, newer.hol_table))
 
     # ---- files --------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
@@ -265,6 +311,12 @@ class ParamTable:
         data.setdefault("best_day", np.full(n, np.inf))
         data.setdefault("level_day", np.full(n, NO_GAP, dtype=np.int64))
         data.setdefault("reg_iv", np.ones_like(data["reg_beta"]))
+        data.setdefault("holiday_open", np.tile(NO_HABIT, (n, 1)))
+        data.setdefault("holiday_kind_open", np.full((n, len(cal.HOLIDAY_KINDS)), -1.0))
+        none = cal.NO_HOLIDAYS
+        hol = cal.holiday_table(data.pop("hol_days", none.days), data.pop("hol_codes", none.codes),
+                                data.pop("hol_kinds", None))
+        data.update(hol_days=hol.days, hol_codes=hol.codes, hol_kinds=hol.kinds)
         data["cal_start"] = int(data.get("cal_start", 0))
         data["transform"] = str(data.get("transform", "none"))
         return cls(meta=meta, **data)
@@ -283,6 +335,16 @@ def _row(table: ParamTable, i: int) -> dict[str, Any]:
         "regressors": table.reg_names.tolist(), "reg_beta": table.reg_beta[i], "reg_iv": table.reg_iv[i],
         "cal_start": table.cal_start, "calendar": table.calendar[i],
     }
+
+
+def _merged_holidays(older: cal.HolidayTable, newer: cal.HolidayTable) -> cal.HolidayTable:
+    """The default holidays of a derived version: ``newer``'s over its span, ``older``'s outside it (a derived
+    version never loses a day its parent knew)."""
+    if not len(newer.days):
+        return older
+    keep = (older.days < newer.days[0]) | (older.days > newer.days[-1])
+    return cal.holiday_table(np.r_[older.days[keep], newer.days], np.r_[older.codes[keep], newer.codes],
+                             np.r_[older.kinds[keep], newer.kinds])
 
 
 def _calendar_grid(rows: list[dict[str, Any]]) -> tuple[int, np.ndarray]:

@@ -6,8 +6,10 @@ would otherwise trip over: arrays of inconsistent lengths (500s), NaN parameters
 no stores (every store "unknown"), regressors the predictor cannot derive, and the forecast of every
 store on every day of its horizon: from the day after its data to ``ahead_days`` later (the furthest a
 request may reach, ``--max-days-ahead``) or the end of its known-ahead calendar, whichever is later;
-yhat and both bounds must be finite, else the version is refused naming the first store and day that
-is not (a forecast that overflows only on a late promotion day is found too).
+yhat and both bounds must be finite, and on the days the store opens yhat must stay within a plausible
+band of its own history (``PLAUSIBLE_BAND`` times its best day), else the version is refused naming the
+first store and day that is not (a forecast that blows up only on a late promotion day is found too).
+The trainer's gate runs the same check on every refitted store (``horizon_problem``).
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ if TYPE_CHECKING:
     from predictor.table import ParamTable
 
 PER_STORE_2D = {"delta": None, "cp_t": None, "beta": None, "iv_lower": None, "iv_upper": None, "open_rate": 7,
-                "reg_beta": None}
+                "reg_beta": None, "reg_iv": None}
 FINITE = ("start", "t_scale", "y_scale", "floor", "k", "m", "sigma_obs", "delta", "beta", "iv_lower", "iv_upper",
-          "iv_trend_var", "iv_noise_var", "open_rate", "reg_beta", "iv_scale", "feat_period", "feat_harmonic")
+          "iv_trend_var", "iv_noise_var", "open_rate", "reg_beta", "reg_iv", "iv_scale", "feat_period", "feat_harmonic")
 CHUNK_ROWS = 1 << 16  # store-days per forecast call while the horizon is checked
 OUTPUT_NAMES = ("yhat", "yhat_lower", "yhat_upper")
+PLAUSIBLE_BAND = 3.0  # no open day's forecast above this many times the store's best day (table.best_day)
 
 
 class VersionRefused(ValueError):
@@ -37,7 +40,7 @@ class VersionRefused(ValueError):
 def check(table: ParamTable, shard: Shard | None = None, ahead_days: int = MAX_DAYS_AHEAD) -> None:
     """Raise ``VersionRefused`` unless ``table`` (already cut to ``shard``) can answer requests up to
     ``ahead_days`` after each store's data (and on every day of its calendar)."""
-    from predictor.calendar import REGRESSORS
+    from predictor.special_days import ALL as REGRESSORS
 
     n = len(table.store_id)
     if n == 0:
@@ -66,6 +69,8 @@ def check(table: ParamTable, shard: Shard | None = None, ahead_days: int = MAX_D
             problems.append(f"{name} {np.shape(getattr(table, name))} does not match {g} interval grid days")
     if np.shape(table.reg_beta)[-1:] != (len(table.reg_names),):
         problems.append(f"reg_beta {np.shape(table.reg_beta)} does not match {len(table.reg_names)} regressors")
+    if np.shape(table.reg_iv) != np.shape(table.reg_beta):
+        problems.append(f"reg_iv {np.shape(table.reg_iv)} does not match reg_beta {np.shape(table.reg_beta)}")
     unknown = [r for r in table.reg_names.tolist() if r not in REGRESSORS]
     if unknown:
         problems.append(f"regressors this predictor cannot derive from a calendar: {', '.join(unknown[:5])}")
@@ -104,10 +109,18 @@ def horizon(table: ParamTable, ahead_days: int = MAX_DAYS_AHEAD) -> tuple[np.nda
     return first, last
 
 
-def check_horizon(table: ParamTable, ahead_days: int = MAX_DAYS_AHEAD) -> None:
-    """Every store's forecast on every day of its :func:`horizon` is finite (yhat and both bounds), or
-    ``VersionRefused`` naming the first store and day that is not."""
-    from predictor.forecast import forecast
+def check_horizon(table: ParamTable, ahead_days: int = MAX_DAYS_AHEAD, band: float = PLAUSIBLE_BAND) -> None:
+    """Every store's forecast on every day of its :func:`horizon` is finite (yhat and both bounds) and, on
+    the days it opens, at most ``band`` times its best day; else ``VersionRefused`` naming the first store
+    and day that is not."""
+    problem = horizon_problem(table, ahead_days, band)
+    if problem:
+        raise VersionRefused(problem)
+
+
+def horizon_problem(table: ParamTable, ahead_days: int = MAX_DAYS_AHEAD, band: float = PLAUSIBLE_BAND) -> str | None:
+    """What is wrong with the forecasts over the :func:`horizon` (the first store and day), or None."""
+    from predictor.forecast import calendar_days, forecast
 
     first, last = horizon(table, ahead_days)
     length = last - first + 1
@@ -125,13 +138,27 @@ def check_horizon(table: ParamTable, ahead_days: int = MAX_DAYS_AHEAD) -> None:
         if bad.any():
             j = int(np.flatnonzero(bad.any(axis=0))[0])
             k = int(np.flatnonzero(bad[:, j])[0])
-            stores = len(np.unique(rows[bad.any(axis=0)]))
-            more = f" (at least {stores} stores are)" if stores > 1 else ""
-            raise VersionRefused(f"forecasts are not finite: store {str(table.store_id[rows[j]])!r} on {iso(days[j])} "
-                                 f"({int(days[j] - first[rows[j]]) + 1} days after its data) has {OUTPUT_NAMES[k]} "
-                                 f"{out[k, j]}{more}; every store is checked to {ahead_days} days after its data "
-                                 "(--max-days-ahead) and to the end of its calendar")
+            return (f"forecasts are not finite: {_where(table, rows, days, first, j)} has {OUTPUT_NAMES[k]} "
+                    f"{out[k, j]}{_more(rows, bad.any(axis=0))}; every store is checked to {ahead_days} days after "
+                    "its data (--max-days-ahead) and to the end of its calendar")
+        high = calendar_days(table, rows, days).open & (out[0] > band * table.best_day[rows])
+        if high.any():
+            j = int(np.flatnonzero(high)[0])
+            return (f"implausible forecast: {_where(table, rows, days, first, j)} forecasts {out[0, j]:,.0f}, above "
+                    f"{band:g} x the store's best day ({table.best_day[rows[j]]:,.0f}){_more(rows, high)}; every "
+                    f"store is checked to {ahead_days} days after its data and to the end of its calendar")
         a = b
+    return None
+
+
+def _where(table: ParamTable, rows: np.ndarray, days: np.ndarray, first: np.ndarray, j: int) -> str:
+    return (f"store {str(table.store_id[rows[j]])!r} on {iso(days[j])} "
+            f"({int(days[j] - first[rows[j]]) + 1} days after its data)")
+
+
+def _more(rows: np.ndarray, bad: np.ndarray) -> str:
+    stores = len(np.unique(rows[bad]))
+    return f" (at least {stores} stores are)" if stores > 1 else ""
 
 
 def _stores(table: ParamTable, bad: np.ndarray) -> str:

@@ -337,6 +337,20 @@ def stock_models(registry: TrainedRegistry, version: str, dst: Path) -> dict[str
                 for name in zf.namelist()}
 
 
+def band_gaps(table: Any, store_id: str, days: np.ndarray, out: dict[str, np.ndarray], ref: Any
+              ) -> dict[str, np.ndarray]:
+    """How far the served bounds are from stock Prophet's sampled ones, in units of Prophet's band width, once
+    the served offsets are divided by the widening of the store's rare days (``predictor.special_days``)."""
+    from predictor.forecast import regressor_matrix
+    from predictor.special_days import widening
+
+    rows = np.full(len(days), int(table.index(np.array([store_id]))[0]))
+    wide = widening(regressor_matrix(table, rows, days), table.reg_iv[rows])
+    width = (ref["yhat_upper"] - ref["yhat_lower"]).to_numpy()
+    return {name: np.abs((out[name] - out["yhat"]) / wide - (ref[name] - ref["yhat"]).to_numpy()) / width
+            for name in ("yhat_lower", "yhat_upper")}
+
+
 def use(registry: TrainedRegistry) -> None:
     """Point this process's MLflow client at the registry (as pipelines.versions.registry does)."""
     import mlflow

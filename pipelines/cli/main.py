@@ -263,6 +263,7 @@ def build_parser(only: str | None = ALL) -> argparse.ArgumentParser:
     from pipelines.cli.auth import add_parser as add_auth
     add_auth(sub)
     from loadtest.runner import add_parser as add_loadtest
+    from pipelines.cli.backtest import add_parser as add_backtest
     from pipelines.cli.canary import add_parser as add_canary
     from pipelines.cli.mlserver import add_parser as add_mlserver
     from pipelines.cli.retrain import add_parser as add_retrain
@@ -271,6 +272,7 @@ def build_parser(only: str | None = ALL) -> argparse.ArgumentParser:
     add_canary(sub)
     add_mlserver(sub)
     add_loadtest(sub)
+    add_backtest(sub)
     return p
 
 

@@ -6,9 +6,11 @@ stores given up are listed on stderr and in ``OUT.failed.txt`` (usable as ``--st
 exit status is 1.
 
 The table has one row per store-day, exactly as the API answered it (a closed day, ``open`` false, is
-``value``, ``lower`` and ``upper`` 0): ``store, date, value, lower, upper, open, promo, holiday,
+``value``, ``lower`` and ``upper`` 0): ``store, date, value, lower, upper, open, promo, holiday, calendar,
 model_version`` (``promo``/``holiday`` when the business rows carry them, ``model_version`` when the
-answer carries it or ``--predictor-url`` says what is served; else null).
+answer carries it or ``--predictor-url`` says what is served; else null). ``calendar`` says where the
+day's calendar came from: ``calendar`` (the version's known-ahead calendar), ``default`` (beyond it: the
+default holidays, the store's weekday pattern and holiday habits) or ``what-if``.
 
 Which stores ``all`` means: the business API lists the stores its shards serve (V1
 ``{"list_stores": true}``, with the same key and permission as a forecast), so the business URL alone
@@ -28,7 +30,7 @@ import httpx
 
 from pipelines.clients.retrying import MODEL, BatchClient, Policy, error_text
 
-COLUMNS = ("store", "date", "value", "lower", "upper", "open", "promo", "holiday", "model_version")
+COLUMNS = ("store", "date", "value", "lower", "upper", "open", "promo", "holiday", "calendar", "model_version")
 
 
 class BatchError(RuntimeError):
@@ -142,7 +144,7 @@ def to_columns(stores: list[str], answers: dict[str, tuple[dict[str, Any], str |
         for row in prediction["forecast"]:
             cols["store"].append(store)
             cols["date"].append(row["timestamp"][:10])
-            for k in ("value", "lower", "upper", "open", "promo", "holiday"):
+            for k in ("value", "lower", "upper", "open", "promo", "holiday", "calendar"):
                 cols[k].append(row.get(k))
             cols["model_version"].append(None if version is None else str(version))
     return cols
@@ -159,7 +161,7 @@ def write_table(cols: dict[str, list[Any]], out: Path) -> Path:
 
         types = {"store": pa.string(), "date": pa.date32(), "value": pa.float64(), "lower": pa.float64(),
                  "upper": pa.float64(), "open": pa.bool_(), "promo": pa.bool_(), "holiday": pa.string(),
-                 "model_version": pa.string()}
+                 "calendar": pa.string(), "model_version": pa.string()}
         arrays = {c: pa.array([dt.date.fromisoformat(d) for d in v] if c == "date" else v, type=types[c])
                   for c, v in cols.items()}
         pq.write_table(pa.table(arrays), tmp)

@@ -29,28 +29,34 @@ def request_forecast(url: str, store: str, begin: str | None = None, end: str | 
 
 
 def table(prediction: dict[str, Any]) -> str:
-    """The forecast as an aligned text table, with the calendar of each day (closed, promotion, holiday); the
-    numbers are the API's (a closed day is 0)."""
+    """The forecast as an aligned text table: the numbers are the API's (a closed day is 0), ``calendar`` where
+    the day's calendar came from (``calendar``, ``default`` beyond it, ``what-if``) and the notes what it says
+    (closed, promotion, holiday)."""
     req = prediction["request"]
     lines = [f"store {req['store_id']}, {req['begin_date']} .. {req['end_date']}",
-             f"{'date':<16}{'forecast':>12}{'lower':>12}{'upper':>12}  calendar"]
+             f"{'date':<16}{'forecast':>12}{'lower':>12}{'upper':>12}  {'calendar':<9} notes"]
     for row in prediction["forecast"]:
         day = np.datetime64(row["timestamp"][:10]).item().strftime("%Y-%m-%d %a")
-        lines.append(f"{day:<16}{row['value']:>12.1f}{row['lower']:>12.1f}{row['upper']:>12.1f}  {_note(row)}")
+        source = row.get("calendar") or "-"
+        lines.append(f"{day:<16}{row['value']:>12.1f}{row['lower']:>12.1f}{row['upper']:>12.1f}  {source:<9} "
+                     f"{_note(row)}".rstrip())
     return "\n".join(lines)
 
 
 def _note(row: dict[str, Any]) -> str:
     source = row.get("calendar", "")
-    notes = ["closed" if source in ("calendar", "what-if") else "usually closed"] if not row.get("open", True) else []
+    holiday = row.get("holiday", "0")
+    on_holiday = holiday not in ("0", None)
+    if row.get("open", True):
+        notes = []
+    elif source in ("calendar", "what-if"):
+        notes = ["closed"]
+    else:  # beyond the calendar: the store's habit on the holiday or its weekday pattern closed it
+        notes = ["usually closed on this holiday" if on_holiday else "usually closed"]
     if row.get("promo"):
         notes.append("promotion")
-    if row.get("holiday", "0") not in ("0", None):
-        notes.append(f"holiday {row['holiday']}")
-    if source == "default":
-        notes.append("(beyond the calendar: defaults)")
-    elif source == "what-if":
-        notes.append("(what-if)")
+    if on_holiday:
+        notes.append(f"holiday {holiday}")
     return ", ".join(notes)
 
 

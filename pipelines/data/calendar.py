@@ -10,19 +10,27 @@ The one calendar rule (:func:`lay`, applied by ``pipelines.versions.lineage.deri
 calendar is what its parent version knew, with newer information written over it field by field (the
 store's actual history rows, then calendar rows given to this version, newest last); a sales file's own
 future rows only fill days nothing else knows. A ``-1`` (unknown) never overwrites a known field.
+
+Beyond the calendar a version serves its default holidays (``pipelines.data.public_holidays``, given to
+:func:`store_calendars` by the trainer) and each store's habit on them, learned here from its history
+(``pipelines.data.sales_csv.holiday_open_rate``); a :class:`StoreCalendar` carries both, so the fit derives
+its regressors exactly as the version serves them (``StoreCalendar.holidays``, ``StoreCalendar.habits``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from pipelines.data.sales_csv import PARQUET_SUFFIXES, _dates, _store_ids, weekday_open_rate
+from pipelines.data.sales_csv import PARQUET_SUFFIXES, _dates, _store_ids, holiday_open_rate, weekday_open_rate
 from predictor import calendar as cal
+from predictor.table import NO_HABIT
 
 CALENDAR_COLUMNS = ("Store", "Date", "Open", "Promo", "StateHoliday", "SchoolHoliday")
 Grid = tuple[int, np.ndarray]  # one store's calendar: (first day since epoch, (D, 4) int8 cells, -1 unknown)
@@ -35,6 +43,23 @@ class StoreCalendar:
     start: int
     cells: np.ndarray  # (D, 4) int8, predictor.calendar layout
     open_rate: np.ndarray  # (7,) weekday open rates (the defaults beyond the calendar)
+    # (4,) open share by StateHoliday code
+    holiday_open: np.ndarray = dataclasses.field(default_factory=lambda: NO_HABIT.copy())
+    holiday_kind_open: np.ndarray = dataclasses.field(  # (K,) open share by holiday kind, -1: no evidence
+        default_factory=lambda: np.full(len(cal.HOLIDAY_KINDS), -1.0))
+    default_holidays: cal.HolidayTable = cal.NO_HOLIDAYS  # the version's default calendar (fleet-wide)
+
+    @property
+    def holidays(self) -> cal.Holidays:
+        """This store's default holidays and habits, for ``predictor.calendar.resolve`` (its row 0)."""
+        return cal.Holidays(self.default_holidays, self.holiday_open[None], self.holiday_kind_open[None])
+
+    @property
+    def habits(self) -> dict[str, Any]:
+        """The table-row fields of the store's habits and the default calendar they are on
+        (``predictor.table.ParamTable.from_rows``)."""
+        return {"open_rate": self.open_rate, "holiday_open": self.holiday_open,
+                "holiday_kind_open": self.holiday_kind_open, "default_holidays": self.default_holidays}
 
 
 def read_calendar(path: str | Path) -> pd.DataFrame:
@@ -106,22 +131,27 @@ def split_future(sales: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def store_calendars(history: pd.DataFrame, future: pd.DataFrame | None = None, given: pd.DataFrame | None = None,
-                    known: dict[str, Grid] | None = None) -> dict[str, StoreCalendar]:
+                    known: dict[str, Grid] | None = None, holidays: cal.HolidayTable | None = None
+                    ) -> dict[str, StoreCalendar]:
     """Each store's calendar by the rule of :func:`lay`: ``known`` (a parent version's cells), its ``history``
     rows and then the ``given`` calendar rows written over it, the ``future`` rows (a sales file's) filling
-    only days still unknown."""
+    only days still unknown; with the store's weekday pattern and its habits on ``holidays`` (the version's
+    default calendar) learned from its history."""
     frames = [f for f in (history, future, given) if f is not None and len(f)]
     if not frames:
         return {}
     hist, fut, over = grids(history), grids(future), grids(given)
     known = known or {}
     open_rate = weekday_open_rate(history)
+    habits = holiday_open_rate(history, holidays)
+    table = holidays if holidays is not None else cal.NO_HOLIDAYS
     out: dict[str, StoreCalendar] = {}
     for sid in dict.fromkeys(str(s) for f in frames for s in pd.unique(f["Store"])):
         laid = lay(known.get(sid), over=(hist.get(sid), over.get(sid)), fill=(fut.get(sid),),
                    keep_from=hist[sid][0] if sid in hist else None)
         if laid is not None:
-            out[sid] = StoreCalendar(laid[0], laid[1], open_rate.get(sid, np.ones(7)))
+            by_code, by_kind = habits.get(sid, (NO_HABIT, np.full(len(cal.HOLIDAY_KINDS), -1.0)))
+            out[sid] = StoreCalendar(laid[0], laid[1], open_rate.get(sid, np.ones(7)), by_code, by_kind, table)
     return out
 
 

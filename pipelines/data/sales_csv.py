@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from predictor import calendar as cal
 from predictor.calendar import weekday
 from serving.contract import store_id_problem
 
@@ -194,3 +195,61 @@ def weekday_open_rate(df: pd.DataFrame, weeks: int = 52) -> dict[str, np.ndarray
     opened = np.bincount(cell, weights=is_open[recent], minlength=7 * len(stores))
     rate = np.where(rows > 0, opened / np.maximum(rows, 1), 1.0).reshape(len(stores), 7)
     return {str(s): rate[i] for i, s in enumerate(stores)}
+
+
+def holiday_open_rate(df: pd.DataFrame, holidays: cal.HolidayTable | None = None
+                      ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per store, its habit on public holidays: (by code (4,), by kind (K,)), the share of its history days with
+    each StateHoliday code (and of each holiday of ``predictor.calendar.HOLIDAY_KINDS``) on which it was open.
+
+    A row's code is its ``StateHoliday`` where given, else the default calendar's (``holidays``); a day of the
+    default calendar inside a store's history span without a row counts as closed (data that hold open days
+    only). By code, NaN-free: no evidence -> the fleet's share, nothing known -> 0 (closed; column 0 is 1); by
+    kind, no evidence -> -1 (the code's share applies, ``predictor.calendar.Holidays``).
+    """
+    k_kinds = len(cal.HOLIDAY_KINDS)
+    store_codes, stores = pd.factorize(df["Store"].astype(str))
+    n = len(stores)
+    day = df["Date"].to_numpy().astype("datetime64[D]").astype(np.int64)
+    is_open = (df["Open"].to_numpy() == 1) if "Open" in df.columns else np.ones(len(df), dtype=bool)
+    code = np.full(len(df), cal.UNKNOWN, dtype=np.int8)
+    if "StateHoliday" in df.columns:
+        raw = df["StateHoliday"]
+        given = raw.notna().to_numpy() & ~np.isin(raw.astype(str).str.strip().to_numpy(), ("", "nan", "None"))
+        code[given] = cal.holiday_codes(raw[given].to_numpy())
+    kind = np.full(len(df), cal.NO_KIND, dtype=np.int8)
+    if holidays is not None and len(holidays.days):
+        rule = cal.Holidays(holidays, np.zeros((0, 4)), np.zeros((0, 0)))
+        default_code, default_kind = rule.on(day)
+        code = np.where(code < 0, default_code, code)
+        kind = np.where(code > 0, default_kind, cal.NO_KIND)
+        # days of the default calendar inside a store's span without a row: closed
+        first = np.full(n, np.iinfo(np.int64).max)
+        last = np.full(n, np.iinfo(np.int64).min)
+        np.minimum.at(first, store_codes, day)
+        np.maximum.at(last, store_codes, day)
+        hd = holidays.days
+        s_idx, h_idx = np.nonzero((hd[None, :] >= first[:, None]) & (hd[None, :] <= last[:, None]))
+        have = np.sort(store_codes.astype(np.int64) * (1 << 32) + day)
+        probe = s_idx.astype(np.int64) * (1 << 32) + hd[h_idx]
+        missing = np.zeros(len(probe), bool)
+        if len(probe):
+            missing = have[np.minimum(np.searchsorted(have, probe), len(have) - 1)] != probe
+        store_codes = np.r_[store_codes, s_idx[missing]]
+        code = np.r_[code, holidays.codes[h_idx[missing]]]
+        kind = np.r_[kind, holidays.kinds[h_idx[missing]]]
+        is_open = np.r_[is_open, np.zeros(int(missing.sum()), bool)]
+    code = np.maximum(code, 0)
+    cell = store_codes * 4 + code
+    days_by_code = np.bincount(cell, minlength=4 * n).reshape(n, 4)
+    open_by_code = np.bincount(cell, weights=is_open, minlength=4 * n).reshape(n, 4)
+    fleet_days, fleet_open = days_by_code.sum(axis=0), open_by_code.sum(axis=0)
+    fleet = np.where(fleet_days > 0, fleet_open / np.maximum(fleet_days, 1), 0.0)
+    by_code = np.where(days_by_code > 0, open_by_code / np.maximum(days_by_code, 1), fleet[None, :])
+    by_code[:, 0] = 1.0
+    has_kind = kind >= 0
+    cell = store_codes[has_kind] * k_kinds + kind[has_kind]
+    days_by_kind = np.bincount(cell, minlength=k_kinds * n).reshape(n, k_kinds)
+    open_by_kind = np.bincount(cell, weights=is_open[has_kind], minlength=k_kinds * n).reshape(n, k_kinds)
+    by_kind = np.where(days_by_kind > 0, open_by_kind / np.maximum(days_by_kind, 1), -1.0)
+    return {str(s): (by_code[i], by_kind[i]) for i, s in enumerate(stores)}

@@ -11,14 +11,15 @@ import numpy as np
 import pandas as pd
 
 from pipelines.data.calendar import StoreCalendar
-from pipelines.training.evaluate import Gate, error_sums, scores, seasonal_naive
+from pipelines.training.evaluate import GATE_FAIL, Gate, error_sums, scores, seasonal_naive
 from pipelines.training.intervals import default_grid
-from predictor import calendar as cal
-from predictor.table import TRANSFORMS
+from predictor import special_days
+from predictor.table import NO_GAP, TRANSFORMS
 
 FITTERS = ("prophet-batch", "prophet")
 PROPHET_DEFAULTS: dict[str, Any] = {
     "yearly_seasonality": True, "weekly_seasonality": True, "daily_seasonality": False, "interval_width": 0.95,
+    "changepoint_prior_scale": 0.01,
 }
 MONTHLY_PERIOD = 30.5
 # Configurations a person picks by name (`storecast train --model`): "calendar" was chosen on the
@@ -27,6 +28,7 @@ CALENDAR_REGRESSORS = (
     "promo", "school_holiday", "holiday_a", "holiday_b", "holiday_c", "holiday_before_1", "holiday_before_2",
     "holiday_after_1", "holiday_after_2", "closed_before", "closed_after",
     "promo_mon", "promo_tue", "promo_wed", "promo_thu", "promo_fri", "promo_sat",
+    *special_days.REGRESSORS,
 )
 MODELS: dict[str, dict[str, Any]] = {
     "calendar": {"regressors": CALENDAR_REGRESSORS, "monthly_order": 5, "transform": "log1p", "calibrate": True},
@@ -55,6 +57,8 @@ class FitConfig:
     monthly_order: int = MODELS[DEFAULT_MODEL]["monthly_order"]
     transform: str = MODELS[DEFAULT_MODEL]["transform"]
     calibrate: bool = MODELS[DEFAULT_MODEL]["calibrate"]
+    regressor_prior_scale: float = 10.0
+    band: float = 3.0
 
     def __post_init__(self) -> None:
         if self.fitter not in FITTERS:
@@ -63,9 +67,11 @@ class FitConfig:
             raise ValueError("holdout_days must be >= 0 and min_days >= 2")
         if self.transform not in TRANSFORMS:
             raise ValueError(f"transform must be one of {', '.join(TRANSFORMS)}; got {self.transform!r}")
-        unknown = [r for r in self.regressors if r not in cal.REGRESSORS]
+        unknown = [r for r in self.regressors if r not in special_days.ALL]
         if unknown:
-            raise ValueError(f"unknown regressors {', '.join(unknown)}; known: {', '.join(cal.REGRESSORS)}")
+            raise ValueError(f"unknown regressors {', '.join(unknown)}; known: {', '.join(special_days.ALL)}")
+        if self.regressor_prior_scale <= 0 or self.band <= 1:
+            raise ValueError("regressor_prior_scale must be > 0 and band > 1")
         object.__setattr__(self, "regressors", tuple(self.regressors))
         object.__setattr__(self, "grid", tuple(int(g) for g in self.grid))
 
@@ -132,6 +138,7 @@ def quiet(single_thread: bool = False) -> None:
 
 
 CAL_HISTORY_DAYS = 120  # history days of the calendar a version keeps (forecasts of recent past days)
+AFTER_GAP = 28  # days after a reopening the holdout fit sees before the gate judges the store
 
 
 def _frame(days: np.ndarray, y: np.ndarray, x: np.ndarray | None = None, names: tuple[str, ...] = ()) -> pd.DataFrame:
@@ -147,20 +154,24 @@ def make_prophet(cfg: FitConfig) -> Any:
     if cfg.monthly_order:
         model.add_seasonality("monthly", period=MONTHLY_PERIOD, fourier_order=cfg.monthly_order)
     for name in cfg.regressors:
-        model.add_regressor(name, standardize=False)
+        model.add_regressor(name, standardize=False, prior_scale=cfg.regressor_prior_scale)
     return model
 
 
-def store_features(sc: StoreCalendar | None, days: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
-    """The regressors of one store's days, from its calendar alone (``predictor.calendar``)."""
+def store_features(sc: StoreCalendar | None, days: np.ndarray, names: tuple[str, ...], level: int = NO_GAP
+                   ) -> np.ndarray:
+    """The regressors of one store's days, from its calendar and its reopening day ``level`` alone
+    (``predictor.special_days``, as the predictor derives them)."""
+    from predictor import calendar as cal
+
     days = np.asarray(days, dtype=np.int64)
     if not names:
         return np.zeros((len(days), 0))
     if sc is None:
         sc = StoreCalendar(0, np.zeros((0, 4), dtype=np.int8), np.ones(7))
     cells, _ = cal.resolve(sc.cells[None], sc.start, sc.open_rate[None], np.zeros(len(days), np.int64), days)
-    x = cal.features(cells, days)
-    return x[:, [cal.REGRESSORS.index(n) for n in names]]
+    x = special_days.matrix(cells, days, np.full(len(days), level, dtype=np.int64))
+    return x[:, [special_days.ALL.index(n) for n in names]]
 
 
 def to_fitted(y: np.ndarray, transform: str) -> np.ndarray:
@@ -197,14 +208,14 @@ def conformal_scores(y_fitted: np.ndarray, yhat: np.ndarray, lower: np.ndarray, 
 
 def fit_chunk(chunk: list[Series], cfg: FitConfig) -> list[StoreResult]:
     """Evaluate on the holdout, then fit on all data, for each store of the chunk."""
-    from pipelines.training.export import UnsupportedModelError, prophet_json_gz, store_row
-    from predictor.forecast import fitted_scale, forecast
-    from predictor.table import ParamTable
+    from pipelines.training.export import UnsupportedModelError, store_row
+    from predictor.forecast import fitted_scale, forecast, regressor_matrix
 
     grid = np.asarray(cfg.grid, dtype=np.int64)
     names = cfg.regressors
     results = {s[0]: StoreResult(s[0]) for s in chunk}
     calendars: dict[str, StoreCalendar | None] = {}
+    history: dict[str, dict[str, Any]] = {}  # per store: what its rows need beyond the fit (level, best, x)
     full, holdout, tests = {}, {}, {}
     for item in chunk:
         sid, days, y = item[:3]
@@ -219,10 +230,15 @@ def fit_chunk(chunk: list[Series], cfg: FitConfig) -> list[StoreResult]:
         if cfg.transform == "log1p" and (np.asarray(y) < 0).any():
             res.error = f"negative sales on {(np.asarray(y) < 0).sum()} days cannot be fitted on log1p"
             continue
-        x = store_features(sc, days, names)
+        level = special_days.level_day(days)
+        x = store_features(sc, days, names, level)
         yf = to_fitted(y, cfg.transform)
+        history[sid] = {"level_day": level, "best_day": float(np.max(y)), "days": days, "y": yf, "x": x}
         full[sid] = _frame(days, yf, x, names)
-        train = days <= days[-1] - cfg.holdout_days
+        # after a gap the gate judges the store on its data after it: the holdout fit sees AFTER_GAP of it
+        cut = max(days[-1] - cfg.holdout_days, level + AFTER_GAP - 1) if level <= days[-1] else \
+            days[-1] - cfg.holdout_days
+        train = days <= cut
         if cfg.holdout_days > 0 and train.sum() >= cfg.min_days and (~train).any():
             holdout[sid] = _frame(days[train], yf[train], x[train], names)
             tests[sid] = (days[train], y[train], days[~train], y[~train])
@@ -235,7 +251,7 @@ def fit_chunk(chunk: list[Series], cfg: FitConfig) -> list[StoreResult]:
             continue
         try:
             row = {**store_row(eval_models[sid], sid, cfg.seed, eval_grid), **_calendar_row(calendars[sid])}
-            table = ParamTable.from_rows([row], eval_grid, cfg.interval_width, transform=cfg.transform)
+            table = _own_history(row, history[sid], len(tr_days), eval_grid, cfg)
         except UnsupportedModelError as exc:
             results[sid].error = str(exc)
             continue
@@ -245,9 +261,12 @@ def fit_chunk(chunk: list[Series], cfg: FitConfig) -> list[StoreResult]:
         model_sums, base_sums = error_sums(te_y, yhat), error_sums(te_y, base)
         covered = float(((te_y >= lo) & (te_y <= hi)).sum())
         f_yhat, f_lo, f_hi = fitted_scale(table, at, te_days)
+        # the band is calibrated on ordinary days; rare days keep their own widening (``_own_history``)
+        ordinary = special_days.widening(regressor_matrix(table, at, te_days), table.reg_iv[at]) == 1.0
+        score = conformal_scores(to_fitted(te_y, cfg.transform), f_yhat, f_lo, f_hi)
         results[sid].sums = {"model": model_sums, "baseline": base_sums,
                              "coverage": {"n": float(len(te_y)), "covered": covered},
-                             "scores": conformal_scores(to_fitted(te_y, cfg.transform), f_yhat, f_lo, f_hi).tolist()}
+                             "scores": score[ordinary].tolist()}
         m, b = scores(model_sums), scores(base_sums)
         results[sid].metrics.update(
             holdout_n=len(te_y), **m, coverage=covered / len(te_y),
@@ -257,19 +276,70 @@ def fit_chunk(chunk: list[Series], cfg: FitConfig) -> list[StoreResult]:
     final_models, errors = fit_models(full, cfg)
     for sid, message in errors.items():
         results[sid].error = message
-    for sid, model in final_models.items():
+    final = {sid: model for sid, model in final_models.items() if not results[sid].error}
+    refused = _serve(final, results, calendars, history, grid, cfg)
+    if refused:  # too little history for a yearly shape: a store refused by the band gets one safer fit
+        safer = cfg.replace(prophet={**cfg.prophet, "yearly_seasonality": False}, monthly_order=0)
+        again, _ = fit_models({sid: full[sid] for sid in refused}, safer)
+        for sid in refused:
+            results[sid].error = None
+        _serve(again, results, calendars, history, grid, safer)
+        for sid in again:
+            if not results[sid].error:
+                results[sid].metrics["fit"] = "without yearly seasonality: " + refused[sid]
+        for sid in set(refused) - set(again):
+            results[sid].error = f"refused by the gate: {refused[sid]}"
+    for sid in final:
+        failed = (results[sid].error or "").startswith("refused by the gate")
+        results[sid].metrics["gate"] = GATE_FAIL if failed else results[sid].metrics.get("gate", "n/a")
+    return list(results.values())
+
+
+def _serve(models: dict[str, Any], results: dict[str, StoreResult], calendars: dict[str, StoreCalendar | None],
+           history: dict[str, dict[str, Any]], grid: np.ndarray, cfg: FitConfig) -> dict[str, str]:
+    """Each model's served row, or the reason the gate refuses it: a forecast over the whole horizon the
+    predictor checks (``predictor.validate.horizon_problem``) that leaves the plausible band."""
+    from pipelines.training.export import UnsupportedModelError, prophet_json_gz, store_row
+    from predictor.table import ParamTable
+    from predictor.validate import horizon_problem
+
+    refused: dict[str, str] = {}
+    for sid, model in models.items():
         res = results[sid]
-        if res.error:
-            continue
         try:
-            res.row = store_row(model, sid, cfg.seed, grid)
+            row = store_row(model, sid, cfg.seed, grid)
         except UnsupportedModelError as exc:
             res.error = str(exc)
             continue
-        res.row.update(_calendar_row(calendars[sid], keep_from=res.row["last_day"] - CAL_HISTORY_DAYS))
-        res.model_json_gz = prophet_json_gz(model)
-        res.metrics.setdefault("gate", "n/a")
-    return list(results.values())
+        known = _own_history({**row, **_calendar_row(calendars[sid])}, history[sid], None, grid, cfg)
+        row.update(_calendar_row(calendars[sid], keep_from=row["last_day"] - CAL_HISTORY_DAYS),
+                   level_day=history[sid]["level_day"], best_day=history[sid]["best_day"], reg_iv=known.reg_iv[0])
+        problem = horizon_problem(ParamTable.from_rows([row], grid, cfg.interval_width, transform=cfg.transform),
+                                  band=cfg.band)
+        if problem:  # never served: the version keeps the store's previous model, or goes without it
+            refused[sid] = problem
+            res.error, res.row = f"refused by the gate: {problem}", None
+            continue
+        res.row, res.model_json_gz = row, prophet_json_gz(model)
+    return refused
+
+
+def _own_history(row: dict[str, Any], own: dict[str, Any], n: int | None, grid: np.ndarray, cfg: FitConfig) -> Any:
+    """A one-store table of ``row`` with what its history adds: the reopening day, the best day, and the
+    intervals widened on the days its first ``n`` history days (all: None) knew little about."""
+    from pipelines.training.intervals import widening_factors
+    from predictor.forecast import fitted_scale
+    from predictor.table import ParamTable
+
+    row = {**row, "level_day": own["level_day"], "best_day": own["best_day"]}
+    table = ParamTable.from_rows([row], grid, cfg.interval_width, transform=cfg.transform)
+    if not table.reg_beta.shape[1]:
+        return table
+    days, y, x = own["days"][:n], own["y"][:n], own["x"][:n]
+    yhat, _, _ = fitted_scale(table, np.zeros(len(days), dtype=np.int64), days)
+    sigma = float(table.sigma_obs[0] * table.y_scale[0])
+    row["reg_iv"] = widening_factors(x, y - yhat, sigma)
+    return ParamTable.from_rows([row], grid, cfg.interval_width, transform=cfg.transform)
 
 
 def _calendar_row(sc: StoreCalendar | None, keep_from: int | None = None) -> dict[str, Any]:

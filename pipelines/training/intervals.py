@@ -86,3 +86,31 @@ def simulate_offsets(*, t_scale: float, delta: np.ndarray, sigma_obs: float, y_s
     trend_var = (y_scale * step) ** 2 * min(likelihood, 1.0) * 2 * mean_delta**2 / 3
     return {"iv_lower": lower, "iv_upper": upper, "iv_trend_var": float(trend_var),
             "iv_noise_var": float((sigma_obs * y_scale) ** 2)}
+
+
+WIDEST = 3.0   # the most a rare day's interval is widened
+UNSEEN = 2.0   # the widening of a regressor a store's history never (or once) saw active
+THIN = 40      # a regressor active on fewer history days than this is thinly known: its days are widened
+
+
+def widening_factors(x: np.ndarray, residuals: np.ndarray, sigma: float) -> np.ndarray:
+    """Per regressor (columns of ``x``, the history's regressor values): how much wider than the noise band
+    a day it is active on must be, from the in-sample ``residuals`` (fitted scale) on the ``m`` days it was.
+
+    A coefficient fitted on ``m`` days absorbs their mean, so their residual variance is estimated with
+    ``m - 1`` degrees of freedom and a new such day varies ``1 + 1/m`` times as much: the sparser the
+    history, the wider (``UNSEEN`` when it was active on fewer than two days), at most ``WIDEST``. A regressor
+    active on ``THIN`` days or more is known as well as the rest of the history: its days keep the band.
+    """
+    out = np.full(x.shape[1], UNSEEN)
+    if sigma <= 0:
+        return np.ones(x.shape[1])
+    for j in range(x.shape[1]):
+        active = x[:, j] != 0
+        m = int(active.sum())
+        if m >= THIN:
+            out[j] = 1.0
+        elif m >= 2:
+            var = float((residuals[active] ** 2).sum()) / (m - 1) * (1 + 1 / m)
+            out[j] = np.sqrt(var) / sigma
+    return np.clip(out, 1.0, WIDEST)

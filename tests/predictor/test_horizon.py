@@ -49,7 +49,8 @@ def late_promotion(t: ParamTable, row: int = 3) -> ParamTable:
     reg_beta[row, 0] = 100.0  # x y_scale 10: +1000 on the log scale
     return replace(t, transform="log1p", y_scale=np.full(n, 10.0), floor=np.zeros(n), m=np.full(n, 0.8),
                    k=np.zeros(n), delta=np.zeros_like(t.delta), beta=t.beta / 100, iv_lower=t.iv_lower / 1e4,
-                   iv_upper=t.iv_upper / 1e4, reg_names=np.array(["promo"]), reg_beta=reg_beta, calendar=calendar,
+                   iv_upper=t.iv_upper / 1e4, reg_names=np.array(["promo"]), reg_beta=reg_beta, reg_iv=np.ones((n, 1)),
+                   calendar=calendar,
                    cal_start=int(t.last_day.min()) + 1, last_day=np.full(n, int(t.last_day.min())))
 
 

@@ -31,6 +31,7 @@ from tests.support import (
     TcpProxy,
     TrainedRegistry,
     admin_auth,
+    band_gaps,
     dates,
     day_after,
     free_port,
@@ -149,10 +150,9 @@ def test_fidelity_against_stock_prophet(server: Predictor, registry: TrainedRegi
         assert (out["yhat_lower"] <= out["yhat"]).all() and (out["yhat"] <= out["yhat_upper"]).all()
         # Intervals: Prophet's method, seeded per store; stock Prophet's own run-to-run noise is ~5-10 % of the
         # width at worst, so the bounds must agree within that.
-        width = (ref["yhat_upper"] - ref["yhat_lower"]).to_numpy()
-        for ours, theirs in (("yhat_lower", "yhat_lower"), ("yhat_upper", "yhat_upper")):
-            gap = np.abs(out[ours] - ref[theirs].to_numpy()) / width
-            assert gap.max() < 0.25 and gap.mean() < 0.08, f"{sid} {ours}: {gap.max():.3f} {gap.mean():.3f}"
+        # (widened on the rare days the store knows little about: ``support.band_gaps``)
+        for name, gap in band_gaps(registry.table, sid, days, out, ref).items():
+            assert gap.max() < 0.25 and gap.mean() < 0.08, f"store {sid} {name}: {gap.max():.3f} {gap.mean():.3f}"
 
 
 def test_a_forecast_is_the_same_in_every_window_batch_and_protocol(server: Predictor, registry: TrainedRegistry,

@@ -42,7 +42,8 @@ BAD = {
     "grid mismatch": (lambda t: replace(t, iv_lower=t.iv_lower[:, :-1]), "iv_lower"),
     "infinite scale": (lambda t: replace(t, y_scale=np.where(np.arange(len(t)) == 1, np.inf, t.y_scale)), "y_scale"),
     "bad store id": (lambda t: replace(t, store_id=np.array(["4\x00", *t.store_id[1:].tolist()])), "store id"),
-    "unknown regressor": (lambda t: replace(t, reg_names=np.array(["weather"]), reg_beta=np.zeros((len(t), 1))),
+    "unknown regressor": (lambda t: replace(t, reg_names=np.array(["weather"]), reg_beta=np.zeros((len(t), 1)),
+                                               reg_iv=np.ones((len(t), 1))),
                           "weather"),
 }
 

@@ -163,7 +163,8 @@ def forecast(*args: str, env: dict[str, str] | None = None):
 def read(path: Path) -> dict[str, list]:
     if path.suffix == ".parquet":
         return pq.read_table(path).to_pydict()
-    types = {"store": pa.string(), "date": pa.date32(), "holiday": pa.string(), "model_version": pa.string()}
+    types = {"store": pa.string(), "date": pa.date32(), "holiday": pa.string(), "calendar": pa.string(),
+             "model_version": pa.string()}
     options = pcsv.ConvertOptions(column_types=types, strings_can_be_null=True)
     return pcsv.read_csv(path, convert_options=options).to_pydict()
 
@@ -175,7 +176,7 @@ def assert_rows_equal_api(cols: dict[str, list], expected: dict[str, list[dict]]
     rows = [row for s in stores for row in expected[s]]
     for name in ("value", "lower", "upper", "open"):
         assert cols[name] == [row[name] for row in rows], name  # exactly, not approximately
-    for name in ("promo", "holiday"):  # the calendar fields, when the business rows have them
+    for name in ("promo", "holiday", "calendar"):  # the calendar fields, when the business rows have them
         assert cols[name] == [row.get(name) for row in rows], name
 
 
