@@ -35,7 +35,7 @@ DATE_WINDOWS = (
 )
 REGRESSORS = (*(w[0] for w in DATE_WINDOWS), "closed_next_2", "closed_prev_2", "reopened", "reopening_week")
 ALL = cal.REGRESSORS + REGRESSORS
-GAP_DAYS = 14  # more days than this between two days with sales is a gap; the store reopened after it
+GAP_DAYS = 14  # this many days in a row without sales (or more) is a gap; the store reopened after it
 REOPENING_DAYS = 7
 
 
@@ -54,11 +54,12 @@ def date_windows(days: np.ndarray) -> np.ndarray:
 
 
 def level_day(days: np.ndarray, gap_days: int = GAP_DAYS) -> int:
-    """The first day with sales after a store's last gap longer than ``gap_days``, else ``table.NO_GAP``."""
+    """The first day with sales after a store's last run of ``gap_days`` or more days without sales (a
+    fortnight's refurbishment, months missing from the data), else ``table.NO_GAP``."""
     from predictor.table import NO_GAP
 
     d = np.asarray(days, dtype=np.int64)
-    jumps = np.flatnonzero(np.diff(d) > gap_days)
+    jumps = np.flatnonzero(np.diff(d) - 1 >= gap_days)
     return int(d[jumps[-1] + 1]) if len(jumps) else NO_GAP
 
 

@@ -89,7 +89,8 @@ def simulate_offsets(*, t_scale: float, delta: np.ndarray, sigma_obs: float, y_s
 
 
 WIDEST = 3.0   # the most a rare day's interval is widened
-UNSEEN = 2.0   # the widening of a regressor a store's history never (or once) saw active
+UNSEEN = 2.0   # the widening of a regressor a store's history never saw active: its effect is unknown
+ONCE = 1.25    # seen once: its coefficient fits that day exactly, so its residual says nothing
 THIN = 40      # a regressor active on fewer history days than this is thinly known: its days are widened
 
 
@@ -99,10 +100,11 @@ def widening_factors(x: np.ndarray, residuals: np.ndarray, sigma: float) -> np.n
 
     A coefficient fitted on ``m`` days absorbs their mean, so their residual variance is estimated with
     ``m - 1`` degrees of freedom and a new such day varies ``1 + 1/m`` times as much: the sparser the
-    history, the wider (``UNSEEN`` when it was active on fewer than two days), at most ``WIDEST``. A regressor
+    history, the wider (``UNSEEN`` when it was never active, ``ONCE`` when once), at most ``WIDEST``. A regressor
     active on ``THIN`` days or more is known as well as the rest of the history: its days keep the band.
     """
     out = np.full(x.shape[1], UNSEEN)
+    out[(x != 0).sum(axis=0) == 1] = ONCE
     if sigma <= 0:
         return np.ones(x.shape[1])
     for j in range(x.shape[1]):

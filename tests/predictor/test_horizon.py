@@ -111,3 +111,24 @@ def test_a_real_predictor_refuses_it_and_keeps_serving(good: ParamTable, tmp_pat
         assert f"still serving version {version}" in lines[0]
     finally:
         p.stop()
+
+
+def test_a_version_leaving_the_plausible_band_is_refused_naming_store_and_day(good: ParamTable) -> None:
+    """Finite but implausible: a promotion FAR days ahead forecast at 5 x the store's best day."""
+    sane = replace(late_promotion(good), reg_beta=np.zeros((len(good), 1)))
+    rows, far = np.array([3]), np.array([int(sane.last_day[3]) + FAR])
+    base = float(forecast(sane, rows, far)[0][0])
+    lift = np.log(5.0) / 10.0  # y_scale 10 on the log1p scale: x 5
+    reg_beta = np.zeros((len(good), 1))
+    reg_beta[3, 0] = lift
+    best = np.full(len(good), 1e12)
+    best[3] = base * 1.01
+    bad = replace(sane, reg_beta=reg_beta, best_day=best)
+    assert np.isfinite(np.stack(forecast(bad, rows, far))).all()
+    named = rf"store {str(bad.store_id[3])!r} on {iso(int(far[0]))} \({FAR} days after its data\) forecasts .*above 3 x"
+    with pytest.raises(VersionRefused, match=rf"implausible forecast: {named}"):
+        check(bad)
+    check(replace(bad, best_day=np.full(len(good), np.inf)))  # an older version without best days: finite is enough
+    closed = bad.calendar.copy()
+    closed[3, FAR - 1, 0] = 0  # the same day closed: answered 0 by the business API, nothing to refuse
+    check(replace(bad, calendar=closed))
