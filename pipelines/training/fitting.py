@@ -17,8 +17,11 @@ from predictor import special_days
 from predictor.table import NO_GAP, TRANSFORMS
 
 FITTERS = ("prophet-batch", "prophet")
+# Chosen on rolling-origin windows of the real data (README, "Forecast quality"): with the Christmas season
+# and the days around holidays as regressors, a smoother yearly shape (5 Fourier pairs, not Prophet's 10)
+# and a stiffer trend (changepoint prior 0.01, not 0.05) forecast better in every window.
 PROPHET_DEFAULTS: dict[str, Any] = {
-    "yearly_seasonality": True, "weekly_seasonality": True, "daily_seasonality": False, "interval_width": 0.95,
+    "yearly_seasonality": 5, "weekly_seasonality": True, "daily_seasonality": False, "interval_width": 0.95,
     "changepoint_prior_scale": 0.01,
 }
 MONTHLY_PERIOD = 30.5
