@@ -56,7 +56,8 @@ def fitted_scale(table: ParamTable, rows: np.ndarray, days: np.ndarray, promo: n
 def regressor_matrix(table: ParamTable, rows: np.ndarray, days: np.ndarray, promo: np.ndarray | None = None,
                      open_: np.ndarray | None = None, group: np.ndarray | None = None) -> np.ndarray:
     """Each row's regressor values, in the table's ``reg_names`` order (the columns of the export frame)."""
-    cells, _ = cal.resolve(table.calendar, table.cal_start, table.open_rate, rows, days, promo, open_, group)
+    cells, _ = cal.resolve(table.calendar, table.cal_start, table.open_rate, rows, days, promo, open_, group,
+                           holidays=table.holidays)
     x = special_days.matrix(cells, days, table.level_day[rows])
     if tuple(table.reg_names.tolist()) == special_days.ALL:
         return x
@@ -71,7 +72,7 @@ def calendar_days(table: ParamTable, rows: np.ndarray, days: np.ndarray, promo: 
                   open_: np.ndarray | None = None, group: np.ndarray | None = None) -> cal.Days:
     """The resolved calendar of each row: open, promo, holiday, and whether it came from the calendar."""
     _, resolved = cal.resolve(table.calendar, table.cal_start, table.open_rate, np.asarray(rows, dtype=np.int64),
-                              np.asarray(days, dtype=np.int64), promo, open_, group)
+                              np.asarray(days, dtype=np.int64), promo, open_, group, holidays=table.holidays)
     return resolved
 
 

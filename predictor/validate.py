@@ -25,9 +25,10 @@ if TYPE_CHECKING:
     from predictor.table import ParamTable
 
 PER_STORE_2D = {"delta": None, "cp_t": None, "beta": None, "iv_lower": None, "iv_upper": None, "open_rate": 7,
-                "reg_beta": None, "reg_iv": None}
+                "reg_beta": None, "reg_iv": None, "holiday_open": 4, "holiday_kind_open": None}
 FINITE = ("start", "t_scale", "y_scale", "floor", "k", "m", "sigma_obs", "delta", "beta", "iv_lower", "iv_upper",
-          "iv_trend_var", "iv_noise_var", "open_rate", "reg_beta", "reg_iv", "iv_scale", "feat_period", "feat_harmonic")
+          "iv_trend_var", "iv_noise_var", "open_rate", "reg_beta", "reg_iv", "iv_scale", "holiday_open",
+          "holiday_kind_open", "feat_period", "feat_harmonic")
 CHUNK_ROWS = 1 << 16  # store-days per forecast call while the horizon is checked
 OUTPUT_NAMES = ("yhat", "yhat_lower", "yhat_upper")
 PLAUSIBLE_BAND = 3.0  # no open day's forecast above this many times the store's best day (table.best_day)
@@ -120,11 +121,21 @@ def check_horizon(table: ParamTable, ahead_days: int = MAX_DAYS_AHEAD, band: flo
 
 def horizon_problem(table: ParamTable, ahead_days: int = MAX_DAYS_AHEAD, band: float = PLAUSIBLE_BAND) -> str | None:
     """What is wrong with the forecasts over the :func:`horizon` (the first store and day), or None."""
+    problems = horizon_problems(table, ahead_days, band, every_store=False)
+    return next(iter(problems.values()), None)
+
+
+def horizon_problems(table: ParamTable, ahead_days: int = MAX_DAYS_AHEAD, band: float = PLAUSIBLE_BAND,
+                     every_store: bool = True) -> dict[str, str]:
+    """Per store, the first day of its :func:`horizon` whose forecast is not finite, or (on a day it opens)
+    leaves the plausible band ``[-best, band x best]`` of its best day; only the first store unless
+    ``every_store``."""
     from predictor.forecast import calendar_days, forecast
 
     first, last = horizon(table, ahead_days)
     length = last - first + 1
     n, a = len(first), 0
+    found: dict[str, str] = {}
     while a < n:
         b, size = a, 0
         while b < n and (b == a or size + int(length[b]) <= CHUNK_ROWS):
@@ -135,20 +146,27 @@ def horizon_problem(table: ParamTable, ahead_days: int = MAX_DAYS_AHEAD, band: f
         with np.errstate(all="ignore"):
             out = np.stack(forecast(table, rows, days))
         bad = ~np.isfinite(out)
-        if bad.any():
-            j = int(np.flatnonzero(bad.any(axis=0))[0])
-            k = int(np.flatnonzero(bad[:, j])[0])
-            return (f"forecasts are not finite: {_where(table, rows, days, first, j)} has {OUTPUT_NAMES[k]} "
-                    f"{out[k, j]}{_more(rows, bad.any(axis=0))}; every store is checked to {ahead_days} days after "
-                    "its data (--max-days-ahead) and to the end of its calendar")
-        high = calendar_days(table, rows, days).open & (out[0] > band * table.best_day[rows])
-        if high.any():
-            j = int(np.flatnonzero(high)[0])
-            return (f"implausible forecast: {_where(table, rows, days, first, j)} forecasts {out[0, j]:,.0f}, above "
-                    f"{band:g} x the store's best day ({table.best_day[rows[j]]:,.0f}){_more(rows, high)}; every "
-                    f"store is checked to {ahead_days} days after its data and to the end of its calendar")
+        best = table.best_day[rows]
+        high = ~bad.any(axis=0) & calendar_days(table, rows, days).open & ((out[0] > band * best) | (out[0] < -best))
+        for j in np.flatnonzero(bad.any(axis=0) | high):
+            sid = str(table.store_id[rows[j]])
+            if sid in found:
+                continue
+            if bad[:, j].any():
+                k = int(np.flatnonzero(bad[:, j])[0])
+                found[sid] = (f"forecasts are not finite: {_where(table, rows, days, first, j)} has {OUTPUT_NAMES[k]} "
+                              f"{out[k, j]}{_more(rows, bad.any(axis=0))}; every store is checked to {ahead_days} "
+                              "days after its data (--max-days-ahead) and to the end of its calendar")
+            else:
+                where = _where(table, rows, days, first, j)
+                found[sid] = (f"implausible forecast: {where} forecasts {out[0, j]:,.0f}, "
+                              f"outside [-1, {band:g}] x the store's best day ({best[j]:,.0f}){_more(rows, high)}; "
+                              f"every store is checked to {ahead_days} days after its data and to the end of its "
+                              "calendar")
+            if not every_store:
+                return found
         a = b
-    return None
+    return found
 
 
 def _where(table: ParamTable, rows: np.ndarray, days: np.ndarray, first: np.ndarray, j: int) -> str:

@@ -10,13 +10,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("serving", "predictor", "transformer", "pipelines", "dashboard", "loadtest", "mlserver_runtime")
-WINGS = ("data", "training", "versions", "rollout", "retrain", "clients", "cli")
+WINGS = ("data", "training", "versions", "rollout", "retrain", "clients", "backtest", "cli")
 # A wing may import the wings before it in this order (and the flat modules ``events`` and ``stack``);
-# ``clients`` stands apart: it speaks to the business API as any client does.
+# ``clients`` stands apart: it speaks to the business API as any client does; ``backtest`` trains, serves
+# and asks the business API as a client.
 LAYERS = {"data": (), "training": ("data",), "versions": ("data", "training"),
           "rollout": ("data", "training", "versions"),
           "retrain": ("data", "training", "versions", "rollout"), "clients": (),
-          "cli": ("data", "training", "versions", "rollout", "retrain", "clients")}
+          "backtest": ("data", "training", "versions", "clients"),
+          "cli": ("data", "training", "versions", "rollout", "retrain", "clients", "backtest")}
 
 
 def modules() -> dict[str, Path]:

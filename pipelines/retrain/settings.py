@@ -54,8 +54,9 @@ class GateSettings(Settings):
     env_prefix = PREFIX  # the CLI adds them without variables (add_arguments(..., environment=False))
     gate_min_pass_share: float = setting(GatePolicy.min_pass_share, "share of the evaluated stores that must pass "
                                          "their holdout gate for an alias to move", float, group="gate")
-    gate_plausible_factor: float = setting(GatePolicy.plausible_factor, "a forecast above this times the store's "
-                                           "highest day of the last year fails the gate", float, group="gate")
+    gate_plausible_factor: float = setting(GatePolicy.plausible_factor, "an open day's forecast above this times the "
+                                           "store's best day, anywhere in its horizon and calendar, fails the gate",
+                                           float, group="gate")
 
     def policy(self) -> GatePolicy:
         return GatePolicy(self.gate_min_pass_share, self.gate_plausible_factor)

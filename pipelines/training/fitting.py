@@ -172,7 +172,8 @@ def store_features(sc: StoreCalendar | None, days: np.ndarray, names: tuple[str,
         return np.zeros((len(days), 0))
     if sc is None:
         sc = StoreCalendar(0, np.zeros((0, 4), dtype=np.int8), np.ones(7))
-    cells, _ = cal.resolve(sc.cells[None], sc.start, sc.open_rate[None], np.zeros(len(days), np.int64), days)
+    cells, _ = cal.resolve(sc.cells[None], sc.start, sc.open_rate[None], np.zeros(len(days), np.int64), days,
+                           holidays=sc.holidays)
     x = special_days.matrix(cells, days, np.full(len(days), level, dtype=np.int64))
     return x[:, [special_days.ALL.index(n) for n in names]]
 
@@ -352,7 +353,7 @@ def _calendar_row(sc: StoreCalendar | None, keep_from: int | None = None) -> dic
     cells, start = sc.cells, sc.start
     if keep_from is not None and keep_from > start:
         cells, start = cells[keep_from - start:], keep_from
-    return {"cal_start": int(start), "calendar": cells, "open_rate": sc.open_rate}
+    return {"cal_start": int(start), "calendar": cells, **sc.habits}
 
 
 def _iso(day: int) -> str:

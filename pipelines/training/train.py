@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.data.calendar import Grid, StoreCalendar, split_future, store_calendars
+from pipelines.data.public_holidays import default_calendar
 from pipelines.data.sales_csv import open_days
 from pipelines.training.evaluate import GATE_FAIL, pooled, scores
 from pipelines.training.fitting import FitConfig, Series, StoreResult, fit_chunk, quiet
@@ -207,7 +208,9 @@ def train(sales: pd.DataFrame, cfg: FitConfig, *, stores: list[str] | None = Non
         raise ValueError("no sales rows to train on")
     if calendar is not None and len(calendar):
         calendar = calendar[calendar["Store"].isin(pd.unique(history["Store"]))]
-    calendars = store_calendars(history, future, calendar, known)
+    history_days = history["Date"].to_numpy().astype("datetime64[D]").astype(np.int64)
+    holidays = default_calendar(int(history_days.min()), int(history_days.max()))
+    calendars = store_calendars(history, future, calendar, known, holidays)
     series = to_series(history, calendars)
     have = {s[0] for s in series}
     workers = workers or os.cpu_count() or 1
@@ -233,7 +236,7 @@ def train(sales: pd.DataFrame, cfg: FitConfig, *, stores: list[str] | None = Non
             "prophet": cfg.prophet, "fit_config": cfg.to_dict(), "interval_calibration": factor,
             "calendar_end": _iso(cal_end) if cal_end is not None else data_end}
     rows = [{**r.row, "iv_scale": factor} for r in results if r.row is not None and not r.error]
-    table = ParamTable.from_rows(rows, np.asarray(cfg.grid), cfg.interval_width, meta, cfg.transform)
+    table = ParamTable.from_rows(rows, np.asarray(cfg.grid), cfg.interval_width, meta, cfg.transform, holidays)
     metrics = pd.DataFrame([{**r.metrics, "error": r.error or ""} for r in results])
     return TrainResult(table=table, results=results, metrics=metrics,
                        summary=summarize(results, cfg.interval_width, factor),

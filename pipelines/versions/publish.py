@@ -46,10 +46,9 @@ from pipelines.versions.lineage import (
 )
 from pipelines.versions.lineage import ids as _ids
 from pipelines.versions.registry import Registry, VersionFiles
-from predictor.calendar import OPEN_THRESHOLD, weekday
-from predictor.forecast import forecast
 from predictor.table import ParamTable
-from serving.contract import REFRESH_MAX_STORES, store_sort_key
+from predictor.validate import PLAUSIBLE_BAND, horizon_problems
+from serving.contract import MAX_DAYS_AHEAD, REFRESH_MAX_STORES, store_sort_key
 
 # Parent, ParentMissing, PublishError, download_parent, resolve_parent: lineage's (importable from here too)
 __all__ = ["ALIASES", "GatePolicy", "GateReport", "Parent", "ParentMissing", "PublishError", "Published",
@@ -65,8 +64,8 @@ class GatePolicy:
     """When a version may move an alias."""
 
     min_pass_share: float = 0.5  # of the stores evaluated on their holdout, passing their gate
-    plausible_factor: float = 3.0  # a forecast above this times the store's max of the last year is implausible
-    horizon_days: int = 42  # days after each store's data checked for plausibility
+    plausible_factor: float = PLAUSIBLE_BAND  # an open day's forecast above this times the store's best day
+    horizon_days: int = MAX_DAYS_AHEAD  # days after each store's data checked (and its whole calendar)
 
 
 @dataclass
@@ -223,7 +222,7 @@ def publish(sales: Sales, registry: Registry, *, stores: list[str] | None = None
         snap = derive(base, refit, change="refit" if base else "first", history_end=result.history_end,
                       calendar=calendar, calendar_source=calendar_source, keep_unknown=keep, reason=reason)
         snap.table = snap.table.with_meta(fit_config=cfg.to_dict())
-        report = check_gate(snap, result, frame, gate, reference=base.table if base else champion,
+        report = check_gate(snap, result, gate, reference=base.table if base else champion,
                             also=champion if base else None, drop=drop, failed=failed)
         reports.append(report)
         version_tags = {"gate": "pass" if report.passed else "fail",
@@ -255,7 +254,7 @@ def trainable(sales: Sales) -> None:
                                                       else "the sales data has no rows"))
 
 
-def check_gate(snap: VersionFiles, result: TrainResult, sales: pd.DataFrame, policy: GatePolicy,
+def check_gate(snap: VersionFiles, result: TrainResult, policy: GatePolicy,
                reference: ParamTable | None = None, also: ParamTable | None = None,
                drop: tuple[str, ...] = (), failed: list[dict[str, str]] | None = None) -> GateReport:
     """The version's gate: pass share, plausible forecasts of the refitted stores, no unlisted drops."""
@@ -268,7 +267,7 @@ def check_gate(snap: VersionFiles, result: TrainResult, sales: pd.DataFrame, pol
         if report.pass_share < policy.min_pass_share:
             report.reasons.append(f"{report.pass_share:.0%} of {len(judged)} evaluated stores pass their holdout "
                                   f"gate (need {policy.min_pass_share:.0%})")
-    report.implausible = implausible(result.table, sales, policy)
+    report.implausible = implausible(result.table, policy)
     if report.implausible:
         shown = "; ".join(f"{s}: {why}" for s, why in list(report.implausible.items())[:5])
         report.reasons.append(f"{len(report.implausible)} store(s) forecast outside a plausible range: {shown}")
@@ -286,33 +285,12 @@ def check_gate(snap: VersionFiles, result: TrainResult, sales: pd.DataFrame, pol
     return report
 
 
-def implausible(table: ParamTable, sales: pd.DataFrame, policy: GatePolicy) -> dict[str, str]:
-    """Stores of ``table`` whose forecast of the days after their data, on the weekdays they open,
-    is not finite or leaves [-M, plausible_factor x M], M their highest open-day sales of the last year."""
-    if not len(table) or policy.horizon_days <= 0:
+def implausible(table: ParamTable, policy: GatePolicy) -> dict[str, str]:
+    """Stores of ``table`` whose forecast, on any day from the day after their data to the end of their
+    known-ahead calendar and the default horizon, on the calendar's actual days, is not finite or leaves the
+    plausible band of their best day (``predictor.validate.horizon_problems``: the predictor's own check)."""
+    if not len(table):
         return {}
-    od = sales[(sales["Store"].isin(table.store_id)) & (sales["Open"] == 1)] if "Open" in sales.columns else sales
-    day = od["Date"].to_numpy().astype("datetime64[D]").astype(np.int64)
-    y = od["Sales"].to_numpy(dtype=np.float64)
-    frame = pd.DataFrame({"s": od["Store"].astype(str).to_numpy(), "d": day, "y": y})
-    frame = frame[np.isfinite(frame["y"])]
-    last = frame.groupby("s")["d"].transform("max")
-    top = frame[frame["d"] > last - 365].groupby("s")["y"].max()
-    n, h = len(table), policy.horizon_days
-    rows = np.repeat(np.arange(n), h)
-    days = np.repeat(table.last_day.astype(np.int64), h) + np.tile(np.arange(1, h + 1), n)
-    yhat = forecast(table, rows, days)[0]
-    opens = table.open_rate[rows, weekday(days)] >= OPEN_THRESHOLD  # the weekday pattern the predictor serves
-    out: dict[str, str] = {}
-    for i, sid in enumerate(table.store_id.tolist()):
-        m = float(top.get(sid, np.nan))
-        sel = (rows == i) & opens
-        vals = yhat[sel]
-        if not len(vals) or not np.isfinite(m) or m <= 0:
-            continue
-        if not np.isfinite(vals).all():
-            out[sid] = "forecast is not finite"
-        elif vals.max() > policy.plausible_factor * m or vals.min() < -m:
-            out[sid] = (f"forecast {vals.min():.4g}..{vals.max():.4g} outside [-{m:.4g}, "
-                        f"{policy.plausible_factor:g} x {m:.4g}] (its highest day of the last year)")
-    return out
+    return horizon_problems(table, policy.horizon_days, policy.plausible_factor)
+
+

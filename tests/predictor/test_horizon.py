@@ -125,7 +125,8 @@ def test_a_version_leaving_the_plausible_band_is_refused_naming_store_and_day(go
     best[3] = base * 1.01
     bad = replace(sane, reg_beta=reg_beta, best_day=best)
     assert np.isfinite(np.stack(forecast(bad, rows, far))).all()
-    named = rf"store {str(bad.store_id[3])!r} on {iso(int(far[0]))} \({FAR} days after its data\) forecasts .*above 3 x"
+    named = (rf"store {str(bad.store_id[3])!r} on {iso(int(far[0]))} \({FAR} days after its data\) forecasts .*"
+             r"outside \[-1, 3\] x")
     with pytest.raises(VersionRefused, match=rf"implausible forecast: {named}"):
         check(bad)
     check(replace(bad, best_day=np.full(len(good), np.inf)))  # an older version without best days: finite is enough

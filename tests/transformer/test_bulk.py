@@ -62,6 +62,7 @@ def calendar_table(seed: int = 21) -> Any:
         open_rate[cal.SUNDAY] = 0.0
         open_rate[5] = 0.3 if i % 3 == 0 else 0.9  # some stores are usually closed on Saturdays
         row.update(regressors=list(cal.REGRESSORS), reg_beta=rng.normal(0, 0.15, len(cal.REGRESSORS)),
+                   reg_iv=np.ones(len(cal.REGRESSORS)),
                    cal_start=start, calendar=cells, open_rate=open_rate)
         rows.append(row)
     return ParamTable.from_rows(rows, base.iv_days, base.interval_width, base.meta, base.transform)

@@ -10,8 +10,9 @@ from pipelines.data.calendar import store_calendars
 from pipelines.data.public_holidays import default_calendar, german_holidays
 from pipelines.data.sales_csv import holiday_open_rate, read_sales
 from predictor import calendar as cal
+from predictor.table import ParamTable, _row
 from serving.contract import MAX_DAYS_AHEAD
-from tests.support import days_of, shared_rossmann
+from tests.support import days_of, random_table, shared_rossmann
 
 KINDS = cal.HOLIDAY_KINDS
 # Rossmann's train.csv: the days every store carries a StateHoliday code (the national holidays), as coded there
@@ -106,6 +107,15 @@ def test_store_calendars_carry_the_habits_and_the_default_calendar() -> None:
         _, r = cal.resolve(sc.cells[None], sc.start, sc.open_rate[None], np.zeros(1, np.int64), christmas,
                            holidays=sc.holidays)
         assert r.holiday.tolist() == [3] and r.open.tolist() == [is_open] and not r.known.any()
+    # a job's rows carry the habits and the default calendar into the version's table (from_rows)
+    rows = [{**_row(random_table(2), i), "store_id": sid, "cal_start": sc.start, "calendar": sc.cells, **sc.habits}
+            for i, (sid, sc) in enumerate(sorted(calendars.items()))]
+    version = ParamTable.from_rows(rows, random_table(1).iv_days, 0.95)
+    assert np.array_equal(version.hol_days, table.days) and np.array_equal(version.hol_kinds, table.kinds)
+    assert version.holiday_open[:, 3].tolist() == [0.0, 1.0]  # closer, opener
+    _, r = cal.resolve(version.calendar, version.cal_start, version.open_rate, np.array([0, 1]),
+                       np.repeat(christmas, 2), holidays=version.holidays)
+    assert r.open.tolist() == [False, True]
     plain = store_calendars(sales)["closer"]  # no default calendar given: the habits still learned
     assert len(plain.default_holidays.days) == 0 and plain.holiday_open.tolist() == [1, 0, 0, 0]
 

@@ -89,13 +89,13 @@ def test_no_served_forecast_leaves_the_band_over_the_horizon(short_history: pd.D
     assert horizon_problem(result.table) is None  # what the predictor checks before it serves
     refitted = result.metrics[result.metrics["fit"].fillna("").str.startswith("without yearly seasonality")]
     assert len(refitted) >= 1, "the fixture no longer has a store that runs away"
-    assert refitted["fit"].str.contains(rf"above {PLAUSIBLE_BAND:g} x the store's best day").all()
+    assert refitted["fit"].str.contains(rf"outside \[-1, {PLAUSIBLE_BAND:g}\] x the store's best day").all()
     # the same stores with the yearly shape kept: the predictor would refuse the version
     strict = train(short_history, cfg.replace(band=1.01), workers=1, progress=False)
     assert strict.failed
     for failure in strict.failed:
         assert re.fullmatch(rf"refused by the gate: implausible forecast: store '{failure['store_id']}' on "
-                            r"\d{4}-\d\d-\d\d \(\d+ days after its data\) forecasts [\d,]+, above 1.01 x .*",
+                            r"\d{4}-\d\d-\d\d \(\d+ days after its data\) forecasts [\d,]+, outside \[-1, 1.01\] x .*",
                             failure["reason"]), failure
     assert set(strict.table.store_id) == {r.store_id for r in strict.results if not r.error}
 
