@@ -305,8 +305,9 @@ def _train_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--fitter", choices=FITTERS, default="prophet-batch",
                    help="prophet-batch (exact batched MAP, default) or prophet (stock Stan, the reference)")
     t.add_argument("--model", choices=list(MODELS), default=DEFAULT_MODEL,
-                   help="calendar: log1p target, calendar regressors, monthly seasonality (default); "
-                        "calendar-linear: the regressors on raw sales; seed: the reference without the calendar")
+                   help="calendar: log1p target, calendar regressors and special days, monthly seasonality "
+                        "(default); calendar-linear: the regressors on raw sales; seed: the reference without the "
+                        "calendar; calendar-basic: the calendar model before the special days (a reference)")
     t.add_argument("--transform", choices=TRANSFORMS, default=None, help="override the model's target transform")
     t.add_argument("--calendar", help="known-ahead days (test.csv layout: Store, Date, Open, Promo, StateHoliday, "
                                       "SchoolHoliday; .csv, .csv.gz, .parquet)")

@@ -38,6 +38,10 @@ MODELS: dict[str, dict[str, Any]] = {
     "calendar-linear": {"regressors": CALENDAR_REGRESSORS, "monthly_order": 0, "transform": "none",
                         "calibrate": True},
     "seed": {"regressors": (), "monthly_order": 0, "transform": "none", "calibrate": False},
+    # the calendar model before the special days (the reference the backtest and `make bench` compare with)
+    "calendar-basic": {"regressors": tuple(r for r in CALENDAR_REGRESSORS if r not in special_days.REGRESSORS),
+                       "monthly_order": 5, "transform": "log1p", "calibrate": True,
+                       "prophet": {**PROPHET_DEFAULTS, "yearly_seasonality": True, "changepoint_prior_scale": 0.05}},
 }
 DEFAULT_MODEL = "calendar"
 
