@@ -13,7 +13,10 @@ a version without one), open as the store's weekday pattern says (open on at lea
 in its last 52 weeks) and, on a holiday, as its habit on that holiday says (open on at least half of
 them in its history; that holiday's own habit where the store has one, else its code's). Such a day
 still counts as ``default``, not ``calendar``. The regressors of a day depend on its own cell and its
-neighbours' (two days either side), so they come from the calendar alone, never from sales.
+neighbours' (two days either side), so they come from the calendar alone, never from sales. A closure
+next to a state holiday counts for the holiday's regressors only, not for ``closed_before``/``closed_after``:
+were both on for the same days, history could not tell their effects apart, and a holiday on a Sunday (the
+store closed anyway) would then add one effect without the other that cancelled it.
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ REGRESSORS = (
     "holiday_a", "holiday_b", "holiday_c",   # open on a state holiday
     "holiday_before_1", "holiday_before_2",  # a state holiday comes in 1 / 2 days
     "holiday_after_1", "holiday_after_2",    # a state holiday was 1 / 2 days ago
-    "closed_before",     # the store is closed tomorrow, and tomorrow is not a Sunday
-    "closed_after",      # the store was closed yesterday, and yesterday was not a Sunday
+    "closed_before",     # the store is closed tomorrow, and tomorrow is neither a Sunday nor a state holiday
+    "closed_after",      # the store was closed yesterday, and yesterday was neither a Sunday nor a state holiday
     "promo_mon", "promo_tue", "promo_wed", "promo_thu", "promo_fri", "promo_sat",  # promotion on that weekday
     "school_holiday_next",  # school holidays start tomorrow... or run on (the day before counts)
 )
@@ -254,8 +257,8 @@ def features(cells: np.ndarray, days: np.ndarray) -> np.ndarray:
         h[:, c] == 1, h[:, c] == 2, h[:, c] == 3,
         h[:, c + 1] > 0, h[:, c + 2] > 0,
         h[:, c - 1] > 0, h[:, c - 2] > 0,
-        ~o[:, c + 1] & (wd[:, c + 1] != SUNDAY),
-        ~o[:, c - 1] & (wd[:, c - 1] != SUNDAY),
+        ~o[:, c + 1] & (wd[:, c + 1] != SUNDAY) & (h[:, c + 1] == 0),
+        ~o[:, c - 1] & (wd[:, c - 1] != SUNDAY) & (h[:, c - 1] == 0),
         *(p[:, c] & (wd[:, c] == k) for k in range(6)),
         cells[:, c + 1, SCHOOL] > 0,
     )

@@ -10,7 +10,8 @@ month, ISO week; no year: trees cannot extrapolate it), ``store.csv``'s facts (s
 distance as static features; a competitor open, Promo2 active and the Promo2 month as time-varying ones) and
 lags / rolling means of at least ``lag_floor(days)`` days only: every lag a forecast day reads lies before the
 cutoff, so mlforecast's recursion never feeds a forecast back and the window's sales cannot leak. It is fitted
-on the open days with sales (days missing from the data count as closed); fixed hyper-parameters, seeded.
+on the open days with sales; a day missing from the data (a store's months-long gap) is not trained on, and its
+lags read the store's typical sales on that weekday; fixed hyper-parameters, seeded.
 lightgbm and mlforecast are imported here only, when the reference runs.
 """
 
@@ -76,9 +77,18 @@ def week_of_year(dates: pd.DatetimeIndex) -> np.ndarray:
     return np.asarray(dates.isocalendar().week, dtype=np.int16)
 
 
+DATE_FEATURES = ("dayofweek", "day", "dayofyear", "month", week_of_year)
+
+
+def lag_features(floor: int, rolling_mean: Any, seasonal_mean: Any) -> tuple[list[int], dict[int, list[Any]]]:
+    """The lags and the rolling means over lagged sales (mlforecast's), none shorter than ``floor`` days."""
+    return [floor, floor + 7], {floor: [rolling_mean(14), rolling_mean(28), rolling_mean(91), seasonal_mean(7, 4)],
+                                max(364, floor): [rolling_mean(7)]}
+
+
 def _grid(cut: Cut) -> pd.DataFrame:
     """Every day of every store with history, from its first day to the window's end: history then calendar
-    (days missing from the data count as closed, without sales)."""
+    (a day missing from the data is closed, ``missing``)."""
     hist = cut.history
     first = hist.groupby("Store")["Date"].min()
     end = pd.Timestamp(cut.window.end)
@@ -87,7 +97,8 @@ def _grid(cut: Cut) -> pd.DataFrame:
     cal = cut.calendar.drop(columns=[c for c in ("Sales", "Customers") if c in cut.calendar])
     known = pd.concat([hist[["Store", "Date", "Open", "Promo", "StateHoliday", "SchoolHoliday", "Sales"]], cal],
                       ignore_index=True)
-    grid = grid.merge(known, on=["Store", "Date"], how="left")
+    grid = grid.merge(known, on=["Store", "Date"], how="left", indicator="_row")
+    grid["missing"] = (grid.pop("_row") == "left_only").to_numpy()
     grid["Open"] = grid["Open"].fillna(0).astype(np.int8)
     grid["Promo"] = grid["Promo"].fillna(0).astype(np.int8)
     grid["SchoolHoliday"] = grid["SchoolHoliday"].fillna(0).astype(np.int8)
@@ -95,7 +106,27 @@ def _grid(cut: Cut) -> pd.DataFrame:
     return grid.drop(columns=["StateHoliday"])
 
 
+IMPUTE = True  # a day missing from the data gets the store's typical day (else 0, as a closed day)
 NEAR = 15  # days to / since a holiday or a closure: capped here ("none near")
+
+
+def _target(grid: pd.DataFrame, past: np.ndarray) -> np.ndarray:
+    """Sales as the lags read them: a closed day sold nothing; a day missing from the data (a store's months-long
+    gap) is unknown, so it gets the store's median open-day sales on that weekday before the cutoff when the store
+    opens on that weekday at least half the time (mlforecast takes no missing target)."""
+    y = grid["Sales"].fillna(0.0).to_numpy(np.float64)
+    missing = grid["missing"].to_numpy() & past
+    if not IMPUTE or not missing.any():
+        return y
+    weekday = grid["Date"].dt.dayofweek.to_numpy()
+    seen = past & ~grid["missing"].to_numpy()
+    key = pd.MultiIndex.from_arrays([grid["Store"].to_numpy(), weekday])
+    is_open = pd.Series(grid["Open"].to_numpy() == 1, index=key)[seen]
+    rate = is_open.groupby(level=[0, 1]).mean()
+    typical = pd.Series(y, index=key)[seen & (grid["Open"].to_numpy() == 1)].groupby(level=[0, 1]).median()
+    fill = typical.where(rate.reindex(typical.index) >= 0.5, 0.0).reindex(key[missing]).fillna(0.0).to_numpy()
+    y[missing] = fill
+    return y
 
 
 def _neighbours(grid: pd.DataFrame) -> None:
@@ -163,15 +194,13 @@ def lightgbm_rows(cut: Cut, facts: pd.DataFrame | None = None, workers: int = 1,
     start = pd.Timestamp(cut.window.start)
     past = (grid["Date"] < start).to_numpy()
     trainable = past & (grid["Open"].to_numpy() == 1) & (grid["Sales"].fillna(0).to_numpy() > 0)
-    grid["y"] = grid["Sales"].fillna(0.0).to_numpy(np.float64)
-    frame = grid.drop(columns=["Sales"]).rename(columns={"Store": "unique_id", "Date": "ds"})
+    grid["y"] = _target(grid, past)
+    frame = grid.drop(columns=["Sales", "missing"]).rename(columns={"Store": "unique_id", "Date": "ds"})
     model = lgb.LGBMRegressor(**{**LGBM_PARAMS, **(params or {}), "n_jobs": max(1, workers)})
-    year = max(364, floor)
+    lags, lag_transforms = lag_features(floor, RollingMean, SeasonalRollingMean)
     mlf = MLForecast(
-        models={"lightgbm": model}, freq="D", lags=[floor, floor + 7],
-        lag_transforms={floor: [RollingMean(14), RollingMean(28), RollingMean(91), SeasonalRollingMean(7, 4)],
-                        year: [RollingMean(7)]},
-        date_features=["dayofweek", "day", "dayofyear", "month", week_of_year],
+        models={"lightgbm": model}, freq="D", lags=lags, lag_transforms=lag_transforms,
+        date_features=list(DATE_FEATURES),
         target_transforms=[GlobalSklearnTransformer(FunctionTransformer(np.log1p, np.expm1))],
         num_threads=1,
     )

@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 LABELS = {"served": "served", "lightgbm": "LightGBM", "naive": "seasonal naive"}
+FEW = 0.2  # a day with fewer scored rows than this share of the most is left out of the plot
 KINDS = {"christmas_eve": "Christmas Eve", "new_years_eve": "New Year's Eve", "before_holiday": "day before a holiday",
          "before_closure": "day before a closure (not Sunday)", "after_christmas": "first 2 open days after Christmas",
          "after_new_year": "first 2 open days after New Year"}
@@ -144,25 +145,29 @@ def clean(v: Any) -> Any:
 
 def plot_window(daily: pd.DataFrame, path: Path, title: str) -> Path:
     """Two panels: the fleet's daily total (actual, served with the sum of the stores' bands, LightGBM, naive)
-    and each method's daily WAPE."""
+    and each method's daily WAPE; days when fewer than ``FEW`` of the scored stores are open (Sundays, holidays)
+    are gaps."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    few = daily["rows"] < FEW * daily["rows"].max()
+    daily = daily.astype(float).mask(few)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 7), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
     x = daily.index
     top.fill_between(x, daily["served_lower"], daily["served_upper"], color="tab:blue", alpha=0.15,
                      label="served 95 % band (sum of the stores')")
-    top.plot(x, daily["actual"], color="black", lw=2, label="actual")
+    top.plot(x, daily["actual"], color="black", lw=2, marker=".", label="actual")
     styles = {"served": ("tab:blue", "-"), "lightgbm": ("tab:orange", "--"), "naive": ("tab:gray", ":")}
     for m, (color, ls) in styles.items():
         if m in daily:
-            top.plot(x, daily[m], color=color, ls=ls, lw=1.5, label=LABELS[m])
+            top.plot(x, daily[m], color=color, ls=ls, lw=1.5, marker=".", label=LABELS[m])  # lone days show
             bottom.plot(x, daily[f"{m}_wape"] * 100, color=color, ls=ls, lw=1.5, marker=".", label=LABELS[m])
     top.set_ylabel("fleet sales per day (scored rows)")
     top.legend(loc="upper left", fontsize=8)
-    top.set_title(title)
+    top.set_title(f"{title}" + (f" ({int(few.sum())} days with under {FEW:.0%} of the stores open left out)"
+                                if few.any() else ""), fontsize=10)
     bottom.set_ylabel("daily WAPE (%)")
     bottom.legend(loc="upper left", fontsize=8)
     for ax in (top, bottom):

@@ -39,10 +39,11 @@ REFERENCE = ("seasonal naive: each day the store's last open-day sales on the sa
              "open days; features known ahead: open, promo, state and school holidays, days to the next and since "
              "the last holiday and non-Sunday closure (capped at 15), day of week / month / year, ISO week, month; "
              "store.csv's store type, assortment, competitor distance, competitor open, Promo2 active and Promo2 "
-             "month; the store; lags of at least the window's length only: sales 42 and 49 days back, rolling means "
-             "of 14, 28 and 91 days and of the same weekday over 4 weeks ending 42 days back, last year's week "
-             "(364 days back); no window sales; fixed hyper-parameters (600 trees, learning rate 0.05, 63 leaves, "
-             "subsample 0.8), seeded.")
+             "month; the store; lags of at least the window's length only: sales 42 and 49 days back, rolling "
+             "means of 14, 28 and 91 days and of the same weekday over 4 weeks ending 42 days back, last year's "
+             "week (364 days back), a day missing from the data read as the store's median on that weekday; no "
+             "window sales; fixed hyper-parameters (600 trees, learning rate 0.05, 63 leaves, subsample 0.8), "
+             "seeded.")
 WHY = {"trainer": "left out by the trainer", "predictor": "refused by the predictor", "api": "not answered by the API"}
 
 
@@ -165,7 +166,8 @@ def run_window(sales: pd.DataFrame, facts: pd.DataFrame | None, window: Window, 
     rows = rows_of(sales, window, c, served, naive, lightgbm)
     scores = scoring.score_window(rows, cfg.gate_margin)
     daily = scores.pop("daily")
-    rows.to_csv(folder_dir / "rows.csv.gz", index=False, date_format="%Y-%m-%d", float_format="%.4f")
+    rows.astype({k: np.int8 for k in SPECIAL_DAYS}).drop(columns=["best_day"]).to_csv(
+        folder_dir / "rows.csv.gz", index=False, date_format="%Y-%m-%d", float_format="%.2f")
     plot = report.plot_window(daily, config.out / f"{window.name}.png",
                               f"{window.name} .. {window.end}: {scores['stores_scored']} stores, daily totals")
     result = served.result

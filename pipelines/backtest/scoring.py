@@ -138,7 +138,7 @@ def special(s: pd.DataFrame, methods: list[str]) -> dict[str, dict[str, Any]]:
 def daily(s: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
     """Per date (scored rows): the fleet's totals (actual, each method, the served bounds) and each method's WAPE."""
     g = s.groupby("Date")
-    out = pd.DataFrame({"actual": g["Sales"].sum(), "served_lower": g["served_lower"].sum(),
+    out = pd.DataFrame({"rows": g.size(), "actual": g["Sales"].sum(), "served_lower": g["served_lower"].sum(),
                         "served_upper": g["served_upper"].sum()})
     for m in methods:
         out[m] = g[m].sum()

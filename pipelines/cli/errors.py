@@ -13,7 +13,8 @@ import importlib.util
 from typing import Any, NoReturn
 
 # the top-level module an optional command imports -> the extra of pyproject.toml that installs it
-EXTRA_OF = {"locust": "loadtest", "ray": "ray", "pyarrow": "parquet", "flask": "server", "playwright": "test"}
+EXTRA_OF = {"locust": "loadtest", "ray": "ray", "pyarrow": "parquet", "flask": "server", "playwright": "test",
+            "lightgbm": "backtest", "mlforecast": "backtest"}
 MAX_CHARS = 400
 
 

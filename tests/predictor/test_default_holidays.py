@@ -113,7 +113,7 @@ def test_the_default_holidays_reach_the_regressors_of_their_neighbours(table: Pa
     cells, _ = cal.resolve(table.calendar, table.cal_start, table.open_rate, rows, days, holidays=table.holidays)
     x = dict(zip(cal.REGRESSORS, cal.features(cells, days).T, strict=True))
     assert x["holiday_before_2"].tolist() == [1, 1, 0] and x["holiday_before_1"].tolist() == [0, 1, 0]
-    assert x["closed_before"].tolist() == [0, 1, 0]  # Christmas Eve: the store is closed tomorrow
+    assert x["closed_before"].tolist() == [0, 0, 0]  # Christmas Eve: closed tomorrow for the holiday (its own)
     assert x["holiday_after_2"].tolist() == [0, 0, 1]  # the Monday after St Stephen's Day (Saturday)
     open_cells, _ = cal.resolve(table.calendar, table.cal_start, table.open_rate, np.full(3, OPEN, np.int64), days,
                                 holidays=table.holidays)

@@ -98,8 +98,7 @@ def test_the_scores_are_the_served_answers_scored_by_hand(backtest: tuple[Path, 
         assert 0.5 < w["methods"]["served"]["coverage"] <= 1.0
 
 
-def test_the_recorded_answers_are_what_the_version_serves(backtest: tuple[Path, dict, str],
-                                                          sales: pd.DataFrame) -> None:
+def test_the_recorded_answers_are_what_the_version_serves(backtest: tuple[Path, dict, str]) -> None:
     """Every open day's answer equals the version's forecast (the predictor's own numpy); closed days are 0."""
     out, results, _ = backtest
     for w in results["windows"]:
@@ -158,3 +157,24 @@ def test_a_window_outside_the_data_is_one_line(data: Path, tmp_path: Path) -> No
     assert proc.returncode == 1
     assert "window 2015-07-20 .. 2015-08-30 does not lie in the data" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "results.json").exists()
+
+
+def test_stores_the_predictor_would_refuse_are_found_and_dropped(backtest: tuple[Path, dict, str],
+                                                                 tmp_path: Path) -> None:
+    """The fallback when a predictor refuses a window's version: each store checked alone, the refused ones out."""
+    import dataclasses
+
+    from pipelines.backtest.served import drop_stores, implausible_stores
+
+    out = backtest[0]
+    table = ParamTable.load(out / WINDOWS[0] / "version" / "params.npz")
+    assert implausible_stores(out / WINDOWS[0] / "version") == {}
+    best = table.best_day.copy()
+    best[2] = 1.0  # the third store's best day was 1: every forecast of it is far above 3x that
+    dataclasses.replace(table, best_day=best).save(tmp_path / "params.npz")
+    refused = implausible_stores(tmp_path)
+    third = str(table.store_id[2])
+    assert list(refused) == [third] and f"store {third!r}" in refused[third]
+    drop_stores(tmp_path, list(refused))
+    left = ParamTable.load(tmp_path / "params.npz")
+    assert third not in left.store_id.tolist() and len(left) == len(table) - 1

@@ -130,3 +130,22 @@ def test_special_days() -> None:
     assert kinds("1", "2015-01-05") == set()
     assert kinds("2", "2015-01-05") == {"before_holiday", "before_closure"}  # Epiphany: store 2 only
     assert kinds("1", "2014-12-25") == set()  # a holiday itself is no day before one
+
+
+def test_the_lightgbm_lags_read_a_gap_as_the_stores_typical_weekday() -> None:
+    """A month missing from the data is neither trained on nor read as zero sales by the lags."""
+    from pipelines.backtest.reference import _grid, _target
+
+    sales = _sales()
+    sales = sales[~((sales["Store"] == "1") & sales["Date"].between("2014-12-08", "2014-12-14"))]
+    c = cut(sales, Window.parse("2014-12-20", 14))
+    grid = _grid(c)
+    past = (grid["Date"] < pd.Timestamp("2014-12-20")).to_numpy()
+    y = _target(grid, past)
+    gap = (grid["Store"] == "1").to_numpy() & grid["Date"].between("2014-12-08", "2014-12-14").to_numpy()
+    assert grid["missing"].to_numpy()[gap].all() and (grid["Open"].to_numpy()[gap] == 0).all()
+    monday = gap & (grid["Date"] == "2014-12-08").to_numpy()
+    # store 1's open Mondays before the cutoff: 1 and 15 December (1000 and 1140): the median is 1070
+    assert y[monday] == pytest.approx([1070.0])
+    assert y[gap & (grid["Date"] == "2014-12-14").to_numpy()] == pytest.approx([0.0])  # a Sunday: closed
+    assert (y[~gap & past] == grid["Sales"].fillna(0).to_numpy()[~gap & past]).all()
