@@ -34,13 +34,14 @@ CALENDAR_REGRESSORS = (
     *special_days.REGRESSORS,
 )
 MODELS: dict[str, dict[str, Any]] = {
-    "calendar": {"regressors": CALENDAR_REGRESSORS, "monthly_order": 5, "transform": "log1p", "calibrate": True},
+    "calendar": {"regressors": CALENDAR_REGRESSORS, "monthly_order": 5, "transform": "log1p", "calibrate": True,
+                 "yearly_min_days": 600},
     "calendar-linear": {"regressors": CALENDAR_REGRESSORS, "monthly_order": 0, "transform": "none",
-                        "calibrate": True},
-    "seed": {"regressors": (), "monthly_order": 0, "transform": "none", "calibrate": False},
+                        "calibrate": True, "yearly_min_days": 600},
+    "seed": {"regressors": (), "monthly_order": 0, "transform": "none", "calibrate": False, "yearly_min_days": 0},
     # the calendar model before the special days (the reference the backtest and `make bench` compare with)
     "calendar-basic": {"regressors": tuple(r for r in CALENDAR_REGRESSORS if r not in special_days.REGRESSORS),
-                       "monthly_order": 5, "transform": "log1p", "calibrate": True,
+                       "monthly_order": 5, "transform": "log1p", "calibrate": True, "yearly_min_days": 0,
                        "prophet": {**PROPHET_DEFAULTS, "yearly_seasonality": True, "changepoint_prior_scale": 0.05}},
 }
 DEFAULT_MODEL = "calendar"
@@ -65,6 +66,9 @@ class FitConfig:
     transform: str = MODELS[DEFAULT_MODEL]["transform"]
     calibrate: bool = MODELS[DEFAULT_MODEL]["calibrate"]
     regressor_prior_scale: float = 10.0
+    # a store whose history spans fewer days gets no yearly seasonality: one year and a half cannot tell a
+    # yearly shape from the trend (and a level change), and such a fit runs away months ahead
+    yearly_min_days: int = MODELS[DEFAULT_MODEL]["yearly_min_days"]
     band: float = 3.0
 
     def __post_init__(self) -> None:
@@ -153,11 +157,13 @@ def _frame(days: np.ndarray, y: np.ndarray, x: np.ndarray | None = None, names: 
     return pd.DataFrame({**columns, **{name: x[:, j] for j, name in enumerate(names)}})
 
 
-def make_prophet(cfg: FitConfig) -> Any:
-    """A new, unfitted stock Prophet of the configuration (seasonalities, calendar regressors)."""
+def make_prophet(cfg: FitConfig, span_days: int | None = None) -> Any:
+    """A new, unfitted stock Prophet of the configuration (seasonalities, calendar regressors), for a history
+    of ``span_days`` (first to last day; without yearly seasonality below ``cfg.yearly_min_days``)."""
     from prophet import Prophet
 
-    model = Prophet(**cfg.prophet)
+    short = span_days is not None and span_days < cfg.yearly_min_days
+    model = Prophet(**{**cfg.prophet, **({"yearly_seasonality": False} if short else {})})
     if cfg.monthly_order:
         model.add_seasonality("monthly", period=MONTHLY_PERIOD, fourier_order=cfg.monthly_order)
     for name in cfg.regressors:
@@ -196,13 +202,14 @@ def fit_models(series: dict[str, pd.DataFrame], cfg: FitConfig) -> tuple[dict[st
     if cfg.fitter == "prophet-batch":
         from prophet_batch import fit_many
 
+        spans = {sid: int((df["ds"].max() - df["ds"].min()).days) for sid, df in series.items()}
         long = pd.concat([df.assign(unique_id=sid) for sid, df in series.items()], ignore_index=True)
-        models = fit_many(long, make_model=lambda _sid: make_prophet(cfg), n_jobs=1, on_error="skip")
+        models = fit_many(long, make_model=lambda sid: make_prophet(cfg, spans[sid]), n_jobs=1, on_error="skip")
         errors = {sid: "prophet-batch could not fit this store" for sid in series if sid not in models}
     else:
         for sid, df in series.items():
             try:
-                models[sid] = make_prophet(cfg).fit(df)
+                models[sid] = make_prophet(cfg, int((df["ds"].max() - df["ds"].min()).days)).fit(df)
             except Exception as exc:  # a store that cannot be fitted never aborts the job
                 errors[sid] = f"{type(exc).__name__}: {exc}"
     return models, errors
