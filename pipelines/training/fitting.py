@@ -81,8 +81,8 @@ class FitConfig:
         unknown = [r for r in self.regressors if r not in special_days.ALL]
         if unknown:
             raise ValueError(f"unknown regressors {', '.join(unknown)}; known: {', '.join(special_days.ALL)}")
-        if self.regressor_prior_scale <= 0 or self.band <= 1:
-            raise ValueError("regressor_prior_scale must be > 0 and band > 1")
+        if self.regressor_prior_scale <= 0 or self.band <= 0:
+            raise ValueError("regressor_prior_scale and band must be > 0")
         object.__setattr__(self, "regressors", tuple(self.regressors))
         object.__setattr__(self, "grid", tuple(int(g) for g in self.grid))
 
@@ -293,21 +293,31 @@ def fit_chunk(chunk: list[Series], cfg: FitConfig) -> list[StoreResult]:
         results[sid].error = message
     final = {sid: model for sid, model in final_models.items() if not results[sid].error}
     refused = _serve(final, results, calendars, history, grid, cfg)
-    if refused:  # too little history for a yearly shape: a store refused by the band gets one safer fit
-        safer = cfg.replace(prophet={**cfg.prophet, "yearly_seasonality": False}, monthly_order=0)
+    for label, safer in _safer_fits(cfg):  # a store refused by the band gets safer fits, in turn
+        if not refused:
+            break
         again, _ = fit_models({sid: full[sid] for sid in refused}, safer)
         for sid in refused:
             results[sid].error = None
-        _serve(again, results, calendars, history, grid, safer)
-        for sid in again:
-            if not results[sid].error:
-                results[sid].metrics["fit"] = "without yearly seasonality: " + refused[sid]
+        still = _serve(again, results, calendars, history, grid, safer)
+        for sid in set(again) - set(still):
+            results[sid].metrics["fit"] = f"{label}: " + refused[sid]
         for sid in set(refused) - set(again):
             results[sid].error = f"refused by the gate: {refused[sid]}"
+        refused = still
     for sid in final:
         failed = (results[sid].error or "").startswith("refused by the gate")
         results[sid].metrics["gate"] = GATE_FAIL if failed else results[sid].metrics.get("gate", "n/a")
     return list(results.values())
+
+
+def _safer_fits(cfg: FitConfig) -> list[tuple[str, FitConfig]]:
+    """The fits a store whose forecast leaves the band gets, in turn: without the yearly (and monthly) shape
+    its history cannot pin down; then also with a flat trend, which cannot run away years ahead."""
+    shapeless = cfg.replace(prophet={**cfg.prophet, "yearly_seasonality": False}, monthly_order=0)
+    return [("without yearly seasonality", shapeless),
+            ("with a flat trend and no yearly seasonality", shapeless.replace(prophet={**shapeless.prophet,
+                                                                                       "growth": "flat"}))]
 
 
 def _serve(models: dict[str, Any], results: dict[str, StoreResult], calendars: dict[str, StoreCalendar | None],
