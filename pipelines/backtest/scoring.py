@@ -16,11 +16,12 @@ import numpy as np
 import pandas as pd
 
 from pipelines.backtest.windows import SPECIAL_DAYS
+from predictor.validate import PLAUSIBLE_BAND
 
 METHODS = ("served", "lightgbm", "naive")
 WORST = 10
 GATE_MARGIN = 0.10  # a store fails the gate in the window when its WAPE > (1 + margin) x the naive's
-BAND = 3.0  # a forecast above this many times the store's best day is implausible
+BAND = PLAUSIBLE_BAND  # a forecast above this many times the store's best day is implausible (the gate's rule)
 
 
 def wape(y: np.ndarray, p: np.ndarray) -> float:

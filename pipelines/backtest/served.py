@@ -54,17 +54,11 @@ def train_version(cut: Cut, cfg: FitConfig, folder: Path, workers: int | None = 
 
 
 def implausible_stores(folder: Path) -> dict[str, str]:
-    """Stores of the version in ``folder`` the predictor's version check refuses (each checked alone), with why."""
+    """Stores of the version in ``folder`` the predictor's version check refuses, with why (its own rule)."""
     from predictor.table import ParamTable
-    from predictor.validate import horizon_problem
+    from predictor.validate import horizon_problems
 
-    table = ParamTable.load(folder / PARAMS_FILE)
-    out = {}
-    for i, sid in enumerate(table.store_id.tolist()):
-        problem = horizon_problem(table.take(np.array([i])))
-        if problem:
-            out[str(sid)] = problem
-    return out
+    return horizon_problems(ParamTable.load(folder / PARAMS_FILE))
 
 
 def drop_stores(folder: Path, stores: list[str]) -> None:

@@ -161,7 +161,7 @@ def test_a_window_outside_the_data_is_one_line(data: Path, tmp_path: Path) -> No
 
 def test_stores_the_predictor_would_refuse_are_found_and_dropped(backtest: tuple[Path, dict, str],
                                                                  tmp_path: Path) -> None:
-    """The fallback when a predictor refuses a window's version: each store checked alone, the refused ones out."""
+    """The fallback when a predictor refuses a window's version: the refused stores found (its rule), then out."""
     import dataclasses
 
     from pipelines.backtest.served import drop_stores, implausible_stores
