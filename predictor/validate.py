@@ -127,12 +127,15 @@ def horizon_problem(table: ParamTable, ahead_days: int = MAX_DAYS_AHEAD, band: f
 
 def horizon_problems(table: ParamTable, ahead_days: int = MAX_DAYS_AHEAD, band: float = PLAUSIBLE_BAND,
                      every_store: bool = True) -> dict[str, str]:
-    """Per store, the first day of its :func:`horizon` whose forecast is not finite, or (on a day it opens)
-    leaves the plausible band ``[-best, band x best]`` of its best day; only the first store unless
-    ``every_store``."""
+    """Per store, the first day of its :func:`horizon` whose forecast is not finite, or (on a day it opens, within
+    the default horizon ``MAX_DAYS_AHEAD`` and its calendar: the trainer's gate's horizon) leaves the plausible
+    band ``[-best, band x best]`` of its best day; only the first store unless ``every_store``. A predictor told
+    to answer further ahead (``--max-days-ahead``) checks that its far forecasts are finite: a linear trend
+    leaves any band some decades out."""
     from predictor.forecast import calendar_days, forecast
 
     first, last = horizon(table, ahead_days)
+    _, band_last = horizon(table, min(int(ahead_days), MAX_DAYS_AHEAD))
     length = last - first + 1
     n, a = len(first), 0
     found: dict[str, str] = {}
@@ -147,7 +150,8 @@ def horizon_problems(table: ParamTable, ahead_days: int = MAX_DAYS_AHEAD, band: 
             out = np.stack(forecast(table, rows, days))
         bad = ~np.isfinite(out)
         best = table.best_day[rows]
-        high = ~bad.any(axis=0) & calendar_days(table, rows, days).open & ((out[0] > band * best) | (out[0] < -best))
+        high = (~bad.any(axis=0) & (days <= band_last[rows]) & calendar_days(table, rows, days).open
+                & ((out[0] > band * best) | (out[0] < -best)))
         for j in np.flatnonzero(bad.any(axis=0) | high):
             sid = str(table.store_id[rows[j]])
             if sid in found:
@@ -161,8 +165,8 @@ def horizon_problems(table: ParamTable, ahead_days: int = MAX_DAYS_AHEAD, band: 
                 where = _where(table, rows, days, first, j)
                 found[sid] = (f"implausible forecast: {where} forecasts {out[0, j]:,.0f}, "
                               f"outside [-1, {band:g}] x the store's best day ({best[j]:,.0f}){_more(rows, high)}; "
-                              f"every store is checked to {ahead_days} days after its data and to the end of its "
-                              "calendar")
+                              f"every store is checked to {min(int(ahead_days), MAX_DAYS_AHEAD)} days after its data "
+                              "and to the end of its calendar")
             if not every_store:
                 return found
         a = b
